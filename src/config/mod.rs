@@ -1,0 +1,711 @@
+//! Configuration: the typed, validated model every other module reads, and the
+//! pipeline that produces it: TOML text → `raw` structs (serde, unknown fields
+//! rejected) → `validate` (env substitution, defaults, cross-references), with
+//! every error naming the file, line and field. A `Config` is immutable once
+//! built; live connections hold the `Arc` they started with.
+
+mod duration;
+mod env;
+mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use raw::{RawConfig, S, Scalar};
+
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub workers: usize,
+    /// `None` when the admin listener is disabled.
+    pub admin: Option<SocketAddr>,
+    pub log: LogConfig,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter` directive, e.g. `info` or `gatehouse=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub proxy_header: Duration,
+    pub idle: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+    pub shutdown_drain: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_connections_per_ip: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub backlog: u32,
+    pub accept_proxy: Option<AcceptProxy>,
+}
+
+/// Receiving PROXY protocol headers on a listener.
+#[derive(Debug, Clone)]
+pub struct AcceptProxy {
+    /// Only peers in these networks may send a header.
+    pub trusted: Vec<IpNet>,
+    /// When true every connection must come from a trusted peer and start
+    /// with a header; when false trusted peers may omit it and untrusted
+    /// peers are direct clients (a header from them is refused).
+    pub required: bool,
+    pub timeout: Duration,
+}
+
+/// A route is *match + action + policy*.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub policy: RoutePolicy,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    /// Index into `Config::listeners`; `None` matches every listener.
+    pub listener: Option<usize>,
+    /// Local (destination) port of the accepted connection.
+    pub port: Option<u16>,
+    /// Empty matches every client.
+    pub client_cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Forward(Forward),
+}
+
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// `host:port` targets, used round-robin.
+    pub targets: Vec<String>,
+    pub send_proxy: Option<ProxyVersion>,
+    /// Pass the TLVs of an incoming v2 header on unchanged (v2 only).
+    pub pass_tlvs: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+    pub max_connections: Option<u32>,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.field, self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in a config file, in file order.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+}
+
+/// Reads, parses and validates a config file, substituting environment variables.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let lookup = |name: &str| std::env::var(name).ok();
+    Ok(parse(&path.display().to_string(), &text, &lookup)?)
+}
+
+/// Parses and validates config text. `file` only names the source in errors.
+pub fn parse(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut cx = Ctx {
+        file,
+        text,
+        env,
+        errors: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_owned();
+            cx.err(&span, "", &message);
+            return Err(ConfigErrors(cx.errors));
+        }
+    };
+    let config = cx.validate(raw);
+    if cx.errors.is_empty() {
+        Ok(config)
+    } else {
+        cx.errors.sort_by_key(|e| e.line);
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&mut self, span: &Range<usize>, field: &str, message: &str) {
+        let line = self.line(span);
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            field: field.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    fn string(&mut self, v: &S<String>, field: &str) -> Option<String> {
+        match env::expand(v.get_ref(), self.env) {
+            Ok(s) => Some(s),
+            Err(m) => {
+                self.err(&v.span(), field, &m);
+                None
+            }
+        }
+    }
+
+    fn scalar_text(&mut self, v: &S<Scalar>, field: &str) -> Option<String> {
+        match v.get_ref() {
+            Scalar::Int(i) => Some(i.to_string()),
+            Scalar::Str(s) => match env::expand(s, self.env) {
+                Ok(s) => Some(s),
+                Err(m) => {
+                    self.err(&v.span(), field, &m);
+                    None
+                }
+            },
+        }
+    }
+
+    /// A positive integer no larger than `max`.
+    fn count(&mut self, v: &S<Scalar>, field: &str, max: u64) -> Option<u64> {
+        let text = self.scalar_text(v, field)?;
+        match text.trim().parse::<u64>() {
+            Ok(0) => self.err(&v.span(), field, "must be at least 1"),
+            Ok(n) if n > max => self.err(&v.span(), field, &format!("must be at most {max}")),
+            Ok(n) => return Some(n),
+            Err(_) => self.err(
+                &v.span(),
+                field,
+                &format!("{text:?} is not a positive integer"),
+            ),
+        }
+        None
+    }
+
+    /// A non-zero duration, or `None` for `"off"` where `allow_off`.
+    fn duration(
+        &mut self,
+        v: &S<Scalar>,
+        field: &str,
+        allow_off: bool,
+    ) -> Option<Option<Duration>> {
+        let text = match v.get_ref() {
+            Scalar::Int(_) => {
+                self.err(
+                    &v.span(),
+                    field,
+                    "durations are strings with a unit, e.g. \"5s\"",
+                );
+                return None;
+            }
+            Scalar::Str(_) => self.scalar_text(v, field)?,
+        };
+        if text.trim() == "off" {
+            if allow_off {
+                return Some(None);
+            }
+            self.err(&v.span(), field, "this deadline cannot be turned off");
+            return None;
+        }
+        match duration::parse(&text) {
+            Ok(d) if d.is_zero() => self.err(&v.span(), field, "must be longer than zero"),
+            Ok(d) => return Some(Some(d)),
+            Err(m) => self.err(&v.span(), field, &m),
+        }
+        None
+    }
+
+    fn required_duration(
+        &mut self,
+        v: Option<&S<Scalar>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        v.and_then(|v| self.duration(v, field, false))
+            .flatten()
+            .unwrap_or(default)
+    }
+
+    fn optional_duration(
+        &mut self,
+        v: Option<&S<Scalar>>,
+        field: &str,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        match v {
+            Some(v) => self.duration(v, field, true).unwrap_or(default),
+            None => default,
+        }
+    }
+
+    fn socket_addr(&mut self, v: &S<String>, field: &str) -> Option<SocketAddr> {
+        let s = self.string(v, field)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    &v.span(),
+                    field,
+                    &format!("{s:?} is not an address like 127.0.0.1:8080 or [::1]:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn cidrs(&mut self, list: &S<Vec<S<String>>>, field: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for item in list.get_ref() {
+            let Some(s) = self.string(item, field) else {
+                continue;
+            };
+            match parse_cidr(&s) {
+                Some(net) => out.push(net),
+                None => self.err(
+                    &item.span(),
+                    field,
+                    &format!("{s:?} is not a CIDR like 10.0.0.0/8 or an IP address"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn validate(&mut self, raw: RawConfig) -> Config {
+        let workers = match &raw.workers {
+            None => default_workers(),
+            Some(v) => {
+                let text = self.scalar_text(v, "workers");
+                match text.as_deref().map(str::trim) {
+                    Some("auto") | None => default_workers(),
+                    Some(_) => self.count(v, "workers", 1024).map_or(1, |n| n as usize),
+                }
+            }
+        };
+
+        let admin = match &raw.admin {
+            Some(a) if a.enabled.as_ref().is_some_and(|e| !*e.get_ref()) => None,
+            Some(a) => match &a.bind {
+                Some(b) => self.socket_addr(b, "admin.bind"),
+                None => DEFAULT_ADMIN_BIND.parse().ok(),
+            },
+            None => DEFAULT_ADMIN_BIND.parse().ok(),
+        };
+
+        let mut log = LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        };
+        if let Some(l) = &raw.log {
+            if let Some(level) = &l.level {
+                if let Some(s) = self.string(level, "log.level") {
+                    if tracing_subscriber::EnvFilter::try_new(&s).is_err() {
+                        self.err(
+                            &level.span(),
+                            "log.level",
+                            &format!(
+                                "{s:?} is not a log filter (e.g. \"info\", \"gatehouse=debug\")"
+                            ),
+                        );
+                    }
+                    log.level = s;
+                }
+            }
+            if let Some(format) = &l.format {
+                match self.string(format, "log.format").as_deref() {
+                    Some("text") => log.format = LogFormat::Text,
+                    Some("json") => log.format = LogFormat::Json,
+                    Some(other) => self.err(
+                        &format.span(),
+                        "log.format",
+                        &format!("{other:?} is not one of \"text\", \"json\""),
+                    ),
+                    None => {}
+                }
+            }
+        }
+
+        let t = raw.timeouts.as_ref();
+        let timeouts = Timeouts {
+            connect: self.required_duration(
+                t.and_then(|t| t.connect.as_ref()),
+                "timeouts.connect",
+                Duration::from_secs(5),
+            ),
+            proxy_header: self.required_duration(
+                t.and_then(|t| t.proxy_header.as_ref()),
+                "timeouts.proxy_header",
+                Duration::from_secs(5),
+            ),
+            idle: self.optional_duration(
+                t.and_then(|t| t.idle.as_ref()),
+                "timeouts.idle",
+                Some(Duration::from_secs(600)),
+            ),
+            max_lifetime: self.optional_duration(
+                t.and_then(|t| t.max_lifetime.as_ref()),
+                "timeouts.max_lifetime",
+                None,
+            ),
+            shutdown_drain: self.required_duration(
+                t.and_then(|t| t.shutdown_drain.as_ref()),
+                "timeouts.shutdown_drain",
+                Duration::from_secs(30),
+            ),
+        };
+
+        let l = raw.limits.as_ref();
+        let limits = Limits {
+            max_connections: l
+                .and_then(|l| l.max_connections.as_ref())
+                .and_then(|v| self.count(v, "limits.max_connections", u32::MAX as u64))
+                .map_or(10_000, |n| n as u32),
+            max_connections_per_ip: l
+                .and_then(|l| l.max_connections_per_ip.as_ref())
+                .and_then(|v| self.count(v, "limits.max_connections_per_ip", u32::MAX as u64))
+                .map(|n| n as u32),
+        };
+
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        let mut listener_names: Vec<String> = Vec::new();
+        for (i, rl) in raw.listeners.iter().enumerate() {
+            let field = |f: &str| format!("listeners[{i}].{f}");
+            let rl_ref = rl.get_ref();
+            let name = self
+                .string(&rl_ref.name, &field("name"))
+                .unwrap_or_default();
+            if name.is_empty() {
+                self.err(&rl_ref.name.span(), &field("name"), "must not be empty");
+            } else if listener_names.contains(&name) {
+                self.err(
+                    &rl_ref.name.span(),
+                    &field("name"),
+                    &format!("duplicate listener name {name:?}"),
+                );
+            }
+            listener_names.push(name.clone());
+            let bind = self.socket_addr(&rl_ref.bind, &field("bind"));
+            let backlog = rl_ref
+                .backlog
+                .as_ref()
+                .and_then(|v| self.count(v, &field("backlog"), 65535))
+                .map_or(1024, |n| n as u32);
+            let accept_proxy = rl_ref.proxy_protocol.as_ref().map(|p| {
+                let trusted = self.cidrs(&p.trusted, &field("proxy_protocol.trusted"));
+                if p.trusted.get_ref().is_empty() {
+                    self.err(
+                        &p.trusted.span(),
+                        &field("proxy_protocol.trusted"),
+                        "list at least one trusted network",
+                    );
+                }
+                AcceptProxy {
+                    trusted,
+                    required: p.required.as_ref().is_none_or(|r| *r.get_ref()),
+                    timeout: self.required_duration(
+                        p.timeout.as_ref(),
+                        &field("proxy_protocol.timeout"),
+                        timeouts.proxy_header,
+                    ),
+                }
+            });
+            if let Some(bind) = bind {
+                listeners.push(ListenerConfig {
+                    name,
+                    bind,
+                    backlog,
+                    accept_proxy,
+                });
+            }
+        }
+        if raw.listeners.is_empty() {
+            self.err(
+                &(0..0),
+                "listeners",
+                "define at least one [[listeners]] table",
+            );
+        }
+
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        let mut route_names: Vec<String> = Vec::new();
+        for (i, rr) in raw.routes.iter().enumerate() {
+            let field = |f: &str| format!("routes[{i}].{f}");
+            let r = rr.get_ref();
+            let name = self.string(&r.name, &field("name")).unwrap_or_default();
+            if name.is_empty() {
+                self.err(&r.name.span(), &field("name"), "must not be empty");
+            } else if route_names.contains(&name) {
+                self.err(
+                    &r.name.span(),
+                    &field("name"),
+                    &format!("duplicate route name {name:?}"),
+                );
+            }
+            route_names.push(name.clone());
+            let mut matcher = RouteMatch::default();
+            if let Some(m) = &r.matcher {
+                if let Some(l) = &m.listener {
+                    if let Some(ln) = self.string(l, &field("match.listener")) {
+                        match listener_names.iter().position(|x| x == &ln) {
+                            Some(idx) => matcher.listener = Some(idx),
+                            None => self.err(
+                                &l.span(),
+                                &field("match.listener"),
+                                &format!("no listener is named {ln:?}"),
+                            ),
+                        }
+                    }
+                }
+                if let Some(p) = &m.port {
+                    matcher.port = self.count(p, &field("match.port"), 65535).map(|n| n as u16);
+                }
+                if let Some(c) = &m.client_cidrs {
+                    matcher.client_cidrs = self.cidrs(c, &field("match.client_cidrs"));
+                }
+            }
+            let a = r.action.get_ref();
+            let action = match &a.forward {
+                None => {
+                    self.err(
+                        &r.action.span(),
+                        &field("action"),
+                        "an action is required: forward = [\"host:port\", ...]",
+                    );
+                    None
+                }
+                Some(list) => {
+                    let mut targets = Vec::new();
+                    for t in list.get_ref() {
+                        let Some(s) = self.string(t, &field("action.forward")) else {
+                            continue;
+                        };
+                        match check_target(&s) {
+                            Ok(()) => targets.push(s),
+                            Err(m) => self.err(&t.span(), &field("action.forward"), &m),
+                        }
+                    }
+                    if list.get_ref().is_empty() {
+                        self.err(
+                            &list.span(),
+                            &field("action.forward"),
+                            "list at least one target",
+                        );
+                    }
+                    let send_proxy = match &a.send_proxy_protocol {
+                        None => None,
+                        Some(v) => match self
+                            .string(v, &field("action.send_proxy_protocol"))
+                            .as_deref()
+                        {
+                            Some("v1") => Some(ProxyVersion::V1),
+                            Some("v2") => Some(ProxyVersion::V2),
+                            Some(other) => {
+                                self.err(
+                                    &v.span(),
+                                    &field("action.send_proxy_protocol"),
+                                    &format!("{other:?} is not one of \"v1\", \"v2\""),
+                                );
+                                None
+                            }
+                            None => None,
+                        },
+                    };
+                    let pass_tlvs = a.pass_tlvs.as_ref().is_some_and(|p| *p.get_ref());
+                    if pass_tlvs && send_proxy != Some(ProxyVersion::V2) {
+                        let span = a.pass_tlvs.as_ref().map(|p| p.span()).unwrap_or_default();
+                        self.err(
+                            &span,
+                            &field("action.pass_tlvs"),
+                            "needs send_proxy_protocol = \"v2\" (v1 has no TLVs)",
+                        );
+                    }
+                    Some(RouteAction::Forward(Forward {
+                        targets,
+                        send_proxy,
+                        pass_tlvs,
+                    }))
+                }
+            };
+            let p = r.policy.as_ref();
+            let policy = RoutePolicy {
+                connect_timeout: self.required_duration(
+                    p.and_then(|p| p.connect_timeout.as_ref()),
+                    &field("policy.connect_timeout"),
+                    timeouts.connect,
+                ),
+                idle_timeout: self.optional_duration(
+                    p.and_then(|p| p.idle_timeout.as_ref()),
+                    &field("policy.idle_timeout"),
+                    timeouts.idle,
+                ),
+                max_lifetime: self.optional_duration(
+                    p.and_then(|p| p.max_lifetime.as_ref()),
+                    &field("policy.max_lifetime"),
+                    timeouts.max_lifetime,
+                ),
+                max_connections: p
+                    .and_then(|p| p.max_connections.as_ref())
+                    .and_then(|v| self.count(v, &field("policy.max_connections"), u32::MAX as u64))
+                    .map(|n| n as u32),
+            };
+            if let Some(action) = action {
+                routes.push(RouteConfig {
+                    name,
+                    matcher,
+                    action,
+                    policy,
+                });
+            }
+        }
+        if raw.routes.is_empty() {
+            self.err(&(0..0), "routes", "define at least one [[routes]] table");
+        }
+
+        Config {
+            workers,
+            admin,
+            log,
+            timeouts,
+            limits,
+            listeners,
+            routes,
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Accepts `10.0.0.0/8`, `::1/128`, or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>().ok().map(IpNet::from)
+}
+
+/// A target is `host:port` (or `[v6]:port`) with a non-zero port.
+fn check_target(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0) {
+        return Ok(());
+    }
+    let bad =
+        || format!("{s:?} is not a target like \"10.0.0.5:8080\" or \"backend.internal:8080\"");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests;

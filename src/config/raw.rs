@@ -1,0 +1,114 @@
+//! The config file as written: serde structs that mirror the TOML, every leaf
+//! value wrapped in `Spanned` so that validation can name the line it came from.
+//! Nothing here is trusted; `super::validate` turns it into the typed model.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A value that may be written as a number or as a string (so that
+/// `"${WORKERS}"` can stand where a number is expected).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Str(String),
+}
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub workers: Option<S<Scalar>>,
+    pub admin: Option<RawAdmin>,
+    pub log: Option<RawLog>,
+    pub timeouts: Option<RawTimeouts>,
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub listeners: Vec<S<RawListener>>,
+    #[serde(default)]
+    pub routes: Vec<S<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Option<S<String>>,
+    pub enabled: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<S<String>>,
+    pub format: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<S<Scalar>>,
+    pub proxy_header: Option<S<Scalar>>,
+    pub idle: Option<S<Scalar>>,
+    pub max_lifetime: Option<S<Scalar>>,
+    pub shutdown_drain: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<S<Scalar>>,
+    pub max_connections_per_ip: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: S<String>,
+    pub bind: S<String>,
+    pub backlog: Option<S<Scalar>>,
+    pub proxy_protocol: Option<RawAcceptProxy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcceptProxy {
+    pub trusted: S<Vec<S<String>>>,
+    pub required: Option<S<bool>>,
+    pub timeout: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: S<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: Option<RawMatch>,
+    pub action: S<RawAction>,
+    pub policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub listener: Option<S<String>>,
+    pub port: Option<S<Scalar>>,
+    pub client_cidrs: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    pub forward: Option<S<Vec<S<String>>>>,
+    pub send_proxy_protocol: Option<S<String>>,
+    pub pass_tlvs: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub connect_timeout: Option<S<Scalar>>,
+    pub idle_timeout: Option<S<Scalar>>,
+    pub max_lifetime: Option<S<Scalar>>,
+    pub max_connections: Option<S<Scalar>>,
+}

@@ -1,0 +1,351 @@
+//! The live connection table. Each entry is owned by a `ConnGuard` held by the
+//! connection's task; dropping the guard removes the entry, releases the
+//! per-IP and per-route slots it claimed and counts the end reason. There is
+//! no sweep and no cleanup queue: the table is correct at every instant.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::{ConnState, EndReason};
+use crate::metrics::Metrics;
+use crate::proxy_protocol::Tlv;
+
+pub struct ConnTable {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<ConnEntry>>>,
+    active: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    metrics: Arc<Metrics>,
+    emptied: Notify,
+}
+
+/// One live connection. Fields that change on the hot path are atomics; the
+/// rest is set a handful of times per connection under a small lock.
+pub struct ConnEntry {
+    id: u64,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    started: Instant,
+    started_unix_ms: u64,
+    state: AtomicU8,
+    /// Client → upstream bytes.
+    pub bytes_up: AtomicU64,
+    /// Upstream → client bytes.
+    pub bytes_down: AtomicU64,
+    details: Mutex<Details>,
+}
+
+#[derive(Default, Clone)]
+struct Details {
+    client: Option<SocketAddr>,
+    route: Option<(usize, Arc<str>)>,
+    upstream: Option<SocketAddr>,
+    tlvs: Vec<Tlv>,
+}
+
+/// What `/connections` shows for one entry.
+#[derive(Debug, Serialize)]
+pub struct ConnSnapshot {
+    pub id: u64,
+    pub listener: String,
+    pub peer: String,
+    pub client: String,
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub state: &'static str,
+    pub started_unix_ms: u64,
+    pub age_ms: u64,
+    pub bytes_client_to_upstream: u64,
+    pub bytes_upstream_to_client: u64,
+    pub proxy_tlvs: Vec<TlvSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TlvSnapshot {
+    pub kind: u8,
+    pub value_hex: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another task panicked while holding it; the
+    // maps stay structurally valid, so keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ConnTable {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<ConnTable> {
+        Arc::new(ConnTable {
+            next_id: AtomicU64::new(1),
+            live: Mutex::new(HashMap::new()),
+            active: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            metrics,
+            emptied: Notify::new(),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Registers a just-accepted connection. The returned guard is the entry.
+    pub fn register(self: &Arc<Self>, listener: Arc<str>, peer: SocketAddr) -> ConnGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(ConnEntry {
+            id,
+            listener,
+            peer,
+            started: Instant::now(),
+            started_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            state: AtomicU8::new(ConnState::Accepting as u8),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            details: Mutex::new(Details::default()),
+        });
+        lock(&self.live).insert(id, entry.clone());
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        ConnGuard {
+            table: self.clone(),
+            entry,
+            ip_slot: None,
+            route: None,
+            route_slot_taken: false,
+            end: None,
+        }
+    }
+
+    /// Live connections right now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub fn snapshot(&self) -> Vec<ConnSnapshot> {
+        let entries: Vec<Arc<ConnEntry>> = lock(&self.live).values().cloned().collect();
+        let mut out: Vec<ConnSnapshot> = entries.iter().map(|e| e.snapshot()).collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    /// Counts of live connections by (route index or none, state).
+    pub fn count_by_route_state(&self) -> HashMap<(Option<usize>, ConnState), u64> {
+        let entries: Vec<Arc<ConnEntry>> = lock(&self.live).values().cloned().collect();
+        let mut counts = HashMap::new();
+        for e in entries {
+            let route = lock(&e.details).route.as_ref().map(|r| r.0);
+            *counts.entry((route, e.state())).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Bytes moved so far by live connections, per route index (or none): (up, down).
+    pub fn live_bytes(&self) -> HashMap<Option<usize>, (u64, u64)> {
+        let entries: Vec<Arc<ConnEntry>> = lock(&self.live).values().cloned().collect();
+        let mut out: HashMap<Option<usize>, (u64, u64)> = HashMap::new();
+        for e in entries {
+            let route = lock(&e.details).route.as_ref().map(|r| r.0);
+            let slot = out.entry(route).or_default();
+            slot.0 += e.bytes_up.load(Ordering::Relaxed);
+            slot.1 += e.bytes_down.load(Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Resolves once the table is empty.
+    pub async fn wait_empty(&self) {
+        loop {
+            let notified = self.emptied.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl ConnEntry {
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    fn snapshot(&self) -> ConnSnapshot {
+        let d = lock(&self.details).clone();
+        ConnSnapshot {
+            id: self.id,
+            listener: self.listener.to_string(),
+            peer: self.peer.to_string(),
+            client: d.client.unwrap_or(self.peer).to_string(),
+            route: d.route.map(|r| r.1.to_string()),
+            upstream: d.upstream.map(|u| u.to_string()),
+            state: self.state().as_str(),
+            started_unix_ms: self.started_unix_ms,
+            age_ms: self.started.elapsed().as_millis() as u64,
+            bytes_client_to_upstream: self.bytes_up.load(Ordering::Relaxed),
+            bytes_upstream_to_client: self.bytes_down.load(Ordering::Relaxed),
+            proxy_tlvs: d
+                .tlvs
+                .iter()
+                .map(|t| TlvSnapshot {
+                    kind: t.kind,
+                    value_hex: t.value.iter().map(|b| format!("{b:02x}")).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Owns one table entry. Dropping it is the one and only way an entry leaves
+/// the table; it records the end reason set by `finish` (or `internal_error`
+/// if the owner never set one, e.g. on a panic).
+pub struct ConnGuard {
+    table: Arc<ConnTable>,
+    entry: Arc<ConnEntry>,
+    ip_slot: Option<IpAddr>,
+    route: Option<usize>,
+    route_slot_taken: bool,
+    end: Option<EndReason>,
+}
+
+impl ConnGuard {
+    pub fn id(&self) -> u64 {
+        self.entry.id
+    }
+
+    pub fn entry(&self) -> &ConnEntry {
+        &self.entry
+    }
+
+    pub fn set_state(&self, state: ConnState) {
+        let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
+        if old != state as u8 {
+            tracing::trace!(
+                conn = self.entry.id,
+                from = ConnState::from_u8(old).as_str(),
+                to = state.as_str(),
+                "state"
+            );
+        }
+    }
+
+    /// Records the real client address (from a PROXY header) and its TLVs.
+    pub fn set_client(&self, client: SocketAddr, tlvs: Vec<Tlv>) {
+        let mut d = lock(&self.entry.details);
+        d.client = Some(client);
+        d.tlvs = tlvs;
+    }
+
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        lock(&self.entry.details).upstream = Some(upstream);
+    }
+
+    /// Takes a per-client-address slot; fails when `limit` are already taken.
+    pub fn claim_ip(&mut self, ip: IpAddr, limit: u32) -> Result<(), EndReason> {
+        let mut map = lock(&self.table.per_ip);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return Err(EndReason::LimitPerIp);
+        }
+        *n += 1;
+        self.ip_slot = Some(ip);
+        Ok(())
+    }
+
+    /// Assigns the connection to a route, taking one of its slots.
+    pub fn claim_route(
+        &mut self,
+        index: usize,
+        name: Arc<str>,
+        limit: Option<u32>,
+    ) -> Result<(), EndReason> {
+        let active = &self.table.metrics.route(index).active;
+        let before = active.fetch_add(1, Ordering::AcqRel);
+        if limit.is_some_and(|l| before >= l as u64) {
+            active.fetch_sub(1, Ordering::AcqRel);
+            lock(&self.entry.details).route = Some((index, name));
+            self.route = Some(index);
+            return Err(EndReason::LimitRoute);
+        }
+        lock(&self.entry.details).route = Some((index, name));
+        self.route = Some(index);
+        self.route_slot_taken = true;
+        Ok(())
+    }
+
+    /// Sets the end reason; the entry leaves the table when the guard drops.
+    pub fn finish(mut self, reason: EndReason) {
+        self.end = Some(reason);
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let reason = self.end.unwrap_or(EndReason::Internal);
+        self.entry
+            .state
+            .store(ConnState::Closed as u8, Ordering::Relaxed);
+        let table = &self.table;
+        if let Some(ip) = self.ip_slot.take() {
+            let mut map = lock(&table.per_ip);
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        let stats = table.metrics.route_or_none(self.route);
+        if self.route_slot_taken {
+            stats.active.fetch_sub(1, Ordering::AcqRel);
+        }
+        stats.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+        stats.bytes_up.fetch_add(
+            self.entry.bytes_up.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        stats.bytes_down.fetch_add(
+            self.entry.bytes_down.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        lock(&table.live).remove(&self.entry.id);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            self.log_end(reason);
+        }
+        if table.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            table.emptied.notify_waiters();
+        }
+    }
+}
+
+impl ConnGuard {
+    fn log_end(&self, reason: EndReason) {
+        let d = lock(&self.entry.details);
+        tracing::debug!(
+            conn = self.entry.id,
+            listener = &*self.entry.listener,
+            client = %d.client.unwrap_or(self.entry.peer),
+            route = d.route.as_ref().map(|r| &*r.1),
+            upstream = d.upstream.map(|u| u.to_string()),
+            reason = reason.as_str(),
+            side = reason.side().as_str(),
+            bytes_up = self.entry.bytes_up.load(Ordering::Relaxed),
+            bytes_down = self.entry.bytes_down.load(Ordering::Relaxed),
+            duration_ms = self.entry.started.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! L4 (TCP) proxying: the task that owns one accepted connection from accept
+//! to close. It walks the connection through its states — PROXY header,
+//! routing, connecting, established/draining — with a deadline on every wait,
+//! and returns exactly one `EndReason`. Both sockets are closed before the
+//! table entry (the `ConnGuard`) is dropped.
+
+mod pump;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::{ProxyVersion, RouteAction};
+use crate::conn::{ConnGuard, ConnState, EndReason};
+use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
+use crate::routing::{self, RouteInput};
+use crate::server::{ListenerRt, Runtime};
+
+pub use pump::release_buffers;
+
+/// Owns `client` until it is closed, then records the end in the table.
+pub async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    mut guard: ConnGuard,
+    listener: Arc<ListenerRt>,
+    rt: Arc<Runtime>,
+) {
+    let reason = run(client, peer, &mut guard, &listener, &rt).await;
+    guard.finish(reason);
+}
+
+async fn run(
+    client: TcpStream,
+    peer: SocketAddr,
+    guard: &mut ConnGuard,
+    listener: &ListenerRt,
+    rt: &Runtime,
+) -> EndReason {
+    let Ok(local) = client.local_addr() else {
+        return EndReason::ClientReset;
+    };
+    let _ = client.set_nodelay(true);
+
+    // --- PROXY header -------------------------------------------------
+    let mut client_addr = peer;
+    let mut original_dst = local;
+    let mut tlvs: Vec<Tlv> = Vec::new();
+    let mut early_bytes: Vec<u8> = Vec::new();
+    let mut refuse_proxy_signature = false;
+    if let Some(ap) = &listener.config.accept_proxy {
+        let trusted = ap.trusted.iter().any(|n| n.contains(&peer.ip()));
+        if !trusted && ap.required {
+            return EndReason::ProxyHeaderUntrusted;
+        }
+        if trusted {
+            guard.set_state(ConnState::ReadingProxyHeader);
+            let read = tokio::select! {
+                r = timeout(ap.timeout, read_proxy_header(&client, &mut early_bytes, ap.required)) => r,
+                _ = rt.shutdown.closing() => return EndReason::Shutdown,
+            };
+            match read {
+                Err(_elapsed) if ap.required || proxy_protocol::looks_like_header(&early_bytes) => {
+                    return EndReason::ProxyHeaderTimeout;
+                }
+                Err(_elapsed) => {} // optional header and none came: a direct client
+                Ok(Err(reason)) => return reason,
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(header))) => {
+                    if let Some((src, dst)) = header.addresses {
+                        client_addr = src;
+                        original_dst = dst;
+                    }
+                    tlvs = header.tlvs;
+                    guard.set_client(client_addr, tlvs.clone());
+                }
+            }
+        } else {
+            refuse_proxy_signature = true;
+        }
+    }
+    if let Some(limit) = rt.config.limits.max_connections_per_ip {
+        if let Err(reason) = guard.claim_ip(client_addr.ip(), limit) {
+            return reason;
+        }
+    }
+
+    // --- routing ------------------------------------------------------
+    guard.set_state(ConnState::Routing);
+    let input = RouteInput {
+        listener: listener.index,
+        local,
+        client: client_addr,
+    };
+    let Some(route) = routing::select(&rt.routes, &input) else {
+        return EndReason::NoRoute;
+    };
+    if let Err(reason) = guard.claim_route(
+        route.index,
+        route.name.clone(),
+        route.config.policy.max_connections,
+    ) {
+        return reason;
+    }
+    let RouteAction::Forward(forward) = &route.config.action;
+    let policy = &route.config.policy;
+
+    // --- connecting ---------------------------------------------------
+    guard.set_state(ConnState::Connecting);
+    let target = &forward.targets[route.next_target(forward.targets.len())];
+    let started = Instant::now();
+    let upstream = tokio::select! {
+        r = timeout(policy.connect_timeout, connect(target)) => match r {
+            Err(_elapsed) => return EndReason::UpstreamConnectTimeout,
+            Ok(Err(reason)) => return reason,
+            Ok(Ok(s)) => s,
+        },
+        reason = client_gone(&client) => return reason,
+        _ = rt.shutdown.closing() => return EndReason::Shutdown,
+    };
+    rt.table
+        .metrics()
+        .route(route.index)
+        .connect_latency
+        .observe(started.elapsed());
+    if let Ok(addr) = upstream.peer_addr() {
+        guard.set_upstream(addr);
+    }
+    let _ = upstream.set_nodelay(true);
+
+    // Bytes owed to the upstream before anything else the client sends.
+    let first_up = match forward.send_proxy {
+        None => early_bytes,
+        Some(version) => {
+            let mut header = match version {
+                ProxyVersion::V1 => proxy_protocol::encode_v1(client_addr, original_dst),
+                ProxyVersion::V2 => {
+                    let passed: &[Tlv] = if forward.pass_tlvs { &tlvs } else { &[] };
+                    proxy_protocol::encode_v2(client_addr, original_dst, passed)
+                }
+            };
+            header.extend_from_slice(&early_bytes);
+            header
+        }
+    };
+
+    // --- established / draining ---------------------------------------
+    guard.set_state(ConnState::Established);
+    let limits = pump::Deadlines {
+        idle: policy.idle_timeout,
+        max_lifetime: policy.max_lifetime,
+        started: guard.entry().started(),
+    };
+    pump::run(
+        &client,
+        &upstream,
+        first_up,
+        guard,
+        limits,
+        refuse_proxy_signature,
+        &rt.shutdown,
+    )
+    .await
+}
+
+/// Reads a PROXY header into `buf` (bounded by `MAX_V2_LEN`). On success the
+/// header bytes are removed from `buf` and what follows them stays there.
+/// `Ok(None)`: no header and none was required (`buf` holds the first bytes).
+async fn read_proxy_header(
+    client: &TcpStream,
+    buf: &mut Vec<u8>,
+    required: bool,
+) -> Result<Option<ProxyHeader>, EndReason> {
+    let mut chunk = [0u8; proxy_protocol::MAX_V2_LEN];
+    loop {
+        match proxy_protocol::frame(buf) {
+            Framing::Complete(len) => {
+                let (header, _) =
+                    proxy_protocol::decode(buf).map_err(|_| EndReason::ProxyHeaderInvalid)?;
+                buf.drain(..len);
+                return Ok(Some(header));
+            }
+            Framing::NotProxy if !required => return Ok(None),
+            Framing::NotProxy | Framing::Invalid(_) => return Err(EndReason::ProxyHeaderInvalid),
+            Framing::Incomplete => {}
+        }
+        let room = proxy_protocol::MAX_V2_LEN.saturating_sub(buf.len()).max(1);
+        client
+            .readable()
+            .await
+            .map_err(|_| EndReason::ClientReset)?;
+        match client.try_read(&mut chunk[..room]) {
+            Ok(0) if buf.is_empty() => return Err(EndReason::ClientClosed),
+            Ok(0) => return Err(EndReason::ProxyHeaderInvalid),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(EndReason::ClientReset),
+        }
+    }
+}
+
+async fn connect(target: &str) -> Result<TcpStream, EndReason> {
+    let addr = match target.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => tokio::net::lookup_host(target)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or(EndReason::UpstreamUnresolved)?,
+    };
+    TcpStream::connect(addr).await.map_err(|e| {
+        tracing::debug!(target, error = %e, "upstream connect failed");
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => EndReason::UpstreamRefused,
+            _ => EndReason::UpstreamConnectError,
+        }
+    })
+}
+
+/// Resolves when the client closes or resets before the upstream is ready.
+/// If the client has sent data, its EOF cannot be seen without consuming
+/// that data, so this then waits for the connect deadline instead.
+async fn client_gone(client: &TcpStream) -> EndReason {
+    let mut probe = [0u8; 1];
+    match client.peek(&mut probe).await {
+        Ok(0) => EndReason::ClientClosed,
+        Ok(_) => std::future::pending().await,
+        Err(_) => EndReason::ClientReset,
+    }
+}

@@ -1,0 +1,16 @@
+//! Gatehouse: an edge proxy and API gateway.
+//!
+//! Data plane: `listener` (accept, global limits) → `l4` (one owner task per
+//! connection: PROXY header, routing, connect, byte pump) with `conn` (states,
+//! end reasons, the connection table). Control plane: `config`, `admin`,
+//! `metrics`, `server` (start-up and graceful shutdown).
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+pub mod l4;
+pub mod listener;
+pub mod metrics;
+pub mod proxy_protocol;
+pub mod routing;
+pub mod server;

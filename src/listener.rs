@@ -1,0 +1,60 @@
+//! Listening sockets and accept loops. Each accepted connection is registered
+//! in the connection table at once (so `accepted` = sum of `closed`), checked
+//! against the global limit, and handed to its own task in `l4`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+use crate::conn::EndReason;
+use crate::server::{ListenerRt, Runtime};
+
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(socket.into())
+}
+
+pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Arc<Runtime>) {
+    let max = runtime.config.limits.max_connections as usize;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = runtime.shutdown.draining() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning;
+                // the pending connection stays in the kernel's queue.
+                tracing::warn!(listener = &*rt.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let guard = runtime.table.register(rt.name.clone(), peer);
+        if runtime.table.active() > max {
+            guard.finish(EndReason::LimitGlobal);
+            drop(stream);
+            continue;
+        }
+        tokio::spawn(crate::l4::serve(
+            stream,
+            peer,
+            guard,
+            rt.clone(),
+            runtime.clone(),
+        ));
+    }
+    tracing::info!(listener = &*rt.name, "listener closed");
+}

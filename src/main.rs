@@ -1,0 +1,106 @@
+//! The `gatehouse` command line: `run`, `check`, `--version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use gatehouse::config::{self, LoadError, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Gatehouse: an edge proxy and API gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log format; overrides `log.format` in the config.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Validate a config file: exit 0 when valid, 1 with every error otherwise.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listeners, {} routes)",
+                    config.display(),
+                    c.listeners.len(),
+                    c.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, log_format } => match run(config, log_format) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(LoadError::Invalid(errors)) => anyhow::bail!("invalid config:\n{errors}"),
+        Err(e) => return Err(e.into()),
+    };
+    let format = match log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => config.log.format,
+    };
+    init_logging(&config.log.level, format);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers = config.workers, "starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
+        .enable_all()
+        .build()
+        .context("building the async runtime")?;
+    let result = runtime.block_on(gatehouse::server::run(config));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+/// `RUST_LOG`, when set, overrides the configured level.
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}

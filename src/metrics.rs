@@ -1,0 +1,204 @@
+//! Counters and histograms of the data plane, and their Prometheus text
+//! rendering for `GET /metrics`. Gauges of live connections are not counted
+//! separately: they are read from the connection table at scrape time, so
+//! they can never drift from it.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::conn::{ConnState, ConnTable, EndReason};
+
+pub struct Metrics {
+    pub accepted: AtomicU64,
+    /// Index 0 holds connections that never got a route; route `i` is at `i + 1`.
+    routes: Vec<RouteStats>,
+    route_names: Vec<String>,
+}
+
+pub struct RouteStats {
+    /// Connections holding a slot of this route (used for its limit).
+    pub active: AtomicU64,
+    pub closed: [AtomicU64; EndReason::COUNT],
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub connect_latency: Histogram,
+}
+
+impl RouteStats {
+    fn new() -> RouteStats {
+        RouteStats {
+            active: AtomicU64::new(0),
+            closed: std::array::from_fn(|_| AtomicU64::new(0)),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            connect_latency: Histogram::new(),
+        }
+    }
+}
+
+/// Upper bounds, in seconds, of the latency buckets.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn new(route_names: Vec<String>) -> Metrics {
+        Metrics {
+            accepted: AtomicU64::new(0),
+            routes: (0..=route_names.len()).map(|_| RouteStats::new()).collect(),
+            route_names,
+        }
+    }
+
+    pub fn route(&self, index: usize) -> &RouteStats {
+        self.route_or_none(Some(index))
+    }
+
+    pub fn route_or_none(&self, index: Option<usize>) -> &RouteStats {
+        let slot = index.map_or(0, |i| i + 1);
+        self.routes.get(slot).unwrap_or(&self.routes[0])
+    }
+
+    fn label(&self, slot: usize) -> &str {
+        if slot == 0 {
+            ""
+        } else {
+            &self.route_names[slot - 1]
+        }
+    }
+
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, table: &ConnTable) -> String {
+        let mut out = String::with_capacity(4096);
+        let by_state = table.count_by_route_state();
+        let live_bytes = table.live_bytes();
+
+        out.push_str(
+            "# HELP gatehouse_connections_accepted_total Connections accepted on all listeners.\n",
+        );
+        out.push_str("# TYPE gatehouse_connections_accepted_total counter\n");
+        let _ = writeln!(
+            out,
+            "gatehouse_connections_accepted_total {}",
+            self.accepted.load(Ordering::Relaxed)
+        );
+
+        out.push_str("# HELP gatehouse_connections_live Entries in the connection table.\n");
+        out.push_str("# TYPE gatehouse_connections_live gauge\n");
+        let _ = writeln!(out, "gatehouse_connections_live {}", table.active());
+        out.push_str("# HELP gatehouse_connections_active Live connections by route and state.\n");
+        out.push_str("# TYPE gatehouse_connections_active gauge\n");
+        for slot in 0..self.routes.len() {
+            let route = slot.checked_sub(1);
+            for state in ConnState::ALL {
+                if state == ConnState::Closed {
+                    continue;
+                }
+                let n = by_state.get(&(route, state)).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "gatehouse_connections_active{{route=\"{}\",state=\"{}\"}} {n}",
+                    self.label(slot),
+                    state.as_str()
+                );
+            }
+        }
+
+        out.push_str("# HELP gatehouse_connections_closed_total Connections ended, by route, reason and side to blame.\n");
+        out.push_str("# TYPE gatehouse_connections_closed_total counter\n");
+        for (slot, stats) in self.routes.iter().enumerate() {
+            for reason in EndReason::ALL {
+                let n = stats.closed[reason.index()].load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "gatehouse_connections_closed_total{{route=\"{}\",reason=\"{}\",side=\"{}\"}} {n}",
+                    self.label(slot),
+                    reason.as_str(),
+                    reason.side().as_str()
+                );
+            }
+        }
+
+        out.push_str("# HELP gatehouse_bytes_total Bytes proxied, by route and direction.\n");
+        out.push_str("# TYPE gatehouse_bytes_total counter\n");
+        for (slot, stats) in self.routes.iter().enumerate() {
+            let (live_up, live_down) = live_bytes
+                .get(&slot.checked_sub(1))
+                .copied()
+                .unwrap_or((0, 0));
+            let up = stats.bytes_up.load(Ordering::Relaxed) + live_up;
+            let down = stats.bytes_down.load(Ordering::Relaxed) + live_down;
+            let label = self.label(slot);
+            let _ = writeln!(
+                out,
+                "gatehouse_bytes_total{{route=\"{label}\",direction=\"client_to_upstream\"}} {up}"
+            );
+            let _ = writeln!(
+                out,
+                "gatehouse_bytes_total{{route=\"{label}\",direction=\"upstream_to_client\"}} {down}"
+            );
+        }
+
+        out.push_str(
+            "# HELP gatehouse_upstream_connect_seconds Time to establish upstream connections.\n",
+        );
+        out.push_str("# TYPE gatehouse_upstream_connect_seconds histogram\n");
+        for (slot, stats) in self.routes.iter().enumerate().skip(1) {
+            let h = &stats.connect_latency;
+            let label = self.label(slot);
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += h.counts[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "gatehouse_upstream_connect_seconds_bucket{{route=\"{label}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "gatehouse_upstream_connect_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {count}"
+            );
+            let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "gatehouse_upstream_connect_seconds_sum{{route=\"{label}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "gatehouse_upstream_connect_seconds_count{{route=\"{label}\"}} {count}"
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,146 @@
+//! Start-up and shutdown: builds the runtime from a validated config, binds
+//! every listener and the admin endpoint, and on SIGTERM/SIGINT drains:
+//! stop accepting, let live connections finish until the drain deadline,
+//! then end the rest with reason `shutdown`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::config::{Config, ListenerConfig};
+use crate::conn::ConnTable;
+use crate::metrics::Metrics;
+use crate::routing::Route;
+
+/// Shutdown phases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    /// Listeners closed; live connections may finish.
+    Draining,
+    /// Drain deadline passed: every connection ends now.
+    Closing,
+}
+
+#[derive(Clone)]
+pub struct ShutdownSignal(watch::Receiver<Phase>);
+
+impl ShutdownSignal {
+    async fn reached(&self, phase: Phase) {
+        let mut rx = self.0.clone();
+        // An error means the sender is gone, which only happens at exit.
+        let _ = rx.wait_for(|p| *p >= phase).await;
+    }
+
+    pub async fn draining(&self) {
+        self.reached(Phase::Draining).await
+    }
+
+    pub async fn closing(&self) {
+        self.reached(Phase::Closing).await
+    }
+}
+
+pub struct ListenerRt {
+    pub index: usize,
+    pub name: Arc<str>,
+    pub config: ListenerConfig,
+}
+
+/// Everything a connection task needs, shared read-only.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub table: Arc<ConnTable>,
+    pub routes: Vec<Route>,
+    pub shutdown: ShutdownSignal,
+}
+
+/// Runs until a signal has been handled and the drain is over.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new(
+        config.routes.iter().map(|r| r.name.clone()).collect(),
+    ));
+    let table = ConnTable::new(metrics);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let shutdown = ShutdownSignal(phase_rx);
+    let runtime = Arc::new(Runtime {
+        config: config.clone(),
+        table: table.clone(),
+        routes: config
+            .routes
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| Route::new(i, r))
+            .collect(),
+        shutdown: shutdown.clone(),
+    });
+
+    let mut accept_tasks = Vec::new();
+    for (index, lc) in config.listeners.iter().enumerate() {
+        let socket = crate::listener::bind(lc.bind, lc.backlog)
+            .with_context(|| format!("listener {:?}: cannot bind {}", lc.name, lc.bind))?;
+        let addr: SocketAddr = socket.local_addr()?;
+        tracing::info!(listener = %lc.name, addr = %addr, "listening");
+        let rt = Arc::new(ListenerRt {
+            index,
+            name: lc.name.as_str().into(),
+            config: lc.clone(),
+        });
+        accept_tasks.push(tokio::spawn(crate::listener::accept_loop(
+            socket,
+            rt,
+            runtime.clone(),
+        )));
+    }
+
+    if let Some(bind) = config.admin {
+        let admin = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("admin: cannot bind {bind}"))?;
+        tracing::info!(addr = %admin.local_addr()?, "admin listening");
+        tokio::spawn(crate::admin::serve(admin, runtime.clone()));
+    }
+
+    wait_for_signal().await?;
+    tracing::info!(live = table.active(), drain = ?config.timeouts.shutdown_drain, "shutdown: draining");
+    let _ = phase_tx.send(Phase::Draining);
+    for task in accept_tasks {
+        let _ = task.await;
+    }
+    if tokio::time::timeout(config.timeouts.shutdown_drain, table.wait_empty())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            live = table.active(),
+            "shutdown: drain deadline reached, closing the rest"
+        );
+    }
+    let _ = phase_tx.send(Phase::Closing);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), table.wait_empty())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            live = table.active(),
+            "shutdown: connections still open after closing"
+        );
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
