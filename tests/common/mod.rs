@@ -1,0 +1,443 @@
+//! Test harness: runs Gatehouse as its own process on a generated config,
+//! learns its bound addresses from its JSON log events, and reads its state
+//! through the admin API and /proc. Backends are real sockets on 127.0.0.1.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+pub struct Gatehouse {
+    child: Option<Child>,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gatehouse {
+    /// Starts Gatehouse on `config` (TOML). The config must bind listeners and
+    /// the admin endpoint to port 0; the real ports come from the log.
+    pub fn start(config: &str) -> Gatehouse {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gatehouse {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
+            .arg(&path)
+            .args(["--log-format", "json"]);
+        cmd.env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<serde_json::Value>();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(v);
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let mut listeners = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = match rx.recv_timeout(left) {
+                Ok(ev) => ev,
+                Err(_) => panic!(
+                    "gatehouse did not start; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                ),
+            };
+            match ev["message"].as_str() {
+                Some("listening") => {
+                    let name = ev["listener"].as_str().unwrap().to_string();
+                    listeners.insert(name, ev["addr"].as_str().unwrap().parse().unwrap());
+                }
+                Some("admin listening") => break ev["addr"].as_str().unwrap().parse().unwrap(),
+                _ => {}
+            }
+        };
+        // Keep draining events so the reader thread never blocks.
+        thread::spawn(move || while rx.recv().is_ok() {});
+        Gatehouse {
+            child: Some(child),
+            listeners,
+            admin,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.listeners[listener]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        http_get(self.admin, path)
+    }
+
+    pub fn connections(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/connections")).unwrap()
+    }
+
+    pub fn active(&self) -> u64 {
+        self.connections()["active"].as_u64().unwrap()
+    }
+
+    /// Sum of every sample of `name` whose labels contain all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        metric_sum(&self.get("/metrics"), name, labels)
+    }
+
+    pub fn closed(&self, reason: &str) -> u64 {
+        self.metric("gatehouse_connections_closed_total", &[("reason", reason)])
+    }
+
+    /// Waits until the table is empty; panics with the table after `timeout`.
+    pub fn wait_empty(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.connections();
+            if c["active"].as_u64() == Some(0) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("table not empty after {timeout:?}: {c:#}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `cond` holds, polling the admin API.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Gatehouse) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !cond(self) {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; table: {:#}",
+                    self.connections()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Sockets of this process in CLOSE_WAIT (state 08 in /proc/net/tcp*).
+    pub fn close_wait(&self) -> usize {
+        close_wait_of(self.pid())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most `timeout`).
+    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gatehouse did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Gatehouse {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn close_wait_of(pid: u32) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            let t = target.to_string_lossy().to_string();
+            if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let mut n = 0;
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[3] == "08" && inodes.contains(cols[9]) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let mut sum = 0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, lbl) = match series.split_once('{') {
+            Some((n, l)) => (n, l),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\"")))
+        {
+            sum += value.parse::<f64>().unwrap() as u64;
+        }
+    }
+    sum
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    body.to_string()
+}
+
+/// An echo backend: echoes every byte, and after the client's EOF shuts down
+/// its own write side. Returns its address; runs until the test ends.
+pub fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that hands every accepted connection to the test.
+pub fn capture_backend() -> (SocketAddr, mpsc::Receiver<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            if tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// An address that never answers: a listener whose accept queue is full, so
+/// the kernel drops further SYNs. Keep the returned value alive.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<TcpStream>,
+}
+
+pub fn blackhole() -> Blackhole {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 64, "accept queue never filled");
+    }
+    Blackhole {
+        addr,
+        _listener: l,
+        _fillers: fillers,
+    }
+}
+
+/// A local port with nothing listening.
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Reads until EOF or error; returns what was read and whether it ended by EOF.
+pub fn read_to_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// Waits for the peer to close `s` (EOF or reset), bounded by `timeout`;
+/// returns how long it took.
+pub fn wait_closed(s: &mut TcpStream, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!("connection still open after {timeout:?}")
+            }
+            Err(_) => return start.elapsed(),
+        }
+    }
+}
+
+/// Config text for one listener ("in") and one route forwarding to `target`,
+/// with extra TOML appended to the route / prepended at top level.
+pub fn simple_config(
+    top: &str,
+    listener_extra: &str,
+    target: SocketAddr,
+    route_extra: &str,
+) -> String {
+    format!(
+        r#"admin.bind = "127.0.0.1:0"
+workers = 2
+{top}
+
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+{listener_extra}
+
+[[routes]]
+name = "r"
+action.forward = ["{target}"]
+{route_extra}
+"#
+    )
+}
+
+/// Deterministic bytes for transfer checks.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Connects from a chosen local address (any 127.0.0.0/8 address works on Linux).
+pub fn connect_from(src: &str, dst: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.connect(&dst.into()).unwrap();
+    s.into()
+}
+
+/// Every connection accepted is either live or was closed with some reason.
+pub fn assert_accounted(gh: &Gatehouse) {
+    let m = gh.get("/metrics");
+    let accepted = metric_sum(&m, "gatehouse_connections_accepted_total", &[]);
+    let closed = metric_sum(&m, "gatehouse_connections_closed_total", &[]);
+    let live = metric_sum(&m, "gatehouse_connections_live", &[]);
+    assert_eq!(accepted, closed + live, "accepted != closed + live:\n{m}");
+}
