@@ -1,0 +1,137 @@
+//! Acceptance 9: `gatehouse check` accepts good configs and rejects each
+//! class of bad config with a message naming the file and line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::process::Command;
+
+use common::BIN;
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("NOT_SET_ANYWHERE")
+        .output()
+        .unwrap();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "c.toml");
+    (out.status.success(), stderr)
+}
+
+const OK: &str = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[routes]]\nname = \"r\"\naction.forward = [\"127.0.0.1:9\"]\n";
+
+#[test]
+fn the_examples_are_valid() {
+    for f in [
+        "examples/gatehouse.toml",
+        "examples/proxy-chain.toml",
+        "examples/bench/tcp.toml",
+    ] {
+        let out = Command::new(BIN)
+            .args(["check", "--config", f])
+            .env("LISTEN_ADDR", "127.0.0.1:1")
+            .env("BACKEND_ADDR", "127.0.0.1:2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(check(OK).0);
+}
+
+#[test]
+fn each_class_of_bad_config_names_its_line() {
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "unknown field",
+            format!("{OK}[limits]\nmax_conns = 3\n"),
+            "c.toml:8: unknown field `max_conns`",
+        ),
+        (
+            "zero timeout",
+            format!("[timeouts]\nconnect = \"0s\"\n{OK}"),
+            "c.toml:2: timeouts.connect: must be longer than zero",
+        ),
+        (
+            "bad duration",
+            format!("[timeouts]\nidle = \"5 minutes\"\n{OK}"),
+            "c.toml:2: timeouts.idle:",
+        ),
+        (
+            "duplicate listener",
+            format!("{OK}[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n"),
+            "c.toml:8: listeners[1].name: duplicate listener name",
+        ),
+        (
+            "duplicate route",
+            format!("{OK}[[routes]]\nname = \"r\"\naction.forward = [\"127.0.0.1:9\"]\n"),
+            "c.toml:8: routes[1].name: duplicate route name",
+        ),
+        (
+            "bad CIDR",
+            format!("{OK}match.client_cidrs = [\"10.0.0.0/40\"]\n"),
+            "c.toml:7: routes[0].match.client_cidrs:",
+        ),
+        (
+            "unknown listener",
+            format!("{OK}match.listener = \"nope\"\n"),
+            "c.toml:7: routes[0].match.listener: no listener is named \"nope\"",
+        ),
+        (
+            "bad bind",
+            OK.replace("127.0.0.1:0", "localhost"),
+            "c.toml:3: listeners[0].bind:",
+        ),
+        (
+            "unset env",
+            OK.replace("127.0.0.1:9", "${NOT_SET_ANYWHERE}"),
+            "c.toml:6: routes[0].action.forward: environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            "zero limit",
+            format!("[limits]\nmax_connections = 0\n{OK}"),
+            "c.toml:2: limits.max_connections: must be at least 1",
+        ),
+        (
+            "wrong type",
+            format!("{OK}policy.max_connections = true\n"),
+            "c.toml:7:",
+        ),
+        (
+            "bad proxy version",
+            format!("{OK}action.send_proxy_protocol = \"v3\"\n"),
+            "c.toml:7: routes[0].action.send_proxy_protocol:",
+        ),
+        ("toml syntax", format!("{OK}[[routes]\n"), "c.toml:7:"),
+    ];
+    for (name, text, want) in cases {
+        let (ok, stderr) = check(text);
+        assert!(!ok, "{name}: accepted");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(want)),
+            "{name}: want a line starting {want:?}, got:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = "[timeouts]\nconnect = \"0s\"\nidle = \"x\"\n[[listeners]]\nname = \"l\"\nbind = \"nope\"\n[[routes]]\nname = \"r\"\naction.forward = [\"bad\"]\n";
+    let (ok, stderr) = check(text);
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 4, "{stderr}");
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
