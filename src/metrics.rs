@@ -169,6 +169,19 @@ impl Metrics {
             );
         }
 
+        out.push_str("# HELP gatehouse_splice_pipes Pipes of the splice pool, leased or pooled (two FDs each).\n");
+        out.push_str("# TYPE gatehouse_splice_pipes gauge\n");
+        let _ = writeln!(
+            out,
+            "gatehouse_splice_pipes{{state=\"existing\"}} {}",
+            crate::l4::splice::pipes_existing()
+        );
+        let _ = writeln!(
+            out,
+            "gatehouse_splice_pipes{{state=\"pooled\"}} {}",
+            crate::l4::splice::pipes_pooled()
+        );
+
         out.push_str(
             "# HELP gatehouse_upstream_connect_seconds Time to establish upstream connections.\n",
         );

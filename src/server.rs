@@ -105,6 +105,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(crate::admin::serve(admin, runtime.clone()));
     }
 
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(crate::l4::splice::IDLE_PIPE_TTL / 2);
+        loop {
+            tick.tick().await;
+            crate::l4::splice::trim();
+        }
+    });
+
     wait_for_signal().await?;
     tracing::info!(live = table.active(), drain = ?config.timeouts.shutdown_drain, "shutdown: draining");
     let _ = phase_tx.send(Phase::Draining);

@@ -252,7 +252,26 @@ policy.idle_timeout = "300ms"
     assert_eq!(failures.load(Ordering::Relaxed), 0);
 
     gh.wait_empty(Duration::from_secs(5));
+    // Pooled splice pipes (two FDs each) are closed after 2 s unused.
+    gh.wait_for(
+        "the splice pipe pool to empty",
+        Duration::from_secs(5),
+        |g| g.metric("gatehouse_splice_pipes", &[("state", "existing")]) == 0,
+    );
     let after = gh.fd_count();
+    if after.abs_diff(baseline) > 3 {
+        for e in std::fs::read_dir(format!("/proc/{}/fd", gh.pid()))
+            .unwrap()
+            .flatten()
+        {
+            eprintln!(
+                "fd {:?} -> {:?}",
+                e.file_name(),
+                std::fs::read_link(e.path())
+            );
+        }
+        eprintln!("{}", gh.get("/metrics"));
+    }
     assert!(
         after.abs_diff(baseline) <= 3,
         "fds: baseline {baseline}, after {after}"

@@ -5,6 +5,7 @@
 //! table entry (the `ConnGuard`) is dropped.
 
 mod pump;
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

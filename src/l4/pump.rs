@@ -1,6 +1,7 @@
 //! The established phase: bytes copied both ways between client and upstream
-//! by one task, with buffers taken from a small per-thread pool only while
-//! data is flowing (an idle connection holds no buffer). EOF on one side is
+//! by one task: zero-copy through a leased pipe (`splice`) when one is free,
+//! else through buffers taken from a small per-thread pool, in both cases only
+//! while data is flowing (an idle connection holds neither). EOF on one side is
 //! passed on as a write shutdown to the other; the connection ends when both
 //! directions are done, on any error (a reset on one side resets the other),
 //! or on the idle, lifetime or shutdown deadline.
@@ -15,6 +16,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant as TokioInstant, sleep_until};
 
+use super::splice;
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol;
 use crate::server::ShutdownSignal;
@@ -187,15 +189,26 @@ async fn one_way(
         if src.readable().await.is_err() {
             return DirEnd::ReadFailed;
         }
+        // Zero-copy while a pipe is free; bytes must be seen in userspace
+        // only while we still look for a PROXY signature.
+        if !refuse_proxy_signature {
+            if let Some(mut lease) = splice::Lease::take() {
+                let moved = |n: usize| {
+                    bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    activity.touch();
+                };
+                match splice::burst(&mut lease, src, dst, moved).await {
+                    splice::Burst::Drained => continue,
+                    splice::Burst::Eof => return shutdown_write(dst),
+                    splice::Burst::ReadFailed => return DirEnd::ReadFailed,
+                    splice::Burst::WriteFailed => return DirEnd::WriteFailed,
+                }
+            }
+        }
         let mut buf = take_buffer();
         let end = loop {
             match src.try_read(&mut buf) {
-                Ok(0) => {
-                    break Some(match SockRef::from(dst).shutdown(Shutdown::Write) {
-                        Ok(()) => DirEnd::Eof,
-                        Err(_) => DirEnd::WriteFailed,
-                    });
-                }
+                Ok(0) => break Some(shutdown_write(dst)),
                 Ok(n) => {
                     if refuse_proxy_signature {
                         if proxy_protocol::looks_like_header(&buf[..n]) {
@@ -218,6 +231,14 @@ async fn one_way(
         if let Some(end) = end {
             return end;
         }
+    }
+}
+
+/// Passes an EOF on.
+fn shutdown_write(dst: &TcpStream) -> DirEnd {
+    match SockRef::from(dst).shutdown(Shutdown::Write) {
+        Ok(()) => DirEnd::Eof,
+        Err(_) => DirEnd::WriteFailed,
     }
 }
 

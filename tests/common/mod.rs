@@ -231,8 +231,10 @@ pub fn close_wait_of(pid: u32) -> usize {
     n
 }
 
+/// Panics when no sample matches, so a renamed or missing metric cannot pass as 0.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     let mut sum = 0;
+    let mut found = false;
     for line in text.lines() {
         if line.starts_with('#') {
             continue;

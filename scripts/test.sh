@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the whole Gatehouse test suite (unit + integration tests, each test in
+# its own process via cargo-nextest). Installs what the tests need first:
+# HAProxy (for the proxy-chain tests) from Debian's packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
+command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${need_pkgs[*]}"
+  SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+  # The package starts a system service on :80 where systemd runs; tests use their own.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true
+  fi
+fi
+
+# The leak test holds a few thousand sockets at once.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --no-fail-fast "$@"
+else
+  echo "cargo-nextest not found; falling back to cargo test (one process per test file)"
+  exec cargo test --workspace --no-fail-fast "$@"
+fi
