@@ -235,27 +235,25 @@ pub fn close_wait_of(pid: u32) -> usize {
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     let mut sum = 0;
     let mut found = false;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
-        let (n, lbl) = match series.split_once('{') {
-            Some((n, l)) => (n, l),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        if labels
-            .iter()
-            .all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\"")))
+        let (n, lbl) = series.split_once('{').unwrap_or((series, ""));
+        if n == name
+            && labels
+                .iter()
+                .all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\"")))
         {
             sum += value.parse::<f64>().unwrap() as u64;
+            found = true;
         }
     }
+    // Series of closed connections appear only once a reason has occurred.
+    assert!(
+        found || name == "gatehouse_connections_closed_total",
+        "no sample of {name} {labels:?} in:\n{text}"
+    );
     sum
 }
 
