@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use tokio::sync::Notify;
 
 use crate::config::{Config, ListenerConfig};
 use crate::conn::ConnTable;
@@ -16,6 +18,7 @@ use crate::routing::Route;
 
 /// Shutdown phases, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Phase {
     Running,
     /// Listeners closed; live connections may finish.
@@ -24,14 +27,42 @@ pub enum Phase {
     Closing,
 }
 
+/// The shutdown phase, shared by every task. Waiting on it costs a task
+/// only a `Notified` (a few words), since every connection task holds one.
 #[derive(Clone)]
-pub struct ShutdownSignal(watch::Receiver<Phase>);
+pub struct ShutdownSignal(Arc<PhaseState>);
+
+struct PhaseState {
+    phase: AtomicU8,
+    changed: Notify,
+}
 
 impl ShutdownSignal {
+    pub fn new() -> ShutdownSignal {
+        ShutdownSignal(Arc::new(PhaseState {
+            phase: AtomicU8::new(Phase::Running as u8),
+            changed: Notify::new(),
+        }))
+    }
+
+    fn phase(&self) -> u8 {
+        self.0.phase.load(Ordering::Acquire)
+    }
+
+    /// Moves to `phase` (never backwards) and wakes every waiter.
+    pub fn advance(&self, phase: Phase) {
+        self.0.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+
     async fn reached(&self, phase: Phase) {
-        let mut rx = self.0.clone();
-        // An error means the sender is gone, which only happens at exit.
-        let _ = rx.wait_for(|p| *p >= phase).await;
+        loop {
+            let changed = self.0.changed.notified();
+            if self.phase() >= phase as u8 {
+                return;
+            }
+            changed.await;
+        }
     }
 
     pub async fn draining(&self) {
@@ -40,6 +71,12 @@ impl ShutdownSignal {
 
     pub async fn closing(&self) {
         self.reached(Phase::Closing).await
+    }
+}
+
+impl Default for ShutdownSignal {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -64,8 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.routes.iter().map(|r| r.name.clone()).collect(),
     ));
     let table = ConnTable::new(metrics);
-    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let shutdown = ShutdownSignal(phase_rx);
+    let shutdown = ShutdownSignal::new();
     let runtime = Arc::new(Runtime {
         config: config.clone(),
         table: table.clone(),
@@ -115,7 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     wait_for_signal().await?;
     tracing::info!(live = table.active(), drain = ?config.timeouts.shutdown_drain, "shutdown: draining");
-    let _ = phase_tx.send(Phase::Draining);
+    shutdown.advance(Phase::Draining);
     for task in accept_tasks {
         let _ = task.await;
     }
@@ -128,7 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "shutdown: drain deadline reached, closing the rest"
         );
     }
-    let _ = phase_tx.send(Phase::Closing);
+    shutdown.advance(Phase::Closing);
     if tokio::time::timeout(std::time::Duration::from_secs(5), table.wait_empty())
         .await
         .is_err()
@@ -151,4 +187,32 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// A runtime with one listener and one route, for unit tests.
+#[cfg(test)]
+pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
+    let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[routes]]\nname = \"r\"\naction.forward = [\"127.0.0.1:9\"]\n";
+    let config = Arc::new(
+        crate::config::parse("test.toml", text, &|_| None).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let metrics = Arc::new(Metrics::new(vec!["r".into()]));
+    let listener = Arc::new(ListenerRt {
+        index: 0,
+        name: "l".into(),
+        config: config.listeners[0].clone(),
+    });
+    let runtime = Arc::new(Runtime {
+        config: config.clone(),
+        table: ConnTable::new(metrics),
+        routes: config
+            .routes
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| Route::new(i, r))
+            .collect(),
+        shutdown: ShutdownSignal::new(),
+    });
+    (runtime, listener)
 }

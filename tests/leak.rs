@@ -124,7 +124,11 @@ async fn one(kind: Kind, addrs: &[SocketAddr; 5], i: usize, failures: &AtomicU64
                 }
             };
             let (w, r) = tokio::join!(write, read);
-            w.is_ok() && r.is_ok_and(|n| n == size)
+            let ok = w.is_ok() && r.as_ref().is_ok_and(|n| *n == size);
+            if !ok {
+                eprintln!("connection {i}: write {w:?}, read {r:?} of {size}");
+            }
+            ok
         }
         Kind::AbortRst => {
             let _ = s.write_all(&data).await;
@@ -148,9 +152,13 @@ async fn one(kind: Kind, addrs: &[SocketAddr; 5], i: usize, failures: &AtomicU64
         Kind::Idle => {
             let _ = s.write_all(b"x").await;
             let mut b = [0u8; 1];
-            let got = s.read_exact(&mut b).await.is_ok();
+            let got = s.read_exact(&mut b).await;
             // Then nothing: the idle timeout must close it.
-            got && read_all(&mut s).await.is_ok_and(|n| n == 0)
+            let rest = read_all(&mut s).await;
+            if got.is_err() || !rest.as_ref().is_ok_and(|n| *n == 0) {
+                eprintln!("connection {i}: echo {got:?}, then {rest:?}");
+            }
+            got.is_ok() && rest.is_ok_and(|n| n == 0)
         }
     };
     if !ok {

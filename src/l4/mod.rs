@@ -114,7 +114,8 @@ async fn run(
     let target = &forward.targets[route.next_target(forward.targets.len())];
     let started = Instant::now();
     let upstream = tokio::select! {
-        r = timeout(policy.connect_timeout, connect(target)) => match r {
+        // Boxed: the connect future is large and needed only in this state.
+        r = Box::pin(timeout(policy.connect_timeout, connect(target))) => match r {
             Err(_elapsed) => return EndReason::UpstreamConnectTimeout,
             Ok(Err(reason)) => return reason,
             Ok(Ok(s)) => s,
@@ -175,7 +176,6 @@ async fn read_proxy_header(
     buf: &mut Vec<u8>,
     required: bool,
 ) -> Result<Option<ProxyHeader>, EndReason> {
-    let mut chunk = [0u8; proxy_protocol::MAX_V2_LEN];
     loop {
         match proxy_protocol::frame(buf) {
             Framing::Complete(len) => {
@@ -188,15 +188,21 @@ async fn read_proxy_header(
             Framing::NotProxy | Framing::Invalid(_) => return Err(EndReason::ProxyHeaderInvalid),
             Framing::Incomplete => {}
         }
+        // Read straight into `buf`: an array here would be carried by every
+        // connection task for its whole life.
         let room = proxy_protocol::MAX_V2_LEN.saturating_sub(buf.len()).max(1);
         client
             .readable()
             .await
             .map_err(|_| EndReason::ClientReset)?;
-        match client.try_read(&mut chunk[..room]) {
+        let filled = buf.len();
+        buf.resize(filled + room, 0);
+        let read = client.try_read(&mut buf[filled..]);
+        buf.truncate(filled + read.as_ref().map_or(0, |n| *n));
+        match read {
             Ok(0) if buf.is_empty() => return Err(EndReason::ClientClosed),
             Ok(0) => return Err(EndReason::ProxyHeaderInvalid),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return Err(EndReason::ClientReset),
         }
@@ -225,10 +231,68 @@ async fn connect(target: &str) -> Result<TcpStream, EndReason> {
 /// If the client has sent data, its EOF cannot be seen without consuming
 /// that data, so this then waits for the connect deadline instead.
 async fn client_gone(client: &TcpStream) -> EndReason {
-    let mut probe = [0u8; 1];
-    match client.peek(&mut probe).await {
-        Ok(0) => EndReason::ClientClosed,
-        Ok(_) => std::future::pending().await,
-        Err(_) => EndReason::ClientReset,
+    std::future::poll_fn(|cx| {
+        let mut probe = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut probe);
+        match std::task::ready!(client.poll_peek(cx, &mut probe)) {
+            Ok(0) => std::task::Poll::Ready(EndReason::ClientClosed),
+            // Data is waiting: its EOF cannot be seen without reading it.
+            Ok(_) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(EndReason::ClientReset),
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::server::test_runtime;
+
+    /// The task of an idle connection is the largest part of its memory:
+    /// keep the future small (no large arrays held across awaits).
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let (rt, listener) = test_runtime();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = l.accept().await.unwrap();
+        let _ = Metrics::new(Vec::new());
+        let guard = rt.table.register(listener.name.clone(), peer);
+        let fut = serve(stream, peer, guard, listener, rt.clone());
+        let up = TcpStream::connect(addr).await.unwrap();
+        let (c2, _) = l.accept().await.unwrap();
+        let g2 = rt.table.register("x".into(), peer);
+        let d = pump::Deadlines {
+            idle: None,
+            max_lifetime: None,
+            started: Instant::now(),
+        };
+        let pf = pump::run(&c2, &up, Vec::new(), &g2, d, false, &rt.shutdown);
+        eprintln!("pump {}", std::mem::size_of_val(&pf));
+        eprintln!(
+            "connect {}",
+            std::mem::size_of_val(&timeout(
+                std::time::Duration::from_secs(1),
+                connect("127.0.0.1:1")
+            ))
+        );
+        eprintln!("client_gone {}", std::mem::size_of_val(&client_gone(&c2)));
+        eprintln!("closing {}", std::mem::size_of_val(&rt.shutdown.closing()));
+        eprintln!("readable {}", std::mem::size_of_val(&c2.readable()));
+        eprintln!(
+            "sleep {}",
+            std::mem::size_of_val(&tokio::time::sleep(std::time::Duration::from_secs(1)))
+        );
+        let mut buf = Vec::new();
+        eprintln!(
+            "header {}",
+            std::mem::size_of_val(&read_proxy_header(&c2, &mut buf, true))
+        );
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("connection task future: {size} bytes");
+        assert!(size <= 1536, "connection task future is {size} bytes");
     }
 }

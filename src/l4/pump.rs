@@ -1,28 +1,36 @@
-//! The established phase: bytes copied both ways between client and upstream
-//! by one task: zero-copy through a leased pipe (`splice`) when one is free,
-//! else through buffers taken from a small per-thread pool, in both cases only
-//! while data is flowing (an idle connection holds neither). EOF on one side is
-//! passed on as a write shutdown to the other; the connection ends when both
-//! directions are done, on any error (a reset on one side resets the other),
-//! or on the idle, lifetime or shutdown deadline.
+//! The established phase: bytes moved both ways between client and upstream
+//! by the connection's own task, as one hand-written state machine per
+//! direction (`Direction`). Bytes go zero-copy through a leased pipe
+//! (`splice`) when one is free, else through a buffer from a small per-thread
+//! pool; either is held only while bytes are in flight, so an idle
+//! connection holds neither and its task stays small.
+//!
+//! EOF on one side is passed on as a write shutdown to the other; the
+//! connection ends when both directions are done, on any error (a reset on
+//! one side resets the other), or at the idle, lifetime or shutdown deadline.
 
 use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::Shutdown;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant as TokioInstant, sleep_until};
 
-use super::splice;
+use super::splice::Lease;
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol;
 use crate::server::ShutdownSignal;
 
 const BUF_SIZE: usize = 64 * 1024;
 const POOL_MAX: usize = 32;
+/// Reads (or splices) per direction per poll before yielding to other tasks.
+const BURSTS_PER_POLL: usize = 16;
 
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -53,7 +61,198 @@ pub struct Deadlines {
     pub started: Instant,
 }
 
-/// Milliseconds since the connection started at which bytes last moved.
+/// Where one direction (source → destination) stands.
+enum DirState {
+    /// Nothing in flight; waiting for the source to be readable.
+    Waiting,
+    /// Bytes in a leased pipe, to be spliced into the destination.
+    SpliceFlush(Lease),
+    /// Bytes `start..end` of a pooled buffer, to be written to the destination.
+    CopyFlush {
+        buf: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+    /// Bytes owed before anything else (a PROXY header, early client bytes).
+    Prefix { data: Vec<u8>, start: usize },
+    /// EOF received and passed on.
+    Done,
+}
+
+enum DirEnd {
+    Eof,
+    ReadFailed,
+    WriteFailed,
+    ProxySignature,
+}
+
+struct Direction<'a> {
+    state: DirState,
+    bytes: &'a AtomicU64,
+    /// Splice is off while the first bytes must be looked at.
+    refuse_proxy_signature: bool,
+    splice: bool,
+}
+
+impl Direction<'_> {
+    /// Moves bytes until the source has none ready or the destination is full.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        activity: &Activity,
+    ) -> Poll<DirEnd> {
+        for _ in 0..BURSTS_PER_POLL {
+            match &mut self.state {
+                DirState::Done => return Poll::Ready(DirEnd::Eof),
+                DirState::Prefix { data, start } => {
+                    match ready!(poll_write(cx, dst, &data[*start..], activity)) {
+                        Ok(n) => *start += n,
+                        Err(_) => return Poll::Ready(DirEnd::WriteFailed),
+                    }
+                    if *start == data.len() {
+                        self.state = DirState::Waiting;
+                    }
+                }
+                DirState::CopyFlush { buf, start, end } => {
+                    match ready!(poll_write(cx, dst, &buf[*start..*end], activity)) {
+                        Ok(n) => *start += n,
+                        Err(_) => return Poll::Ready(DirEnd::WriteFailed),
+                    }
+                    if *start == *end {
+                        if let DirState::CopyFlush { buf, .. } =
+                            std::mem::replace(&mut self.state, DirState::Waiting)
+                        {
+                            give_buffer(buf);
+                        }
+                    }
+                }
+                DirState::SpliceFlush(lease) => {
+                    match lease.flush(dst) {
+                        Ok(n) => {
+                            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            activity.touch();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if ready!(dst.poll_write_ready(cx)).is_err() {
+                                return Poll::Ready(DirEnd::WriteFailed);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Poll::Ready(DirEnd::WriteFailed),
+                    }
+                    if lease.in_pipe() == 0 {
+                        self.state = DirState::Waiting; // the lease goes back to the pool
+                    }
+                }
+                DirState::Waiting => {
+                    if ready!(src.poll_read_ready(cx)).is_err() {
+                        return Poll::Ready(DirEnd::ReadFailed);
+                    }
+                    if let Some(end) = self.read(src, dst, activity) {
+                        return Poll::Ready(end);
+                    }
+                }
+            }
+        }
+        // Fair share used: let other connections run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One read (or splice) from a readable source into the flush state.
+    fn read(&mut self, src: &TcpStream, dst: &TcpStream, activity: &Activity) -> Option<DirEnd> {
+        if self.splice && !self.refuse_proxy_signature {
+            if let Some(mut lease) = Lease::take() {
+                return match lease.fill(src) {
+                    Ok(0) => Some(self.eof(dst)),
+                    Ok(_) => {
+                        activity.touch();
+                        self.state = DirState::SpliceFlush(lease);
+                        None
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        None
+                    }
+                    Err(_) => Some(DirEnd::ReadFailed),
+                };
+            }
+        }
+        let mut buf = take_buffer();
+        match src.try_read(&mut buf) {
+            Ok(0) => {
+                give_buffer(buf);
+                Some(self.eof(dst))
+            }
+            Ok(n) => {
+                if self.refuse_proxy_signature {
+                    if proxy_protocol::looks_like_header(&buf[..n]) {
+                        give_buffer(buf);
+                        return Some(DirEnd::ProxySignature);
+                    }
+                    self.refuse_proxy_signature = false;
+                }
+                self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                activity.touch();
+                self.state = DirState::CopyFlush {
+                    buf,
+                    start: 0,
+                    end: n,
+                };
+                None
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                give_buffer(buf);
+                None
+            }
+            Err(_) => {
+                give_buffer(buf);
+                Some(DirEnd::ReadFailed)
+            }
+        }
+    }
+
+    /// Passes an EOF on.
+    fn eof(&mut self, dst: &TcpStream) -> DirEnd {
+        self.state = DirState::Done;
+        match SockRef::from(dst).shutdown(Shutdown::Write) {
+            Ok(()) => DirEnd::Eof,
+            Err(_) => DirEnd::WriteFailed,
+        }
+    }
+}
+
+fn poll_write(
+    cx: &mut Context<'_>,
+    dst: &TcpStream,
+    data: &[u8],
+    activity: &Activity,
+) -> Poll<io::Result<usize>> {
+    loop {
+        match dst.try_write(data) {
+            Ok(n) => {
+                activity.touch();
+                return Poll::Ready(Ok(n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(dst.poll_write_ready(cx))?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// When bytes last moved, in milliseconds since the connection started.
 struct Activity {
     started: Instant,
     last_ms: AtomicU64,
@@ -68,13 +267,6 @@ impl Activity {
     fn last(&self) -> Instant {
         self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
-}
-
-enum DirEnd {
-    Eof,
-    ReadFailed,
-    WriteFailed,
-    ProxySignature,
 }
 
 pub async fn run(
@@ -92,73 +284,102 @@ pub async fn run(
         last_ms: AtomicU64::new(0),
     };
     activity.touch();
-    let up = one_way(
-        client,
-        upstream,
-        first_up,
-        &entry.bytes_up,
-        &activity,
+    let splice = super::splice::enabled();
+    let mut up = Direction {
+        state: if first_up.is_empty() {
+            DirState::Waiting
+        } else {
+            DirState::Prefix {
+                data: first_up,
+                start: 0,
+            }
+        },
+        bytes: &entry.bytes_up,
         refuse_proxy_signature,
-    );
-    let down = one_way(
-        upstream,
-        client,
-        Vec::new(),
-        &entry.bytes_down,
-        &activity,
-        false,
-    );
-    tokio::pin!(up, down);
+        splice,
+    };
+    let mut down = Direction {
+        state: DirState::Waiting,
+        bytes: &entry.bytes_down,
+        refuse_proxy_signature: false,
+        splice,
+    };
 
-    let far = TokioInstant::now() + Duration::from_secs(86400 * 365);
-    let idle = deadlines.idle;
-    let idle_timer = sleep_until(idle.map_or(far, |d| TokioInstant::from_std(activity.last() + d)));
-    let lifetime = sleep_until(
-        deadlines
-            .max_lifetime
-            .map_or(far, |d| TokioInstant::from_std(deadlines.started + d)),
-    );
-    tokio::pin!(idle_timer, lifetime);
-    let closing = shutdown.closing();
-    tokio::pin!(closing);
-
-    let (mut up_done, mut down_done) = (false, false);
-    let mut first_eof = None;
-    let reason = loop {
-        tokio::select! {
-            end = &mut up, if !up_done => match end {
-                DirEnd::Eof => {
-                    up_done = true;
-                    first_eof.get_or_insert(EndReason::ClientClosed);
-                }
-                DirEnd::ReadFailed => break EndReason::ClientReset,
-                DirEnd::WriteFailed => break EndReason::UpstreamReset,
-                DirEnd::ProxySignature => break EndReason::ProxyHeaderUntrusted,
-            },
-            end = &mut down, if !down_done => match end {
-                DirEnd::Eof => {
-                    down_done = true;
-                    first_eof.get_or_insert(EndReason::UpstreamClosed);
-                }
-                DirEnd::ReadFailed | DirEnd::ProxySignature => break EndReason::UpstreamReset,
-                DirEnd::WriteFailed => break EndReason::ClientReset,
-            },
-            () = &mut idle_timer, if idle.is_some() => {
-                let deadline = activity.last() + idle.unwrap_or_default();
-                if deadline <= Instant::now() {
-                    break EndReason::IdleTimeout;
-                }
-                idle_timer.as_mut().reset(TokioInstant::from_std(deadline));
-            },
-            () = &mut lifetime => break EndReason::MaxLifetime,
-            () = &mut closing => break EndReason::Shutdown,
-        }
-        match (up_done, down_done) {
-            (true, true) => break first_eof.unwrap_or(EndReason::ClientClosed),
-            (false, false) => {}
-            _ => guard.set_state(ConnState::Draining),
+    // One timer serves both the idle deadline and the lifetime deadline.
+    let lifetime_end = deadlines.max_lifetime.map(|d| deadlines.started + d);
+    let next_deadline = |activity: &Activity| -> Option<Instant> {
+        let idle_end = deadlines.idle.map(|d| activity.last() + d);
+        match (idle_end, lifetime_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     };
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let mut timer = pin!(sleep_until(TokioInstant::from_std(
+        next_deadline(&activity).unwrap_or(far)
+    )));
+    let mut closing = pin!(shutdown.closing());
+    let mut first_eof = None;
+    let mut draining = false;
+
+    let reason = poll_fn(|cx| {
+        let up_done = matches!(up.state, DirState::Done);
+        let down_done = matches!(down.state, DirState::Done);
+        if !up_done {
+            if let Poll::Ready(end) = up.poll(cx, client, upstream, &activity) {
+                match end {
+                    DirEnd::Eof => {
+                        first_eof.get_or_insert(EndReason::ClientClosed);
+                    }
+                    DirEnd::ReadFailed => return Poll::Ready(EndReason::ClientReset),
+                    DirEnd::WriteFailed => return Poll::Ready(EndReason::UpstreamReset),
+                    DirEnd::ProxySignature => return Poll::Ready(EndReason::ProxyHeaderUntrusted),
+                }
+            }
+        }
+        if !down_done {
+            if let Poll::Ready(end) = down.poll(cx, upstream, client, &activity) {
+                match end {
+                    DirEnd::Eof => {
+                        first_eof.get_or_insert(EndReason::UpstreamClosed);
+                    }
+                    DirEnd::ReadFailed | DirEnd::ProxySignature => {
+                        return Poll::Ready(EndReason::UpstreamReset);
+                    }
+                    DirEnd::WriteFailed => return Poll::Ready(EndReason::ClientReset),
+                }
+            }
+        }
+        match (
+            matches!(up.state, DirState::Done),
+            matches!(down.state, DirState::Done),
+        ) {
+            (true, true) => return Poll::Ready(first_eof.unwrap_or(EndReason::ClientClosed)),
+            (false, false) => {}
+            _ if !draining => {
+                draining = true;
+                guard.set_state(ConnState::Draining);
+            }
+            _ => {}
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if lifetime_end.is_some_and(|end| end <= now) {
+                return Poll::Ready(EndReason::MaxLifetime);
+            }
+            match next_deadline(&activity) {
+                Some(d) if d <= now => return Poll::Ready(EndReason::IdleTimeout),
+                Some(d) => timer.as_mut().reset(TokioInstant::from_std(d)),
+                None => timer.as_mut().reset(TokioInstant::from_std(far)),
+            }
+        }
+        if closing.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(EndReason::Shutdown);
+        }
+        Poll::Pending
+    })
+    .await;
+
     // Pass a reset on: the other side sees RST, not an orderly FIN.
     match reason {
         EndReason::ClientReset => abort(upstream),
@@ -171,88 +392,4 @@ pub async fn run(
 /// Makes the coming close send RST instead of FIN.
 fn abort(s: &TcpStream) {
     let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
-}
-
-async fn one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    pending: Vec<u8>,
-    bytes: &AtomicU64,
-    activity: &Activity,
-    mut refuse_proxy_signature: bool,
-) -> DirEnd {
-    if !pending.is_empty() && write_all(dst, &pending, activity).await.is_err() {
-        return DirEnd::WriteFailed;
-    }
-    drop(pending);
-    loop {
-        if src.readable().await.is_err() {
-            return DirEnd::ReadFailed;
-        }
-        // Zero-copy while a pipe is free; bytes must be seen in userspace
-        // only while we still look for a PROXY signature.
-        if !refuse_proxy_signature {
-            if let Some(mut lease) = splice::Lease::take() {
-                let moved = |n: usize| {
-                    bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch();
-                };
-                match splice::burst(&mut lease, src, dst, moved).await {
-                    splice::Burst::Drained => continue,
-                    splice::Burst::Eof => return shutdown_write(dst),
-                    splice::Burst::ReadFailed => return DirEnd::ReadFailed,
-                    splice::Burst::WriteFailed => return DirEnd::WriteFailed,
-                }
-            }
-        }
-        let mut buf = take_buffer();
-        let end = loop {
-            match src.try_read(&mut buf) {
-                Ok(0) => break Some(shutdown_write(dst)),
-                Ok(n) => {
-                    if refuse_proxy_signature {
-                        if proxy_protocol::looks_like_header(&buf[..n]) {
-                            break Some(DirEnd::ProxySignature);
-                        }
-                        refuse_proxy_signature = false;
-                    }
-                    bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch();
-                    if write_all(dst, &buf[..n], activity).await.is_err() {
-                        break Some(DirEnd::WriteFailed);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break Some(DirEnd::ReadFailed),
-            }
-        };
-        give_buffer(buf);
-        if let Some(end) = end {
-            return end;
-        }
-    }
-}
-
-/// Passes an EOF on.
-fn shutdown_write(dst: &TcpStream) -> DirEnd {
-    match SockRef::from(dst).shutdown(Shutdown::Write) {
-        Ok(()) => DirEnd::Eof,
-        Err(_) => DirEnd::WriteFailed,
-    }
-}
-
-async fn write_all(dst: &TcpStream, mut data: &[u8], activity: &Activity) -> io::Result<()> {
-    while !data.is_empty() {
-        match dst.try_write(data) {
-            Ok(n) => {
-                data = &data[n..];
-                activity.touch();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -17,9 +17,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Capacity requested for each pipe (the kernel may grant less).
-const PIPE_SIZE: usize = 256 * 1024;
-/// Pipes in existence at once, leased or pooled (each holds two FDs).
-const MAX_PIPES: usize = 1024;
+const PIPE_SIZE: usize = 1024 * 1024;
+/// Default bound on pipes in existence at once, leased or pooled (each holds two FDs).
+pub const DEFAULT_MAX_PIPES: usize = 1024;
 /// Pooled pipes unused this long are closed by `trim`.
 pub const IDLE_PIPE_TTL: Duration = Duration::from_secs(2);
 
@@ -32,6 +32,17 @@ struct Pipe {
 
 static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 static EXISTING: AtomicUsize = AtomicUsize::new(0);
+static MAX_PIPES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_PIPES);
+
+/// Sets the bound on pipes (0 turns splicing off). Called once at start-up.
+pub fn set_max_pipes(n: usize) {
+    MAX_PIPES.store(n, Ordering::Relaxed);
+}
+
+/// Whether connections should try to splice at all.
+pub fn enabled() -> bool {
+    MAX_PIPES.load(Ordering::Relaxed) > 0
+}
 
 fn pool() -> MutexGuard<'static, Vec<Pipe>> {
     POOL.lock().unwrap_or_else(|p| p.into_inner())
@@ -75,7 +86,7 @@ impl Lease {
                 in_pipe: 0,
             });
         }
-        if EXISTING.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
+        if EXISTING.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES.load(Ordering::Relaxed) {
             EXISTING.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
@@ -121,61 +132,39 @@ fn errno(e: rustix::io::Errno) -> io::Error {
 
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
-/// How a splice burst ended.
-pub enum Burst {
-    /// The source has no more bytes for now.
-    Drained,
-    /// The source sent EOF (all earlier bytes were delivered).
-    Eof,
-    ReadFailed,
-    WriteFailed,
-}
+impl Lease {
+    /// Bytes waiting in the pipe.
+    pub fn in_pipe(&self) -> usize {
+        self.in_pipe
+    }
 
-/// Moves bytes from `src` to `dst` until `src` has none ready, calling
-/// `moved(n)` after each delivered chunk. The lease's pipe is empty again
-/// whenever this returns `Drained` or `Eof`.
-pub async fn burst(
-    lease: &mut Lease,
-    src: &TcpStream,
-    dst: &TcpStream,
-    mut moved: impl FnMut(usize),
-) -> Burst {
-    let Some(pipe) = lease.pipe.as_ref() else {
-        return Burst::ReadFailed;
-    };
-    let (pipe_r, pipe_w, size) = (&pipe.read, &pipe.write, pipe.size);
-    loop {
-        // The pipe is empty here, so EAGAIN can only mean the socket is.
-        let filled = src.try_io(Interest::READABLE, || {
-            rustix::pipe::splice(src, None, pipe_w, None, size, FLAGS).map_err(errno)
-        });
-        let n = match filled {
-            Ok(0) => return Burst::Eof,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Burst::Drained,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Burst::ReadFailed,
+    /// Splices what `src` has ready into the (empty) pipe. `Ok(0)` is EOF;
+    /// `WouldBlock` means the socket has nothing (the pipe cannot be full).
+    pub fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return Err(io::ErrorKind::NotConnected.into());
         };
-        lease.in_pipe = n;
-        while lease.in_pipe > 0 {
-            let pending = lease.in_pipe;
-            let sent = dst.try_io(Interest::WRITABLE, || {
-                rustix::pipe::splice(pipe_r, None, dst, None, pending, FLAGS).map_err(errno)
-            });
-            match sent {
-                Ok(0) => return Burst::WriteFailed,
-                Ok(m) => {
-                    lease.in_pipe -= m;
-                    moved(m);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if dst.writable().await.is_err() {
-                        return Burst::WriteFailed;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Burst::WriteFailed,
-            }
+        debug_assert_eq!(self.in_pipe, 0);
+        let n = src.try_io(Interest::READABLE, || {
+            rustix::pipe::splice(src, None, &pipe.write, None, pipe.size, FLAGS).map_err(errno)
+        })?;
+        self.in_pipe = n;
+        Ok(n)
+    }
+
+    /// Splices bytes from the pipe into `dst`; `WouldBlock` when `dst` is full.
+    pub fn flush(&mut self, dst: &TcpStream) -> io::Result<usize> {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let pending = self.in_pipe;
+        let n = dst.try_io(Interest::WRITABLE, || {
+            rustix::pipe::splice(&pipe.read, None, dst, None, pending, FLAGS).map_err(errno)
+        })?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        self.in_pipe -= n;
+        Ok(n)
     }
 }
