@@ -97,6 +97,7 @@ pub struct Runtime {
 /// Runs until a signal has been handled and the drain is over.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    crate::l4::splice::set_max_pipes(config.limits.splice_pipes);
     let metrics = Arc::new(Metrics::new(
         config.routes.iter().map(|r| r.name.clone()).collect(),
     ));

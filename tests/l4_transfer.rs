@@ -10,31 +10,35 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn payloads_from_one_byte_to_64_mib_both_ways() {
-    let backend = echo_backend();
-    let gh = Gatehouse::start(&simple_config("", "", backend, ""));
-    let sizes = [1usize, 2, 1000, 65_535, 65_537, 1 << 20, 16 << 20, 64 << 20];
-    let mut total = 0u64;
-    for (i, &size) in sizes.iter().enumerate() {
-        let data = pattern(size, i as u64 + 7);
-        let mut c = std::net::TcpStream::connect(gh.addr("in")).unwrap();
-        let mut w = c.try_clone().unwrap();
-        let sent = data.clone();
-        // Write and read at the same time: the echo makes both directions busy.
-        let writer = thread::spawn(move || {
-            for chunk in sent.chunks(100_000) {
-                w.write_all(chunk).unwrap();
-            }
-            w.shutdown(Shutdown::Write).unwrap();
-        });
-        let (got, eof) = read_to_end(&mut c);
-        writer.join().unwrap();
-        assert!(eof, "size {size}: no clean EOF");
-        assert_eq!(got.len(), data.len(), "size {size}");
-        assert!(got == data, "size {size}: bytes differ");
-        total += size as u64;
+/// Sends `size` bytes through the proxy to the echo backend while reading
+/// the echo, and checks every byte.
+fn echo_through(addr: std::net::SocketAddr, size: usize, seed: u64) {
+    let data = pattern(size, seed);
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let sent = data.clone();
+    // Write and read at the same time: the echo makes both directions busy.
+    let writer = thread::spawn(move || {
+        for chunk in sent.chunks(100_000) {
+            w.write_all(chunk).unwrap();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let (got, eof) = read_to_end(&mut c);
+    writer.join().unwrap();
+    assert!(eof, "size {size}: no clean EOF");
+    assert_eq!(got.len(), data.len(), "size {size}");
+    assert!(got == data, "size {size}: bytes differ");
+}
+
+const SIZES: [usize; 8] = [1, 2, 1000, 65_535, 65_537, 1 << 20, 16 << 20, 64 << 20];
+
+fn payloads_through(limits: &str) {
+    let gh = Gatehouse::start(&simple_config(limits, "", echo_backend(), ""));
+    for (i, &size) in SIZES.iter().enumerate() {
+        echo_through(gh.addr("in"), size, i as u64 + 7);
     }
+    let total: u64 = SIZES.iter().map(|&s| s as u64).sum();
     gh.wait_empty(Duration::from_secs(2));
     assert_eq!(
         gh.metric(
@@ -50,8 +54,39 @@ fn payloads_from_one_byte_to_64_mib_both_ways() {
         ),
         total
     );
-    assert_eq!(gh.closed("client_closed"), sizes.len() as u64);
+    assert_eq!(gh.closed("client_closed"), SIZES.len() as u64);
     assert_accounted(&gh);
+}
+
+#[test]
+fn payloads_from_one_byte_to_64_mib_both_ways_with_splice() {
+    payloads_through("");
+}
+
+#[test]
+fn payloads_from_one_byte_to_64_mib_both_ways_copying() {
+    payloads_through("limits.splice_pipes = \"off\"");
+}
+
+#[test]
+fn concurrent_transfers_share_a_small_pipe_pool() {
+    // Two pipes for eight busy directions: the rest fall back to copying.
+    let gh = Gatehouse::start(&simple_config(
+        "limits.splice_pipes = 2",
+        "",
+        echo_backend(),
+        "",
+    ));
+    let addr = gh.addr("in");
+    let workers: Vec<_> = (0..4)
+        .map(|i| thread::spawn(move || echo_through(addr, 8 << 20, 100 + i)))
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(gh.metric("gatehouse_splice_pipes", &[("state", "existing")]) <= 2);
+    gh.wait_empty(Duration::from_secs(2));
+    assert_eq!(gh.closed("client_closed"), 4);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use raw::{RawConfig, S, Scalar};
 
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
+pub const DEFAULT_SPLICE_PIPES: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,6 +58,8 @@ pub struct Timeouts {
 pub struct Limits {
     pub max_connections: u32,
     pub max_connections_per_ip: Option<u32>,
+    /// Pipes for zero-copy forwarding (two FDs each); 0 turns splicing off.
+    pub splice_pipes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +467,13 @@ impl Ctx<'_> {
                 .and_then(|l| l.max_connections_per_ip.as_ref())
                 .and_then(|v| self.count(v, "limits.max_connections_per_ip", u32::MAX as u64))
                 .map(|n| n as u32),
+            splice_pipes: match l.and_then(|l| l.splice_pipes.as_ref()) {
+                None => DEFAULT_SPLICE_PIPES,
+                Some(v) if matches!(v.get_ref(), Scalar::Str(s) if s.trim() == "off") => 0,
+                Some(v) => self
+                    .count(v, "limits.splice_pipes", 65_536)
+                    .map_or(DEFAULT_SPLICE_PIPES, |n| n as usize),
+            },
         };
 
         let mut listeners: Vec<ListenerConfig> = Vec::new();

@@ -59,6 +59,7 @@ pub struct RawTimeouts {
 pub struct RawLimits {
     pub max_connections: Option<S<Scalar>>,
     pub max_connections_per_ip: Option<S<Scalar>>,
+    pub splice_pipes: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,8 +18,7 @@ use tokio::net::TcpStream;
 
 /// Capacity requested for each pipe (the kernel may grant less).
 const PIPE_SIZE: usize = 1024 * 1024;
-/// Default bound on pipes in existence at once, leased or pooled (each holds two FDs).
-pub const DEFAULT_MAX_PIPES: usize = 1024;
+
 /// Pooled pipes unused this long are closed by `trim`.
 pub const IDLE_PIPE_TTL: Duration = Duration::from_secs(2);
 
@@ -32,7 +31,7 @@ struct Pipe {
 
 static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 static EXISTING: AtomicUsize = AtomicUsize::new(0);
-static MAX_PIPES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_PIPES);
+static MAX_PIPES: AtomicUsize = AtomicUsize::new(crate::config::DEFAULT_SPLICE_PIPES);
 
 /// Sets the bound on pipes (0 turns splicing off). Called once at start-up.
 pub fn set_max_pipes(n: usize) {
