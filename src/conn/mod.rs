@@ -70,51 +70,144 @@ impl Side {
     }
 }
 
-macro_rules! end_reasons {
-    ($($variant:ident => $name:literal, $side:ident;)*) => {
-        /// Why a connection ended. Every connection ends with exactly one.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum EndReason { $($variant),* }
-
-        impl EndReason {
-            pub const ALL: &'static [EndReason] = &[$(EndReason::$variant),*];
-            pub const COUNT: usize = Self::ALL.len();
-
-            pub fn as_str(self) -> &'static str {
-                match self { $(EndReason::$variant => $name),* }
-            }
-
-            pub fn side(self) -> Side {
-                match self { $(EndReason::$variant => Side::$side),* }
-            }
-        }
-    };
+/// Why a connection ended. Every connection ends with exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// both directions finished; the client sent EOF first.
+    ClientClosed,
+    /// both directions finished; the upstream sent EOF first.
+    UpstreamClosed,
+    /// a read or write on the client socket failed.
+    ClientReset,
+    /// a read or write on the upstream socket failed.
+    UpstreamReset,
+    /// the upstream refused the connection.
+    UpstreamRefused,
+    /// no upstream connection within the connect deadline.
+    UpstreamConnectTimeout,
+    /// connecting failed otherwise (unreachable network, …).
+    UpstreamConnectError,
+    /// the target's name did not resolve.
+    UpstreamUnresolved,
+    /// no bytes either way for the idle deadline.
+    IdleTimeout,
+    /// the connection reached its maximum lifetime.
+    MaxLifetime,
+    /// no complete PROXY header within its deadline.
+    ProxyHeaderTimeout,
+    /// a missing, malformed, truncated or oversized PROXY header.
+    ProxyHeaderInvalid,
+    /// a PROXY header (or a required one) from an untrusted peer.
+    ProxyHeaderUntrusted,
+    /// the process-wide connection limit.
+    LimitGlobal,
+    /// the route's connection limit.
+    LimitRoute,
+    /// the per-client-address connection limit.
+    LimitPerIp,
+    /// no route matched.
+    NoRoute,
+    /// still open at the end of the shutdown drain.
+    Shutdown,
+    /// the owning task ended without a reason (a bug).
+    Internal,
 }
 
-end_reasons! {
-    ClientClosed => "client_closed", Client;
-    UpstreamClosed => "upstream_closed", Upstream;
-    ClientReset => "client_reset", Client;
-    UpstreamReset => "upstream_reset", Upstream;
-    UpstreamRefused => "upstream_refused", Upstream;
-    UpstreamConnectTimeout => "upstream_connect_timeout", Upstream;
-    UpstreamConnectError => "upstream_connect_error", Upstream;
-    UpstreamUnresolved => "upstream_unresolved", Upstream;
-    IdleTimeout => "idle_timeout", Proxy;
-    MaxLifetime => "max_lifetime", Proxy;
-    ProxyHeaderTimeout => "proxy_header_timeout", Client;
-    ProxyHeaderInvalid => "proxy_header_invalid", Client;
-    ProxyHeaderUntrusted => "proxy_header_untrusted", Client;
-    LimitGlobal => "limit_global", Proxy;
-    LimitRoute => "limit_route", Proxy;
-    LimitPerIp => "limit_per_ip", Proxy;
-    NoRoute => "no_route", Proxy;
-    Shutdown => "shutdown", Proxy;
-    Internal => "internal_error", Proxy;
+impl EndReason {
+    pub const ALL: [EndReason; 19] = [
+        EndReason::ClientClosed,
+        EndReason::UpstreamClosed,
+        EndReason::ClientReset,
+        EndReason::UpstreamReset,
+        EndReason::UpstreamRefused,
+        EndReason::UpstreamConnectTimeout,
+        EndReason::UpstreamConnectError,
+        EndReason::UpstreamUnresolved,
+        EndReason::IdleTimeout,
+        EndReason::MaxLifetime,
+        EndReason::ProxyHeaderTimeout,
+        EndReason::ProxyHeaderInvalid,
+        EndReason::ProxyHeaderUntrusted,
+        EndReason::LimitGlobal,
+        EndReason::LimitRoute,
+        EndReason::LimitPerIp,
+        EndReason::NoRoute,
+        EndReason::Shutdown,
+        EndReason::Internal,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientClosed => "client_closed",
+            EndReason::UpstreamClosed => "upstream_closed",
+            EndReason::ClientReset => "client_reset",
+            EndReason::UpstreamReset => "upstream_reset",
+            EndReason::UpstreamRefused => "upstream_refused",
+            EndReason::UpstreamConnectTimeout => "upstream_connect_timeout",
+            EndReason::UpstreamConnectError => "upstream_connect_error",
+            EndReason::UpstreamUnresolved => "upstream_unresolved",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::MaxLifetime => "max_lifetime",
+            EndReason::ProxyHeaderTimeout => "proxy_header_timeout",
+            EndReason::ProxyHeaderInvalid => "proxy_header_invalid",
+            EndReason::ProxyHeaderUntrusted => "proxy_header_untrusted",
+            EndReason::LimitGlobal => "limit_global",
+            EndReason::LimitRoute => "limit_route",
+            EndReason::LimitPerIp => "limit_per_ip",
+            EndReason::NoRoute => "no_route",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Internal => "internal_error",
+        }
+    }
+
+    /// The side responsible for this end.
+    pub fn side(self) -> Side {
+        match self {
+            EndReason::ClientClosed => Side::Client,
+            EndReason::UpstreamClosed => Side::Upstream,
+            EndReason::ClientReset => Side::Client,
+            EndReason::UpstreamReset => Side::Upstream,
+            EndReason::UpstreamRefused => Side::Upstream,
+            EndReason::UpstreamConnectTimeout => Side::Upstream,
+            EndReason::UpstreamConnectError => Side::Upstream,
+            EndReason::UpstreamUnresolved => Side::Upstream,
+            EndReason::IdleTimeout => Side::Proxy,
+            EndReason::MaxLifetime => Side::Proxy,
+            EndReason::ProxyHeaderTimeout => Side::Client,
+            EndReason::ProxyHeaderInvalid => Side::Client,
+            EndReason::ProxyHeaderUntrusted => Side::Client,
+            EndReason::LimitGlobal => Side::Proxy,
+            EndReason::LimitRoute => Side::Proxy,
+            EndReason::LimitPerIp => Side::Proxy,
+            EndReason::NoRoute => Side::Proxy,
+            EndReason::Shutdown => Side::Proxy,
+            EndReason::Internal => Side::Proxy,
+        }
+    }
 }
 
 impl EndReason {
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_and_states_are_listed_in_discriminant_order() {
+        for (i, r) in EndReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        let mut names: Vec<&str> = EndReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), EndReason::COUNT);
+        for (i, s) in ConnState::ALL.iter().enumerate() {
+            assert_eq!(ConnState::from_u8(i as u8), *s);
+        }
     }
 }
