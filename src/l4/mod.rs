@@ -20,7 +20,6 @@ use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
 use crate::routing::{self, RouteInput};
 use crate::server::{ListenerRt, Runtime};
 
-pub use pump::release_buffers;
 
 /// Owns `client` until it is closed, then records the end in the table.
 pub async fn serve(

@@ -50,11 +50,6 @@ fn give_buffer(buf: Box<[u8]>) {
     });
 }
 
-/// Frees this thread's cached buffers.
-pub fn release_buffers() {
-    POOL.with(|p| p.borrow_mut().clear());
-}
-
 pub struct Deadlines {
     pub idle: Option<Duration>,
     pub max_lifetime: Option<Duration>,
