@@ -6,7 +6,11 @@
 
 mod duration;
 mod env;
+mod http;
 mod raw;
+mod size;
+
+pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -68,6 +72,8 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub backlog: u32,
     pub accept_proxy: Option<AcceptProxy>,
+    /// `Some` when the listener speaks HTTP (`protocol = "http"`).
+    pub http: Option<HttpListener>,
 }
 
 /// Receiving PROXY protocol headers on a listener.
@@ -99,6 +105,8 @@ pub struct RouteMatch {
     pub port: Option<u16>,
     /// Empty matches every client.
     pub client_cidrs: Vec<IpNet>,
+    /// Request matchers; only on HTTP listeners.
+    pub http: HttpMatch,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +135,7 @@ pub struct RoutePolicy {
     pub idle_timeout: Option<Duration>,
     pub max_lifetime: Option<Duration>,
     pub max_connections: Option<u32>,
+    pub http: HttpPolicy,
 }
 
 /// One problem found in a config file.
@@ -478,6 +487,7 @@ impl Ctx<'_> {
 
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         let mut listener_names: Vec<String> = Vec::new();
+        let mut listener_is_http: Vec<bool> = Vec::new();
         for (i, rl) in raw.listeners.iter().enumerate() {
             let field = |f: &str| format!("listeners[{i}].{f}");
             let rl_ref = rl.get_ref();
@@ -519,13 +529,24 @@ impl Ctx<'_> {
                     ),
                 }
             });
+            let http = match &rl_ref.protocol {
+                None => None,
+                Some(p) => match self.string(p, &field("protocol")).as_deref() {
+                    Some("tcp") | None => None,
+                    Some("http") => Some(()),
+                    Some(other) => {
+                        self.err(&p.span(), &field("protocol"), &format!("{other:?} is not one of \"tcp\", \"http\""));
+                        None
+                    }
+                },
+            };
+            if http.is_none() && rl_ref.http.is_some() {
+                self.err(&rl_ref.name.span(), &field("http"), "[listeners.http] needs protocol = \"http\"");
+            }
+            let http = http.map(|()| self.http_listener(rl_ref.http.as_ref(), &field));
+            listener_is_http.push(http.is_some());
             if let Some(bind) = bind {
-                listeners.push(ListenerConfig {
-                    name,
-                    bind,
-                    backlog,
-                    accept_proxy,
-                });
+                listeners.push(ListenerConfig { name, bind, backlog, accept_proxy, http });
             }
         }
         if raw.listeners.is_empty() {
@@ -571,6 +592,12 @@ impl Ctx<'_> {
                 }
                 if let Some(c) = &m.client_cidrs {
                     matcher.client_cidrs = self.cidrs(c, &field("match.client_cidrs"));
+                }
+                matcher.http = self.http_match(m, &field);
+                let on_tcp = matcher.listener.is_some_and(|i| !listener_is_http.get(i).copied().unwrap_or(false));
+                if on_tcp && !matcher.http.is_empty() {
+                    let span = m.listener.as_ref().map(|l| l.span()).unwrap_or_default();
+                    self.err(&span, &field("match"), "host, path, method and header matchers need an HTTP listener");
                 }
             }
             let a = r.action.get_ref();
@@ -629,6 +656,11 @@ impl Ctx<'_> {
                             "needs send_proxy_protocol = \"v2\" (v1 has no TLVs)",
                         );
                     }
+                    let on_http = matcher.listener.is_some_and(|i| listener_is_http.get(i).copied().unwrap_or(false));
+                    if on_http && send_proxy.is_some() {
+                        let span = a.send_proxy_protocol.as_ref().map(|p| p.span()).unwrap_or_default();
+                        self.err(&span, &field("action.send_proxy_protocol"), "not available on HTTP routes (upstream connections are pooled across clients)");
+                    }
                     Some(RouteAction::Forward(Forward {
                         targets,
                         send_proxy,
@@ -653,6 +685,7 @@ impl Ctx<'_> {
                     &field("policy.max_lifetime"),
                     timeouts.max_lifetime,
                 ),
+                http: self.http_policy(p, &field),
                 max_connections: p
                     .and_then(|p| p.max_connections.as_ref())
                     .and_then(|v| self.count(v, &field("policy.max_connections"), u32::MAX as u64))

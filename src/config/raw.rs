@@ -68,7 +68,24 @@ pub struct RawListener {
     pub name: S<String>,
     pub bind: S<String>,
     pub backlog: Option<S<Scalar>>,
+    pub protocol: Option<S<String>>,
     pub proxy_protocol: Option<RawAcceptProxy>,
+    pub http: Option<RawHttpListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpListener {
+    pub max_header_bytes: Option<S<Scalar>>,
+    pub max_headers: Option<S<Scalar>>,
+    pub header_read_timeout: Option<S<Scalar>>,
+    pub max_requests_per_connection: Option<S<Scalar>>,
+    pub trusted_proxies: Option<S<Vec<S<String>>>>,
+    pub forwarded: Option<S<bool>>,
+    pub via: Option<S<bool>>,
+    pub server_header: Option<S<String>>,
+    pub access_log: Option<S<bool>>,
+    pub sensitive_headers: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +112,13 @@ pub struct RawMatch {
     pub listener: Option<S<String>>,
     pub port: Option<S<Scalar>>,
     pub client_cidrs: Option<S<Vec<S<String>>>>,
+    pub hosts: Option<S<Vec<S<String>>>>,
+    pub path: Option<S<String>>,
+    pub path_prefix: Option<S<String>>,
+    pub path_pattern: Option<S<String>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub headers: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    pub headers_present: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,4 +136,15 @@ pub struct RawPolicy {
     pub idle_timeout: Option<S<Scalar>>,
     pub max_lifetime: Option<S<Scalar>>,
     pub max_connections: Option<S<Scalar>>,
+    pub max_body_size: Option<S<Scalar>>,
+    pub allow_chunked_requests: Option<S<bool>>,
+    pub allow_upgrade: Option<S<bool>>,
+    pub response_header_timeout: Option<S<Scalar>>,
+    pub upstream_body_idle_timeout: Option<S<Scalar>>,
+    pub client_body_idle_timeout: Option<S<Scalar>>,
+    pub request_timeout: Option<S<Scalar>>,
+    pub pool_max_idle: Option<S<Scalar>>,
+    pub pool_max_connections: Option<S<Scalar>>,
+    pub pool_idle_timeout: Option<S<Scalar>>,
+    pub pool_wait_timeout: Option<S<Scalar>>,
 }
