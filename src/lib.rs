@@ -8,9 +8,11 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod http;
 pub mod l4;
 pub mod listener;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod routing;
 pub mod server;
+pub mod upstream;

@@ -4,10 +4,11 @@
 //! they can never drift from it.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::conn::{ConnState, ConnTable, EndReason};
+use crate::http::error::RequestEnd;
 
 pub struct Metrics {
     pub accepted: AtomicU64,
@@ -23,6 +24,12 @@ pub struct RouteStats {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub connect_latency: Histogram,
+    /// HTTP responses by status class (index 1..=5; 0 when none was sent).
+    pub http_status: [AtomicU64; 6],
+    /// HTTP requests by how they ended.
+    pub http_end: [AtomicU64; RequestEnd::ALL.len()],
+    pub http_in_flight: AtomicI64,
+    pub http_latency: Histogram,
 }
 
 impl RouteStats {
@@ -33,6 +40,10 @@ impl RouteStats {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             connect_latency: Histogram::new(),
+            http_status: std::array::from_fn(|_| AtomicU64::new(0)),
+            http_end: std::array::from_fn(|_| AtomicU64::new(0)),
+            http_in_flight: AtomicI64::new(0),
+            http_latency: Histogram::new(),
         }
     }
 }
@@ -212,6 +223,92 @@ impl Metrics {
                 "gatehouse_upstream_connect_seconds_count{{route=\"{label}\"}} {count}"
             );
         }
+        self.render_http(&mut out);
         out
     }
+
+    fn render_http(&self, out: &mut String) {
+        out.push_str("# HELP gatehouse_http_requests_total HTTP requests by route and response status class.\n");
+        out.push_str("# TYPE gatehouse_http_requests_total counter\n");
+        for (slot, stats) in self.routes.iter().enumerate() {
+            for (class, n) in stats.http_status.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let class = if class == 0 {
+                        "none".to_string()
+                    } else {
+                        format!("{class}xx")
+                    };
+                    let _ = writeln!(
+                        out,
+                        "gatehouse_http_requests_total{{route=\"{}\",status=\"{class}\"}} {n}",
+                        self.label(slot)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP gatehouse_http_request_end_total HTTP requests by route and how they ended (reason, side).\n");
+        out.push_str("# TYPE gatehouse_http_request_end_total counter\n");
+        for (slot, stats) in self.routes.iter().enumerate() {
+            for end in RequestEnd::ALL {
+                let n = stats.http_end[end.index()].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "gatehouse_http_request_end_total{{route=\"{}\",reason=\"{}\",side=\"{}\"}} {n}",
+                        self.label(slot),
+                        end.as_str(),
+                        end.side().as_str()
+                    );
+                }
+            }
+        }
+        out.push_str(
+            "# HELP gatehouse_http_requests_in_flight HTTP requests being handled, by route.\n",
+        );
+        out.push_str("# TYPE gatehouse_http_requests_in_flight gauge\n");
+        for (slot, stats) in self.routes.iter().enumerate().skip(1) {
+            let _ = writeln!(
+                out,
+                "gatehouse_http_requests_in_flight{{route=\"{}\"}} {}",
+                self.label(slot),
+                stats.http_in_flight.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP gatehouse_http_request_seconds HTTP request latency (until the response's last byte), by route.\n");
+        out.push_str("# TYPE gatehouse_http_request_seconds histogram\n");
+        for (slot, stats) in self.routes.iter().enumerate() {
+            render_histogram(
+                out,
+                "gatehouse_http_request_seconds",
+                self.label(slot),
+                &stats.http_latency,
+            );
+        }
+    }
+}
+
+fn render_histogram(out: &mut String, name: &str, label: &str, h: &Histogram) {
+    let count = h.count.load(Ordering::Relaxed);
+    if count == 0 {
+        return;
+    }
+    let mut cumulative = 0;
+    for (i, bound) in BUCKETS.iter().enumerate() {
+        cumulative += h.counts[i].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{route=\"{label}\",le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{route=\"{label}\",le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "{name}_sum{{route=\"{label}\"}} {}",
+        h.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count{{route=\"{label}\"}} {count}");
 }

@@ -50,3 +50,252 @@ fn matches(m: &RouteMatch, input: &RouteInput) -> bool {
 pub fn select<'a>(routes: &'a [Route], input: &RouteInput) -> Option<&'a Route> {
     routes.iter().find(|r| matches(&r.config.matcher, input))
 }
+
+/// What HTTP routing looks at in a request. `host` is lower case, without port.
+pub struct RequestView<'a> {
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// How specific a route's match is; larger wins, ties go to file order.
+/// Compared field by field: host (exact > wildcard, longer wildcard first),
+/// path (exact > pattern > prefix, longer first), methods, headers, client networks.
+pub type Specificity = (u8, usize, u8, usize, bool, usize, bool);
+
+pub fn specificity(m: &RouteMatch) -> Specificity {
+    use crate::config::{HostMatch, PathMatch};
+    let h = &m.http;
+    let (host_rank, host_len) = h
+        .hosts
+        .iter()
+        .map(|host| match host {
+            HostMatch::Exact(s) => (2, s.len()),
+            HostMatch::Wildcard(s) => (1, s.len()),
+        })
+        .max()
+        .unwrap_or((0, 0));
+    let (path_rank, path_len) = match &h.path {
+        Some(PathMatch::Exact(p)) => (3, p.len()),
+        Some(PathMatch::Pattern(segs)) => (2, segs.len()),
+        Some(PathMatch::Prefix(p)) => (1, p.len()),
+        None => (0, 0),
+    };
+    (
+        host_rank,
+        host_len,
+        path_rank,
+        path_len,
+        !h.methods.is_empty(),
+        h.headers.len(),
+        !m.client_cidrs.is_empty(),
+    )
+}
+
+/// Route indices in the order HTTP routing tries them: most specific first.
+pub fn http_order(routes: &[Route]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..routes.len()).collect();
+    order.sort_by(|&a, &b| {
+        specificity(&routes[b].config.matcher)
+            .cmp(&specificity(&routes[a].config.matcher))
+            .then(a.cmp(&b))
+    });
+    order
+}
+
+fn host_matches(m: &crate::config::HostMatch, host: &str) -> bool {
+    match m {
+        crate::config::HostMatch::Exact(h) => h == host,
+        crate::config::HostMatch::Wildcard(suffix) => {
+            host.len() > suffix.len() && host.ends_with(suffix.as_str())
+        }
+    }
+}
+
+fn path_matches(m: &crate::config::PathMatch, path: &str) -> bool {
+    use crate::config::{PathMatch, Segment};
+    match m {
+        PathMatch::Exact(p) => p == path,
+        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        PathMatch::Pattern(segs) => {
+            let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+            for seg in segs {
+                match seg {
+                    Segment::Rest(_) => return true,
+                    Segment::Literal(l) => {
+                        if parts.next() != Some(l.as_str()) {
+                            return false;
+                        }
+                    }
+                    Segment::Param(_) => {
+                        if parts.next().is_none_or(str::is_empty) {
+                            return false;
+                        }
+                    }
+                }
+            }
+            parts.next().is_none()
+        }
+    }
+}
+
+fn http_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
+    let h = &m.http;
+    (h.hosts.is_empty()
+        || req
+            .host
+            .is_some_and(|host| h.hosts.iter().any(|hm| host_matches(hm, host))))
+        && h.path.as_ref().is_none_or(|p| path_matches(p, req.path))
+        && (h.methods.is_empty() || h.methods.iter().any(|x| x == req.method))
+        && h.headers.iter().all(|(name, value)| {
+            let mut values = req.headers.get_all(name.as_str()).iter();
+            match value {
+                None => values.next().is_some(),
+                Some(v) => values.any(|x| x.as_bytes() == v.as_bytes()),
+            }
+        })
+}
+
+/// The most specific route (ties: file order) matching the connection and request.
+pub fn select_http<'a>(
+    routes: &'a [Route],
+    order: &[usize],
+    conn: &RouteInput,
+    req: &RequestView<'_>,
+) -> Option<&'a Route> {
+    order
+        .iter()
+        .map(|&i| &routes[i])
+        .find(|r| matches(&r.config.matcher, conn) && http_matches(&r.config.matcher, req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(text: &str) -> Vec<Route> {
+        let cfg = format!(
+            "[[listeners]]\nname = \"h\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n{text}"
+        );
+        let c = crate::config::parse("t.toml", &cfg, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        c.routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Route::new(i, r))
+            .collect()
+    }
+
+    fn pick(
+        rs: &[Route],
+        host: &str,
+        path: &str,
+        method: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let conn = RouteInput {
+            listener: 0,
+            local: "127.0.0.1:80".parse().unwrap(),
+            client: "10.1.2.3:5".parse().unwrap(),
+        };
+        let req = RequestView {
+            host: Some(host),
+            path,
+            method,
+            headers: &map,
+        };
+        select_http(rs, &http_order(rs), &conn, &req).map(|r| r.name.to_string())
+    }
+
+    #[test]
+    fn most_specific_route_wins_and_ties_go_to_file_order() {
+        let rs = routes(
+            r#"
+[[routes]]
+name = "catch-all"
+action.forward = ["127.0.0.1:1"]
+[[routes]]
+name = "api-prefix"
+match.path_prefix = "/api/"
+action.forward = ["127.0.0.1:1"]
+[[routes]]
+name = "wild"
+match.hosts = ["*.example.com"]
+action.forward = ["127.0.0.1:1"]
+[[routes]]
+name = "exact-host"
+match.hosts = ["www.example.com"]
+action.forward = ["127.0.0.1:1"]
+[[routes]]
+name = "user"
+match.path_pattern = "/api/users/{id}"
+action.forward = ["127.0.0.1:1"]
+[[routes]]
+name = "health"
+match.path = "/api/health"
+match.methods = ["GET"]
+action.forward = ["127.0.0.1:1"]
+[[routes]]
+name = "canary"
+match.path_prefix = "/api/"
+match.headers = { "x-canary" = "1" }
+action.forward = ["127.0.0.1:1"]
+[[routes]]
+name = "api-prefix-again"
+match.path_prefix = "/api/"
+action.forward = ["127.0.0.1:1"]
+"#,
+        );
+        assert_eq!(
+            pick(&rs, "other.test", "/", "GET", &[]).as_deref(),
+            Some("catch-all")
+        );
+        assert_eq!(
+            pick(&rs, "other.test", "/api/x", "GET", &[]).as_deref(),
+            Some("api-prefix")
+        );
+        assert_eq!(
+            pick(&rs, "other.test", "/api/x", "GET", &[("x-canary", "1")]).as_deref(),
+            Some("canary")
+        );
+        assert_eq!(
+            pick(&rs, "other.test", "/api/users/7", "GET", &[]).as_deref(),
+            Some("user")
+        );
+        assert_eq!(
+            pick(&rs, "other.test", "/api/users/", "GET", &[]).as_deref(),
+            Some("api-prefix")
+        );
+        assert_eq!(
+            pick(&rs, "other.test", "/api/users/7/x", "GET", &[]).as_deref(),
+            Some("api-prefix")
+        );
+        assert_eq!(
+            pick(&rs, "other.test", "/api/health", "GET", &[]).as_deref(),
+            Some("health")
+        );
+        assert_eq!(
+            pick(&rs, "other.test", "/api/health", "POST", &[]).as_deref(),
+            Some("api-prefix")
+        );
+        assert_eq!(
+            pick(&rs, "a.example.com", "/api/health", "GET", &[]).as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            pick(&rs, "www.example.com", "/", "GET", &[]).as_deref(),
+            Some("exact-host")
+        );
+        assert_eq!(
+            pick(&rs, "example.com", "/", "GET", &[]).as_deref(),
+            Some("catch-all")
+        );
+    }
+}

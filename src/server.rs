@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::Notify;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, RouteAction};
 use crate::conn::ConnTable;
 use crate::metrics::Metrics;
 use crate::routing::Route;
+use crate::upstream::TargetPool;
 
 /// Shutdown phases, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,7 +92,46 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub table: Arc<ConnTable>,
     pub routes: Vec<Route>,
+    /// Route indices, most specific first (HTTP routing order).
+    pub http_order: Vec<usize>,
+    /// Upstream HTTP connection pools: `pools[route][target]`.
+    pub pools: Vec<Vec<Arc<TargetPool>>>,
     pub shutdown: ShutdownSignal,
+}
+
+impl Runtime {
+    pub fn new(config: Arc<Config>, table: Arc<ConnTable>, shutdown: ShutdownSignal) -> Runtime {
+        let routes: Vec<Route> = config
+            .routes
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| Route::new(i, r))
+            .collect();
+        let pools = routes
+            .iter()
+            .map(|r| {
+                let RouteAction::Forward(f) = &r.config.action;
+                f.targets
+                    .iter()
+                    .map(|t| TargetPool::new(t.clone(), &r.config.policy.http))
+                    .collect()
+            })
+            .collect();
+        Runtime {
+            http_order: crate::routing::http_order(&routes),
+            routes,
+            pools,
+            config,
+            table,
+            shutdown,
+        }
+    }
+
+    /// Closes pooled upstream connections past their idle lifetime.
+    pub fn reap_pools(&self) {
+        self.pools.iter().flatten().for_each(|p| p.reap());
+    }
 }
 
 /// Runs until a signal has been handled and the drain is over.
@@ -103,18 +143,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let table = ConnTable::new(metrics);
     let shutdown = ShutdownSignal::new();
-    let runtime = Arc::new(Runtime {
-        config: config.clone(),
-        table: table.clone(),
-        routes: config
-            .routes
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, r)| Route::new(i, r))
-            .collect(),
-        shutdown: shutdown.clone(),
-    });
+    let runtime = Arc::new(Runtime::new(
+        config.clone(),
+        table.clone(),
+        shutdown.clone(),
+    ));
 
     let mut accept_tasks = Vec::new();
     for (index, lc) in config.listeners.iter().enumerate() {
@@ -142,11 +175,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(crate::admin::serve(admin, runtime.clone()));
     }
 
-    tokio::spawn(async {
+    let housekeeping = runtime.clone();
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::l4::splice::IDLE_PIPE_TTL / 2);
         loop {
             tick.tick().await;
             crate::l4::splice::trim();
+            housekeeping.reap_pools();
         }
     });
 
@@ -203,17 +238,10 @@ pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
         name: "l".into(),
         config: config.listeners[0].clone(),
     });
-    let runtime = Arc::new(Runtime {
-        config: config.clone(),
-        table: ConnTable::new(metrics),
-        routes: config
-            .routes
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, r)| Route::new(i, r))
-            .collect(),
-        shutdown: ShutdownSignal::new(),
-    });
+    let runtime = Arc::new(Runtime::new(
+        config.clone(),
+        ConnTable::new(metrics),
+        ShutdownSignal::new(),
+    ));
     (runtime, listener)
 }

@@ -64,7 +64,10 @@ pub struct HttpMatch {
 
 impl HttpMatch {
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty() && self.path.is_none() && self.methods.is_empty() && self.headers.is_empty()
+        self.hosts.is_empty()
+            && self.path.is_none()
+            && self.methods.is_empty()
+            && self.headers.is_empty()
     }
 }
 
@@ -86,7 +89,11 @@ pub struct HttpPolicy {
 pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
 
 impl Ctx<'_> {
-    pub(super) fn http_listener(&mut self, raw: Option<&RawHttpListener>, field: &dyn Fn(&str) -> String) -> HttpListener {
+    pub(super) fn http_listener(
+        &mut self,
+        raw: Option<&RawHttpListener>,
+        field: &dyn Fn(&str) -> String,
+    ) -> HttpListener {
         let mut l = HttpListener {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
@@ -103,20 +110,31 @@ impl Ctx<'_> {
         if let Some(v) = &r.max_header_bytes {
             if let Some(n) = self.size(v, &field("http.max_header_bytes")) {
                 if n < 8192 {
-                    self.err(&v.span(), &field("http.max_header_bytes"), "must be at least 8192");
+                    self.err(
+                        &v.span(),
+                        &field("http.max_header_bytes"),
+                        "must be at least 8192",
+                    );
                 } else {
                     l.max_header_bytes = n as usize;
                 }
             }
         }
         if let Some(v) = &r.max_headers {
-            l.max_headers = self.count(v, &field("http.max_headers"), 10_000).map_or(l.max_headers, |n| n as usize);
+            l.max_headers = self
+                .count(v, &field("http.max_headers"), 10_000)
+                .map_or(l.max_headers, |n| n as usize);
         }
         if let Some(v) = &r.header_read_timeout {
-            l.header_read_timeout = self.required_duration(Some(v), &field("http.header_read_timeout"), l.header_read_timeout);
+            l.header_read_timeout = self.required_duration(
+                Some(v),
+                &field("http.header_read_timeout"),
+                l.header_read_timeout,
+            );
         }
         if let Some(v) = &r.max_requests_per_connection {
-            l.max_requests_per_connection = self.count(v, &field("http.max_requests_per_connection"), u64::MAX);
+            l.max_requests_per_connection =
+                self.count(v, &field("http.max_requests_per_connection"), u64::MAX);
         }
         if let Some(v) = &r.trusted_proxies {
             l.trusted_proxies = self.cidrs(v, &field("http.trusted_proxies"));
@@ -125,9 +143,15 @@ impl Ctx<'_> {
         l.via = r.via.as_ref().is_none_or(|b| *b.get_ref());
         l.access_log = r.access_log.as_ref().is_none_or(|b| *b.get_ref());
         if let Some(v) = &r.server_header {
-            let s = self.string(v, &field("http.server_header")).unwrap_or_default();
+            let s = self
+                .string(v, &field("http.server_header"))
+                .unwrap_or_default();
             if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
-                self.err(&v.span(), &field("http.server_header"), "control characters are not allowed");
+                self.err(
+                    &v.span(),
+                    &field("http.server_header"),
+                    "control characters are not allowed",
+                );
             }
             l.server_header = (!s.is_empty()).then_some(s);
         }
@@ -145,28 +169,52 @@ impl Ctx<'_> {
         let mut out = HttpMatch::default();
         if let Some(hosts) = &m.hosts {
             for h in hosts.get_ref() {
-                let Some(s) = self.string(h, &field("match.hosts")) else { continue };
+                let Some(s) = self.string(h, &field("match.hosts")) else {
+                    continue;
+                };
                 let s = s.to_ascii_lowercase();
                 let valid = |name: &str| {
-                    !name.is_empty() && name.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                    !name.is_empty()
+                        && name.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        })
                 };
                 match s.strip_prefix("*.") {
-                    Some(rest) if valid(rest) => out.hosts.push(HostMatch::Wildcard(format!(".{rest}"))),
+                    Some(rest) if valid(rest) => {
+                        out.hosts.push(HostMatch::Wildcard(format!(".{rest}")))
+                    }
                     None if valid(&s) => out.hosts.push(HostMatch::Exact(s)),
-                    _ => self.err(&h.span(), &field("match.hosts"), &format!("{s:?} is not a host name or *.domain")),
+                    _ => self.err(
+                        &h.span(),
+                        &field("match.hosts"),
+                        &format!("{s:?} is not a host name or *.domain"),
+                    ),
                 }
             }
         }
-        let paths = [(&m.path, "match.path"), (&m.path_prefix, "match.path_prefix"), (&m.path_pattern, "match.path_pattern")];
+        let paths = [
+            (&m.path, "match.path"),
+            (&m.path_prefix, "match.path_prefix"),
+            (&m.path_pattern, "match.path_pattern"),
+        ];
         let given: Vec<_> = paths.iter().filter(|(p, _)| p.is_some()).collect();
         if given.len() > 1 {
             let span = given[1].0.as_ref().map(|p| p.span()).unwrap_or_default();
-            self.err(&span, &field(given[1].1), "use only one of match.path, match.path_prefix, match.path_pattern");
+            self.err(
+                &span,
+                &field(given[1].1),
+                "use only one of match.path, match.path_prefix, match.path_pattern",
+            );
         }
         if let Some(p) = &m.path {
-            out.path = self.path_string(p, &field("match.path")).map(PathMatch::Exact);
+            out.path = self
+                .path_string(p, &field("match.path"))
+                .map(PathMatch::Exact);
         } else if let Some(p) = &m.path_prefix {
-            out.path = self.path_string(p, &field("match.path_prefix")).map(PathMatch::Prefix);
+            out.path = self
+                .path_string(p, &field("match.path_prefix"))
+                .map(PathMatch::Prefix);
         } else if let Some(p) = &m.path_pattern {
             if let Some(s) = self.path_string(p, &field("match.path_pattern")) {
                 match parse_pattern(&s) {
@@ -177,9 +225,15 @@ impl Ctx<'_> {
         }
         if let Some(methods) = &m.methods {
             for v in methods.get_ref() {
-                let Some(s) = self.string(v, &field("match.methods")) else { continue };
+                let Some(s) = self.string(v, &field("match.methods")) else {
+                    continue;
+                };
                 if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
-                    self.err(&v.span(), &field("match.methods"), &format!("{s:?} is not an HTTP method"));
+                    self.err(
+                        &v.span(),
+                        &field("match.methods"),
+                        &format!("{s:?} is not an HTTP method"),
+                    );
                 } else {
                     out.methods.push(s.to_ascii_uppercase());
                 }
@@ -188,7 +242,11 @@ impl Ctx<'_> {
         if let Some(headers) = &m.headers {
             for (name, value) in headers.get_ref() {
                 if !valid_header_name(name) {
-                    self.err(&value.span(), &field("match.headers"), &format!("{name:?} is not a header name"));
+                    self.err(
+                        &value.span(),
+                        &field("match.headers"),
+                        &format!("{name:?} is not a header name"),
+                    );
                     continue;
                 }
                 if let Some(v) = self.string(value, &field("match.headers")) {
@@ -198,11 +256,17 @@ impl Ctx<'_> {
         }
         if let Some(present) = &m.headers_present {
             for v in present.get_ref() {
-                let Some(name) = self.string(v, &field("match.headers_present")) else { continue };
+                let Some(name) = self.string(v, &field("match.headers_present")) else {
+                    continue;
+                };
                 if valid_header_name(&name) {
                     out.headers.push((name.to_ascii_lowercase(), None));
                 } else {
-                    self.err(&v.span(), &field("match.headers_present"), &format!("{name:?} is not a header name"));
+                    self.err(
+                        &v.span(),
+                        &field("match.headers_present"),
+                        &format!("{name:?} is not a header name"),
+                    );
                 }
             }
         }
@@ -218,24 +282,71 @@ impl Ctx<'_> {
         Some(s)
     }
 
-    pub(super) fn http_policy(&mut self, p: Option<&RawPolicy>, field: &dyn Fn(&str) -> String) -> HttpPolicy {
+    pub(super) fn http_policy(
+        &mut self,
+        p: Option<&RawPolicy>,
+        field: &dyn Fn(&str) -> String,
+    ) -> HttpPolicy {
         let get = |f: fn(&RawPolicy) -> &Option<S<Scalar>>| p.and_then(|p| f(p).as_ref());
-        let dur = |cx: &mut Self, v, name: &str, default: u64| cx.required_duration(v, &field(name), Duration::from_secs(default));
+        let dur = |cx: &mut Self, v, name: &str, default: u64| {
+            cx.required_duration(v, &field(name), Duration::from_secs(default))
+        };
         let cnt = |cx: &mut Self, v: Option<&S<Scalar>>, name: &str, default: usize| {
-            v.and_then(|v| cx.count(v, &field(name), 1 << 20)).map_or(default, |n| n as usize)
+            v.and_then(|v| cx.count(v, &field(name), 1 << 20))
+                .map_or(default, |n| n as usize)
         };
         HttpPolicy {
-            max_body_size: get(|p| &p.max_body_size).and_then(|v| self.size(v, &field("policy.max_body_size"))).unwrap_or(DEFAULT_MAX_BODY),
-            allow_chunked_requests: p.and_then(|p| p.allow_chunked_requests.as_ref()).is_none_or(|b| *b.get_ref()),
-            allow_upgrade: p.and_then(|p| p.allow_upgrade.as_ref()).is_some_and(|b| *b.get_ref()),
-            response_header_timeout: dur(self, get(|p| &p.response_header_timeout), "policy.response_header_timeout", 60),
-            upstream_body_idle_timeout: dur(self, get(|p| &p.upstream_body_idle_timeout), "policy.upstream_body_idle_timeout", 60),
-            client_body_idle_timeout: dur(self, get(|p| &p.client_body_idle_timeout), "policy.client_body_idle_timeout", 30),
-            request_timeout: self.optional_duration(get(|p| &p.request_timeout), &field("policy.request_timeout"), None),
+            max_body_size: get(|p| &p.max_body_size)
+                .and_then(|v| self.size(v, &field("policy.max_body_size")))
+                .unwrap_or(DEFAULT_MAX_BODY),
+            allow_chunked_requests: p
+                .and_then(|p| p.allow_chunked_requests.as_ref())
+                .is_none_or(|b| *b.get_ref()),
+            allow_upgrade: p
+                .and_then(|p| p.allow_upgrade.as_ref())
+                .is_some_and(|b| *b.get_ref()),
+            response_header_timeout: dur(
+                self,
+                get(|p| &p.response_header_timeout),
+                "policy.response_header_timeout",
+                60,
+            ),
+            upstream_body_idle_timeout: dur(
+                self,
+                get(|p| &p.upstream_body_idle_timeout),
+                "policy.upstream_body_idle_timeout",
+                60,
+            ),
+            client_body_idle_timeout: dur(
+                self,
+                get(|p| &p.client_body_idle_timeout),
+                "policy.client_body_idle_timeout",
+                30,
+            ),
+            request_timeout: self.optional_duration(
+                get(|p| &p.request_timeout),
+                &field("policy.request_timeout"),
+                None,
+            ),
             pool_max_idle: cnt(self, get(|p| &p.pool_max_idle), "policy.pool_max_idle", 64),
-            pool_max_connections: cnt(self, get(|p| &p.pool_max_connections), "policy.pool_max_connections", 1024),
-            pool_idle_timeout: dur(self, get(|p| &p.pool_idle_timeout), "policy.pool_idle_timeout", 60),
-            pool_wait_timeout: dur(self, get(|p| &p.pool_wait_timeout), "policy.pool_wait_timeout", 5),
+            pool_max_connections: cnt(
+                self,
+                get(|p| &p.pool_max_connections),
+                "policy.pool_max_connections",
+                1024,
+            ),
+            pool_idle_timeout: dur(
+                self,
+                get(|p| &p.pool_idle_timeout),
+                "policy.pool_idle_timeout",
+                60,
+            ),
+            pool_wait_timeout: dur(
+                self,
+                get(|p| &p.pool_wait_timeout),
+                "policy.pool_wait_timeout",
+                5,
+            ),
         }
     }
 
@@ -252,7 +363,10 @@ impl Ctx<'_> {
 }
 
 fn valid_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `/users/{id}/files/{*rest}` → segments.
@@ -263,13 +377,23 @@ pub fn parse_pattern(s: &str) -> Result<Vec<Segment>, String> {
         let seg = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
             Some(name) if name.starts_with('*') => {
                 if i != parts.len() - 1 {
-                    return Err(format!("{s:?}: {{*{}}} must be the last segment", &name[1..]));
+                    return Err(format!(
+                        "{s:?}: {{*{}}} must be the last segment",
+                        &name[1..]
+                    ));
                 }
                 Segment::Rest(name[1..].to_string())
             }
-            Some(name) if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Segment::Param(name.to_string()),
+            Some(name)
+                if !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                Segment::Param(name.to_string())
+            }
             Some(name) => return Err(format!("{s:?}: {{{name}}} is not a parameter name")),
-            None if part.contains('{') || part.contains('}') => return Err(format!("{s:?}: braces must enclose a whole segment")),
+            None if part.contains('{') || part.contains('}') => {
+                return Err(format!("{s:?}: braces must enclose a whole segment"));
+            }
             None => Segment::Literal((*part).to_string()),
         };
         out.push(seg);

@@ -535,18 +535,32 @@ impl Ctx<'_> {
                     Some("tcp") | None => None,
                     Some("http") => Some(()),
                     Some(other) => {
-                        self.err(&p.span(), &field("protocol"), &format!("{other:?} is not one of \"tcp\", \"http\""));
+                        self.err(
+                            &p.span(),
+                            &field("protocol"),
+                            &format!("{other:?} is not one of \"tcp\", \"http\""),
+                        );
                         None
                     }
                 },
             };
             if http.is_none() && rl_ref.http.is_some() {
-                self.err(&rl_ref.name.span(), &field("http"), "[listeners.http] needs protocol = \"http\"");
+                self.err(
+                    &rl_ref.name.span(),
+                    &field("http"),
+                    "[listeners.http] needs protocol = \"http\"",
+                );
             }
             let http = http.map(|()| self.http_listener(rl_ref.http.as_ref(), &field));
             listener_is_http.push(http.is_some());
             if let Some(bind) = bind {
-                listeners.push(ListenerConfig { name, bind, backlog, accept_proxy, http });
+                listeners.push(ListenerConfig {
+                    name,
+                    bind,
+                    backlog,
+                    accept_proxy,
+                    http,
+                });
             }
         }
         if raw.listeners.is_empty() {
@@ -594,10 +608,16 @@ impl Ctx<'_> {
                     matcher.client_cidrs = self.cidrs(c, &field("match.client_cidrs"));
                 }
                 matcher.http = self.http_match(m, &field);
-                let on_tcp = matcher.listener.is_some_and(|i| !listener_is_http.get(i).copied().unwrap_or(false));
+                let on_tcp = matcher
+                    .listener
+                    .is_some_and(|i| !listener_is_http.get(i).copied().unwrap_or(false));
                 if on_tcp && !matcher.http.is_empty() {
                     let span = m.listener.as_ref().map(|l| l.span()).unwrap_or_default();
-                    self.err(&span, &field("match"), "host, path, method and header matchers need an HTTP listener");
+                    self.err(
+                        &span,
+                        &field("match"),
+                        "host, path, method and header matchers need an HTTP listener",
+                    );
                 }
             }
             let a = r.action.get_ref();
@@ -656,9 +676,15 @@ impl Ctx<'_> {
                             "needs send_proxy_protocol = \"v2\" (v1 has no TLVs)",
                         );
                     }
-                    let on_http = matcher.listener.is_some_and(|i| listener_is_http.get(i).copied().unwrap_or(false));
+                    let on_http = matcher
+                        .listener
+                        .is_some_and(|i| listener_is_http.get(i).copied().unwrap_or(false));
                     if on_http && send_proxy.is_some() {
-                        let span = a.send_proxy_protocol.as_ref().map(|p| p.span()).unwrap_or_default();
+                        let span = a
+                            .send_proxy_protocol
+                            .as_ref()
+                            .map(|p| p.span())
+                            .unwrap_or_default();
                         self.err(&span, &field("action.send_proxy_protocol"), "not available on HTTP routes (upstream connections are pooled across clients)");
                     }
                     Some(RouteAction::Forward(Forward {

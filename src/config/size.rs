@@ -5,9 +5,13 @@ pub fn parse(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
-        return Err(format!("{s:?} is not a size (write e.g. 65536, \"64KiB\", \"10MiB\")"));
+        return Err(format!(
+            "{s:?} is not a size (write e.g. 65536, \"64KiB\", \"10MiB\")"
+        ));
     }
-    let n: u64 = s[..digits].parse().map_err(|_| format!("{s:?}: number too large"))?;
+    let n: u64 = s[..digits]
+        .parse()
+        .map_err(|_| format!("{s:?}: number too large"))?;
     let mult: u64 = match s[digits..].trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -16,9 +20,14 @@ pub fn parse(s: &str) -> Result<u64, String> {
         "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]

@@ -18,17 +18,20 @@ pub enum ConnState {
     Connecting = 3,
     Established = 4,
     Draining = 5,
-    Closed = 6,
+    /// An HTTP connection switched protocols (WebSocket): bytes spliced both ways.
+    Upgraded = 6,
+    Closed = 7,
 }
 
 impl ConnState {
-    pub const ALL: [ConnState; 7] = [
+    pub const ALL: [ConnState; 8] = [
         ConnState::Accepting,
         ConnState::ReadingProxyHeader,
         ConnState::Routing,
         ConnState::Connecting,
         ConnState::Established,
         ConnState::Draining,
+        ConnState::Upgraded,
         ConnState::Closed,
     ];
 
@@ -40,6 +43,7 @@ impl ConnState {
             ConnState::Connecting => "connecting",
             ConnState::Established => "established",
             ConnState::Draining => "draining",
+            ConnState::Upgraded => "upgraded",
             ConnState::Closed => "closed",
         }
     }
@@ -73,48 +77,52 @@ impl Side {
 /// Why a connection ended. Every connection ends with exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
-    /// both directions finished; the client sent EOF first.
+    /// Both directions finished; the client sent EOF first.
     ClientClosed,
-    /// both directions finished; the upstream sent EOF first.
+    /// Both directions finished; the upstream sent EOF first.
     UpstreamClosed,
-    /// a read or write on the client socket failed.
+    /// A read or write on the client socket failed.
     ClientReset,
-    /// a read or write on the upstream socket failed.
+    /// A read or write on the upstream socket failed.
     UpstreamReset,
-    /// the upstream refused the connection.
+    /// The upstream refused the connection.
     UpstreamRefused,
-    /// no upstream connection within the connect deadline.
+    /// No upstream connection within the connect deadline.
     UpstreamConnectTimeout,
-    /// connecting failed otherwise (unreachable network, …).
+    /// Connecting failed otherwise (unreachable network, …).
     UpstreamConnectError,
-    /// the target's name did not resolve.
+    /// The target's name did not resolve.
     UpstreamUnresolved,
-    /// no bytes either way for the idle deadline.
+    /// No bytes either way for the idle deadline.
     IdleTimeout,
-    /// the connection reached its maximum lifetime.
+    /// The connection reached its maximum lifetime.
     MaxLifetime,
-    /// no complete PROXY header within its deadline.
+    /// No complete PROXY header within its deadline.
     ProxyHeaderTimeout,
-    /// a missing, malformed, truncated or oversized PROXY header.
+    /// A missing, malformed, truncated or oversized PROXY header.
     ProxyHeaderInvalid,
-    /// a PROXY header (or a required one) from an untrusted peer.
+    /// A PROXY header (or a required one) from an untrusted peer.
     ProxyHeaderUntrusted,
-    /// the process-wide connection limit.
+    /// The process-wide connection limit.
     LimitGlobal,
-    /// the route's connection limit.
+    /// The route's connection limit.
     LimitRoute,
-    /// the per-client-address connection limit.
+    /// The per-client-address connection limit.
     LimitPerIp,
-    /// no route matched.
+    /// No route matched.
     NoRoute,
-    /// still open at the end of the shutdown drain.
+    /// Still open at the end of the shutdown drain.
     Shutdown,
-    /// the owning task ended without a reason (a bug).
+    /// An HTTP client did not send a request head within its deadline.
+    ClientHeaderTimeout,
+    /// An HTTP client sent something that is not HTTP/1.1 (hyper refused it).
+    ClientProtocolError,
+    /// The owning task ended without a reason (a bug).
     Internal,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 19] = [
+    pub const ALL: [EndReason; 21] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -133,6 +141,8 @@ impl EndReason {
         EndReason::LimitPerIp,
         EndReason::NoRoute,
         EndReason::Shutdown,
+        EndReason::ClientHeaderTimeout,
+        EndReason::ClientProtocolError,
         EndReason::Internal,
     ];
     pub const COUNT: usize = Self::ALL.len();
@@ -157,6 +167,8 @@ impl EndReason {
             EndReason::LimitPerIp => "limit_per_ip",
             EndReason::NoRoute => "no_route",
             EndReason::Shutdown => "shutdown",
+            EndReason::ClientHeaderTimeout => "client_header_timeout",
+            EndReason::ClientProtocolError => "client_protocol_error",
             EndReason::Internal => "internal_error",
         }
     }
@@ -182,6 +194,8 @@ impl EndReason {
             EndReason::LimitPerIp => Side::Proxy,
             EndReason::NoRoute => Side::Proxy,
             EndReason::Shutdown => Side::Proxy,
+            EndReason::ClientHeaderTimeout => Side::Client,
+            EndReason::ClientProtocolError => Side::Client,
             EndReason::Internal => Side::Proxy,
         }
     }

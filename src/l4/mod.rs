@@ -20,7 +20,6 @@ use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
 use crate::routing::{self, RouteInput};
 use crate::server::{ListenerRt, Runtime};
 
-
 /// Owns `client` until it is closed, then records the end in the table.
 pub async fn serve(
     client: TcpStream,
@@ -37,8 +36,8 @@ async fn run(
     client: TcpStream,
     peer: SocketAddr,
     guard: &mut ConnGuard,
-    listener: &ListenerRt,
-    rt: &Runtime,
+    listener: &Arc<ListenerRt>,
+    rt: &Arc<Runtime>,
 ) -> EndReason {
     let Ok(local) = client.local_addr() else {
         return EndReason::ClientReset;
@@ -86,6 +85,16 @@ async fn run(
         if let Err(reason) = guard.claim_ip(client_addr.ip(), limit) {
             return reason;
         }
+    }
+
+    // --- HTTP listeners: routing happens per request ---------------------
+    if listener.config.http.is_some() {
+        let info = crate::http::ConnInfo {
+            client: client_addr,
+            peer,
+            local,
+        };
+        return crate::http::serve(client, early_bytes, info, guard, listener, rt).await;
     }
 
     // --- routing ------------------------------------------------------

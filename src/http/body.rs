@@ -1,0 +1,237 @@
+//! Body wrappers on the streaming path. `ClientBody` carries a request body
+//! upstream under the route's size limit and idle deadline; `UpstreamBody`
+//! carries a response body to the client under the upstream idle deadline,
+//! gives the upstream connection back to its pool only after the last byte,
+//! and writes the access log line when it ends (or is dropped). Buffers are
+//! hyper's: frames pass through one at a time, so memory stays flat.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep, sleep};
+
+use super::error::RequestEnd;
+use super::log::RequestLog;
+use crate::upstream::PooledConn;
+
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+pub fn full(bytes: Bytes) -> Body {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// How a request body ended, as seen by the handler after the upstream call.
+#[derive(Default)]
+pub struct BodyOutcome(AtomicU8, AtomicU64);
+
+impl BodyOutcome {
+    const TOO_LARGE: u8 = 1;
+    const IDLE: u8 = 2;
+    const ABORTED: u8 = 3;
+
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Request body bytes passed upstream so far.
+    pub fn bytes(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
+    /// The client-side failure, if the request body failed.
+    pub fn failure(&self) -> Option<RequestEnd> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::TOO_LARGE => Some(RequestEnd::BodyTooLarge),
+            Self::IDLE => Some(RequestEnd::ClientBodyTimeout),
+            Self::ABORTED => Some(RequestEnd::ClientAborted),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StreamError(&'static str);
+
+pub struct ClientBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    outcome: Arc<BodyOutcome>,
+}
+
+impl ClientBody {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        idle: Duration,
+        outcome: Arc<BodyOutcome>,
+    ) -> ClientBody {
+        ClientBody {
+            inner,
+            limit,
+            seen: 0,
+            idle,
+            timer: Box::pin(sleep(idle)),
+            outcome,
+        }
+    }
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    this.outcome.1.store(this.seen, Ordering::Relaxed);
+                    if this.seen > this.limit {
+                        this.outcome.set(BodyOutcome::TOO_LARGE);
+                        return Poll::Ready(Some(Err(Box::new(StreamError(
+                            "request body over the limit",
+                        )))));
+                    }
+                }
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.outcome.set(BodyOutcome::ABORTED);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                this.outcome.set(BodyOutcome::IDLE);
+                Poll::Ready(Some(Err(Box::new(StreamError(
+                    "request body idle timeout",
+                )))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// The upstream connection, returned to its pool at end of stream.
+    conn: Option<PooledConn>,
+    log: RequestLog,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        conn: Option<PooledConn>,
+        log: RequestLog,
+    ) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            idle,
+            timer: Box::pin(sleep(idle)),
+            conn,
+            log,
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.log.bytes_down += data.len() as u64;
+                }
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.conn = None; // half-read: never back to the pool
+                this.log.end = RequestEnd::UpstreamReset;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                if let Some(conn) = this.conn.take() {
+                    conn.release();
+                }
+                this.log.end = RequestEnd::Ok;
+                this.log.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                this.conn = None;
+                this.log.end = RequestEnd::UpstreamBodyTimeout;
+                Poll::Ready(Some(Err(Box::new(StreamError(
+                    "upstream body idle timeout",
+                )))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(conn) = self.conn.take() {
+                conn.release();
+            }
+            self.log.finished = true;
+        } else if !self.log.finished && self.log.end == RequestEnd::Ok {
+            // Dropped before the end: the client went away mid-response.
+            self.log.end = RequestEnd::ClientAborted;
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Why an HTTP request ended, who is to blame, and the one place where a
+//! failure becomes the proxy's own response (status, `gatehouse-error`
+//! header, short body).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::{Body, full};
+use crate::conn::Side;
+
+/// The outcome of one request. `Ok` means the upstream's response was relayed completely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestEnd {
+    Ok,
+    NoRoute,
+    BadRequest,
+    BodyTooLarge,
+    LengthRequired,
+    ClientBodyTimeout,
+    ClientAborted,
+    UpstreamRefused,
+    UpstreamConnectTimeout,
+    UpstreamConnectError,
+    UpstreamUnresolved,
+    UpstreamPoolExhausted,
+    UpstreamResponseTimeout,
+    UpstreamReset,
+    UpstreamProtocolError,
+    UpstreamBodyTimeout,
+    RequestTimeout,
+    Shutdown,
+}
+
+impl RequestEnd {
+    pub const ALL: [RequestEnd; 18] = [
+        RequestEnd::Ok,
+        RequestEnd::NoRoute,
+        RequestEnd::BadRequest,
+        RequestEnd::BodyTooLarge,
+        RequestEnd::LengthRequired,
+        RequestEnd::ClientBodyTimeout,
+        RequestEnd::ClientAborted,
+        RequestEnd::UpstreamRefused,
+        RequestEnd::UpstreamConnectTimeout,
+        RequestEnd::UpstreamConnectError,
+        RequestEnd::UpstreamUnresolved,
+        RequestEnd::UpstreamPoolExhausted,
+        RequestEnd::UpstreamResponseTimeout,
+        RequestEnd::UpstreamReset,
+        RequestEnd::UpstreamProtocolError,
+        RequestEnd::UpstreamBodyTimeout,
+        RequestEnd::RequestTimeout,
+        RequestEnd::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestEnd::Ok => "ok",
+            RequestEnd::NoRoute => "no_route",
+            RequestEnd::BadRequest => "bad_request",
+            RequestEnd::BodyTooLarge => "body_too_large",
+            RequestEnd::LengthRequired => "length_required",
+            RequestEnd::ClientBodyTimeout => "client_body_timeout",
+            RequestEnd::ClientAborted => "client_aborted",
+            RequestEnd::UpstreamRefused => "upstream_refused",
+            RequestEnd::UpstreamConnectTimeout => "upstream_connect_timeout",
+            RequestEnd::UpstreamConnectError => "upstream_connect_error",
+            RequestEnd::UpstreamUnresolved => "upstream_unresolved",
+            RequestEnd::UpstreamPoolExhausted => "upstream_pool_exhausted",
+            RequestEnd::UpstreamResponseTimeout => "upstream_response_timeout",
+            RequestEnd::UpstreamReset => "upstream_reset",
+            RequestEnd::UpstreamProtocolError => "upstream_protocol_error",
+            RequestEnd::UpstreamBodyTimeout => "upstream_body_timeout",
+            RequestEnd::RequestTimeout => "request_timeout",
+            RequestEnd::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            RequestEnd::Ok
+            | RequestEnd::NoRoute
+            | RequestEnd::RequestTimeout
+            | RequestEnd::Shutdown => Side::Proxy,
+            RequestEnd::BadRequest
+            | RequestEnd::BodyTooLarge
+            | RequestEnd::LengthRequired
+            | RequestEnd::ClientBodyTimeout
+            | RequestEnd::ClientAborted => Side::Client,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// The status the proxy answers with when it fails this way itself.
+    pub fn status(self) -> StatusCode {
+        match self {
+            RequestEnd::Ok => StatusCode::OK,
+            RequestEnd::NoRoute => StatusCode::NOT_FOUND,
+            RequestEnd::BadRequest => StatusCode::BAD_REQUEST,
+            RequestEnd::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestEnd::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            RequestEnd::ClientBodyTimeout | RequestEnd::ClientAborted => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            RequestEnd::UpstreamRefused
+            | RequestEnd::UpstreamConnectError
+            | RequestEnd::UpstreamUnresolved
+            | RequestEnd::UpstreamReset
+            | RequestEnd::UpstreamProtocolError
+            | RequestEnd::UpstreamBodyTimeout => StatusCode::BAD_GATEWAY,
+            RequestEnd::UpstreamPoolExhausted | RequestEnd::Shutdown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RequestEnd::UpstreamConnectTimeout
+            | RequestEnd::UpstreamResponseTimeout
+            | RequestEnd::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// After these the client connection is closed: its framing is suspect.
+    fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            RequestEnd::BadRequest
+                | RequestEnd::BodyTooLarge
+                | RequestEnd::LengthRequired
+                | RequestEnd::ClientBodyTimeout
+        )
+    }
+}
+
+/// The proxy's own response for a failed request.
+pub fn respond(end: RequestEnd, server: Option<&str>) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(format!(
+        "{} ({} side)\n",
+        end.as_str(),
+        end.side().as_str()
+    ))));
+    *resp.status_mut() = end.status();
+    let h = resp.headers_mut();
+    h.insert("gatehouse-error", HeaderValue::from_static(end.as_str()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(s) = server.and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert(header::SERVER, s);
+    }
+    if end.closes_connection() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,254 @@
+//! Header rules of the request path: request-smuggling checks on what the
+//! client sent, hop-by-hop removal (both directions), and the forwarding
+//! headers the proxy adds (X-Forwarded-*, Forwarded, Via).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+
+/// Rejects anything whose framing could be read two ways. hyper has already
+/// refused malformed syntax (bad bytes, obs-fold, invalid lengths); these are
+/// the ambiguities it tolerates.
+pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let h = req.headers();
+    let cl: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if cl.len() > 1 {
+        return Err("more than one Content-Length");
+    }
+    if let Some(v) = cl.first() {
+        if v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Err("malformed Content-Length");
+        }
+    }
+    if !te.is_empty() {
+        if !cl.is_empty() {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+        if req.version() == Version::HTTP_10 {
+            return Err("Transfer-Encoding on HTTP/1.0");
+        }
+        let codings: Vec<String> = te
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
+        if codings != ["chunked"] {
+            return Err("Transfer-Encoding other than a single chunked");
+        }
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err("more than one Host");
+    }
+    for (name, value) in h {
+        if value
+            .as_bytes()
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err(if name == header::HOST {
+                "control character in Host"
+            } else {
+                "control character in a header value"
+            });
+        }
+    }
+    Ok(())
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+/// With `upgrade`, `Connection: upgrade` and `Upgrade` survive (an upgrade
+/// being proxied). `TE: trailers` survives; other `TE` values do not.
+pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let upgrade_value = if upgrade {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    for name in named {
+        h.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+    let keep_te = h
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    h.remove(header::TE);
+    if keep_te {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(u) = upgrade_value {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
+}
+
+pub struct ForwardedFor<'a> {
+    pub client: IpAddr,
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    /// The peer is a trusted proxy: keep and append to its forwarding headers.
+    pub trusted: bool,
+    pub forwarded: bool,
+}
+
+/// X-Forwarded-For/Proto/Host and, optionally, `Forwarded` (RFC 7239).
+pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let client = f.client.to_string();
+    let prior: Vec<String> = if f.trusted {
+        h.get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let value = if prior.is_empty() {
+        client.clone()
+    } else {
+        format!("{}, {client}", prior.join(", "))
+    };
+    h.remove(&xff);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(xff, v);
+    }
+    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    if !(f.trusted && h.contains_key(&xfp)) {
+        h.insert(xfp, HeaderValue::from_static(f.proto));
+    }
+    if !(f.trusted && h.contains_key(&xfh)) {
+        match f.host {
+            Some(host) => {
+                h.insert(xfh, host.clone());
+            }
+            None => {
+                h.remove(xfh);
+            }
+        }
+    }
+    if f.forwarded {
+        let node = match f.client {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        let mut element = format!("for={node};proto={}", f.proto);
+        if let Some(host) = f.host.and_then(|h| h.to_str().ok()) {
+            if host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            {
+                element.push_str(&format!(";host=\"{host}\""));
+            }
+        }
+        let prior: Vec<String> = if f.trusted {
+            h.get_all(header::FORWARDED)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let value = if prior.is_empty() {
+            element
+        } else {
+            format!("{}, {element}", prior.join(", "))
+        };
+        h.remove(header::FORWARDED);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(header::FORWARDED, v);
+        }
+    }
+}
+
+/// Appends this hop to `Via` (RFC 9110 §7.6.3).
+pub fn add_via(h: &mut HeaderMap, version: Version) {
+    let proto = match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    let hop = format!("{proto} gatehouse");
+    let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {hop}"),
+        None => hop,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(header::VIA, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(h.contains_key("x-kept"));
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn forwarding_headers_replace_untrusted_values() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let host = HeaderValue::from_static("app.test");
+        let f = ForwardedFor {
+            client: "10.0.0.9".parse().unwrap(),
+            proto: "http",
+            host: Some(&host),
+            trusted: false,
+            forwarded: true,
+        };
+        add_forwarding(&mut h, &f);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "app.test");
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=10.0.0.9;proto=http;host=\"app.test\""
+        );
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        add_forwarding(&mut h2, &ForwardedFor { trusted: true, ..f });
+        assert_eq!(h2.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.9");
+    }
+}

@@ -1,0 +1,110 @@
+//! One access-log line and one set of metric updates per request, written
+//! when the request's record is dropped: after the response body's last
+//! byte, when the client goes away, or when the proxy answers itself.
+//! No request or response header is logged, so credentials
+//! (`Authorization`, `Cookie`, `Set-Cookie`, `Proxy-Authorization`, …) and
+//! the query string (often a carrier of tokens) never reach the log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::error::RequestEnd;
+use crate::metrics::Metrics;
+
+pub struct RequestLog {
+    pub metrics: Arc<Metrics>,
+    pub access_log: bool,
+    pub conn: u64,
+    pub started: Instant,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub route: Option<(usize, Arc<str>)>,
+    pub upstream: Option<SocketAddr>,
+    pub status: u16,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub connect: Option<Duration>,
+    pub headers_received: Option<Duration>,
+    pub end: RequestEnd,
+    pub finished: bool,
+    /// The request body's counters, read when the record ends.
+    pub request_body: Option<Arc<super::body::BodyOutcome>>,
+}
+
+impl RequestLog {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        access_log: bool,
+        conn: u64,
+        method: &str,
+        host: &str,
+        path: &str,
+    ) -> RequestLog {
+        RequestLog {
+            metrics,
+            access_log,
+            conn,
+            started: Instant::now(),
+            method: method.to_owned(),
+            host: host.to_owned(),
+            path: path.to_owned(),
+            route: None,
+            upstream: None,
+            status: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            connect: None,
+            headers_received: None,
+            end: RequestEnd::Ok,
+            finished: false,
+            request_body: None,
+        }
+    }
+
+    pub fn set_route(&mut self, index: usize, name: Arc<str>) {
+        self.metrics
+            .route(index)
+            .http_in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        self.route = Some((index, name));
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let total = self.started.elapsed();
+        if let Some(b) = &self.request_body {
+            self.bytes_up = b.bytes();
+        }
+        let stats = self.metrics.route_or_none(self.route.as_ref().map(|r| r.0));
+        if self.route.is_some() {
+            stats.http_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        stats.http_status[(self.status as usize / 100).min(5)].fetch_add(1, Ordering::Relaxed);
+        stats.http_end[self.end.index()].fetch_add(1, Ordering::Relaxed);
+        stats.http_latency.observe(total);
+        if self.access_log {
+            tracing::info!(
+                target: "gatehouse::access",
+                conn = self.conn,
+                method = %self.method,
+                host = %self.host,
+                path = %self.path,
+                route = self.route.as_ref().map(|r| &*r.1),
+                status = self.status,
+                bytes_up = self.bytes_up,
+                bytes_down = self.bytes_down,
+                upstream = self.upstream.map(|u| u.to_string()),
+                connect_ms = self.connect.map(|d| d.as_secs_f64() * 1e3),
+                headers_ms = self.headers_received.map(|d| d.as_secs_f64() * 1e3),
+                total_ms = total.as_secs_f64() * 1e3,
+                reason = self.end.as_str(),
+                side = self.end.side().as_str(),
+                "request"
+            );
+        }
+    }
+}

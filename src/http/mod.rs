@@ -1,0 +1,147 @@
+//! HTTP/1.1 reverse proxying on an `http` listener: the connection task
+//! (this file) runs hyper's server for one client connection, owns its table
+//! entry, and after an upgrade runs the tunnel itself; `proxy` handles each
+//! request; `body`, `headers`, `error`, `log` and `tunnel` are its parts.
+
+pub mod body;
+pub mod error;
+mod headers;
+mod log;
+mod proxy;
+mod tunnel;
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub use proxy::ConnInfo;
+
+use crate::conn::{ConnGuard, ConnState, EndReason};
+use crate::server::{ListenerRt, Runtime};
+
+/// Serves HTTP on an accepted connection until it ends; returns why.
+/// `early` holds bytes already read (after a PROXY header).
+pub async fn serve(
+    client: TcpStream,
+    early: Vec<u8>,
+    info: ConnInfo,
+    guard: &ConnGuard,
+    listener: &Arc<ListenerRt>,
+    rt: &Arc<Runtime>,
+) -> EndReason {
+    let Some(cfg) = listener.config.http.clone() else {
+        return EndReason::Internal;
+    };
+    guard.set_state(ConnState::Established);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes)
+        .max_headers(cfg.max_headers)
+        .keep_alive(true);
+    let handler = Arc::new(proxy::Handler::new(
+        rt.clone(),
+        listener.clone(),
+        cfg,
+        info,
+        guard.id(),
+    ));
+    let service_handler = handler.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let h = service_handler.clone();
+        async move { Ok::<_, Infallible>(h.handle(req).await) }
+    });
+    let io = TokioIo::new(Prefixed {
+        prefix: early,
+        pos: 0,
+        inner: client,
+    });
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = rt.shutdown.draining() => {
+            // Finish the request in flight, then close; at the deadline, close anyway.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = rt.shutdown.closing() => return EndReason::Shutdown,
+            }
+        }
+    };
+    if let Some(t) = handler.take_tunnel() {
+        guard.set_state(ConnState::Upgraded);
+        return tunnel::run(t, guard, &rt.shutdown).await;
+    }
+    match result {
+        Ok(()) => EndReason::ClientClosed,
+        Err(e) if e.is_timeout() => EndReason::ClientHeaderTimeout,
+        Err(e) if e.is_parse() || e.is_parse_too_large() => EndReason::ClientProtocolError,
+        Err(e) => {
+            tracing::debug!(conn = guard.id(), error = %e, "client connection ended with an error");
+            EndReason::ClientReset
+        }
+    }
+}
+
+/// A stream that yields `prefix` before reading from `inner`.
+struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

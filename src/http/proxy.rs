@@ -1,0 +1,346 @@
+//! The request path: smuggling checks, routing, body policy, the upstream
+//! request (hop-by-hop removed, forwarding headers added, target bytes
+//! untouched), the upstream call under its deadlines, and the response
+//! relayed back with a streaming body. Every failure ends as a `RequestEnd`
+//! and becomes a response in `error::respond`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::timeout;
+
+use super::body::{Body, BodyOutcome, ClientBody, UpstreamBody, empty};
+use super::error::{RequestEnd, respond};
+use super::headers::{self, ForwardedFor};
+use super::log::RequestLog;
+use super::tunnel::Tunnel;
+use crate::config::{HttpListener, RouteAction};
+use crate::routing::{self, RequestView, Route, RouteInput};
+use crate::server::{ListenerRt, Runtime};
+
+pub struct ConnInfo {
+    /// The real client (from a PROXY header when there was one).
+    pub client: SocketAddr,
+    /// The TCP peer (a proxy in front of us, or the client itself).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+pub struct Handler {
+    rt: Arc<Runtime>,
+    listener: Arc<ListenerRt>,
+    http: HttpListener,
+    info: ConnInfo,
+    conn_id: u64,
+    requests: AtomicU64,
+    trusted_peer: bool,
+    /// Set when a request was upgraded; the connection task runs it.
+    tunnel: Mutex<Option<Tunnel>>,
+}
+
+impl Handler {
+    pub fn new(
+        rt: Arc<Runtime>,
+        listener: Arc<ListenerRt>,
+        http: HttpListener,
+        info: ConnInfo,
+        conn_id: u64,
+    ) -> Handler {
+        let trusted_peer = http
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&info.peer.ip()));
+        Handler {
+            rt,
+            listener,
+            http,
+            info,
+            conn_id,
+            requests: AtomicU64::new(0),
+            trusted_peer,
+            tunnel: Mutex::new(None),
+        }
+    }
+
+    pub fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let host = request_host(&req);
+        let log = RequestLog::new(
+            self.rt.table.metrics().clone(),
+            self.http.access_log,
+            self.conn_id,
+            req.method().as_str(),
+            host.as_deref().unwrap_or(""),
+            req.uri().path(),
+        );
+        let mut resp = self.proxy(req, host, log).await;
+        if self
+            .http
+            .max_requests_per_connection
+            .is_some_and(|max| n >= max)
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    fn fail(&self, mut log: RequestLog, end: RequestEnd) -> Response<Body> {
+        log.end = end;
+        log.status = end.status().as_u16();
+        respond(end, self.http.server_header.as_deref())
+    }
+
+    async fn proxy(
+        &self,
+        mut req: Request<Incoming>,
+        host: Option<String>,
+        mut log: RequestLog,
+    ) -> Response<Body> {
+        if let Err(why) = headers::check_request(&req) {
+            tracing::debug!(conn = self.conn_id, why, "bad request");
+            return self.fail(log, RequestEnd::BadRequest);
+        }
+        let conn = RouteInput {
+            listener: self.listener.index,
+            local: self.info.local,
+            client: self.info.client,
+        };
+        let view = RequestView {
+            host: host.as_deref(),
+            path: req.uri().path(),
+            method: req.method().as_str(),
+            headers: req.headers(),
+        };
+        let Some(route) = routing::select_http(&self.rt.routes, &self.rt.http_order, &conn, &view)
+        else {
+            return self.fail(log, RequestEnd::NoRoute);
+        };
+        log.set_route(route.index, route.name.clone());
+        let policy = &route.config.policy;
+
+        // Body policy, checked before any upstream work.
+        let length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if length.is_some_and(|l| l > policy.http.max_body_size) {
+            return self.fail(log, RequestEnd::BodyTooLarge);
+        }
+        if req.headers().contains_key(header::TRANSFER_ENCODING)
+            && !policy.http.allow_chunked_requests
+        {
+            return self.fail(log, RequestEnd::LengthRequired);
+        }
+
+        let upgrade = policy.http.allow_upgrade && wants_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let bodiless =
+            length.unwrap_or(0) == 0 && !req.headers().contains_key(header::TRANSFER_ENCODING);
+        let (parts, body) = req.into_parts();
+        let outcome = Arc::new(BodyOutcome::default());
+        let body = ClientBody::new(
+            body,
+            policy.http.max_body_size,
+            policy.http.client_body_idle_timeout,
+            outcome.clone(),
+        );
+
+        let mut headers = parts.headers.clone();
+        headers::remove_hop_by_hop(&mut headers, upgrade);
+        headers.remove(header::EXPECT); // 100-continue is answered by our server side
+        let host_value = parts.headers.get(header::HOST).cloned();
+        headers::add_forwarding(
+            &mut headers,
+            &ForwardedFor {
+                client: self.info.client.ip(),
+                proto: "http",
+                host: host_value.as_ref(),
+                trusted: self.trusted_peer,
+                forwarded: self.http.forwarded,
+            },
+        );
+        if self.http.via {
+            headers::add_via(&mut headers, parts.version);
+        }
+        let uri = origin_form(&parts.uri);
+        let build = |body: Body| {
+            let mut up = Request::new(body);
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri.clone();
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = headers.clone();
+            up
+        };
+
+        let started = Instant::now();
+        let deadline = policy.http.request_timeout.map(|d| started + d);
+        let retryable = bodiless && is_idempotent(&parts.method);
+        log.request_body = Some(outcome.clone());
+        let call = self.call_upstream(
+            route,
+            build(body.boxed_unsync()),
+            retryable.then_some(&build),
+            &mut log,
+            &outcome,
+        );
+        let result = match deadline {
+            Some(d) => timeout(d.saturating_duration_since(Instant::now()), call)
+                .await
+                .unwrap_or(Err(RequestEnd::RequestTimeout)),
+            None => call.await,
+        };
+        let (mut resp, pooled) = match result {
+            Ok(r) => r,
+            Err(end) => return self.fail(log, end),
+        };
+        log.status = resp.status().as_u16();
+        log.headers_received = Some(started.elapsed());
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = client_upgrade {
+                let upstream = hyper::upgrade::on(&mut resp);
+                *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tunnel {
+                    client,
+                    upstream,
+                    idle: policy.idle_timeout,
+                    max_lifetime: policy.max_lifetime,
+                });
+                let (mut parts, _) = resp.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers, true);
+                if self.http.via {
+                    headers::add_via(&mut parts.headers, Version::HTTP_11);
+                }
+                drop(pooled); // the upgraded connection leaves the pool for good
+                log.finished = true;
+                return Response::from_parts(parts, empty());
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        parts.version = Version::HTTP_11; // our hop speaks HTTP/1.1, whatever the upstream spoke
+        headers::remove_hop_by_hop(&mut parts.headers, false);
+        if self.http.via {
+            headers::add_via(&mut parts.headers, Version::HTTP_11);
+        }
+        Response::from_parts(
+            parts,
+            UpstreamBody::new(
+                body,
+                policy.http.upstream_body_idle_timeout,
+                Some(pooled),
+                log,
+            )
+            .boxed_unsync(),
+        )
+    }
+
+    /// Sends the request on a pooled connection. A bodiless request that
+    /// fails on a reused connection (the upstream closed it while idle) is
+    /// sent once more on a new one.
+    async fn call_upstream(
+        &self,
+        route: &Route,
+        request: Request<Body>,
+        rebuild: Option<&(dyn Fn(Body) -> Request<Body> + Sync)>,
+        log: &mut RequestLog,
+        outcome: &BodyOutcome,
+    ) -> Result<(Response<Incoming>, crate::upstream::PooledConn), RequestEnd> {
+        let RouteAction::Forward(forward) = &route.config.action;
+        let pools = &self.rt.pools[route.index];
+        let policy = &route.config.policy;
+        let mut request = Some(request);
+        for attempt in 0..2 {
+            let pool = &pools[route.next_target(forward.targets.len())];
+            let (mut conn, connect_time) = pool.checkout(policy.connect_timeout).await?;
+            log.upstream = Some(conn.peer);
+            log.connect = connect_time.or(log.connect);
+            let req = match request.take() {
+                Some(r) => r,
+                None => match rebuild {
+                    Some(f) => f(empty()),
+                    None => break,
+                },
+            };
+            match timeout(
+                policy.http.response_header_timeout,
+                conn.sender.send_request(req),
+            )
+            .await
+            {
+                Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
+                Ok(Ok(resp)) => return Ok((resp, conn)),
+                Ok(Err(e)) => {
+                    if let Some(client_side) = outcome.failure() {
+                        return Err(client_side);
+                    }
+                    let retry = attempt == 0 && conn.reused && rebuild.is_some() && !e.is_parse();
+                    tracing::debug!(conn = self.conn_id, error = %e, retry, "upstream request failed");
+                    if !retry {
+                        return Err(if e.is_parse() {
+                            RequestEnd::UpstreamProtocolError
+                        } else {
+                            RequestEnd::UpstreamReset
+                        });
+                    }
+                }
+            }
+        }
+        Err(RequestEnd::UpstreamReset)
+    }
+}
+
+/// Host from `Host` (or an absolute-form target), lower case, without port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let host = if raw.starts_with('[') {
+        raw.split_once(']')
+            .map(|(h, _)| format!("{h}]"))
+            .unwrap_or_else(|| raw.to_owned())
+    } else {
+        raw.split(':').next().unwrap_or(raw).to_owned()
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The request target as sent upstream: the client's bytes unchanged
+/// (origin-form), or the path and query of an absolute-form target.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}

@@ -1,0 +1,116 @@
+//! An upgraded connection (WebSocket or any `Upgrade`) after `101`: bytes
+//! spliced both ways by the connection's own task, with half-close, the
+//! route's idle timeout (traffic either way, pings included, resets it),
+//! its max lifetime and shutdown — never a request timeout or pool recycling.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::conn::{ConnGuard, EndReason};
+use crate::server::ShutdownSignal;
+
+pub struct Tunnel {
+    pub client: OnUpgrade,
+    pub upstream: OnUpgrade,
+    pub idle: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+}
+
+/// Counts bytes read through it and stamps activity.
+struct Counted<'a, T> {
+    inner: T,
+    bytes: &'a AtomicU64,
+    last: &'a AtomicU64,
+    started: Instant,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            self.last
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+pub async fn run(tunnel: Tunnel, guard: &ConnGuard, shutdown: &ShutdownSignal) -> EndReason {
+    let (client, upstream) = match tokio::join!(tunnel.client, tunnel.upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(_), _) => return EndReason::ClientReset,
+        (_, Err(_)) => return EndReason::UpstreamReset,
+    };
+    let entry = guard.entry();
+    let started = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut client = Counted {
+        inner: TokioIo::new(client),
+        bytes: &entry.bytes_up,
+        last: &last,
+        started,
+    };
+    let mut upstream = Counted {
+        inner: TokioIo::new(upstream),
+        bytes: &entry.bytes_down,
+        last: &last,
+        started,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    let far = Duration::from_secs(86400 * 365);
+    let lifetime = tokio::time::sleep(tunnel.max_lifetime.unwrap_or(far));
+    tokio::pin!(lifetime);
+    let idle = tunnel.idle.unwrap_or(far);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let closing = shutdown.closing();
+    tokio::pin!(closing);
+    loop {
+        tokio::select! {
+            r = &mut copy => return match r {
+                Ok(_) => EndReason::ClientClosed,
+                Err(_) => EndReason::ClientReset,
+            },
+            () = &mut idle_timer => {
+                let deadline = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+                if deadline <= Instant::now() {
+                    return EndReason::IdleTimeout;
+                }
+                idle_timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
+            }
+            () = &mut lifetime => return EndReason::MaxLifetime,
+            () = &mut closing => return EndReason::Shutdown,
+        }
+    }
+}
