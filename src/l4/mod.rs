@@ -94,7 +94,8 @@ async fn run(
             peer,
             local,
         };
-        return crate::http::serve(client, early_bytes, info, guard, listener, rt).await;
+        // Boxed: the HTTP connection's state must not enlarge every L4 task.
+        return Box::pin(crate::http::serve(client, early_bytes, info, guard, listener, rt)).await;
     }
 
     // --- routing ------------------------------------------------------
