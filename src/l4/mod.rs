@@ -95,7 +95,15 @@ async fn run(
             local,
         };
         // Boxed: the HTTP connection's state must not enlarge every L4 task.
-        return Box::pin(crate::http::serve(client, early_bytes, info, guard, listener, rt)).await;
+        return Box::pin(crate::http::serve(
+            client,
+            early_bytes,
+            info,
+            guard,
+            listener,
+            rt,
+        ))
+        .await;
     }
 
     // --- routing ------------------------------------------------------

@@ -441,3 +441,172 @@ pub fn assert_accounted(gh: &Gatehouse) {
     let live = metric_sum(&m, "gatehouse_connections_live", &[]);
     assert_eq!(accepted, closed + live, "accepted != closed + live:\n{m}");
 }
+
+/// One request as a raw-HTTP test backend saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// The head exactly as received, request line included, without the final CRLF CRLF.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl SeenRequest {
+    pub fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+
+    /// Values of a header (case-insensitive name), in order.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+}
+
+/// Reads one request (head + Content-Length or chunked body) from a raw socket.
+pub fn read_request(s: &mut TcpStream) -> Option<SeenRequest> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..buf.len() - 4]).to_string();
+    let req = SeenRequest {
+        head,
+        body: Vec::new(),
+    };
+    let mut body = Vec::new();
+    if let Some(len) = req
+        .header("content-length")
+        .first()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        body.resize(len, 0);
+        s.read_exact(&mut body).ok()?;
+    } else if req
+        .header("transfer-encoding")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                s.read_exact(&mut byte).ok()?;
+                line.push(byte[0]);
+            }
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&line).trim().split(';').next()?, 16)
+                    .ok()?;
+            let mut chunk = vec![0u8; size + 2];
+            s.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Some(SeenRequest { body, ..req })
+}
+
+/// A raw HTTP/1.1 backend: for each request it records what it saw and
+/// writes `respond(&request)` (a complete raw response). Keeps connections alive.
+pub fn raw_http_backend(
+    respond: impl Fn(&SeenRequest) -> Vec<u8> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<Mutex<Vec<SeenRequest>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let respond = Arc::new(respond);
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let seen = seen2.clone();
+            let respond = respond.clone();
+            thread::spawn(move || {
+                while let Some(req) = read_request(&mut s) {
+                    let resp = respond(&req);
+                    seen.lock().unwrap().push(req);
+                    if s.write_all(&resp).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+pub fn ok_response(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A raw HTTP exchange: writes `request`, reads one response head + body
+/// (Content-Length or until close). Returns (status line + headers, body).
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    read_response(&mut s)
+}
+
+pub fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return (String::from_utf8_lossy(&buf).to_string(), Vec::new()),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.trim().parse::<usize>().unwrap_or(0))
+    });
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            let _ = s.read_exact(&mut body);
+        }
+        None => {
+            let _ = s.read_to_end(&mut body);
+        }
+    }
+    (head, body)
+}
+
+/// Config with one HTTP listener "web" and one route "app" to `target`.
+pub fn http_config(top: &str, http_extra: &str, target: SocketAddr, route_extra: &str) -> String {
+    format!(
+        r#"admin.bind = "127.0.0.1:0"
+workers = 2
+{top}
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+{http_extra}
+
+[[routes]]
+name = "app"
+match.listener = "web"
+action.forward = ["{target}"]
+{route_extra}
+"#
+    )
+}
