@@ -12,6 +12,8 @@ use super::{Ctx, size};
 #[derive(Debug, Clone)]
 pub struct HttpListener {
     pub max_header_bytes: usize,
+    /// Longer request targets get 414.
+    pub max_uri_bytes: usize,
     pub max_headers: usize,
     /// Deadline for a request's head, from its first byte (slowloris defense).
     pub header_read_timeout: Duration,
@@ -96,6 +98,7 @@ impl Ctx<'_> {
     ) -> HttpListener {
         let mut l = HttpListener {
             max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
             max_headers: 100,
             header_read_timeout: Duration::from_secs(30),
             max_requests_per_connection: None,
@@ -119,6 +122,9 @@ impl Ctx<'_> {
                     l.max_header_bytes = n as usize;
                 }
             }
+        }
+        if let Some(v) = &r.max_uri_bytes {
+            l.max_uri_bytes = self.size(v, &field("http.max_uri_bytes")).map_or(l.max_uri_bytes, |n| n as usize);
         }
         if let Some(v) = &r.max_headers {
             l.max_headers = self

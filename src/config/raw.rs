@@ -77,6 +77,7 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawHttpListener {
     pub max_header_bytes: Option<S<Scalar>>,
+    pub max_uri_bytes: Option<S<Scalar>>,
     pub max_headers: Option<S<Scalar>>,
     pub header_read_timeout: Option<S<Scalar>>,
     pub max_requests_per_connection: Option<S<Scalar>>,

@@ -14,6 +14,7 @@ pub enum RequestEnd {
     Ok,
     NoRoute,
     BadRequest,
+    UriTooLong,
     BodyTooLarge,
     LengthRequired,
     ClientBodyTimeout,
@@ -32,10 +33,11 @@ pub enum RequestEnd {
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 18] = [
+    pub const ALL: [RequestEnd; 19] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::BadRequest,
+        RequestEnd::UriTooLong,
         RequestEnd::BodyTooLarge,
         RequestEnd::LengthRequired,
         RequestEnd::ClientBodyTimeout,
@@ -58,6 +60,7 @@ impl RequestEnd {
             RequestEnd::Ok => "ok",
             RequestEnd::NoRoute => "no_route",
             RequestEnd::BadRequest => "bad_request",
+            RequestEnd::UriTooLong => "uri_too_long",
             RequestEnd::BodyTooLarge => "body_too_large",
             RequestEnd::LengthRequired => "length_required",
             RequestEnd::ClientBodyTimeout => "client_body_timeout",
@@ -83,6 +86,7 @@ impl RequestEnd {
             | RequestEnd::RequestTimeout
             | RequestEnd::Shutdown => Side::Proxy,
             RequestEnd::BadRequest
+            | RequestEnd::UriTooLong
             | RequestEnd::BodyTooLarge
             | RequestEnd::LengthRequired
             | RequestEnd::ClientBodyTimeout
@@ -97,6 +101,7 @@ impl RequestEnd {
             RequestEnd::Ok => StatusCode::OK,
             RequestEnd::NoRoute => StatusCode::NOT_FOUND,
             RequestEnd::BadRequest => StatusCode::BAD_REQUEST,
+            RequestEnd::UriTooLong => StatusCode::URI_TOO_LONG,
             RequestEnd::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestEnd::LengthRequired => StatusCode::LENGTH_REQUIRED,
             RequestEnd::ClientBodyTimeout | RequestEnd::ClientAborted => {

@@ -107,6 +107,9 @@ impl Handler {
         host: Option<String>,
         mut log: RequestLog,
     ) -> Response<Body> {
+        if uri_len(req.uri()) > self.http.max_uri_bytes {
+            return self.fail(log, RequestEnd::UriTooLong);
+        }
         if let Err(why) = headers::check_request(&req) {
             tracing::debug!(conn = self.conn_id, why, "bad request");
             return self.fail(log, RequestEnd::BadRequest);
@@ -343,4 +346,12 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// Length of the request target as received, without allocating.
+fn uri_len(uri: &Uri) -> usize {
+    let pq = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    pq + authority + scheme
 }
