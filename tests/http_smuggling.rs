@@ -15,29 +15,114 @@ const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 fn cases() -> Vec<(&'static str, String)> {
     let s = SMUGGLED;
     vec![
-        ("two different CL", format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 35\r\n\r\n{s}")),
-        ("CL list", format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0, 0\r\n\r\n{s}")),
-        ("CL negative", format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n{s}")),
-        ("CL plus sign", format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +0\r\n\r\n{s}")),
-        ("CL hex", format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x0\r\n\r\n{s}")),
-        ("CL overflow", format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n{s}")),
-        ("TE chunked, identity", format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{s}")),
-        ("TE identity", format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n{s}")),
-        ("TE gzip, chunked", format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{s}")),
-        ("TE xchunked", format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{s}")),
-        ("TE twice", format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{s}")),
-        ("TE on HTTP/1.0", format!("POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{s}")),
-        ("space before colon", format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{s}")),
-        ("obs-fold", format!("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n{s}")),
-        ("obs-fold TE", format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{s}")),
-        ("bare CR in value", format!("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\n\r\n{s}")),
-        ("NUL in value", format!("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n{s}")),
-        ("bad header name", format!("GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n{s}")),
-        ("header without colon", format!("GET / HTTP/1.1\r\nHost: a\r\nX-A\r\n\r\n{s}")),
-        ("two Host headers", format!("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n{s}")),
-        ("double space in request line", format!("GET  / HTTP/1.1\r\nHost: a\r\n\r\n{s}")),
-        ("bad version", format!("GET / HTTP/1.2x\r\nHost: a\r\n\r\n{s}")),
-        ("control char in target", format!("GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n{s}")),
+        (
+            "two different CL",
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 35\r\n\r\n{s}"
+            ),
+        ),
+        (
+            "CL list",
+            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0, 0\r\n\r\n{s}"),
+        ),
+        (
+            "CL negative",
+            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n{s}"),
+        ),
+        (
+            "CL plus sign",
+            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +0\r\n\r\n{s}"),
+        ),
+        (
+            "CL hex",
+            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x0\r\n\r\n{s}"),
+        ),
+        (
+            "CL overflow",
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n{s}"
+            ),
+        ),
+        (
+            "TE chunked, identity",
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{s}"
+            ),
+        ),
+        (
+            "TE identity",
+            format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n{s}"),
+        ),
+        (
+            "TE gzip, chunked",
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{s}"
+            ),
+        ),
+        (
+            "TE xchunked",
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{s}"
+            ),
+        ),
+        (
+            "TE twice",
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{s}"
+            ),
+        ),
+        (
+            "TE on HTTP/1.0",
+            format!("POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{s}"),
+        ),
+        (
+            "space before colon",
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{s}"
+            ),
+        ),
+        (
+            "obs-fold",
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n{s}"),
+        ),
+        (
+            "obs-fold TE",
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{s}"
+            ),
+        ),
+        (
+            "bare CR in value",
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\n\r\n{s}"),
+        ),
+        (
+            "NUL in value",
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n{s}"),
+        ),
+        (
+            "bad header name",
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n{s}"),
+        ),
+        (
+            "header without colon",
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-A\r\n\r\n{s}"),
+        ),
+        (
+            "two Host headers",
+            format!("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n{s}"),
+        ),
+        (
+            "double space in request line",
+            format!("GET  / HTTP/1.1\r\nHost: a\r\n\r\n{s}"),
+        ),
+        (
+            "bad version",
+            format!("GET / HTTP/1.2x\r\nHost: a\r\n\r\n{s}"),
+        ),
+        (
+            "control char in target",
+            format!("GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n{s}"),
+        ),
     ]
 }
 
@@ -56,12 +141,23 @@ fn ambiguous_requests_are_refused_and_nothing_is_smuggled() {
         // The connection is closed after the 400: no second response.
         let (after, _) = read_response(&mut s);
         if !head.starts_with("HTTP/1.1 400") || !after.is_empty() {
-            wrong.push(format!("{name}: {:?} then {:?}", head.lines().next(), after.lines().next()));
+            wrong.push(format!(
+                "{name}: {:?} then {:?}",
+                head.lines().next(),
+                after.lines().next()
+            ));
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
     let seen = seen.lock().unwrap();
-    assert!(seen.is_empty(), "the backend saw {} request(s): {:?}", seen.len(), seen.iter().map(|r| r.request_line().to_string()).collect::<Vec<_>>());
+    assert!(
+        seen.is_empty(),
+        "the backend saw {} request(s): {:?}",
+        seen.len(),
+        seen.iter()
+            .map(|r| r.request_line().to_string())
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -77,7 +173,8 @@ fn chunked_bodies_with_bad_framing_never_reach_the_backend_as_two_requests() {
         format!("3\nabc\n0\n\n{SMUGGLED}"),
     ];
     for body in &bodies {
-        let req = format!("POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        let req =
+            format!("POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
         let mut s = TcpStream::connect(gh.addr("web")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(req.as_bytes()).unwrap();
@@ -86,7 +183,10 @@ fn chunked_bodies_with_bad_framing_never_reach_the_backend_as_two_requests() {
     }
     gh.wait_empty(Duration::from_secs(3));
     let seen = seen.lock().unwrap();
-    assert!(seen.iter().all(|r| !r.request_line().contains("smuggled")), "{seen:?}");
+    assert!(
+        seen.iter().all(|r| !r.request_line().contains("smuggled")),
+        "{seen:?}"
+    );
 }
 
 /// Content-Length together with Transfer-Encoding: hyper applies RFC 9112
@@ -98,14 +198,21 @@ fn content_length_with_transfer_encoding_is_read_as_chunked_then_closed() {
     let (backend, seen) = raw_http_backend(|_| ok_response("ok"));
     let gh = Gatehouse::start(&http_config("", "", backend, ""));
     for req in [
-        format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
-        format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{SMUGGLED}"
+        ),
     ] {
         let mut s = TcpStream::connect(gh.addr("web")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(req.as_bytes()).unwrap();
         let (head, _) = read_response(&mut s);
-        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
         let (after, _) = read_response(&mut s);
         assert!(after.is_empty(), "connection stayed open: {after}");
     }
@@ -113,7 +220,11 @@ fn content_length_with_transfer_encoding_is_read_as_chunked_then_closed() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     for r in seen.iter() {
         assert_eq!(r.request_line(), "POST / HTTP/1.1");
-        assert!(r.header("content-length").is_empty() || r.header("content-length") == ["0"], "{}", r.head);
+        assert!(
+            r.header("content-length").is_empty() || r.header("content-length") == ["0"],
+            "{}",
+            r.head
+        );
     }
 }
 

@@ -124,7 +124,9 @@ impl Ctx<'_> {
             }
         }
         if let Some(v) = &r.max_uri_bytes {
-            l.max_uri_bytes = self.size(v, &field("http.max_uri_bytes")).map_or(l.max_uri_bytes, |n| n as usize);
+            l.max_uri_bytes = self
+                .size(v, &field("http.max_uri_bytes"))
+                .map_or(l.max_uri_bytes, |n| n as usize);
         }
         if let Some(v) = &r.max_headers {
             l.max_headers = self

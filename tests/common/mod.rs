@@ -579,8 +579,8 @@ pub fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
     let mut body = Vec::new();
     match len {
         Some(n) => {
-            body.resize(n, 0);
-            let _ = s.read_exact(&mut body);
+            // Stop at EOF or error: a cut-short body comes back short.
+            let _ = s.take(n as u64).read_to_end(&mut body);
         }
         None => {
             let _ = s.read_to_end(&mut body);
