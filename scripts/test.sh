@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole Gatehouse test suite (unit + integration tests, each test in
 # its own process via cargo-nextest). Installs what the tests need first:
-# HAProxy (for the proxy-chain tests) from Debian's packages.
+# HAProxy (for the proxy-chain tests) and curl from Debian's packages, and
+# Python's websockets library (for the WebSocket test) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-pip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need_pkgs[*]}"
   SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -18,6 +21,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     $SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true
   fi
+fi
+
+# The WebSocket test drives a real client and server from the `websockets` library.
+if ! python3 -c "import websockets" >/dev/null 2>&1; then
+  echo "installing the Python websockets library"
+  python3 -m pip install --quiet --disable-pip-version-check websockets \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages websockets
 fi
 
 # The leak test holds a few thousand sockets at once.
