@@ -47,7 +47,6 @@ fn hop_by_hop_headers_go_both_ways_and_forwarding_headers_are_set() {
         "keep-alive",
         "proxy-authorization",
         "proxy-connection",
-        "trailer",
         "upgrade",
     ] {
         assert!(

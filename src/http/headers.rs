@@ -57,13 +57,14 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
     Ok(())
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not here: RFC 9110 §6.6.2 makes it end-to-end, and hyper
+/// only relays trailer fields that a `Trailer` header announces.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];

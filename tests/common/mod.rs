@@ -571,6 +571,10 @@ pub fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
         }
     }
     let head = String::from_utf8_lossy(&buf).to_string();
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status.starts_with('1') || status == "204" || status == "304" {
+        return (head, Vec::new());
+    }
     let len = head.lines().find_map(|l| {
         l.split_once(':')
             .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
