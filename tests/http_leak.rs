@@ -1,0 +1,305 @@
+//! The leak test, for HTTP: 10,000 client connections mixing keep-alive and
+//! pipelined requests, upgrades, aborts mid-upload and mid-download,
+//! upstream resets, upstream timeouts and garbage. Afterwards the proxy's
+//! FDs are back to baseline (once the upstream pool's idle connections have
+//! aged out), nothing is in CLOSE_WAIT, the table is empty, and every
+//! accepted connection was closed with a reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+const TOTAL: usize = 10_000;
+
+/// A small raw HTTP/1.1 backend whose behaviour depends on the path.
+async fn backend() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let s = r.get_mut();
+                    match path.as_str() {
+                        "/reset" => {
+                            let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+                            return;
+                        }
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            return;
+                        }
+                        "/big" => {
+                            let big = vec![b'b'; 256 * 1024];
+                            let head =
+                                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big.len());
+                            if s.write_all(head.as_bytes()).await.is_err()
+                                || s.write_all(&big).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        "/upgrade" => {
+                            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").await;
+                            let (mut rd, mut wr) = tokio::io::split(r);
+                            let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                            let _ = wr.shutdown().await;
+                            return;
+                        }
+                        _ => {
+                            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one response; returns (status, body length), or None at EOF/error.
+async fn response(r: &mut BufReader<TcpStream>) -> Option<(u16, usize)> {
+    let mut line = String::new();
+    if r.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).await.ok()? == 0 {
+            return None;
+        }
+        if h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+    }
+    if status != 101 {
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await.ok()?;
+    }
+    Some((status, len))
+}
+
+const GET_OK: &[u8] = b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n";
+
+async fn one(i: usize, addr: std::net::SocketAddr) -> Result<(), String> {
+    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let expect = |got: Option<(u16, usize)>, want: u16| match got {
+        Some((st, _)) if st == want => Ok(()),
+        other => Err(format!("want {want}, got {other:?}")),
+    };
+    match i % 10 {
+        0..=2 => {
+            for _ in 0..3 {
+                r.get_mut()
+                    .write_all(GET_OK)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                expect(response(&mut r).await, 200)?;
+            }
+        }
+        3 => {
+            let three = [GET_OK, GET_OK, GET_OK].concat();
+            r.get_mut()
+                .write_all(&three)
+                .await
+                .map_err(|e| e.to_string())?;
+            for _ in 0..3 {
+                expect(response(&mut r).await, 200)?;
+            }
+        }
+        4 => {
+            r.get_mut()
+                .write_all(b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            expect(response(&mut r).await, 101)?;
+            r.get_mut()
+                .write_all(b"ping")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut pong = [0u8; 4];
+            r.read_exact(&mut pong).await.map_err(|e| e.to_string())?;
+            if &pong != b"ping" {
+                return Err("tunnel echo".into());
+            }
+        }
+        5 => {
+            r.get_mut()
+                .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut some = [0u8; 1000];
+            let _ = r.read(&mut some).await;
+            if i % 20 == 5 {
+                let _ = socket2::SockRef::from(r.get_ref()).set_linger(Some(Duration::ZERO));
+            }
+        }
+        6 => {
+            let _ = r
+                .get_mut()
+                .write_all(b"POST /post HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+                .await;
+            let _ = r.get_mut().write_all(&[b'u'; 100_000]).await;
+        }
+        7 => {
+            r.get_mut()
+                .write_all(b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            expect(response(&mut r).await, 502)?;
+        }
+        8 => {
+            if i % 50 == 8 {
+                r.get_mut()
+                    .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                expect(response(&mut r).await, 504)?;
+            } else {
+                r.get_mut()
+                    .write_all(GET_OK)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                expect(response(&mut r).await, 200)?;
+            }
+        }
+        _ => {
+            r.get_mut()
+                .write_all(b"GARBAGE\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            expect(response(&mut r).await, 400)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn ten_thousand_http_connections_leave_nothing_behind() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(backend());
+    let gh = Gatehouse::start(&http_config(
+        "limits.max_connections = 20000",
+        "http.access_log = false",
+        upstream,
+        "policy.allow_upgrade = true\npolicy.response_header_timeout = \"300ms\"\npolicy.pool_idle_timeout = \"1s\"",
+    ));
+    let baseline = gh.fd_count();
+    let addr = gh.addr("web");
+    let failures = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let slots = Arc::new(Semaphore::new(100));
+        let mut tasks = Vec::with_capacity(TOTAL);
+        for i in 0..TOTAL {
+            let permit = slots.clone().acquire_owned().await.unwrap();
+            let failures = failures.clone();
+            tasks.push(tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(20), one(i, addr)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        eprintln!("connection {i}: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        eprintln!("connection {i} hung");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    gh.wait_empty(Duration::from_secs(5));
+    // Idle pooled upstream connections age out after 1 s (the reaper runs every second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while gh.fd_count() > baseline + 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = gh.fd_count();
+    assert!(
+        after.abs_diff(baseline) <= 3,
+        "fds: baseline {baseline}, after {after}"
+    );
+    assert_eq!(gh.close_wait(), 0);
+    assert_accounted(&gh);
+    assert_eq!(
+        gh.metric("gatehouse_connections_accepted_total", &[]),
+        TOTAL as u64
+    );
+    let m = gh.get("/metrics");
+    for reason in [
+        "client_aborted",
+        "upstream_reset",
+        "upstream_response_timeout",
+        "ok",
+    ] {
+        assert!(
+            metric_sum(
+                &m,
+                "gatehouse_http_request_end_total",
+                &[("reason", reason)]
+            ) > 0,
+            "no {reason}:\n{m}"
+        );
+    }
+    assert_eq!(
+        metric_sum(
+            &m,
+            "gatehouse_connections_closed_total",
+            &[("reason", "internal_error")]
+        ),
+        0
+    );
+}
