@@ -288,9 +288,12 @@ fn clients_leaving_mid_transfer_leave_no_upstream_connection() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert_eq!(body, b"ok");
     }
-    assert_eq!(
-        open.load(Ordering::SeqCst),
-        1,
-        "the pooled connection is reused"
+    // Sequential requests reuse pooled connections: three requests need at
+    // most two (a connection goes back to the pool just after its response
+    // reached the client, so the next request may race it).
+    let open_now = open.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&open_now),
+        "{open_now} upstream connections for 3 sequential requests"
     );
 }

@@ -73,7 +73,7 @@ pub struct ListenerConfig {
     pub backlog: u32,
     pub accept_proxy: Option<AcceptProxy>,
     /// `Some` when the listener speaks HTTP (`protocol = "http"`).
-    pub http: Option<HttpListener>,
+    pub http: Option<std::sync::Arc<HttpListener>>,
 }
 
 /// Receiving PROXY protocol headers on a listener.
@@ -551,7 +551,8 @@ impl Ctx<'_> {
                     "[listeners.http] needs protocol = \"http\"",
                 );
             }
-            let http = http.map(|()| self.http_listener(rl_ref.http.as_ref(), &field));
+            let http = http
+                .map(|()| std::sync::Arc::new(self.http_listener(rl_ref.http.as_ref(), &field)));
             listener_is_http.push(http.is_some());
             if let Some(bind) = bind {
                 listeners.push(ListenerConfig {

@@ -48,9 +48,22 @@ impl RequestLog {
             access_log,
             conn,
             started: Instant::now(),
-            method: method.to_owned(),
-            host: host.to_owned(),
-            path: path.to_owned(),
+            // Only the access log line reads these: no copies without it.
+            method: if access_log {
+                method.to_owned()
+            } else {
+                String::new()
+            },
+            host: if access_log {
+                host.to_owned()
+            } else {
+                String::new()
+            },
+            path: if access_log {
+                path.to_owned()
+            } else {
+                String::new()
+            },
             route: None,
             upstream: None,
             status: 0,

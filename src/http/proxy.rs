@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::timeout;
@@ -35,7 +35,7 @@ pub struct ConnInfo {
 pub struct Handler {
     rt: Arc<Runtime>,
     listener: Arc<ListenerRt>,
-    http: HttpListener,
+    http: Arc<HttpListener>,
     info: ConnInfo,
     conn_id: u64,
     requests: AtomicU64,
@@ -48,7 +48,7 @@ impl Handler {
     pub fn new(
         rt: Arc<Runtime>,
         listener: Arc<ListenerRt>,
-        http: HttpListener,
+        http: Arc<HttpListener>,
         info: ConnInfo,
         conn_id: u64,
     ) -> Handler {
@@ -149,9 +149,7 @@ impl Handler {
 
         let upgrade = policy.http.allow_upgrade && wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let bodiless =
-            length.unwrap_or(0) == 0 && !req.headers().contains_key(header::TRANSFER_ENCODING);
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let outcome = Arc::new(BodyOutcome::default());
         let body = ClientBody::new(
             body,
@@ -160,10 +158,10 @@ impl Handler {
             outcome.clone(),
         );
 
-        let mut headers = parts.headers.clone();
+        let host_value = parts.headers.get(header::HOST).cloned();
+        let mut headers = std::mem::take(&mut parts.headers);
         headers::remove_hop_by_hop(&mut headers, upgrade);
         headers.remove(header::EXPECT); // 100-continue is answered by our server side
-        let host_value = parts.headers.get(header::HOST).cloned();
         headers::add_forwarding(
             &mut headers,
             &ForwardedFor {
@@ -177,27 +175,16 @@ impl Handler {
         if self.http.via {
             headers::add_via(&mut headers, parts.version);
         }
-        let uri = origin_form(&parts.uri);
-        let build = |body: Body| {
-            let mut up = Request::new(body);
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = uri.clone();
-            *up.version_mut() = Version::HTTP_11;
-            *up.headers_mut() = headers.clone();
-            up
-        };
+        let mut upstream_req = Request::new(body.boxed_unsync());
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = origin_form(parts.uri);
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = headers;
 
         let started = Instant::now();
         let deadline = policy.http.request_timeout.map(|d| started + d);
-        let retryable = bodiless && is_idempotent(&parts.method);
         log.request_body = Some(outcome.clone());
-        let call = self.call_upstream(
-            route,
-            build(body.boxed_unsync()),
-            retryable.then_some(&build),
-            &mut log,
-            &outcome,
-        );
+        let call = self.call_upstream(route, upstream_req, &mut log, &outcome);
         let result = match deadline {
             Some(d) => timeout(d.saturating_duration_since(Instant::now()), call)
                 .await
@@ -248,58 +235,46 @@ impl Handler {
         )
     }
 
-    /// Sends the request on a pooled connection. A bodiless request that
-    /// fails on a reused connection (the upstream closed it while idle) is
-    /// sent once more on a new one.
+    /// Sends the request on a pooled connection. A request that a reused
+    /// connection could not take (the upstream closed it while idle; hyper
+    /// hands the unsent request back) goes once more on another connection.
     async fn call_upstream(
         &self,
         route: &Route,
-        request: Request<Body>,
-        rebuild: Option<&(dyn Fn(Body) -> Request<Body> + Sync)>,
+        mut request: Request<Body>,
         log: &mut RequestLog,
         outcome: &BodyOutcome,
     ) -> Result<(Response<Incoming>, crate::upstream::PooledConn), RequestEnd> {
         let RouteAction::Forward(forward) = &route.config.action;
         let pools = &self.rt.pools[route.index];
         let policy = &route.config.policy;
-        let mut request = Some(request);
-        for attempt in 0..2 {
+        loop {
             let pool = &pools[route.next_target(forward.targets.len())];
             let (mut conn, connect_time) = pool.checkout(policy.connect_timeout).await?;
             log.upstream = Some(conn.peer);
             log.connect = connect_time.or(log.connect);
-            let req = match request.take() {
-                Some(r) => r,
-                None => match rebuild {
-                    Some(f) => f(empty()),
-                    None => break,
-                },
-            };
+            let reused = conn.reused;
             match timeout(
                 policy.http.response_header_timeout,
-                conn.sender.send_request(req),
+                conn.sender.try_send_request(request),
             )
             .await
             {
                 Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
                 Ok(Ok(resp)) => return Ok((resp, conn)),
-                Ok(Err(e)) => {
+                Ok(Err(mut e)) => {
                     if let Some(client_side) = outcome.failure() {
                         return Err(client_side);
                     }
-                    let retry = attempt == 0 && conn.reused && rebuild.is_some() && !e.is_parse();
-                    tracing::debug!(conn = self.conn_id, error = %e, retry, "upstream request failed");
-                    if !retry {
-                        return Err(if e.is_parse() {
-                            RequestEnd::UpstreamProtocolError
-                        } else {
-                            RequestEnd::UpstreamReset
-                        });
+                    tracing::debug!(conn = self.conn_id, error = %e.error(), reused, "upstream request failed");
+                    match e.take_message() {
+                        Some(unsent) if reused => request = unsent,
+                        _ if e.error().is_parse() => return Err(RequestEnd::UpstreamProtocolError),
+                        _ => return Err(RequestEnd::UpstreamReset),
                     }
                 }
             }
         }
-        Err(RequestEnd::UpstreamReset)
     }
 }
 
@@ -333,19 +308,12 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 
 /// The request target as sent upstream: the client's bytes unchanged
 /// (origin-form), or the path and query of an absolute-form target.
-fn origin_form(uri: &Uri) -> Uri {
+fn origin_form(uri: Uri) -> Uri {
     if uri.scheme().is_none() && uri.authority().is_none() {
-        return uri.clone();
+        return uri;
     }
     let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// Length of the request target as received, without allocating.

@@ -91,9 +91,10 @@ impl TargetPool {
             }
             // A healthy idle connection is ready at once; one whose previous
             // response just ended may need its I/O task to catch up.
-            if tokio::time::timeout(Duration::from_millis(100), c.sender.ready())
-                .await
-                .is_ok_and(|r| r.is_ok())
+            if c.sender.is_ready()
+                || tokio::time::timeout(Duration::from_millis(100), c.sender.ready())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
             {
                 return Ok((
                     PooledConn {
