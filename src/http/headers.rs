@@ -69,10 +69,18 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::TE
+}
+
 /// Removes hop-by-hop headers and every header named in `Connection`.
 /// With `upgrade`, `Connection: upgrade` and `Upgrade` survive (an upgrade
 /// being proxied). `TE: trailers` survives; other `TE` values do not.
 pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of them: one pass over the names, no hashing.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -85,17 +93,17 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     } else {
         None
     };
-    for name in named {
-        h.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        h.remove(name);
-    }
     let keep_te = h
         .get_all(header::TE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    h.remove(header::TE);
+    for name in named {
+        h.remove(name);
+    }
+    let present: Vec<HeaderName> = h.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
+    for name in present {
+        h.remove(name);
+    }
     if keep_te {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -107,6 +115,8 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
 
 pub struct ForwardedFor<'a> {
     pub client: IpAddr,
+    /// `client` as a header value, made once per connection.
+    pub client_value: &'a HeaderValue,
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
     /// The peer is a trusted proxy: keep and append to its forwarding headers.
@@ -117,25 +127,21 @@ pub struct ForwardedFor<'a> {
 /// X-Forwarded-For/Proto/Host and, optionally, `Forwarded` (RFC 7239).
 pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let client = f.client.to_string();
-    let prior: Vec<String> = if f.trusted {
+    let prior: Vec<&str> = if f.trusted {
         h.get_all(&xff)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
             .collect()
     } else {
         Vec::new()
     };
     let value = if prior.is_empty() {
-        client.clone()
+        f.client_value.clone()
     } else {
-        format!("{}, {client}", prior.join(", "))
+        let joined = format!("{}, {}", prior.join(", "), f.client);
+        HeaderValue::from_str(&joined).unwrap_or_else(|_| f.client_value.clone())
     };
-    h.remove(&xff);
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(xff, v);
-    }
+    h.insert(xff, value);
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
     if !(f.trusted && h.contains_key(&xfp)) {
@@ -188,17 +194,16 @@ pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
 
 /// Appends this hop to `Via` (RFC 9110 §7.6.3).
 pub fn add_via(h: &mut HeaderMap, version: Version) {
-    let proto = match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        _ => "1.1",
+    let hop = match version {
+        Version::HTTP_10 => "1.0 gatehouse",
+        Version::HTTP_2 => "2 gatehouse",
+        _ => "1.1 gatehouse",
     };
-    let hop = format!("{proto} gatehouse");
     let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {hop}"),
-        None => hop,
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {hop}")).ok(),
+        None => Some(HeaderValue::from_static(hop)),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         h.insert(header::VIA, v);
     }
 }
@@ -232,8 +237,10 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let host = HeaderValue::from_static("app.test");
+        let client_value = HeaderValue::from_static("10.0.0.9");
         let f = ForwardedFor {
             client: "10.0.0.9".parse().unwrap(),
+            client_value: &client_value,
             proto: "http",
             host: Some(&host),
             trusted: false,

@@ -40,6 +40,8 @@ pub struct Handler {
     conn_id: u64,
     requests: AtomicU64,
     trusted_peer: bool,
+    /// The client address as an `X-Forwarded-For` value.
+    client_value: HeaderValue,
     /// Set when a request was upgraded; the connection task runs it.
     tunnel: Mutex<Option<Tunnel>>,
 }
@@ -56,6 +58,8 @@ impl Handler {
             .trusted_proxies
             .iter()
             .any(|n| n.contains(&info.peer.ip()));
+        let client_value = HeaderValue::from_str(&info.client.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Handler {
             rt,
             listener,
@@ -64,6 +68,7 @@ impl Handler {
             conn_id,
             requests: AtomicU64::new(0),
             trusted_peer,
+            client_value,
             tunnel: Mutex::new(None),
         }
     }
@@ -166,6 +171,7 @@ impl Handler {
             &mut headers,
             &ForwardedFor {
                 client: self.info.client.ip(),
+                client_value: &self.client_value,
                 proto: "http",
                 host: host_value.as_ref(),
                 trusted: self.trusted_peer,
