@@ -74,7 +74,8 @@ pub struct ClientBody {
     limit: u64,
     seen: u64,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Armed only once the body has had to wait.
+    timer: Option<Pin<Box<Sleep>>>,
     outcome: Arc<BodyOutcome>,
 }
 
@@ -90,7 +91,7 @@ impl ClientBody {
             limit,
             seen: 0,
             idle,
-            timer: Box::pin(sleep(idle)),
+            timer: None,
             outcome,
         }
     }
@@ -117,8 +118,9 @@ impl HttpBody for ClientBody {
                         )))));
                     }
                 }
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + this.idle);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -127,7 +129,9 @@ impl HttpBody for ClientBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                ready!(this.timer.as_mut().poll(cx));
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
                 this.outcome.set(BodyOutcome::IDLE);
                 Poll::Ready(Some(Err(Box::new(StreamError(
                     "request body idle timeout",
@@ -148,7 +152,8 @@ impl HttpBody for ClientBody {
 pub struct UpstreamBody {
     inner: Incoming,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Armed only once the body has had to wait.
+    timer: Option<Pin<Box<Sleep>>>,
     /// The upstream connection, returned to its pool at end of stream.
     conn: Option<PooledConn>,
     log: RequestLog,
@@ -164,7 +169,7 @@ impl UpstreamBody {
         UpstreamBody {
             inner,
             idle,
-            timer: Box::pin(sleep(idle)),
+            timer: None,
             conn,
             log,
         }
@@ -185,8 +190,9 @@ impl HttpBody for UpstreamBody {
                 if let Some(data) = frame.data_ref() {
                     this.log.bytes_down += data.len() as u64;
                 }
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + this.idle);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -203,7 +209,9 @@ impl HttpBody for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                ready!(this.timer.as_mut().poll(cx));
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
                 this.conn = None;
                 this.log.end = RequestEnd::UpstreamBodyTimeout;
                 Poll::Ready(Some(Err(Box::new(StreamError(
