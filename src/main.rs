@@ -82,8 +82,16 @@ fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
     };
     init_logging(&config.log.level, format);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers = config.workers, "starting");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
+    // One worker: a current-thread runtime, with no cross-thread
+    // scheduling to pay for. More: tokio's work-stealing scheduler.
+    let mut builder = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.workers);
+        b
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("building the async runtime")?;

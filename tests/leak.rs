@@ -179,7 +179,7 @@ fn ten_thousand_faulty_connections_leave_nothing_behind() {
     let refused = refused_addr();
     let config = format!(
         r#"admin.bind = "127.0.0.1:0"
-workers = 2
+workers = 1
 timeouts.idle = "5s"
 limits.max_connections = 20000
 
