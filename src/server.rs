@@ -111,7 +111,16 @@ impl Runtime {
         let pools = routes
             .iter()
             .map(|r| {
+                // Routes bound to a TCP listener never carry HTTP requests.
+                let on_http = r
+                    .config
+                    .matcher
+                    .listener
+                    .is_none_or(|i| config.listeners.get(i).is_some_and(|l| l.http.is_some()));
                 let RouteAction::Forward(f) = &r.config.action;
+                if !on_http {
+                    return Vec::new();
+                }
                 f.targets
                     .iter()
                     .map(|t| TargetPool::new(t.clone(), &r.config.policy.http))

@@ -100,3 +100,28 @@ fn keep_alive_request_cap_closes_the_connection_cleanly() {
     assert!(after.is_empty());
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
+
+#[test]
+fn route_limit_caps_requests_in_flight() {
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate_rx);
+    let (backend, _) = raw_http_backend(move |_| {
+        gate.lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap();
+        ok_response("ok")
+    });
+    let gh = Gatehouse::start(&http_config("", "", backend, "policy.max_connections = 1"));
+    let addr = gh.addr("web");
+    let first =
+        std::thread::spawn(move || raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+    gh.wait_for("one request in flight", Duration::from_secs(3), |g| {
+        g.metric("gatehouse_http_requests_in_flight", &[("route", "app")]) == 1
+    });
+    let (head, _) = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(status(&head), "503", "{head}");
+    assert!(head.contains("gatehouse-error: limit_route"), "{head}");
+    gate_tx.send(()).unwrap();
+    assert_eq!(status(&first.join().unwrap().0), "200");
+}

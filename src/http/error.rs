@@ -13,6 +13,7 @@ use crate::conn::Side;
 pub enum RequestEnd {
     Ok,
     NoRoute,
+    LimitRoute,
     BadRequest,
     UriTooLong,
     BodyTooLarge,
@@ -33,9 +34,10 @@ pub enum RequestEnd {
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 19] = [
+    pub const ALL: [RequestEnd; 20] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
+        RequestEnd::LimitRoute,
         RequestEnd::BadRequest,
         RequestEnd::UriTooLong,
         RequestEnd::BodyTooLarge,
@@ -59,6 +61,7 @@ impl RequestEnd {
         match self {
             RequestEnd::Ok => "ok",
             RequestEnd::NoRoute => "no_route",
+            RequestEnd::LimitRoute => "limit_route",
             RequestEnd::BadRequest => "bad_request",
             RequestEnd::UriTooLong => "uri_too_long",
             RequestEnd::BodyTooLarge => "body_too_large",
@@ -83,6 +86,7 @@ impl RequestEnd {
         match self {
             RequestEnd::Ok
             | RequestEnd::NoRoute
+            | RequestEnd::LimitRoute
             | RequestEnd::RequestTimeout
             | RequestEnd::Shutdown => Side::Proxy,
             RequestEnd::BadRequest
@@ -113,7 +117,7 @@ impl RequestEnd {
             | RequestEnd::UpstreamReset
             | RequestEnd::UpstreamProtocolError
             | RequestEnd::UpstreamBodyTimeout => StatusCode::BAD_GATEWAY,
-            RequestEnd::UpstreamPoolExhausted | RequestEnd::Shutdown => {
+            RequestEnd::UpstreamPoolExhausted | RequestEnd::LimitRoute | RequestEnd::Shutdown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             RequestEnd::UpstreamConnectTimeout

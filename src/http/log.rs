@@ -77,12 +77,16 @@ impl RequestLog {
         }
     }
 
-    pub fn set_route(&mut self, index: usize, name: Arc<str>) {
-        self.metrics
+    /// Counts the request against its route; returns the requests that
+    /// were already in flight there.
+    pub fn set_route(&mut self, index: usize, name: Arc<str>) -> i64 {
+        let before = self
+            .metrics
             .route(index)
             .http_in_flight
             .fetch_add(1, Ordering::Relaxed);
         self.route = Some((index, name));
+        before
     }
 }
 

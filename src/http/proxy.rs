@@ -134,8 +134,14 @@ impl Handler {
         else {
             return self.fail(log, RequestEnd::NoRoute);
         };
-        log.set_route(route.index, route.name.clone());
         let policy = &route.config.policy;
+        let in_flight = log.set_route(route.index, route.name.clone());
+        if policy
+            .max_connections
+            .is_some_and(|max| in_flight >= i64::from(max))
+        {
+            return self.fail(log, RequestEnd::LimitRoute);
+        }
 
         // Body policy, checked before any upstream work.
         let length = req
