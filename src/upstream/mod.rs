@@ -83,29 +83,34 @@ impl TargetPool {
         connect_timeout: Duration,
     ) -> Result<(PooledConn, Option<Duration>), RequestEnd> {
         loop {
-            let Some(mut c) = lock(&self.idle).pop() else {
-                break;
+            let taken = {
+                let mut idle = lock(&self.idle);
+                idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+                // Newest first, preferring one that is ready right now: a
+                // connection whose response just ended may still need its
+                // I/O task to run before it can take a request.
+                match idle.iter().rposition(|c| c.sender.is_ready()) {
+                    Some(pos) => idle.remove(pos),
+                    None => match idle.pop() {
+                        Some(c) => c,
+                        None => break,
+                    },
+                }
             };
-            if c.sender.is_closed() || c.since.elapsed() >= self.idle_timeout {
-                continue;
-            }
-            // A healthy idle connection is ready at once; one whose previous
-            // response just ended may need its I/O task to catch up.
+            let mut c = taken;
             if c.sender.is_ready()
                 || tokio::time::timeout(Duration::from_millis(100), c.sender.ready())
                     .await
                     .is_ok_and(|r| r.is_ok())
             {
-                return Ok((
-                    PooledConn {
-                        sender: c.sender,
-                        peer: c.peer,
-                        reused: true,
-                        permit: c.permit,
-                        pool: self.clone(),
-                    },
-                    None,
-                ));
+                let conn = PooledConn {
+                    sender: c.sender,
+                    peer: c.peer,
+                    reused: true,
+                    permit: c.permit,
+                    pool: self.clone(),
+                };
+                return Ok((conn, None));
             }
         }
         let permit =
