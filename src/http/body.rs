@@ -23,6 +23,35 @@ use super::error::RequestEnd;
 use super::log::RequestLog;
 use crate::upstream::PooledConn;
 
+/// An idle deadline armed only once a body has had to wait (most small
+/// bodies never do), pushed back by every frame.
+struct IdleTimer {
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(idle: Duration) -> IdleTimer {
+        IdleTimer { idle, sleep: None }
+    }
+
+    /// A frame arrived: the deadline starts again.
+    fn touch(&mut self) {
+        if let Some(s) = self.sleep.as_mut() {
+            s.as_mut().reset(Instant::now() + self.idle);
+        }
+    }
+
+    /// Ready when the body has waited the whole idle time.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let idle = self.idle;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(sleep(idle)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 
@@ -73,9 +102,7 @@ pub struct ClientBody {
     inner: Incoming,
     limit: u64,
     seen: u64,
-    idle: Duration,
-    /// Armed only once the body has had to wait.
-    timer: Option<Pin<Box<Sleep>>>,
+    idle: IdleTimer,
     outcome: Arc<BodyOutcome>,
 }
 
@@ -90,8 +117,7 @@ impl ClientBody {
             inner,
             limit,
             seen: 0,
-            idle,
-            timer: None,
+            idle: IdleTimer::new(idle),
             outcome,
         }
     }
@@ -118,9 +144,7 @@ impl HttpBody for ClientBody {
                         )))));
                     }
                 }
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(Instant::now() + this.idle);
-                }
+                this.idle.touch();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -129,9 +153,7 @@ impl HttpBody for ClientBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(sleep(idle)));
-                ready!(timer.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
                 this.outcome.set(BodyOutcome::IDLE);
                 Poll::Ready(Some(Err(Box::new(StreamError(
                     "request body idle timeout",
@@ -151,9 +173,7 @@ impl HttpBody for ClientBody {
 
 pub struct UpstreamBody {
     inner: Incoming,
-    idle: Duration,
-    /// Armed only once the body has had to wait.
-    timer: Option<Pin<Box<Sleep>>>,
+    idle: IdleTimer,
     /// The upstream connection, returned to its pool at end of stream.
     conn: Option<PooledConn>,
     log: RequestLog,
@@ -168,8 +188,7 @@ impl UpstreamBody {
     ) -> UpstreamBody {
         UpstreamBody {
             inner,
-            idle,
-            timer: None,
+            idle: IdleTimer::new(idle),
             conn,
             log,
         }
@@ -190,9 +209,7 @@ impl HttpBody for UpstreamBody {
                 if let Some(data) = frame.data_ref() {
                     this.log.bytes_down += data.len() as u64;
                 }
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(Instant::now() + this.idle);
-                }
+                this.idle.touch();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -209,9 +226,7 @@ impl HttpBody for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(sleep(idle)));
-                ready!(timer.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
                 this.conn = None;
                 this.log.end = RequestEnd::UpstreamBodyTimeout;
                 Poll::Ready(Some(Err(Box::new(StreamError(
