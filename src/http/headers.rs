@@ -12,18 +12,19 @@ use http::{Request, Version};
 /// the ambiguities it tolerates.
 pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
     let h = req.headers();
-    let cl: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
-    let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
-    if cl.len() > 1 {
+    let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
+    let first_cl = cl.next();
+    if cl.next().is_some() {
         return Err("more than one Content-Length");
     }
-    if let Some(v) = cl.first() {
+    let te = h.get_all(header::TRANSFER_ENCODING);
+    if let Some(v) = first_cl {
         if v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit) {
             return Err("malformed Content-Length");
         }
     }
-    if !te.is_empty() {
-        if !cl.is_empty() {
+    if te.iter().next().is_some() {
+        if first_cl.is_some() {
             return Err("both Content-Length and Transfer-Encoding");
         }
         if req.version() == Version::HTTP_10 {
@@ -57,20 +58,21 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `Trailer` is not here: RFC 9110 §6.6.2 makes it end-to-end, and hyper
-/// only relays trailer fields that a `Trailer` header announces.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
+/// Hop-by-hop header names. `Trailer` is not one: RFC 9110 §6.6.2 makes it
+/// end-to-end, and hyper only relays trailer fields a `Trailer` header
+/// announces. `TE` is among them (`TE: trailers` is put back).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::TE
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`.

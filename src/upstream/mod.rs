@@ -85,7 +85,10 @@ impl TargetPool {
         loop {
             let taken = {
                 let mut idle = lock(&self.idle);
-                idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+                let now = Instant::now();
+                idle.retain(|c| {
+                    !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
+                });
                 // Newest first, preferring one that is ready right now: a
                 // connection whose response just ended may still need its
                 // I/O task to run before it can take a request.
