@@ -123,6 +123,10 @@ fn cases() -> Vec<(&'static str, String)> {
             "control char in target",
             format!("GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n{s}"),
         ),
+        (
+            "HTTP/1.1 without Host",
+            format!("GET / HTTP/1.1\r\nX-A: b\r\n\r\n{s}"),
+        ),
     ]
 }
 
@@ -241,4 +245,20 @@ fn identical_duplicate_content_lengths_are_merged() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].header("content-length"), ["3"]);
     assert_eq!(seen[0].body, b"abc");
+}
+
+#[test]
+fn connect_is_not_tunnelled() {
+    let (backend, seen) = raw_http_backend(|_| ok_response("ok"));
+    let gh = Gatehouse::start(&http_config("", "", backend, ""));
+    let (head, _) = raw_exchange(
+        gh.addr("web"),
+        b"CONNECT internal.test:22 HTTP/1.1\r\nHost: internal.test:22\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(
+        head.contains("gatehouse-error: method_not_allowed"),
+        "{head}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
 }

@@ -14,6 +14,7 @@ pub enum RequestEnd {
     Ok,
     NoRoute,
     LimitRoute,
+    MethodNotAllowed,
     BadRequest,
     UriTooLong,
     BodyTooLarge,
@@ -34,10 +35,11 @@ pub enum RequestEnd {
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 20] = [
+    pub const ALL: [RequestEnd; 21] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::LimitRoute,
+        RequestEnd::MethodNotAllowed,
         RequestEnd::BadRequest,
         RequestEnd::UriTooLong,
         RequestEnd::BodyTooLarge,
@@ -62,6 +64,7 @@ impl RequestEnd {
             RequestEnd::Ok => "ok",
             RequestEnd::NoRoute => "no_route",
             RequestEnd::LimitRoute => "limit_route",
+            RequestEnd::MethodNotAllowed => "method_not_allowed",
             RequestEnd::BadRequest => "bad_request",
             RequestEnd::UriTooLong => "uri_too_long",
             RequestEnd::BodyTooLarge => "body_too_large",
@@ -90,6 +93,7 @@ impl RequestEnd {
             | RequestEnd::RequestTimeout
             | RequestEnd::Shutdown => Side::Proxy,
             RequestEnd::BadRequest
+            | RequestEnd::MethodNotAllowed
             | RequestEnd::UriTooLong
             | RequestEnd::BodyTooLarge
             | RequestEnd::LengthRequired
@@ -105,6 +109,7 @@ impl RequestEnd {
             RequestEnd::Ok => StatusCode::OK,
             RequestEnd::NoRoute => StatusCode::NOT_FOUND,
             RequestEnd::BadRequest => StatusCode::BAD_REQUEST,
+            RequestEnd::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RequestEnd::UriTooLong => StatusCode::URI_TOO_LONG,
             RequestEnd::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestEnd::LengthRequired => StatusCode::LENGTH_REQUIRED,

@@ -39,8 +39,14 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
             return Err("Transfer-Encoding other than a single chunked");
         }
     }
-    if h.get_all(header::HOST).iter().count() > 1 {
-        return Err("more than one Host");
+    let mut hosts = h.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err("more than one Host"),
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400.
+        (None, None) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            return Err("HTTP/1.1 request without Host");
+        }
+        _ => {}
     }
     for (name, value) in h {
         if value

@@ -115,6 +115,10 @@ impl Handler {
         if uri_len(req.uri()) > self.http.max_uri_bytes {
             return self.fail(log, RequestEnd::UriTooLong);
         }
+        // A reverse proxy is no forward proxy: no tunnels to arbitrary hosts.
+        if req.method() == http::Method::CONNECT {
+            return self.fail(log, RequestEnd::MethodNotAllowed);
+        }
         if let Err(why) = headers::check_request(&req) {
             tracing::debug!(conn = self.conn_id, why, "bad request");
             return self.fail(log, RequestEnd::BadRequest);
