@@ -45,6 +45,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes)
+        .max_header_size(cfg.max_header_bytes)
         .max_headers(cfg.max_headers)
         .keep_alive(true);
     let handler = Arc::new(proxy::Handler::new(
