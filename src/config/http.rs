@@ -27,8 +27,6 @@ pub struct HttpListener {
     /// `Server` header on the proxy's own responses (`None`: no header).
     pub server_header: Option<String>,
     pub access_log: bool,
-    /// Lower-case header names never logged (beyond the built-in ones).
-    pub sensitive_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +105,6 @@ impl Ctx<'_> {
             via: true,
             server_header: Some("gatehouse".into()),
             access_log: true,
-            sensitive_headers: Vec::new(),
         };
         let Some(r) = raw else { return l };
         if let Some(v) = &r.max_header_bytes {
@@ -162,13 +159,6 @@ impl Ctx<'_> {
                 );
             }
             l.server_header = (!s.is_empty()).then_some(s);
-        }
-        if let Some(v) = &r.sensitive_headers {
-            for h in v.get_ref() {
-                if let Some(s) = self.string(h, &field("http.sensitive_headers")) {
-                    l.sensitive_headers.push(s.to_ascii_lowercase());
-                }
-            }
         }
         l
     }

@@ -86,7 +86,6 @@ pub struct RawHttpListener {
     pub via: Option<S<bool>>,
     pub server_header: Option<S<String>>,
     pub access_log: Option<S<bool>>,
-    pub sensitive_headers: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
