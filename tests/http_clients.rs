@@ -150,3 +150,57 @@ fn python_http_client_works_through_the_proxy() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+/// A raw upgrade backend: answers 101 and echoes bytes until EOF.
+fn upgrade_echo_backend() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                if read_request(&mut s).is_none() {
+                    return;
+                }
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").unwrap();
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn upgraded_connections_live_by_their_idle_timeout_not_request_deadlines() {
+    use std::io::Read;
+    let gh = Gatehouse::start(&http_config(
+        "",
+        "",
+        upgrade_echo_backend(),
+        "policy.allow_upgrade = true\npolicy.idle_timeout = \"1s\"\npolicy.request_timeout = \"300ms\"\n\
+         policy.response_header_timeout = \"300ms\"\npolicy.pool_idle_timeout = \"300ms\"",
+    ));
+    let mut s = std::net::TcpStream::connect(gh.addr("web")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /tunnel HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Traffic every 300 ms for 2.4 s: far past every request deadline.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2400) {
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(gh.connections()["connections"][0]["state"], "upgraded");
+    // Silence: the idle timeout closes it.
+    let quiet = std::time::Instant::now();
+    wait_closed(&mut s, Duration::from_secs(3));
+    let took = quiet.elapsed();
+    assert!(took >= Duration::from_millis(600) && took <= Duration::from_millis(2000), "{took:?}");
+    gh.wait_empty(Duration::from_secs(1));
+    assert_eq!(gh.closed("idle_timeout"), 1);
+}
