@@ -183,7 +183,8 @@ fn upgraded_connections_live_by_their_idle_timeout_not_request_deadlines() {
     ));
     let mut s = std::net::TcpStream::connect(gh.addr("web")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /tunnel HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").unwrap();
+    s.write_all(b"GET /tunnel HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
     let (head, _) = read_response(&mut s);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Traffic every 300 ms for 2.4 s: far past every request deadline.
@@ -200,7 +201,10 @@ fn upgraded_connections_live_by_their_idle_timeout_not_request_deadlines() {
     let quiet = std::time::Instant::now();
     wait_closed(&mut s, Duration::from_secs(3));
     let took = quiet.elapsed();
-    assert!(took >= Duration::from_millis(600) && took <= Duration::from_millis(2000), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(600) && took <= Duration::from_millis(2000),
+        "{took:?}"
+    );
     gh.wait_empty(Duration::from_secs(1));
     assert_eq!(gh.closed("idle_timeout"), 1);
 }

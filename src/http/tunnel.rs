@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,15 @@ struct Counted<'a, T> {
     bytes: &'a AtomicU64,
     last: &'a AtomicU64,
     started: Instant,
+    /// Which side sent EOF first (`SIDE_*`), shared by both wrappers.
+    first_eof: &'a AtomicU8,
+    side: u8,
+    /// Set by a failed read: this side reset the connection.
+    failed: &'a AtomicU8,
 }
+
+const SIDE_CLIENT: u8 = 1;
+const SIDE_UPSTREAM: u8 = 2;
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
     fn poll_read(
@@ -40,6 +48,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
+        match &r {
+            Poll::Ready(Ok(())) if n == 0 && buf.remaining() > 0 => {
+                let _ = self.first_eof.compare_exchange(
+                    0,
+                    self.side,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Poll::Ready(Err(_)) => {
+                let _ = self.failed.compare_exchange(
+                    0,
+                    self.side,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            _ => {}
+        }
         if n > 0 {
             self.bytes.fetch_add(n as u64, Ordering::Relaxed);
             self.last
@@ -74,17 +101,24 @@ pub async fn run(tunnel: Tunnel, guard: &ConnGuard, shutdown: &ShutdownSignal) -
     let entry = guard.entry();
     let started = Instant::now();
     let last = AtomicU64::new(0);
+    let (first_eof, failed) = (AtomicU8::new(0), AtomicU8::new(0));
     let mut client = Counted {
         inner: TokioIo::new(client),
         bytes: &entry.bytes_up,
         last: &last,
         started,
+        first_eof: &first_eof,
+        side: SIDE_CLIENT,
+        failed: &failed,
     };
     let mut upstream = Counted {
         inner: TokioIo::new(upstream),
         bytes: &entry.bytes_down,
         last: &last,
         started,
+        first_eof: &first_eof,
+        side: SIDE_UPSTREAM,
+        failed: &failed,
     };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
@@ -99,8 +133,12 @@ pub async fn run(tunnel: Tunnel, guard: &ConnGuard, shutdown: &ShutdownSignal) -
     loop {
         tokio::select! {
             r = &mut copy => return match r {
+                Ok(_) if first_eof.load(Ordering::Relaxed) == SIDE_UPSTREAM => EndReason::UpstreamClosed,
                 Ok(_) => EndReason::ClientClosed,
-                Err(_) => EndReason::ClientReset,
+                // A failed read names its side; otherwise a write failed.
+                Err(_) if failed.load(Ordering::Relaxed) == SIDE_UPSTREAM => EndReason::UpstreamReset,
+                Err(_) if failed.load(Ordering::Relaxed) == SIDE_CLIENT => EndReason::ClientReset,
+                Err(_) => EndReason::UpstreamReset,
             },
             () = &mut idle_timer => {
                 let deadline = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
