@@ -145,6 +145,7 @@ impl Runtime {
 
 /// Runs until a signal has been handled and the drain is over.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let config = Arc::new(config);
     crate::l4::splice::set_max_pipes(config.limits.splice_pipes);
     let metrics = Arc::new(Metrics::new(
@@ -194,7 +195,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    wait_for_signal().await?;
+    signals.recv().await;
     tracing::info!(live = table.active(), drain = ?config.timeouts.shutdown_drain, "shutdown: draining");
     shutdown.advance(Phase::Draining);
     for task in accept_tasks {
@@ -223,15 +224,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment this is created (before
+/// anything is bound, so an early signal cannot kill the process unhandled).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
 }
 
 /// A runtime with one listener and one route, for unit tests.

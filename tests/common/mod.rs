@@ -182,8 +182,12 @@ impl Gatehouse {
                 return status;
             }
             if Instant::now() > deadline {
+                let table = http_get(self.admin, "/connections");
                 let _ = child.kill();
-                panic!("gatehouse did not exit within {timeout:?}");
+                panic!(
+                    "gatehouse did not exit within {timeout:?}; table: {table}\nlog:\n{}",
+                    self.log_text()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
