@@ -93,10 +93,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
 }
 
 pub async fn run(tunnel: Tunnel, guard: &ConnGuard, shutdown: &ShutdownSignal) -> EndReason {
-    let (client, upstream) = match tokio::join!(tunnel.client, tunnel.upstream) {
-        (Ok(c), Ok(u)) => (c, u),
-        (Err(_), _) => return EndReason::ClientReset,
-        (_, Err(_)) => return EndReason::UpstreamReset,
+    // Both sides hand their connection over right after the 101; bound the
+    // wait anyway, by the tunnel's own idle deadline.
+    let handover = tokio::time::timeout(tunnel.idle.unwrap_or(Duration::from_secs(30)), async {
+        tokio::join!(tunnel.client, tunnel.upstream)
+    });
+    let (client, upstream) = match handover.await {
+        Ok((Ok(c), Ok(u))) => (c, u),
+        Ok((Err(_), _)) => return EndReason::ClientReset,
+        Ok((_, Err(_))) => return EndReason::UpstreamReset,
+        Err(_) => return EndReason::IdleTimeout,
     };
     let entry = guard.entry();
     let started = Instant::now();
