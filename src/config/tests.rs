@@ -1,3 +1,6 @@
+//! Unit tests of config parsing and validation: defaults, environment
+//! substitution, and the line and field named by each kind of error.
+
 use super::*;
 
 fn env(name: &str) -> Option<String> {
