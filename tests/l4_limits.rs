@@ -55,7 +55,7 @@ fn route_limit() {
     let _held = hold(&gh, 1, "127.0.0.1");
     let mut extra = TcpStream::connect(gh.addr("in")).unwrap();
     wait_closed(&mut extra, Duration::from_secs(2));
-    assert_eq!(gh.closed("limit_route"), 1);
+    gh.wait_closed_count("limit_route", 1);
     assert_eq!(
         gh.metric(
             "gatehouse_connections_closed_total",
@@ -76,7 +76,7 @@ fn per_ip_limit() {
     let held = hold(&gh, 2, "127.0.0.1");
     let mut extra = connect_from("127.0.0.1", gh.addr("in"));
     wait_closed(&mut extra, Duration::from_secs(2));
-    assert_eq!(gh.closed("limit_per_ip"), 1);
+    gh.wait_closed_count("limit_per_ip", 1);
     // Another client address still gets in, and a freed slot can be reused.
     let _other = hold(&gh, 1, "127.0.0.2");
     drop(held);

@@ -241,7 +241,7 @@ fn bad_headers_end_with_their_reason() {
         took >= Duration::from_millis(600) && took <= Duration::from_millis(1700),
         "{took:?}"
     );
-    assert_eq!(gh.closed("proxy_header_timeout"), 1);
+    gh.wait_closed_count("proxy_header_timeout", 1);
 
     // Nothing reached the backend, the process is alive, all accounted for.
     assert!(conns.try_recv().is_err());

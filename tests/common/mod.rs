@@ -118,6 +118,12 @@ impl Gatehouse {
         self.metric("gatehouse_connections_closed_total", &[("reason", reason)])
     }
 
+    /// Waits until `n` connections have ended with `reason`. (The client can
+    /// see its socket close a moment before the proxy's task counts the end.)
+    pub fn wait_closed_count(&self, reason: &str, n: u64) {
+        self.wait_for(reason, Duration::from_secs(2), |g| g.closed(reason) == n);
+    }
+
     /// Waits until the table is empty; panics with the table after `timeout`.
     pub fn wait_empty(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
