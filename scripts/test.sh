@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole Gatehouse test suite (unit + integration tests, each test in
 # its own process via cargo-nextest). Installs what the tests need first:
-# HAProxy (for the proxy-chain tests) and curl from Debian's packages, and
+# HAProxy (for the proxy-chain tests), curl and h2load (nghttp2-client) from
+# Debian's packages, and
 # Python's websockets library (for the WebSocket test) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ need_pkgs=()
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-pip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need_pkgs[*]}"

@@ -14,6 +14,10 @@ pub struct HttpListener {
     pub max_header_bytes: usize,
     /// Longer request targets get 414.
     pub max_uri_bytes: usize,
+    /// Also speak HTTP/2 over cleartext with prior knowledge (h2c).
+    pub h2c: bool,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
     pub max_headers: usize,
     /// Deadline for a request's head, from its first byte (slowloris defense).
     pub header_read_timeout: Duration,
@@ -97,6 +101,8 @@ impl Ctx<'_> {
         let mut l = HttpListener {
             max_header_bytes: 16 * 1024,
             max_uri_bytes: 8 * 1024,
+            h2c: false,
+            max_concurrent_streams: 100,
             max_headers: 100,
             header_read_timeout: Duration::from_secs(30),
             max_requests_per_connection: None,
@@ -143,6 +149,12 @@ impl Ctx<'_> {
         }
         if let Some(v) = &r.trusted_proxies {
             l.trusted_proxies = self.cidrs(v, &field("http.trusted_proxies"));
+        }
+        l.h2c = r.h2c.as_ref().is_some_and(|b| *b.get_ref());
+        if let Some(v) = &r.max_concurrent_streams {
+            l.max_concurrent_streams = self
+                .count(v, &field("http.max_concurrent_streams"), 10_000)
+                .map_or(100, |n| n as u32);
         }
         l.forwarded = r.forwarded.as_ref().is_some_and(|b| *b.get_ref());
         l.via = r.via.as_ref().is_none_or(|b| *b.get_ref());

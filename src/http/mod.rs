@@ -11,20 +11,23 @@ mod proxy;
 mod tunnel;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::server::conn::http1;
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 pub use proxy::ConnInfo;
 
 use crate::conn::{ConnGuard, ConnState, EndReason};
-use crate::server::{ListenerRt, Runtime};
+use crate::server::{ListenerRt, Runtime, ShutdownSignal};
 
 /// Serves HTTP on an accepted connection until it ends; returns why.
 /// `early` holds bytes already read (after a PROXY header).
@@ -40,18 +43,10 @@ pub async fn serve(
         return EndReason::Internal;
     };
     guard.set_state(ConnState::Established);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_bytes)
-        .max_header_size(cfg.max_header_bytes)
-        .max_headers(cfg.max_headers)
-        .keep_alive(true);
     let handler = Arc::new(proxy::Handler::new(
         rt.clone(),
         listener.clone(),
-        cfg,
+        cfg.clone(),
         info,
         guard.id(),
     ));
@@ -65,31 +60,77 @@ pub async fn serve(
         pos: 0,
         inner: client,
     });
-    let conn = builder.serve_connection(io, service).with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = rt.shutdown.draining() => {
-            // Finish the request in flight, then close; at the deadline, close anyway.
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = rt.shutdown.closing() => return EndReason::Shutdown,
-            }
-        }
+    let result: Option<Result<(), BoxError>> = if cfg.h2c {
+        // HTTP/1.1, or h2c when the connection opens with the HTTP/2 preface.
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.max_header_bytes)
+            .max_headers(cfg.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        drive(conn, &rt.shutdown, |c| c.graceful_shutdown()).await
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.max_header_bytes)
+            .max_header_size(cfg.max_header_bytes)
+            .max_headers(cfg.max_headers)
+            .keep_alive(true);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        drive(conn, &rt.shutdown, |c| c.graceful_shutdown())
+            .await
+            .map(|r| r.map_err(BoxError::from))
+    };
+    let Some(result) = result else {
+        return EndReason::Shutdown;
     };
     if let Some(t) = handler.take_tunnel() {
         guard.set_state(ConnState::Upgraded);
         return tunnel::run(t, guard, &rt.shutdown).await;
     }
-    match result {
-        Ok(()) => EndReason::ClientClosed,
-        Err(e) if e.is_timeout() => EndReason::ClientHeaderTimeout,
-        Err(e) if e.is_parse() || e.is_parse_too_large() => EndReason::ClientProtocolError,
-        Err(e) => {
+    let Err(e) = result else {
+        return EndReason::ClientClosed;
+    };
+    match e.downcast_ref::<hyper::Error>() {
+        Some(e) if e.is_timeout() => EndReason::ClientHeaderTimeout,
+        Some(e) if e.is_parse() || e.is_parse_too_large() => EndReason::ClientProtocolError,
+        _ => {
             tracing::debug!(conn = guard.id(), error = %e, "client connection ended with an error");
             EndReason::ClientReset
         }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a server connection to its end. At shutdown it is asked to finish
+/// what is in flight and close; at the drain deadline it is dropped (`None`).
+async fn drive<C, E>(
+    mut conn: Pin<&mut C>,
+    shutdown: &ShutdownSignal,
+    graceful: fn(Pin<&mut C>),
+) -> Option<Result<(), E>>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::select! {
+        r = conn.as_mut() => return Some(r),
+        () = shutdown.draining() => graceful(conn.as_mut()),
+    }
+    tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = shutdown.closing() => None,
     }
 }
 

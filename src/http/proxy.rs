@@ -79,6 +79,7 @@ impl Handler {
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let version = req.version();
         let host = request_host(&req);
         let log = RequestLog::new(
             self.rt.table.metrics().clone(),
@@ -89,7 +90,11 @@ impl Handler {
             req.uri().path(),
         );
         let mut resp = self.proxy(req, host, log).await;
-        if self
+        // HTTP/2 forbids connection-specific headers; its streams end on their own.
+        if version == Version::HTTP_2 {
+            resp.headers_mut().remove(header::CONNECTION);
+            *resp.version_mut() = Version::HTTP_2;
+        } else if self
             .http
             .max_requests_per_connection
             .is_some_and(|max| n >= max)
@@ -165,6 +170,7 @@ impl Handler {
         let upgrade = policy.http.allow_upgrade && wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let authority = parts.uri.authority().cloned();
         let outcome = Arc::new(BodyOutcome::default());
         let body = ClientBody::new(
             body,
@@ -173,7 +179,11 @@ impl Handler {
             outcome.clone(),
         );
 
-        let host_value = parts.headers.get(header::HOST).cloned();
+        let host_value = parts.headers.get(header::HOST).cloned().or_else(|| {
+            authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let mut headers = std::mem::take(&mut parts.headers);
         headers::remove_hop_by_hop(&mut headers, upgrade);
         headers.remove(header::EXPECT); // 100-continue is answered by our server side
@@ -195,6 +205,16 @@ impl Handler {
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = origin_form(parts.uri);
         *upstream_req.version_mut() = Version::HTTP_11;
+        // HTTP/2 (and absolute-form) requests carry the host in the target;
+        // upstream, over HTTP/1.1, it goes in Host.
+        if !headers.contains_key(header::HOST) {
+            if let Some(authority) = authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(header::HOST, authority);
+            }
+        }
         *upstream_req.headers_mut() = headers;
 
         let started = Instant::now();
@@ -234,7 +254,7 @@ impl Handler {
             }
         }
         let (mut parts, body) = resp.into_parts();
-        parts.version = Version::HTTP_11; // our hop speaks HTTP/1.1, whatever the upstream spoke
+        parts.version = Version::HTTP_11; // our hop's version (HTTP/2 is set in `handle`)
         headers::remove_hop_by_hop(&mut parts.headers, false);
         if self.http.via {
             headers::add_via(&mut parts.headers, Version::HTTP_11);

@@ -1,0 +1,71 @@
+//! h2c with prior knowledge on an HTTP listener (`http.h2c = true`): HTTP/2
+//! clients reach HTTP/1.1 upstreams (Host taken from `:authority`), many
+//! streams share one connection, and HTTP/1.1 still works on the same port.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn http2_prior_knowledge_to_an_http1_upstream() {
+    let (backend, seen) = raw_http_backend(|r| {
+        ok_response(&format!(
+            "{} via {}",
+            r.request_line(),
+            r.header("host").join(",")
+        ))
+    });
+    let gh = Gatehouse::start(&http_config("", "http.h2c = true", backend, ""));
+    let url = format!("http://{}/h2?x=1", gh.addr("web"));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--http2-prior-knowledge",
+            "-i",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(
+        text.contains(&format!("GET /h2?x=1 HTTP/1.1 via {}", gh.addr("web"))),
+        "{text}"
+    );
+    let r = seen.lock().unwrap()[0].clone();
+    assert_eq!(r.header("x-forwarded-host"), [gh.addr("web").to_string()]);
+    assert_eq!(r.header("via"), ["2 gatehouse"]);
+    // HTTP/1.1 on the same listener.
+    let (head, _) = raw_exchange(gh.addr("web"), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[test]
+fn many_streams_on_one_connection_with_h2load() {
+    let (backend, seen) = raw_http_backend(|_| ok_response("ok"));
+    let gh = Gatehouse::start(&http_config("", "http.h2c = true", backend, ""));
+    let url = format!("http://{}/small", gh.addr("web"));
+    let out = Command::new("h2load")
+        .args(["-n", "400", "-c", "2", "-m", "20", &url])
+        .output()
+        .expect("h2load is required (scripts/test.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("400 succeeded"), "{text}");
+    assert!(text.contains("status codes: 400 2xx"), "{text}");
+    assert_eq!(seen.lock().unwrap().len(), 400);
+    gh.wait_empty(std::time::Duration::from_secs(2));
+    assert_eq!(
+        gh.metric("gatehouse_connections_accepted_total", &[]),
+        2,
+        "all streams rode two connections"
+    );
+}
