@@ -69,3 +69,29 @@ fn many_streams_on_one_connection_with_h2load() {
         "all streams rode two connections"
     );
 }
+
+#[test]
+fn idle_http2_connections_end_at_the_idle_deadline() {
+    use std::io::{Read, Write};
+    let (backend, _) = raw_http_backend(|_| ok_response("ok"));
+    let gh = Gatehouse::start(&http_config(
+        "timeouts.idle = \"500ms\"",
+        "http.h2c = true",
+        backend,
+        "",
+    ));
+    let mut s = std::net::TcpStream::connect(gh.addr("web")).unwrap();
+    // Connection preface and an empty SETTINGS frame, then silence.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut buf = [0u8; 9];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(buf[3], 0x04, "the server's SETTINGS frame");
+    gh.wait_for("bytes counted", std::time::Duration::from_secs(2), |g| {
+        g.connections()["connections"][0]["bytes_client_to_upstream"].as_u64() >= Some(33)
+    });
+    let took = wait_closed(&mut s, std::time::Duration::from_secs(4));
+    assert!(took <= std::time::Duration::from_millis(2000), "{took:?}");
+    gh.wait_empty(std::time::Duration::from_secs(1));
+    assert_eq!(gh.closed("idle_timeout"), 1);
+}

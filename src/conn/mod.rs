@@ -4,7 +4,7 @@
 
 mod table;
 
-pub use table::{ConnGuard, ConnSnapshot, ConnTable};
+pub use table::{ConnEntry, ConnGuard, ConnSnapshot, ConnTable};
 
 /// Where a connection is in its life. Transitions only move forward:
 /// accepting → (reading_proxy_header) → routing → connecting → established →

@@ -227,6 +227,11 @@ impl ConnGuard {
         &self.entry
     }
 
+    /// A shared handle on the entry, for I/O wrappers that count bytes.
+    pub fn entry_arc(&self) -> Arc<ConnEntry> {
+        self.entry.clone()
+    }
+
     pub fn set_state(&self, state: ConnState) {
         let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
         if old != state as u8 {

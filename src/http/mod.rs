@@ -15,7 +15,9 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioExecutor;
@@ -26,7 +28,7 @@ use tokio::net::TcpStream;
 
 pub use proxy::ConnInfo;
 
-use crate::conn::{ConnGuard, ConnState, EndReason};
+use crate::conn::{ConnEntry, ConnGuard, ConnState, EndReason};
 use crate::server::{ListenerRt, Runtime, ShutdownSignal};
 
 /// Serves HTTP on an accepted connection until it ends; returns why.
@@ -55,12 +57,15 @@ pub async fn serve(
         let h = service_handler.clone();
         async move { Ok::<_, Infallible>(h.handle(req).await) }
     });
+    let entry = guard.entry_arc();
+    let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
     let io = TokioIo::new(Prefixed {
+        entry,
         prefix: early,
         pos: 0,
         inner: client,
     });
-    let result: Option<Result<(), BoxError>> = if cfg.h2c {
+    let result: Driven<BoxError> = if cfg.h2c {
         // HTTP/1.1, or h2c when the connection opens with the HTTP/2 preface.
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -76,7 +81,7 @@ pub async fn serve(
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        drive(conn, &rt.shutdown, |c| c.graceful_shutdown()).await
+        drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -88,12 +93,16 @@ pub async fn serve(
             .keep_alive(true);
         let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
-        drive(conn, &rt.shutdown, |c| c.graceful_shutdown())
-            .await
-            .map(|r| r.map_err(BoxError::from))
+        match drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await {
+            Driven::Done(r) => Driven::Done(r.map_err(BoxError::from)),
+            Driven::Shutdown => Driven::Shutdown,
+            Driven::Idle => Driven::Idle,
+        }
     };
-    let Some(result) = result else {
-        return EndReason::Shutdown;
+    let result = match result {
+        Driven::Done(r) => r,
+        Driven::Shutdown => return EndReason::Shutdown,
+        Driven::Idle => return EndReason::IdleTimeout,
     };
     if let Some(t) = handler.take_tunnel() {
         guard.set_state(ConnState::Upgraded);
@@ -114,28 +123,58 @@ pub async fn serve(
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How a server connection's run ended.
+enum Driven<E> {
+    Done(Result<(), E>),
+    /// Dropped at the end of the shutdown drain.
+    Shutdown,
+    /// No byte either way for the idle deadline (a backstop: hyper bounds
+    /// idle HTTP/1 keep-alive itself, HTTP/2 has no such deadline).
+    Idle,
+}
+
 /// Runs a server connection to its end. At shutdown it is asked to finish
-/// what is in flight and close; at the drain deadline it is dropped (`None`).
+/// what is in flight and close; at the drain deadline it is dropped. With
+/// an idle deadline, a connection that moved no byte for `idle` (checked
+/// every `idle`, so it ends within `idle`..`2 × idle`) is dropped.
 async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     shutdown: &ShutdownSignal,
+    idle: Option<(Duration, &ConnEntry)>,
     graceful: fn(Pin<&mut C>),
-) -> Option<Result<(), E>>
+) -> Driven<E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    tokio::select! {
-        r = conn.as_mut() => return Some(r),
-        () = shutdown.draining() => graceful(conn.as_mut()),
-    }
-    tokio::select! {
-        r = conn.as_mut() => Some(r),
-        () = shutdown.closing() => None,
+    let moved =
+        |e: &ConnEntry| e.bytes_up.load(Ordering::Relaxed) + e.bytes_down.load(Ordering::Relaxed);
+    let mut seen = idle.map_or(0, |(_, e)| moved(e));
+    let period = idle.map_or(Duration::from_secs(86400 * 365), |(d, _)| d);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return Driven::Done(r),
+            () = shutdown.draining(), if !draining => {
+                draining = true;
+                graceful(conn.as_mut());
+            }
+            () = shutdown.closing(), if draining => return Driven::Shutdown,
+            _ = tick.tick(), if idle.is_some() => {
+                let now = idle.map_or(0, |(_, e)| moved(e));
+                if now == seen {
+                    return Driven::Idle;
+                }
+                seen = now;
+            }
+        }
     }
 }
 
 /// A stream that yields `prefix` before reading from `inner`.
 struct Prefixed {
+    /// Counts bytes each way into the connection's table entry.
+    entry: Arc<ConnEntry>,
     prefix: Vec<u8>,
     pos: usize,
     inner: TcpStream,
@@ -158,7 +197,23 @@ impl AsyncRead for Prefixed {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.entry.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl Prefixed {
+    fn count_written(&self, r: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r {
+            self.entry
+                .bytes_down
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -168,14 +223,18 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count_written(&r);
+        r
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count_written(&r);
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
