@@ -22,7 +22,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -35,7 +34,7 @@ use crate::server::{ListenerRt, Runtime, ShutdownSignal};
 /// `early` holds bytes already read (after a PROXY header).
 pub async fn serve(
     client: TcpStream,
-    early: Vec<u8>,
+    mut early: Vec<u8>,
     info: ConnInfo,
     guard: &ConnGuard,
     listener: &Arc<ListenerRt>,
@@ -45,6 +44,15 @@ pub async fn serve(
         return EndReason::Internal;
     };
     guard.set_state(ConnState::Established);
+    // h2c with prior knowledge: the connection opens with the HTTP/2 preface.
+    let h2 = if cfg.h2c {
+        match sniff_h2_preface(&client, &mut early, cfg.header_read_timeout).await {
+            Ok(h2) => h2,
+            Err(reason) => return reason,
+        }
+    } else {
+        false
+    };
     let handler = Arc::new(proxy::Handler::new(
         rt.clone(),
         listener.clone(),
@@ -65,21 +73,13 @@ pub async fn serve(
         pos: 0,
         inner: client,
     });
-    let result: Driven<BoxError> = if cfg.h2c {
-        // HTTP/1.1, or h2c when the connection opens with the HTTP/2 preface.
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+    let result = if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.max_header_bytes)
-            .max_headers(cfg.max_headers);
-        builder
-            .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(cfg.max_concurrent_streams)
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
-        let conn = builder.serve_connection_with_upgrades(io, service);
+        let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
         drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await
     } else {
@@ -93,11 +93,7 @@ pub async fn serve(
             .keep_alive(true);
         let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
-        match drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await {
-            Driven::Done(r) => Driven::Done(r.map_err(BoxError::from)),
-            Driven::Shutdown => Driven::Shutdown,
-            Driven::Idle => Driven::Idle,
-        }
+        drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await
     };
     let result = match result {
         Driven::Done(r) => r,
@@ -111,17 +107,52 @@ pub async fn serve(
     let Err(e) = result else {
         return EndReason::ClientClosed;
     };
-    match e.downcast_ref::<hyper::Error>() {
-        Some(e) if e.is_timeout() => EndReason::ClientHeaderTimeout,
-        Some(e) if e.is_parse() || e.is_parse_too_large() => EndReason::ClientProtocolError,
-        _ => {
+    match e {
+        e if e.is_timeout() => EndReason::ClientHeaderTimeout,
+        e if e.is_parse() || e.is_parse_too_large() => EndReason::ClientProtocolError,
+        e => {
             tracing::debug!(conn = guard.id(), error = %e, "client connection ended with an error");
             EndReason::ClientReset
         }
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads (into `early`, which the server will replay) just enough to tell
+/// whether the connection starts with the HTTP/2 preface; bounded by the
+/// header deadline.
+async fn sniff_h2_preface(
+    client: &TcpStream,
+    early: &mut Vec<u8>,
+    deadline: Duration,
+) -> Result<bool, EndReason> {
+    let sniff = async {
+        loop {
+            let n = early.len().min(H2_PREFACE.len());
+            if early[..n] != H2_PREFACE[..n] {
+                return Ok(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(true);
+            }
+            client
+                .readable()
+                .await
+                .map_err(|_| EndReason::ClientReset)?;
+            let mut buf = [0u8; 24];
+            match client.try_read(&mut buf) {
+                Ok(0) => return Err(EndReason::ClientClosed),
+                Ok(k) => early.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(EndReason::ClientReset),
+            }
+        }
+    };
+    tokio::time::timeout(deadline, sniff)
+        .await
+        .unwrap_or(Err(EndReason::ClientHeaderTimeout))
+}
 
 /// How a server connection's run ended.
 enum Driven<E> {
@@ -191,6 +222,7 @@ impl AsyncRead for Prefixed {
             let start = self.pos;
             buf.put_slice(&self.prefix[start..start + n]);
             self.pos += n;
+            self.entry.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
             if self.pos == self.prefix.len() {
                 self.prefix = Vec::new();
                 self.pos = 0;
