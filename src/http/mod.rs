@@ -34,7 +34,7 @@ use crate::server::{ListenerRt, Runtime, ShutdownSignal};
 /// `early` holds bytes already read (after a PROXY header).
 pub async fn serve(
     client: TcpStream,
-    mut early: Vec<u8>,
+    early: Vec<u8>,
     info: ConnInfo,
     guard: &ConnGuard,
     listener: &Arc<ListenerRt>,
@@ -46,7 +46,7 @@ pub async fn serve(
     guard.set_state(ConnState::Established);
     // h2c with prior knowledge: the connection opens with the HTTP/2 preface.
     let h2 = if cfg.h2c {
-        match sniff_h2_preface(&client, &mut early, cfg.header_read_timeout).await {
+        match sniff_h2_preface(&client, &early, cfg.header_read_timeout).await {
             Ok(h2) => h2,
             Err(reason) => return reason,
         }
@@ -119,34 +119,34 @@ pub async fn serve(
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Reads (into `early`, which the server will replay) just enough to tell
-/// whether the connection starts with the HTTP/2 preface; bounded by the
-/// header deadline.
+/// Tells whether the connection starts with the HTTP/2 preface by peeking,
+/// so the server then reads the head in one go (reading part of it here
+/// would make hyper grow, and keep, a larger read buffer). Bounded by the
+/// header deadline; a partial preface is looked at again every 5 ms.
 async fn sniff_h2_preface(
     client: &TcpStream,
-    early: &mut Vec<u8>,
+    early: &[u8],
     deadline: Duration,
 ) -> Result<bool, EndReason> {
     let sniff = async {
+        let mut head = [0u8; H2_PREFACE.len()];
         loop {
-            let n = early.len().min(H2_PREFACE.len());
-            if early[..n] != H2_PREFACE[..n] {
+            let mut have = early.len().min(head.len());
+            head[..have].copy_from_slice(&early[..have]);
+            if have < head.len() {
+                match client.peek(&mut head[have..]).await {
+                    Ok(0) => return Err(EndReason::ClientClosed),
+                    Ok(k) => have += k,
+                    Err(_) => return Err(EndReason::ClientReset),
+                }
+            }
+            if head[..have] != H2_PREFACE[..have] {
                 return Ok(false);
             }
-            if n == H2_PREFACE.len() {
+            if have == H2_PREFACE.len() {
                 return Ok(true);
             }
-            client
-                .readable()
-                .await
-                .map_err(|_| EndReason::ClientReset)?;
-            let mut buf = [0u8; 24];
-            match client.try_read(&mut buf) {
-                Ok(0) => return Err(EndReason::ClientClosed),
-                Ok(k) => early.extend_from_slice(&buf[..k]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(EndReason::ClientReset),
-            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     tokio::time::timeout(deadline, sniff)
