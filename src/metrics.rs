@@ -198,29 +198,11 @@ impl Metrics {
         );
         out.push_str("# TYPE gatehouse_upstream_connect_seconds histogram\n");
         for (slot, stats) in self.routes.iter().enumerate().skip(1) {
-            let h = &stats.connect_latency;
-            let label = self.label(slot);
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += h.counts[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "gatehouse_upstream_connect_seconds_bucket{{route=\"{label}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let count = h.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "gatehouse_upstream_connect_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {count}"
-            );
-            let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "gatehouse_upstream_connect_seconds_sum{{route=\"{label}\"}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "gatehouse_upstream_connect_seconds_count{{route=\"{label}\"}} {count}"
+            render_histogram(
+                &mut out,
+                "gatehouse_upstream_connect_seconds",
+                self.label(slot),
+                &stats.connect_latency,
             );
         }
         self.render_http(&mut out);

@@ -54,6 +54,14 @@ fn access_log_line_per_request_without_secrets() {
     assert_eq!(line["reason"], "ok");
     assert!(line["upstream"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(line["headers_ms"].as_f64().is_some() && line["total_ms"].as_f64().is_some());
+    // The upstream connection was made once and timed.
+    assert_eq!(
+        gh.metric(
+            "gatehouse_upstream_connect_seconds_count",
+            &[("route", "app")]
+        ),
+        1
+    );
     assert_eq!(
         gh.metric(
             "gatehouse_http_requests_total",

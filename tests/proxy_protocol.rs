@@ -73,6 +73,12 @@ fn v1_from_trusted_source_is_used_and_sent_on() {
     b.read_exact(&mut hello).unwrap();
     assert_eq!(&hello, b"hello");
     assert_eq!(established_client(&gh), "203.0.113.7:40000");
+    // Bytes read together with the header count as the client's.
+    let table = gh.connections();
+    assert_eq!(
+        table["connections"][0]["bytes_client_to_upstream"], 5,
+        "{table:#}"
+    );
 }
 
 #[test]

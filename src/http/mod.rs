@@ -55,7 +55,7 @@ pub async fn serve(
     };
     let handler = Arc::new(proxy::Handler::new(
         rt.clone(),
-        listener.clone(),
+        listener.index,
         cfg.clone(),
         info,
         guard.id(),

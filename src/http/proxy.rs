@@ -22,7 +22,7 @@ use super::log::RequestLog;
 use super::tunnel::Tunnel;
 use crate::config::{HttpListener, RouteAction};
 use crate::routing::{self, RequestView, Route, RouteInput};
-use crate::server::{ListenerRt, Runtime};
+use crate::server::Runtime;
 
 pub struct ConnInfo {
     /// The real client (from a PROXY header when there was one).
@@ -34,7 +34,7 @@ pub struct ConnInfo {
 
 pub struct Handler {
     rt: Arc<Runtime>,
-    listener: Arc<ListenerRt>,
+    listener_index: usize,
     http: Arc<HttpListener>,
     info: ConnInfo,
     conn_id: u64,
@@ -49,7 +49,7 @@ pub struct Handler {
 impl Handler {
     pub fn new(
         rt: Arc<Runtime>,
-        listener: Arc<ListenerRt>,
+        listener_index: usize,
         http: Arc<HttpListener>,
         info: ConnInfo,
         conn_id: u64,
@@ -62,7 +62,7 @@ impl Handler {
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Handler {
             rt,
-            listener,
+            listener_index,
             http,
             info,
             conn_id,
@@ -129,7 +129,7 @@ impl Handler {
             return self.fail(log, RequestEnd::BadRequest);
         }
         let conn = RouteInput {
-            listener: self.listener.index,
+            listener: self.listener_index,
             local: self.info.local,
             client: self.info.client,
         };
@@ -288,7 +288,15 @@ impl Handler {
             let pool = &pools[route.next_target(forward.targets.len())];
             let (mut conn, connect_time) = pool.checkout(policy.connect_timeout).await?;
             log.upstream = Some(conn.peer);
-            log.connect = connect_time.or(log.connect);
+            if let Some(t) = connect_time {
+                self.rt
+                    .table
+                    .metrics()
+                    .route(route.index)
+                    .connect_latency
+                    .observe(t);
+                log.connect = Some(t);
+            }
             let reused = conn.reused;
             match timeout(
                 policy.http.response_header_timeout,

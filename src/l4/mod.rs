@@ -150,7 +150,12 @@ async fn run(
     }
     let _ = upstream.set_nodelay(true);
 
-    // Bytes owed to the upstream before anything else the client sends.
+    // Bytes owed to the upstream before anything else the client sends;
+    // the client's early bytes count as client bytes, our header does not.
+    guard.entry().bytes_up.fetch_add(
+        early_bytes.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let first_up = match forward.send_proxy {
         None => early_bytes,
         Some(version) => {

@@ -167,14 +167,7 @@ impl Direction<'_> {
                         self.state = DirState::SpliceFlush(lease);
                         None
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        None
-                    }
+                    Err(e) if retry_later(&e) => None,
                     Err(_) => Some(DirEnd::ReadFailed),
                 };
             }
@@ -202,12 +195,7 @@ impl Direction<'_> {
                 };
                 None
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
+            Err(e) if retry_later(&e) => {
                 give_buffer(buf);
                 None
             }
@@ -226,6 +214,14 @@ impl Direction<'_> {
             Err(_) => DirEnd::WriteFailed,
         }
     }
+}
+
+/// The socket has nothing (more) for now, or the call was interrupted.
+fn retry_later(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 fn poll_write(
