@@ -1,6 +1,7 @@
 //! The admin listener (separate bind, default 127.0.0.1:9901): `GET /healthz`,
 //! `GET /connections` (the live connection table as JSON) and `GET /metrics`
-//! (Prometheus text). Bounded like the data plane: a cap on concurrent admin
+//! (Prometheus text), `POST /tls/reload` (read every certificate from disk
+//! again; a file that fails keeps its previous certificate). Bounded like the data plane: a cap on concurrent admin
 //! connections and a deadline on reading request headers.
 
 use std::convert::Infallible;
@@ -50,11 +51,16 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
 }
 
 fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::POST && req.uri().path() == "/tls/reload" {
+        let loaded = rt.tls.certs.reload_all();
+        let body = serde_json::json!({ "reloaded": loaded }).to_string();
+        return reply(StatusCode::OK, "application/json", body);
+    }
     if req.method() != Method::GET {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "only GET\n".into(),
+            "only GET (and POST /tls/reload)\n".into(),
         );
     }
     match req.uri().path() {
@@ -66,11 +72,11 @@ fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            rt.table.metrics().render(&rt.table),
-        ),
+        "/metrics" => {
+            let mut text = rt.table.metrics().render(&rt.table);
+            rt.tls.certs.render_metrics(&mut text);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

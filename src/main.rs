@@ -44,7 +44,7 @@ enum LogFormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match config::load(&config) {
+        Command::Check { config } => match check(&config) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} listeners, {} routes)",
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                eprintln!("{e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -67,6 +67,13 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Validates the config, then loads every certificate, key and CA file it names.
+fn check(path: &std::path::Path) -> anyhow::Result<config::Config> {
+    let c = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    gatehouse::tls::TlsRt::build(&c).context("TLS settings")?;
+    Ok(c)
 }
 
 fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {

@@ -294,3 +294,10 @@ fn render_histogram(out: &mut String, name: &str, label: &str, h: &Histogram) {
     );
     let _ = writeln!(out, "{name}_count{{route=\"{label}\"}} {count}");
 }
+
+/// A Prometheus label value with `\\`, `"` and newlines escaped.
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -13,6 +13,9 @@ use ppp::v2;
 pub const MAX_V1_LEN: usize = 107;
 /// Largest v2 header we accept (16-byte preamble + addresses + TLVs).
 pub const MAX_V2_LEN: usize = 4096;
+/// TLV types of PROXY v2 (section 2.2 of the spec).
+pub const PP2_TYPE_ALPN: u8 = 0x01;
+pub const PP2_TYPE_AUTHORITY: u8 = 0x02;
 const V1_PREFIX: &[u8] = b"PROXY ";
 const V2_PREFIX: &[u8] = v2::PROTOCOL_PREFIX;
 

@@ -32,22 +32,34 @@ impl Route {
 }
 
 /// What routing knows about a connection.
-pub struct RouteInput {
+pub struct RouteInput<'a> {
     pub listener: usize,
     pub local: SocketAddr,
     pub client: SocketAddr,
+    /// The TLS server name, lower case (TLS listeners).
+    pub sni: Option<&'a str>,
+    /// The verified client certificate's identity (mTLS).
+    pub identity: Option<&'a str>,
 }
 
-fn matches(m: &RouteMatch, input: &RouteInput) -> bool {
+fn matches(m: &RouteMatch, input: &RouteInput<'_>) -> bool {
     m.listener.is_none_or(|l| l == input.listener)
         && m.port.is_none_or(|p| p == input.local.port())
         && (m.client_cidrs.is_empty()
             || m.client_cidrs
                 .iter()
                 .any(|n| n.contains(&input.client.ip())))
+        && (m.sni.is_empty()
+            || input
+                .sni
+                .is_some_and(|name| m.sni.iter().any(|h| host_matches(h, name))))
+        && (m.client_identities.is_empty()
+            || input
+                .identity
+                .is_some_and(|id| m.client_identities.iter().any(|x| x == id)))
 }
 
-pub fn select<'a>(routes: &'a [Route], input: &RouteInput) -> Option<&'a Route> {
+pub fn select<'a>(routes: &'a [Route], input: &RouteInput<'_>) -> Option<&'a Route> {
     routes.iter().find(|r| matches(&r.config.matcher, input))
 }
 
@@ -104,7 +116,7 @@ pub fn http_order(routes: &[Route]) -> Vec<usize> {
     order
 }
 
-fn host_matches(m: &crate::config::HostMatch, host: &str) -> bool {
+pub fn host_matches(m: &crate::config::HostMatch, host: &str) -> bool {
     match m {
         crate::config::HostMatch::Exact(h) => h == host,
         crate::config::HostMatch::Wildcard(suffix) => {
@@ -161,7 +173,7 @@ fn http_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
 pub fn select_http<'a>(
     routes: &'a [Route],
     order: &[usize],
-    conn: &RouteInput,
+    conn: &RouteInput<'_>,
     req: &RequestView<'_>,
 ) -> Option<&'a Route> {
     order
@@ -204,6 +216,8 @@ mod tests {
             listener: 0,
             local: "127.0.0.1:80".parse().unwrap(),
             client: "10.1.2.3:5".parse().unwrap(),
+            sni: None,
+            identity: None,
         };
         let req = RequestView {
             host: Some(host),

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::Notify;
 
-use crate::config::{Config, ListenerConfig, RouteAction};
+use crate::config::{Config, ListenerConfig};
 use crate::conn::ConnTable;
 use crate::metrics::Metrics;
 use crate::routing::Route;
+use crate::tls::TlsRt;
 use crate::upstream::TargetPool;
 
 /// Shutdown phases, in order.
@@ -97,10 +98,16 @@ pub struct Runtime {
     /// Upstream HTTP connection pools: `pools[route][target]`.
     pub pools: Vec<Vec<Arc<TargetPool>>>,
     pub shutdown: ShutdownSignal,
+    pub tls: TlsRt,
 }
 
 impl Runtime {
-    pub fn new(config: Arc<Config>, table: Arc<ConnTable>, shutdown: ShutdownSignal) -> Runtime {
+    pub fn new(
+        config: Arc<Config>,
+        table: Arc<ConnTable>,
+        shutdown: ShutdownSignal,
+        tls: TlsRt,
+    ) -> Runtime {
         let routes: Vec<Route> = config
             .routes
             .iter()
@@ -117,13 +124,19 @@ impl Runtime {
                     .matcher
                     .listener
                     .is_none_or(|i| config.listeners.get(i).is_some_and(|l| l.http.is_some()));
-                let RouteAction::Forward(f) = &r.config.action;
+                let Some(f) = r.config.action.forward() else {
+                    return Vec::new();
+                };
                 if !on_http {
                     return Vec::new();
                 }
+                let upstream = crate::upstream::Upstream::new(
+                    &r.config.upstream,
+                    tls.upstreams[r.index].clone(),
+                );
                 f.targets
                     .iter()
-                    .map(|t| TargetPool::new(t.clone(), &r.config.policy.http))
+                    .map(|t| TargetPool::new(t.clone(), &r.config.policy.http, upstream.clone()))
                     .collect()
             })
             .collect();
@@ -134,6 +147,7 @@ impl Runtime {
             config,
             table,
             shutdown,
+            tls,
         }
     }
 
@@ -153,10 +167,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let table = ConnTable::new(metrics);
     let shutdown = ShutdownSignal::new();
+    let tls = TlsRt::build(&config).context("TLS settings")?;
     let runtime = Arc::new(Runtime::new(
         config.clone(),
         table.clone(),
         shutdown.clone(),
+        tls,
     ));
 
     let mut accept_tasks = Vec::new();
@@ -192,6 +208,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tick.tick().await;
             crate::l4::splice::trim();
             housekeeping.reap_pools();
+            housekeeping.tls.certs.reload_changed();
         }
     });
 
@@ -265,6 +282,7 @@ pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
         config.clone(),
         ConnTable::new(metrics),
         ShutdownSignal::new(),
+        TlsRt::build(&config).unwrap_or_else(|e| panic!("{e}")),
     ));
     (runtime, listener)
 }

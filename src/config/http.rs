@@ -80,6 +80,9 @@ pub struct HttpPolicy {
     pub max_body_size: u64,
     pub allow_chunked_requests: bool,
     pub allow_upgrade: bool,
+    /// On terminated TLS, serve requests whose host differs from the SNI
+    /// (otherwise they get 421).
+    pub allow_domain_fronting: bool,
     pub response_header_timeout: Duration,
     pub upstream_body_idle_timeout: Duration,
     pub client_body_idle_timeout: Duration,
@@ -178,30 +181,7 @@ impl Ctx<'_> {
     pub(super) fn http_match(&mut self, m: &RawMatch, field: &dyn Fn(&str) -> String) -> HttpMatch {
         let mut out = HttpMatch::default();
         if let Some(hosts) = &m.hosts {
-            for h in hosts.get_ref() {
-                let Some(s) = self.string(h, &field("match.hosts")) else {
-                    continue;
-                };
-                let s = s.to_ascii_lowercase();
-                let valid = |name: &str| {
-                    !name.is_empty()
-                        && name.split('.').all(|l| {
-                            !l.is_empty()
-                                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                        })
-                };
-                match s.strip_prefix("*.") {
-                    Some(rest) if valid(rest) => {
-                        out.hosts.push(HostMatch::Wildcard(format!(".{rest}")))
-                    }
-                    None if valid(&s) => out.hosts.push(HostMatch::Exact(s)),
-                    _ => self.err(
-                        &h.span(),
-                        &field("match.hosts"),
-                        &format!("{s:?} is not a host name or *.domain"),
-                    ),
-                }
-            }
+            out.hosts = self.hosts(hosts, &field("match.hosts"));
         }
         let paths = [
             (&m.path, "match.path"),
@@ -314,6 +294,9 @@ impl Ctx<'_> {
                 .is_none_or(|b| *b.get_ref()),
             allow_upgrade: p
                 .and_then(|p| p.allow_upgrade.as_ref())
+                .is_some_and(|b| *b.get_ref()),
+            allow_domain_fronting: p
+                .and_then(|p| p.allow_domain_fronting.as_ref())
                 .is_some_and(|b| *b.get_ref()),
             response_header_timeout: dur(
                 self,

@@ -9,8 +9,13 @@ mod env;
 mod http;
 mod raw;
 mod size;
+mod tls;
 
 pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
+pub use tls::{
+    AcmeChallenge, AcmeConfig, CertSource, CertificateConfig, ClientAuth, TlsListener, TlsMode,
+    TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTls, host_pattern,
+};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,6 +39,8 @@ pub struct Config {
     pub limits: Limits,
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
+    pub certificates: Vec<CertificateConfig>,
+    pub acme: Option<AcmeConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +63,8 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
     pub max_lifetime: Option<Duration>,
     pub shutdown_drain: Duration,
+    /// Default for reading a ClientHello and completing a TLS handshake.
+    pub tls_handshake: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -72,8 +81,11 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub backlog: u32,
     pub accept_proxy: Option<AcceptProxy>,
-    /// `Some` when the listener speaks HTTP (`protocol = "http"`).
+    /// `Some` when the listener speaks HTTP (`protocol = "http"` or `"https"`).
     pub http: Option<std::sync::Arc<HttpListener>>,
+    /// `Some` when the listener speaks TLS: `protocol = "tls"` (routes by SNI,
+    /// each route picks its `TlsMode`) or `"https"` (terminated, then HTTP).
+    pub tls: Option<std::sync::Arc<TlsListener>>,
 }
 
 /// Receiving PROXY protocol headers on a listener.
@@ -95,6 +107,10 @@ pub struct RouteConfig {
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub policy: RoutePolicy,
+    /// On a `tls` listener: what to do with the TLS connection.
+    pub tls_mode: TlsMode,
+    /// TLS and protocol towards the targets.
+    pub upstream: UpstreamConfig,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -107,11 +123,32 @@ pub struct RouteMatch {
     pub client_cidrs: Vec<IpNet>,
     /// Request matchers; only on HTTP listeners.
     pub http: HttpMatch,
+    /// TLS server names (SNI); only on TLS listeners. Empty matches every
+    /// client, including those that send no SNI.
+    pub sni: Vec<HostMatch>,
+    /// Verified client-certificate identities (mTLS); empty matches all.
+    pub client_identities: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     Forward(Forward),
+    /// Answer every request with a permanent redirect to `https://` on the
+    /// same host (HTTP routes only).
+    RedirectHttps {
+        /// The HTTPS port in the `Location`; `None`: the default (443).
+        port: Option<u16>,
+    },
+}
+
+impl RouteAction {
+    /// The forwarding action, if this route forwards.
+    pub fn forward(&self) -> Option<&Forward> {
+        match self {
+            RouteAction::Forward(f) => Some(f),
+            RouteAction::RedirectHttps { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +501,11 @@ impl Ctx<'_> {
                 "timeouts.shutdown_drain",
                 Duration::from_secs(30),
             ),
+            tls_handshake: self.required_duration(
+                t.and_then(|t| t.tls_handshake.as_ref()),
+                "timeouts.tls_handshake",
+                Duration::from_secs(10),
+            ),
         };
 
         let l = raw.limits.as_ref();
@@ -488,6 +530,8 @@ impl Ctx<'_> {
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         let mut listener_names: Vec<String> = Vec::new();
         let mut listener_is_http: Vec<bool> = Vec::new();
+        let mut listener_is_tls: Vec<bool> = Vec::new();
+        let mut needs_certificate = None;
         for (i, rl) in raw.listeners.iter().enumerate() {
             let field = |f: &str| format!("listeners[{i}].{f}");
             let rl_ref = rl.get_ref();
@@ -529,31 +573,55 @@ impl Ctx<'_> {
                     ),
                 }
             });
-            let http = match &rl_ref.protocol {
-                None => None,
+            let (http, tls) = match &rl_ref.protocol {
+                None => (None, false),
                 Some(p) => match self.string(p, &field("protocol")).as_deref() {
-                    Some("tcp") | None => None,
-                    Some("http") => Some(()),
+                    Some("tcp") | None => (None, false),
+                    Some("http") => (Some(()), false),
+                    Some("tls") => (None, true),
+                    Some("https") => (Some(()), true),
                     Some(other) => {
                         self.err(
                             &p.span(),
                             &field("protocol"),
-                            &format!("{other:?} is not one of \"tcp\", \"http\""),
+                            &format!(
+                                "{other:?} is not one of \"tcp\", \"http\", \"tls\", \"https\""
+                            ),
                         );
-                        None
+                        (None, false)
                     }
                 },
             };
+            if !tls && rl_ref.tls.is_some() {
+                let span = rl_ref.tls.as_ref().map(|t| t.span()).unwrap_or_default();
+                self.err(
+                    &span,
+                    &field("tls"),
+                    "[listeners.tls] needs protocol = \"tls\" or \"https\"",
+                );
+            }
+            if tls && http.is_some() && needs_certificate.is_none() {
+                needs_certificate = Some(rl_ref.name.span());
+            }
+            let tls = tls.then(|| {
+                std::sync::Arc::new(self.tls_listener(
+                    rl_ref.tls.as_ref(),
+                    &field,
+                    http.is_some(),
+                    timeouts.tls_handshake,
+                ))
+            });
             if http.is_none() && rl_ref.http.is_some() {
                 self.err(
                     &rl_ref.name.span(),
                     &field("http"),
-                    "[listeners.http] needs protocol = \"http\"",
+                    "[listeners.http] needs protocol = \"http\" or \"https\"",
                 );
             }
             let http = http
                 .map(|()| std::sync::Arc::new(self.http_listener(rl_ref.http.as_ref(), &field)));
             listener_is_http.push(http.is_some());
+            listener_is_tls.push(tls.is_some());
             if let Some(bind) = bind {
                 listeners.push(ListenerConfig {
                     name,
@@ -561,6 +629,7 @@ impl Ctx<'_> {
                     backlog,
                     accept_proxy,
                     http,
+                    tls,
                 });
             }
         }
@@ -609,6 +678,27 @@ impl Ctx<'_> {
                     matcher.client_cidrs = self.cidrs(c, &field("match.client_cidrs"));
                 }
                 matcher.http = self.http_match(m, &field);
+                if let Some(sni) = &m.sni {
+                    matcher.sni = self.hosts(sni, &field("match.sni"));
+                }
+                if let Some(ids) = &m.client_identities {
+                    matcher.client_identities = ids
+                        .get_ref()
+                        .iter()
+                        .filter_map(|v| self.string(v, &field("match.client_identities")))
+                        .collect();
+                }
+                let on_plain = matcher
+                    .listener
+                    .is_some_and(|i| !listener_is_tls.get(i).copied().unwrap_or(false));
+                if on_plain && (m.sni.is_some() || m.client_identities.is_some()) {
+                    let span = m.listener.as_ref().map(|l| l.span()).unwrap_or_default();
+                    self.err(
+                        &span,
+                        &field("match"),
+                        "sni and client_identities matchers need a TLS listener",
+                    );
+                }
                 let on_tcp = matcher
                     .listener
                     .is_some_and(|i| !listener_is_http.get(i).copied().unwrap_or(false));
@@ -622,12 +712,45 @@ impl Ctx<'_> {
                 }
             }
             let a = r.action.get_ref();
+            let on_http = matcher
+                .listener
+                .is_some_and(|i| listener_is_http.get(i).copied().unwrap_or(false));
+            let on_tls = matcher
+                .listener
+                .is_some_and(|i| listener_is_tls.get(i).copied().unwrap_or(false));
+            let redirect = a.redirect_https.as_ref().is_some_and(|r| *r.get_ref());
             let action = match &a.forward {
+                None if redirect => {
+                    let port = a
+                        .redirect_port
+                        .as_ref()
+                        .and_then(|p| self.count(p, &field("action.redirect_port"), 65535))
+                        .map(|p| p as u16);
+                    let on_tcp = matcher
+                        .listener
+                        .is_some_and(|i| !listener_is_http.get(i).copied().unwrap_or(false));
+                    if on_tcp {
+                        self.err(
+                            &r.action.span(),
+                            &field("action.redirect_https"),
+                            "redirects are for HTTP listeners",
+                        );
+                    }
+                    Some(RouteAction::RedirectHttps { port })
+                }
+                Some(_) if redirect => {
+                    self.err(
+                        &r.action.span(),
+                        &field("action"),
+                        "choose one action: forward or redirect_https",
+                    );
+                    None
+                }
                 None => {
                     self.err(
                         &r.action.span(),
                         &field("action"),
-                        "an action is required: forward = [\"host:port\", ...]",
+                        "an action is required: forward = [\"host:port\", ...] or redirect_https = true",
                     );
                     None
                 }
@@ -677,9 +800,6 @@ impl Ctx<'_> {
                             "needs send_proxy_protocol = \"v2\" (v1 has no TLVs)",
                         );
                     }
-                    let on_http = matcher
-                        .listener
-                        .is_some_and(|i| listener_is_http.get(i).copied().unwrap_or(false));
                     if on_http && send_proxy.is_some() {
                         let span = a
                             .send_proxy_protocol
@@ -718,17 +838,75 @@ impl Ctx<'_> {
                     .and_then(|v| self.count(v, &field("policy.max_connections"), u32::MAX as u64))
                     .map(|n| n as u32),
             };
+            let tls_mode = self.tls_mode(r.tls.as_ref(), &field("tls"));
+            if r.tls.is_some() && (!on_tls || on_http) {
+                let span = r.tls.as_ref().map(|t| t.span()).unwrap_or_default();
+                self.err(
+                    &span,
+                    &field("tls"),
+                    "a TLS mode needs match.listener naming a protocol = \"tls\" listener",
+                );
+            }
+            if tls_mode != TlsMode::Passthrough && needs_certificate.is_none() {
+                needs_certificate = r.tls.as_ref().map(|t| t.span());
+            }
+            let upstream = self.upstream(
+                r.upstream.as_ref(),
+                &field,
+                tls_mode == TlsMode::TerminateAndReencrypt,
+            );
+            if upstream.protocol == UpstreamProtocol::Http2 && !on_http {
+                let span = r.upstream.as_ref().map(|u| u.span()).unwrap_or_default();
+                self.err(
+                    &span,
+                    &field("upstream.protocol"),
+                    "http2 towards the targets needs match.listener naming an HTTP listener",
+                );
+            }
+            if on_tls && !on_http && tls_mode == TlsMode::Passthrough && r.upstream.is_some() {
+                let span = r.upstream.as_ref().map(|u| u.span()).unwrap_or_default();
+                self.err(
+                    &span,
+                    &field("upstream"),
+                    "passthrough forwards the client's TLS untouched; [routes.upstream] needs tls = \"terminate_and_reencrypt\"",
+                );
+            }
             if let Some(action) = action {
                 routes.push(RouteConfig {
                     name,
                     matcher,
                     action,
                     policy,
+                    tls_mode,
+                    upstream,
                 });
             }
         }
         if raw.routes.is_empty() {
             self.err(&(0..0), "routes", "define at least one [[routes]] table");
+        }
+
+        let certificates = self.certificates(&raw.certificates);
+        let acme = raw.acme.as_ref().and_then(|a| self.acme(a));
+        if let Some(span) = needs_certificate {
+            if certificates.is_empty() {
+                self.err(
+                    &span,
+                    "certificates",
+                    "terminating TLS needs at least one [[certificates]] entry",
+                );
+            }
+        }
+        if acme.is_none() {
+            for (i, c) in raw.certificates.iter().enumerate() {
+                if c.get_ref().auto.as_ref().is_some_and(|a| *a.get_ref()) {
+                    self.err(
+                        &c.span(),
+                        &format!("certificates[{i}].auto"),
+                        "auto = true needs an [acme] table",
+                    );
+                }
+            }
         }
 
         Config {
@@ -739,6 +917,8 @@ impl Ctx<'_> {
             limits,
             listeners,
             routes,
+            certificates,
+            acme,
         }
     }
 }

@@ -28,6 +28,53 @@ pub struct RawConfig {
     pub listeners: Vec<S<RawListener>>,
     #[serde(default)]
     pub routes: Vec<S<RawRoute>>,
+    #[serde(default)]
+    pub certificates: Vec<S<RawCertificate>>,
+    pub acme: Option<S<RawAcme>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub hosts: Option<S<Vec<S<String>>>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub auto: Option<S<bool>>,
+    pub default: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: S<String>,
+    pub ca: Option<S<String>>,
+    pub storage: S<String>,
+    pub contact: Option<S<Vec<S<String>>>>,
+    pub challenge: Option<S<String>>,
+    pub renew_before: Option<S<Scalar>>,
+    pub retry_min: Option<S<Scalar>>,
+    pub retry_max: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsListener {
+    pub min_version: Option<S<String>>,
+    pub handshake_timeout: Option<S<Scalar>>,
+    pub alpn: Option<S<Vec<S<String>>>>,
+    pub client_ca: Option<S<String>>,
+    pub client_auth: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub tls: Option<S<bool>>,
+    pub ca: Option<S<String>>,
+    pub server_name: Option<S<String>>,
+    pub client_cert: Option<S<String>>,
+    pub client_key: Option<S<String>>,
+    pub protocol: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +99,7 @@ pub struct RawTimeouts {
     pub idle: Option<S<Scalar>>,
     pub max_lifetime: Option<S<Scalar>>,
     pub shutdown_drain: Option<S<Scalar>>,
+    pub tls_handshake: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +119,7 @@ pub struct RawListener {
     pub protocol: Option<S<String>>,
     pub proxy_protocol: Option<RawAcceptProxy>,
     pub http: Option<RawHttpListener>,
+    pub tls: Option<S<RawTlsListener>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +155,8 @@ pub struct RawRoute {
     pub matcher: Option<RawMatch>,
     pub action: S<RawAction>,
     pub policy: Option<RawPolicy>,
+    pub tls: Option<S<String>>,
+    pub upstream: Option<S<RawUpstream>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +172,8 @@ pub struct RawMatch {
     pub methods: Option<S<Vec<S<String>>>>,
     pub headers: Option<S<std::collections::BTreeMap<String, S<String>>>>,
     pub headers_present: Option<S<Vec<S<String>>>>,
+    pub sni: Option<S<Vec<S<String>>>>,
+    pub client_identities: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +182,8 @@ pub struct RawAction {
     pub forward: Option<S<Vec<S<String>>>>,
     pub send_proxy_protocol: Option<S<String>>,
     pub pass_tlvs: Option<S<bool>>,
+    pub redirect_https: Option<S<bool>>,
+    pub redirect_port: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,4 +204,5 @@ pub struct RawPolicy {
     pub pool_max_connections: Option<S<Scalar>>,
     pub pool_idle_timeout: Option<S<Scalar>>,
     pub pool_wait_timeout: Option<S<Scalar>>,
+    pub allow_domain_fronting: Option<S<bool>>,
 }

@@ -57,7 +57,9 @@ action.forward = ["${BACKEND_ADDR:-127.0.0.1:18000}"]
     assert_eq!(c.workers, 3);
     assert_eq!(c.admin, Some("127.0.0.1:0".parse().unwrap()));
     assert_eq!(c.listeners[0].bind, "127.0.0.1:18042".parse().unwrap());
-    let RouteAction::Forward(f) = &c.routes[0].action;
+    let Some(f) = c.routes[0].action.forward() else {
+        panic!("not a forward route")
+    };
     assert_eq!(f.targets, vec!["127.0.0.1:18000".to_string()]);
 }
 

@@ -7,26 +7,29 @@ mod table;
 pub use table::{ConnEntry, ConnGuard, ConnSnapshot, ConnTable};
 
 /// Where a connection is in its life. Transitions only move forward:
-/// accepting → (reading_proxy_header) → routing → connecting → established →
+/// accepting → (reading_proxy_header) → (handshaking) → routing → connecting → established →
 /// draining (one direction finished, the other still flowing) → closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum ConnState {
     Accepting = 0,
     ReadingProxyHeader = 1,
-    Routing = 2,
-    Connecting = 3,
-    Established = 4,
-    Draining = 5,
+    /// Reading the ClientHello or completing the TLS handshake.
+    Handshaking = 2,
+    Routing = 3,
+    Connecting = 4,
+    Established = 5,
+    Draining = 6,
     /// An HTTP connection switched protocols (WebSocket): bytes spliced both ways.
-    Upgraded = 6,
-    Closed = 7,
+    Upgraded = 7,
+    Closed = 8,
 }
 
 impl ConnState {
-    pub const ALL: [ConnState; 8] = [
+    pub const ALL: [ConnState; 9] = [
         ConnState::Accepting,
         ConnState::ReadingProxyHeader,
+        ConnState::Handshaking,
         ConnState::Routing,
         ConnState::Connecting,
         ConnState::Established,
@@ -39,6 +42,7 @@ impl ConnState {
         match self {
             ConnState::Accepting => "accepting",
             ConnState::ReadingProxyHeader => "reading_proxy_header",
+            ConnState::Handshaking => "handshaking",
             ConnState::Routing => "routing",
             ConnState::Connecting => "connecting",
             ConnState::Established => "established",
@@ -117,12 +121,27 @@ pub enum EndReason {
     ClientHeaderTimeout,
     /// An HTTP client sent something that is not HTTP/1.1 (hyper refused it).
     ClientProtocolError,
+    /// No complete TLS ClientHello within the handshake deadline.
+    TlsHelloTimeout,
+    /// The first bytes are not a TLS ClientHello, or a malformed one.
+    TlsHelloInvalid,
+    /// The client sent no SNI and no route or certificate serves that.
+    TlsNoSni,
+    /// No certificate for the client's SNI (and no default one).
+    TlsNoCertificate,
+    /// The TLS handshake with the client failed (alert, bad message, bad
+    /// client certificate) or did not finish within its deadline.
+    TlsHandshakeFailed,
+    /// The upstream's TLS certificate did not verify.
+    UpstreamTlsVerifyFailed,
+    /// The TLS handshake with the upstream failed otherwise.
+    UpstreamTlsHandshakeFailed,
     /// The owning task ended without a reason (a bug).
     Internal,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 21] = [
+    pub const ALL: [EndReason; 28] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -143,6 +162,13 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::ClientHeaderTimeout,
         EndReason::ClientProtocolError,
+        EndReason::TlsHelloTimeout,
+        EndReason::TlsHelloInvalid,
+        EndReason::TlsNoSni,
+        EndReason::TlsNoCertificate,
+        EndReason::TlsHandshakeFailed,
+        EndReason::UpstreamTlsVerifyFailed,
+        EndReason::UpstreamTlsHandshakeFailed,
         EndReason::Internal,
     ];
     pub const COUNT: usize = Self::ALL.len();
@@ -169,6 +195,13 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::ClientHeaderTimeout => "client_header_timeout",
             EndReason::ClientProtocolError => "client_protocol_error",
+            EndReason::TlsHelloTimeout => "tls_hello_timeout",
+            EndReason::TlsHelloInvalid => "tls_hello_invalid",
+            EndReason::TlsNoSni => "tls_no_sni",
+            EndReason::TlsNoCertificate => "tls_no_certificate",
+            EndReason::TlsHandshakeFailed => "tls_handshake_failed",
+            EndReason::UpstreamTlsVerifyFailed => "upstream_tls_verify_failed",
+            EndReason::UpstreamTlsHandshakeFailed => "upstream_tls_handshake_failed",
             EndReason::Internal => "internal_error",
         }
     }
@@ -196,6 +229,13 @@ impl EndReason {
             EndReason::Shutdown => Side::Proxy,
             EndReason::ClientHeaderTimeout => Side::Client,
             EndReason::ClientProtocolError => Side::Client,
+            EndReason::TlsHelloTimeout => Side::Client,
+            EndReason::TlsHelloInvalid => Side::Client,
+            EndReason::TlsNoSni => Side::Client,
+            EndReason::TlsNoCertificate => Side::Client,
+            EndReason::TlsHandshakeFailed => Side::Client,
+            EndReason::UpstreamTlsVerifyFailed => Side::Upstream,
+            EndReason::UpstreamTlsHandshakeFailed => Side::Upstream,
             EndReason::Internal => Side::Proxy,
         }
     }

@@ -32,10 +32,16 @@ pub enum RequestEnd {
     UpstreamBodyTimeout,
     RequestTimeout,
     Shutdown,
+    /// The upstream's TLS certificate did not verify.
+    UpstreamTlsVerifyFailed,
+    /// The TLS handshake with the upstream failed otherwise.
+    UpstreamTlsHandshakeFailed,
+    /// On terminated TLS, the request's host is not the connection's SNI.
+    MisdirectedRequest,
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 21] = [
+    pub const ALL: [RequestEnd; 24] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::LimitRoute,
@@ -57,6 +63,9 @@ impl RequestEnd {
         RequestEnd::UpstreamBodyTimeout,
         RequestEnd::RequestTimeout,
         RequestEnd::Shutdown,
+        RequestEnd::UpstreamTlsVerifyFailed,
+        RequestEnd::UpstreamTlsHandshakeFailed,
+        RequestEnd::MisdirectedRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +91,9 @@ impl RequestEnd {
             RequestEnd::UpstreamBodyTimeout => "upstream_body_timeout",
             RequestEnd::RequestTimeout => "request_timeout",
             RequestEnd::Shutdown => "shutdown",
+            RequestEnd::UpstreamTlsVerifyFailed => "upstream_tls_verify_failed",
+            RequestEnd::UpstreamTlsHandshakeFailed => "upstream_tls_handshake_failed",
+            RequestEnd::MisdirectedRequest => "misdirected_request",
         }
     }
 
@@ -98,7 +110,8 @@ impl RequestEnd {
             | RequestEnd::BodyTooLarge
             | RequestEnd::LengthRequired
             | RequestEnd::ClientBodyTimeout
-            | RequestEnd::ClientAborted => Side::Client,
+            | RequestEnd::ClientAborted
+            | RequestEnd::MisdirectedRequest => Side::Client,
             _ => Side::Upstream,
         }
     }
@@ -121,7 +134,10 @@ impl RequestEnd {
             | RequestEnd::UpstreamUnresolved
             | RequestEnd::UpstreamReset
             | RequestEnd::UpstreamProtocolError
-            | RequestEnd::UpstreamBodyTimeout => StatusCode::BAD_GATEWAY,
+            | RequestEnd::UpstreamBodyTimeout
+            | RequestEnd::UpstreamTlsVerifyFailed
+            | RequestEnd::UpstreamTlsHandshakeFailed => StatusCode::BAD_GATEWAY,
+            RequestEnd::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             RequestEnd::UpstreamPoolExhausted | RequestEnd::LimitRoute | RequestEnd::Shutdown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

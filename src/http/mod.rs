@@ -12,22 +12,21 @@ mod tunnel;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-pub use proxy::ConnInfo;
+pub use proxy::{ConnInfo, TlsInfo};
 
 use crate::conn::{ConnEntry, ConnGuard, ConnState, EndReason};
+use crate::io::Prefixed;
 use crate::server::{ListenerRt, Runtime, ShutdownSignal};
 
 /// Serves HTTP on an accepted connection until it ends; returns why.
@@ -53,6 +52,26 @@ pub async fn serve(
     } else {
         false
     };
+    let io = Prefixed::new(client, early, guard.entry_arc());
+    serve_io(io, h2, info, guard, listener, rt).await
+}
+
+/// Serves HTTP/1.1 (or HTTP/2 when `h2`) on an established stream — a
+/// counted TCP stream, or a terminated TLS stream — until it ends.
+pub async fn serve_io<S>(
+    io: S,
+    h2: bool,
+    info: ConnInfo,
+    guard: &ConnGuard,
+    listener: &Arc<ListenerRt>,
+    rt: &Arc<Runtime>,
+) -> EndReason
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(cfg) = listener.config.http.clone() else {
+        return EndReason::Internal;
+    };
     let handler = Arc::new(proxy::Handler::new(
         rt.clone(),
         listener.index,
@@ -65,14 +84,8 @@ pub async fn serve(
         let h = service_handler.clone();
         async move { Ok::<_, Infallible>(h.handle(req).await) }
     });
-    let entry = guard.entry_arc();
     let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
-    let io = TokioIo::new(Prefixed {
-        entry,
-        prefix: early,
-        pos: 0,
-        inner: client,
-    });
+    let io = TokioIo::new(io);
     let result = if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
@@ -199,82 +212,5 @@ where
                 seen = now;
             }
         }
-    }
-}
-
-/// A stream that yields `prefix` before reading from `inner`.
-struct Prefixed {
-    /// Counts bytes each way into the connection's table entry.
-    entry: Arc<ConnEntry>,
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.pos);
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            self.entry.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.entry.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl Prefixed {
-    fn count_written(&self, r: &Poll<io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = r {
-            self.entry
-                .bytes_down
-                .fetch_add(*n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.count_written(&r);
-        r
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.count_written(&r);
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

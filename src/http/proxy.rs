@@ -30,6 +30,17 @@ pub struct ConnInfo {
     /// The TCP peer (a proxy in front of us, or the client itself).
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Set when the connection is terminated TLS.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the TLS handshake established about a client connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// The server name the client asked for, lower case.
+    pub sni: Option<String>,
+    /// The verified client certificate's identity (mTLS).
+    pub identity: Option<String>,
 }
 
 pub struct Handler {
@@ -128,10 +139,13 @@ impl Handler {
             tracing::debug!(conn = self.conn_id, why, "bad request");
             return self.fail(log, RequestEnd::BadRequest);
         }
+        let tls = self.info.tls.as_ref();
         let conn = RouteInput {
             listener: self.listener_index,
             local: self.info.local,
             client: self.info.client,
+            sni: tls.and_then(|t| t.sni.as_deref()),
+            identity: tls.and_then(|t| t.identity.as_deref()),
         };
         let view = RequestView {
             host: host.as_deref(),
@@ -150,6 +164,16 @@ impl Handler {
             .is_some_and(|max| in_flight >= i64::from(max))
         {
             return self.fail(log, RequestEnd::LimitRoute);
+        }
+        // Domain fronting: on terminated TLS the request must be for the
+        // name the connection was set up for (RFC 9110 §7.4: 421).
+        if let Some(sni) = tls.and_then(|t| t.sni.as_deref()) {
+            if host.as_deref().is_some_and(|h| h != sni) && !policy.http.allow_domain_fronting {
+                return self.fail(log, RequestEnd::MisdirectedRequest);
+            }
+        }
+        if let RouteAction::RedirectHttps { port } = &route.config.action {
+            return self.redirect_https(&req, host.as_deref(), *port, log);
         }
 
         // Body policy, checked before any upstream work.
@@ -192,7 +216,11 @@ impl Handler {
             &ForwardedFor {
                 client: self.info.client.ip(),
                 client_value: &self.client_value,
-                proto: "http",
+                proto: if self.info.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 host: host_value.as_ref(),
                 trusted: self.trusted_peer,
                 forwarded: self.http.forwarded,
@@ -281,7 +309,9 @@ impl Handler {
         log: &mut RequestLog,
         outcome: &BodyOutcome,
     ) -> Result<(Response<Incoming>, crate::upstream::PooledConn), RequestEnd> {
-        let RouteAction::Forward(forward) = &route.config.action;
+        let Some(forward) = route.config.action.forward() else {
+            return Err(RequestEnd::NoRoute);
+        };
         let pools = &self.rt.pools[route.index];
         let policy = &route.config.policy;
         loop {
@@ -298,6 +328,9 @@ impl Handler {
                 log.connect = Some(t);
             }
             let reused = conn.reused;
+            if conn.sender.is_http2() {
+                as_http2(&mut request, crate::upstream::Sender::scheme(pool));
+            }
             match timeout(
                 policy.http.response_header_timeout,
                 conn.sender.try_send_request(request),
@@ -318,6 +351,67 @@ impl Handler {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Handler {
+    /// `308 Permanent Redirect` to the same host and target over HTTPS.
+    fn redirect_https<B>(
+        &self,
+        req: &Request<B>,
+        host: Option<&str>,
+        port: Option<u16>,
+        mut log: RequestLog,
+    ) -> Response<Body> {
+        let Some(host) = host else {
+            return self.fail(log, RequestEnd::BadRequest);
+        };
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let location = match port {
+            None | Some(443) => format!("https://{host}{target}"),
+            Some(p) => format!("https://{host}:{p}{target}"),
+        };
+        let Ok(location) = HeaderValue::from_str(&location) else {
+            return self.fail(log, RequestEnd::BadRequest);
+        };
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        resp.headers_mut().insert(header::LOCATION, location);
+        if let Some(s) = self
+            .http
+            .server_header
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            resp.headers_mut().insert(header::SERVER, s);
+        }
+        log.status = 308;
+        log.end = RequestEnd::Ok;
+        log.finished = true;
+        resp
+    }
+}
+
+/// Makes a request HTTP/2-ready for an upstream: version 2, and the host
+/// moved from `Host` into the target's authority (`:authority`).
+fn as_http2(req: &mut Request<Body>, scheme: &str) {
+    if req.version() == Version::HTTP_2 {
+        return;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    let Some(host) = req.headers_mut().remove(header::HOST) else {
+        return;
+    };
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let absolute = host
+        .to_str()
+        .ok()
+        .and_then(|h| format!("{scheme}://{h}{pq}").parse::<Uri>().ok());
+    match absolute {
+        Some(uri) => *req.uri_mut() = uri,
+        None => {
+            req.headers_mut().insert(header::HOST, host);
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod pump;
 pub mod splice;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::{ProxyVersion, RouteAction};
+use crate::config::{ProxyVersion, TlsMode};
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
 use crate::routing::{self, RouteInput};
@@ -87,13 +88,48 @@ async fn run(
         }
     }
 
+    // --- TLS listeners: the ClientHello, for routing by SNI ---------------
+    let mut hello = None;
+    let mut tls_deadline = tokio::time::Instant::now();
+    if let Some(tls_cfg) = &listener.config.tls {
+        guard.set_state(ConnState::Handshaking);
+        tls_deadline += tls_cfg.handshake_timeout;
+        let read = tokio::select! {
+            // Boxed, like the hello: only TLS connections pay for them.
+            r = Box::pin(tokio::time::timeout_at(tls_deadline, tls::read_hello(&client, &mut early_bytes))) => r,
+            _ = rt.shutdown.closing() => return EndReason::Shutdown,
+        };
+        match read {
+            Err(_elapsed) => return EndReason::TlsHelloTimeout,
+            Ok(Err(reason)) => return reason,
+            Ok(Ok(h)) => hello = Some(Box::new(h)),
+        }
+    }
+
     // --- HTTP listeners: routing happens per request ---------------------
     if listener.config.http.is_some() {
         let info = crate::http::ConnInfo {
             client: client_addr,
             peer,
             local,
+            tls: None,
         };
+        if let Some(h) = &hello {
+            if let Some(reason) = tls::certificate_missing(rt, h) {
+                return reason;
+            }
+            // Boxed: the TLS and HTTP state must not enlarge every L4 task.
+            return Box::pin(serve_https(
+                client,
+                early_bytes,
+                info,
+                tls_deadline,
+                guard,
+                listener,
+                rt,
+            ))
+            .await;
+        }
         // Boxed: the HTTP connection's state must not enlarge every L4 task.
         return Box::pin(crate::http::serve(
             client,
@@ -108,12 +144,18 @@ async fn run(
 
     // --- routing ------------------------------------------------------
     guard.set_state(ConnState::Routing);
+    let sni = hello.as_ref().and_then(|h| h.sni.as_deref());
     let input = RouteInput {
         listener: listener.index,
         local,
         client: client_addr,
+        sni,
+        identity: None,
     };
     let Some(route) = routing::select(&rt.routes, &input) else {
+        if hello.is_some() && sni.is_none() {
+            return EndReason::TlsNoSni;
+        }
         return EndReason::NoRoute;
     };
     if let Err(reason) = guard.claim_route(
@@ -123,8 +165,29 @@ async fn run(
     ) {
         return reason;
     }
-    let RouteAction::Forward(forward) = &route.config.action;
+    let Some(forward) = route.config.action.forward() else {
+        return EndReason::NoRoute;
+    };
     let policy = &route.config.policy;
+    if let Some(h) = &hello {
+        if route.config.tls_mode != TlsMode::Passthrough {
+            if let Some(reason) = tls::certificate_missing(rt, h) {
+                return reason;
+            }
+            return Box::pin(terminate(
+                client,
+                early_bytes,
+                client_addr,
+                original_dst,
+                tls_deadline,
+                route,
+                guard,
+                listener,
+                rt,
+            ))
+            .await;
+        }
+    }
 
     // --- connecting ---------------------------------------------------
     guard.set_state(ConnState::Connecting);
@@ -162,8 +225,14 @@ async fn run(
             let mut header = match version {
                 ProxyVersion::V1 => proxy_protocol::encode_v1(client_addr, original_dst),
                 ProxyVersion::V2 => {
-                    let passed: &[Tlv] = if forward.pass_tlvs { &tlvs } else { &[] };
-                    proxy_protocol::encode_v2(client_addr, original_dst, passed)
+                    let mut passed: Vec<Tlv> = if forward.pass_tlvs { tlvs } else { Vec::new() };
+                    if let Some(h) = &hello {
+                        passed.extend(tls_tlvs(
+                            h.sni.as_deref(),
+                            h.alpn.first().map(Vec::as_slice),
+                        ));
+                    }
+                    proxy_protocol::encode_v2(client_addr, original_dst, &passed)
                 }
             };
             header.extend_from_slice(&early_bytes);
@@ -188,6 +257,148 @@ async fn run(
         &rt.shutdown,
     )
     .await
+}
+
+/// PROXY v2 TLVs describing a TLS connection: the server name
+/// (`PP2_TYPE_AUTHORITY`) and the application protocol (`PP2_TYPE_ALPN`).
+fn tls_tlvs(sni: Option<&str>, alpn: Option<&[u8]>) -> Vec<Tlv> {
+    let mut out = Vec::new();
+    if let Some(alpn) = alpn {
+        out.push(Tlv {
+            kind: proxy_protocol::PP2_TYPE_ALPN,
+            value: alpn.to_vec(),
+        });
+    }
+    if let Some(sni) = sni {
+        out.push(Tlv {
+            kind: proxy_protocol::PP2_TYPE_AUTHORITY,
+            value: sni.as_bytes().to_vec(),
+        });
+    }
+    out
+}
+
+/// An `https` listener: the handshake, then HTTP (HTTP/2 when ALPN says so).
+async fn serve_https(
+    client: TcpStream,
+    early: Vec<u8>,
+    mut info: crate::http::ConnInfo,
+    deadline: tokio::time::Instant,
+    guard: &mut ConnGuard,
+    listener: &Arc<ListenerRt>,
+    rt: &Arc<Runtime>,
+) -> EndReason {
+    let stream = match tls::accept(client, early, guard, listener, rt, deadline).await {
+        Ok(s) => s,
+        Err(reason) => return reason,
+    };
+    info.tls = Some(tls::tls_info(&stream));
+    let h2 = tls::negotiated_h2(&stream);
+    guard.set_state(ConnState::Established);
+    crate::http::serve_io(stream, h2, info, guard, listener, rt).await
+}
+
+/// A `tls` listener's route that terminates: handshake with the client,
+/// connect (and for re-encryption, a verified handshake with the target),
+/// then relay the plaintext.
+#[allow(clippy::too_many_arguments)]
+async fn terminate(
+    client: TcpStream,
+    early: Vec<u8>,
+    client_addr: SocketAddr,
+    original_dst: SocketAddr,
+    deadline: tokio::time::Instant,
+    route: &routing::Route,
+    guard: &mut ConnGuard,
+    listener: &Arc<ListenerRt>,
+    rt: &Arc<Runtime>,
+) -> EndReason {
+    let Some(forward) = route.config.action.forward() else {
+        return EndReason::NoRoute;
+    };
+    let policy = &route.config.policy;
+    let stream = match tls::accept(client, early, guard, listener, rt, deadline).await {
+        Ok(s) => s,
+        Err(reason) => return reason,
+    };
+    let info = tls::tls_info(&stream);
+    if !route.config.matcher.client_identities.is_empty()
+        && !info
+            .identity
+            .as_ref()
+            .is_some_and(|id| route.config.matcher.client_identities.contains(id))
+    {
+        return EndReason::NoRoute;
+    }
+    let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+
+    guard.set_state(ConnState::Connecting);
+    let target = &forward.targets[route.next_target(forward.targets.len())];
+    let started = Instant::now();
+    let connect_deadline = tokio::time::Instant::now() + policy.connect_timeout;
+    let mut upstream = tokio::select! {
+        r = Box::pin(tokio::time::timeout_at(connect_deadline, connect(target))) => match r {
+            Err(_elapsed) => return EndReason::UpstreamConnectTimeout,
+            Ok(Err(reason)) => return reason,
+            Ok(Ok(s)) => s,
+        },
+        _ = rt.shutdown.closing() => return EndReason::Shutdown,
+    };
+    if let Ok(addr) = upstream.peer_addr() {
+        guard.set_upstream(addr);
+    }
+    let _ = upstream.set_nodelay(true);
+    if let Some(version) = forward.send_proxy {
+        let header = match version {
+            ProxyVersion::V1 => proxy_protocol::encode_v1(client_addr, original_dst),
+            ProxyVersion::V2 => proxy_protocol::encode_v2(
+                client_addr,
+                original_dst,
+                &tls_tlvs(info.sni.as_deref(), alpn.as_deref()),
+            ),
+        };
+        use tokio::io::AsyncWriteExt as _;
+        if upstream.write_all(&header).await.is_err() {
+            return EndReason::UpstreamReset;
+        }
+    }
+    let limits = tls::RelayLimits {
+        idle: policy.idle_timeout,
+        max_lifetime: policy.max_lifetime,
+        started: guard.entry().started(),
+    };
+    match (
+        route.config.tls_mode,
+        &rt.tls.upstreams[route.index],
+        &route.config.upstream.tls,
+    ) {
+        (TlsMode::TerminateAndReencrypt, Some(config), Some(up)) => {
+            let upstream = tokio::select! {
+                r = tls::connect_upstream(upstream, config.clone(), up, target, connect_deadline) => match r {
+                    Ok(s) => s,
+                    Err(reason) => return reason,
+                },
+                _ = rt.shutdown.closing() => return EndReason::Shutdown,
+            };
+            rt.table
+                .metrics()
+                .route(route.index)
+                .connect_latency
+                .observe(started.elapsed());
+            guard.set_state(ConnState::Established);
+            tls::relay(stream, upstream, guard, limits, &rt.shutdown).await
+        }
+        (TlsMode::TerminateAndReencrypt, _, _) => EndReason::Internal,
+        _ => {
+            rt.table
+                .metrics()
+                .route(route.index)
+                .connect_latency
+                .observe(started.elapsed());
+            guard.set_state(ConnState::Established);
+            tls::relay(stream, upstream, guard, limits, &rt.shutdown).await
+        }
+    }
 }
 
 /// Reads a PROXY header into `buf` (bounded by `MAX_V2_LEN`). On success the

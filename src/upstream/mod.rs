@@ -1,26 +1,89 @@
-//! Upstream HTTP/1.1 connections: one pool per (route, target) with
-//! keep-alive reuse, a cap on total connections (callers wait, bounded, for
-//! a slot: backpressure), a cap on idle ones, and a bounded idle lifetime.
-//! A connection goes back to the pool only from `PooledConn::release`,
-//! which the response body calls after its last byte; anything else (an
-//! error, a client that went away, an upgrade) drops it, which closes it.
+//! Upstream HTTP connections: one pool per (route, target) with keep-alive
+//! reuse, a cap on total connections (callers wait, bounded, for a slot:
+//! backpressure), a cap on idle ones, and a bounded idle lifetime. Over
+//! TLS when the route says so (verified, with SNI), HTTP/1.1 or HTTP/2.
+//! An HTTP/1.1 connection goes back to the pool only from
+//! `PooledConn::release`, which the response body calls after its last
+//! byte; anything else (an error, a client that went away, an upgrade)
+//! drops it, which closes it. An HTTP/2 connection is shared by every
+//! request to the target (one slot); a request that goes away resets only
+//! its stream.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::HttpPolicy;
+use crate::config::{HttpPolicy, UpstreamConfig, UpstreamProtocol};
 use crate::http::body::Body;
 use crate::http::error::RequestEnd;
+use crate::tls::settings::{self, UpstreamTlsFailure};
+
+/// How a route's requests reach its targets.
+#[derive(Clone)]
+pub struct Upstream {
+    pub tls: Option<(Arc<ClientConfig>, crate::config::UpstreamTls)>,
+    pub http2: bool,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, client: Option<Arc<ClientConfig>>) -> Upstream {
+        Upstream {
+            tls: client.zip(cfg.tls.clone()),
+            http2: cfg.protocol == UpstreamProtocol::Http2,
+        }
+    }
+}
+
+/// A request sender on an HTTP/1.1 or HTTP/2 connection.
+pub enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+    /// The scheme requests on this connection carry (HTTP/2 needs one).
+    pub fn scheme(pool: &TargetPool) -> &'static str {
+        if pool.upstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+    /// Sends a request; if it could not be sent at all it comes back in the error.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
 
 pub struct TargetPool {
     target: String,
+    upstream: Upstream,
     idle: Mutex<Vec<IdleConn>>,
+    /// The shared HTTP/2 connection, when the route speaks HTTP/2.
+    shared: Mutex<Option<SharedH2>>,
     slots: Arc<Semaphore>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -28,19 +91,25 @@ pub struct TargetPool {
 }
 
 struct IdleConn {
-    sender: SendRequest<Body>,
+    sender: http1::SendRequest<Body>,
     permit: OwnedSemaphorePermit,
     peer: SocketAddr,
     since: Instant,
 }
 
-/// A connection checked out of a pool. Dropping it closes the connection;
-/// `release` gives it back.
+struct SharedH2 {
+    sender: http2::SendRequest<Body>,
+    peer: SocketAddr,
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+/// A connection checked out of a pool. Dropping it closes an HTTP/1.1
+/// connection; `release` gives it back.
 pub struct PooledConn {
-    pub sender: SendRequest<Body>,
+    pub sender: Sender,
     pub peer: SocketAddr,
     pub reused: bool,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     pool: Arc<TargetPool>,
 }
 
@@ -49,10 +118,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TargetPool {
-    pub fn new(target: String, policy: &HttpPolicy) -> Arc<TargetPool> {
+    pub fn new(target: String, policy: &HttpPolicy, upstream: Upstream) -> Arc<TargetPool> {
         Arc::new(TargetPool {
             target,
+            upstream,
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
             slots: Arc::new(Semaphore::new(policy.pool_max_connections)),
             max_idle: policy.pool_max_idle,
             idle_timeout: policy.pool_idle_timeout,
@@ -61,7 +132,7 @@ impl TargetPool {
     }
 
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        lock(&self.idle).len() + usize::from(lock(&self.shared).is_some())
     }
 
     /// Connections open now (idle or in use).
@@ -74,6 +145,58 @@ impl TargetPool {
         let now = Instant::now();
         lock(&self.idle)
             .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout);
+        let mut shared = lock(&self.shared);
+        if shared.as_ref().is_some_and(|s| s.sender.is_closed()) {
+            *shared = None;
+        }
+    }
+
+    /// The shared HTTP/2 connection, opened if there is none.
+    async fn checkout_h2(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+    ) -> Result<(PooledConn, Option<Duration>), RequestEnd> {
+        {
+            let shared = lock(&self.shared);
+            if let Some(s) = shared.as_ref().filter(|s| !s.sender.is_closed()) {
+                let conn = PooledConn {
+                    sender: Sender::H2(s.sender.clone()),
+                    peer: s.peer,
+                    reused: true,
+                    permit: None,
+                    pool: self.clone(),
+                };
+                return Ok((conn, None));
+            }
+        }
+        let permit =
+            match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await
+            {
+                Ok(Ok(p)) => p,
+                _ => return Err(RequestEnd::UpstreamPoolExhausted),
+            };
+        let started = Instant::now();
+        let (sender, peer) = tokio::time::timeout(connect_timeout, self.connect())
+            .await
+            .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
+        let Sender::H2(h2) = &sender else {
+            return Err(RequestEnd::UpstreamProtocolError);
+        };
+        // Another request may have opened one meanwhile: the newest wins,
+        // the other stays usable by those holding it and closes after them.
+        *lock(&self.shared) = Some(SharedH2 {
+            sender: h2.clone(),
+            peer,
+            _permit: Arc::new(permit),
+        });
+        let conn = PooledConn {
+            sender,
+            peer,
+            reused: false,
+            permit: None,
+            pool: self.clone(),
+        };
+        Ok((conn, Some(started.elapsed())))
     }
 
     /// An idle connection if one is usable, else a new one (waiting at most
@@ -82,6 +205,9 @@ impl TargetPool {
         self: &Arc<Self>,
         connect_timeout: Duration,
     ) -> Result<(PooledConn, Option<Duration>), RequestEnd> {
+        if self.upstream.http2 {
+            return self.checkout_h2(connect_timeout).await;
+        }
         loop {
             let taken = {
                 let mut idle = lock(&self.idle);
@@ -107,10 +233,10 @@ impl TargetPool {
                     .is_ok_and(|r| r.is_ok())
             {
                 let conn = PooledConn {
-                    sender: c.sender,
+                    sender: Sender::H1(c.sender),
                     peer: c.peer,
                     reused: true,
-                    permit: c.permit,
+                    permit: Some(c.permit),
                     pool: self.clone(),
                 };
                 return Ok((conn, None));
@@ -131,14 +257,14 @@ impl TargetPool {
                 sender,
                 peer,
                 reused: false,
-                permit,
+                permit: Some(permit),
                 pool: self.clone(),
             },
             Some(started.elapsed()),
         ))
     }
 
-    async fn connect(&self) -> Result<(SendRequest<Body>, SocketAddr), RequestEnd> {
+    async fn connect(&self) -> Result<(Sender, SocketAddr), RequestEnd> {
         let addr = match self.target.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => tokio::net::lookup_host(self.target.as_str())
@@ -152,32 +278,70 @@ impl TargetPool {
             _ => RequestEnd::UpstreamConnectError,
         })?;
         let _ = stream.set_nodelay(true);
+        let Some((config, tls)) = &self.upstream.tls else {
+            return Ok((self.handshake(stream).await?, addr));
+        };
+        let name = settings::server_name(tls, &self.target);
+        let stream = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| {
+                tracing::debug!(target = %self.target, error = %e, "upstream TLS handshake failed");
+                match settings::classify_upstream(&e) {
+                    UpstreamTlsFailure::Verify => RequestEnd::UpstreamTlsVerifyFailed,
+                    UpstreamTlsFailure::Handshake => RequestEnd::UpstreamTlsHandshakeFailed,
+                }
+            })?;
+        Ok((self.handshake(stream).await?, addr))
+    }
+
+    /// The HTTP handshake on a connected stream; its I/O then runs in its
+    /// own task, which ends (closing the socket) when every sender is
+    /// dropped or the upstream closes.
+    async fn handshake<S>(&self, stream: S) -> Result<Sender, RequestEnd>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.upstream.http2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|_| RequestEnd::UpstreamProtocolError)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            return Ok(Sender::H2(sender));
+        }
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| RequestEnd::UpstreamConnectError)?;
-        // The connection's I/O runs in its own task, which ends (closing the
-        // socket) when the `SendRequest` is dropped or the upstream closes.
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok((sender, addr))
+        Ok(Sender::H1(sender))
     }
 }
 
 impl PooledConn {
     /// Gives a connection whose response was read completely back to the pool.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        let (Sender::H1(sender), Some(permit)) = (self.sender, self.permit) else {
+            return; // HTTP/2: the shared connection stays with the pool
+        };
+        if sender.is_closed() {
             return;
         }
         let mut idle = lock(&self.pool.idle);
         if idle.len() < self.pool.max_idle {
             idle.push(IdleConn {
-                sender: self.sender,
-                permit: self.permit,
+                sender,
+                permit,
                 peer: self.peer,
                 since: Instant::now(),
             });

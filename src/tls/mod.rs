@@ -1,0 +1,72 @@
+//! TLS on both sides of the proxy: reading a ClientHello without consuming
+//! it (`hello`), the certificate store that serves a certificate per SNI and
+//! reloads it from disk (`certs`), the listener's rustls server settings and
+//! the verified client settings towards upstreams (`settings`), and ACME
+//! (`acme`).
+
+pub mod certs;
+pub mod hello;
+pub mod settings;
+
+use std::sync::Arc;
+
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::config::{Config, UpstreamProtocol};
+use certs::CertStore;
+pub use settings::SettingsError;
+
+/// The TLS part of the runtime, built once at start-up.
+pub struct TlsRt {
+    pub certs: Arc<CertStore>,
+    /// Server settings per listener (`None` for listeners without TLS).
+    pub servers: Vec<Option<Arc<ServerConfig>>>,
+    /// Client settings per route towards its targets (`None`: plaintext).
+    pub upstreams: Vec<Option<Arc<ClientConfig>>>,
+}
+
+impl TlsRt {
+    /// Loads certificates and builds every listener's and route's settings;
+    /// fails on a certificate, key or CA file that cannot be used.
+    pub fn build(config: &Config) -> Result<TlsRt, SettingsError> {
+        let certs = Arc::new(CertStore::load(
+            &config.certificates,
+            config.acme.as_ref().map(|a| a.storage.as_path()),
+        )?);
+        let servers = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|t| settings::server_config(t, &certs))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let upstreams = config
+            .routes
+            .iter()
+            .map(|r| {
+                let on_http = r
+                    .matcher
+                    .listener
+                    .is_none_or(|i| config.listeners.get(i).is_some_and(|l| l.http.is_some()));
+                let alpn: &[&[u8]] = match (on_http, r.upstream.protocol) {
+                    (false, _) => &[],
+                    (true, UpstreamProtocol::Http1) => &[b"http/1.1"],
+                    (true, UpstreamProtocol::Http2) => &[b"h2"],
+                };
+                r.upstream
+                    .tls
+                    .as_ref()
+                    .map(|t| settings::client_config(t, alpn))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TlsRt {
+            certs,
+            servers,
+            upstreams,
+        })
+    }
+}
