@@ -491,7 +491,7 @@ impl SeenRequest {
 }
 
 /// Reads one request (head + Content-Length or chunked body) from a raw socket.
-pub fn read_request(s: &mut TcpStream) -> Option<SeenRequest> {
+pub fn read_request(s: &mut impl Read) -> Option<SeenRequest> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -584,7 +584,7 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
     read_response(&mut s)
 }
 
-pub fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+pub fn read_response(s: &mut impl Read) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -637,3 +637,4 @@ action.forward = ["{target}"]
 "#
     )
 }
+pub mod tls;
