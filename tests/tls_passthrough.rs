@@ -2,6 +2,7 @@
 //! sees the backend's certificate), terminate and re-encrypt at L4, PROXY v2
 //! with the TLS TLVs, and every ClientHello failure ending with its reason
 //! and leaving nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
