@@ -18,6 +18,10 @@ pub struct HttpListener {
     pub h2c: bool,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 flow-control windows we grant a client: per stream and per
+    /// connection (bytes it may send before we read them).
+    pub h2_stream_window: u32,
+    pub h2_connection_window: u32,
     pub max_headers: usize,
     /// Deadline for a request's head, from its first byte (slowloris defense).
     pub header_read_timeout: Duration,
@@ -106,6 +110,8 @@ impl Ctx<'_> {
             max_uri_bytes: 8 * 1024,
             h2c: false,
             max_concurrent_streams: 100,
+            h2_stream_window: 256 * 1024,
+            h2_connection_window: 1024 * 1024,
             max_headers: 100,
             header_read_timeout: Duration::from_secs(30),
             max_requests_per_connection: None,
@@ -127,6 +133,25 @@ impl Ctx<'_> {
                 } else {
                     l.max_header_bytes = n as usize;
                 }
+            }
+        }
+        for (v, name, slot) in [
+            (
+                &r.h2_stream_window,
+                "http.h2_stream_window",
+                &mut l.h2_stream_window,
+            ),
+            (
+                &r.h2_connection_window,
+                "http.h2_connection_window",
+                &mut l.h2_connection_window,
+            ),
+        ] {
+            let Some(v) = v else { continue };
+            match self.size(v, &field(name)) {
+                Some(n) if (65_535..=(1 << 31) - 1).contains(&n) => *slot = n as u32,
+                Some(_) => self.err(&v.span(), &field(name), "must be 64 KiB - 1 to 2 GiB - 1"),
+                None => {}
             }
         }
         if let Some(v) = &r.max_uri_bytes {

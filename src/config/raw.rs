@@ -129,6 +129,8 @@ pub struct RawHttpListener {
     pub max_uri_bytes: Option<S<Scalar>>,
     pub h2c: Option<S<bool>>,
     pub max_concurrent_streams: Option<S<Scalar>>,
+    pub h2_stream_window: Option<S<Scalar>>,
+    pub h2_connection_window: Option<S<Scalar>>,
     pub max_headers: Option<S<Scalar>>,
     pub header_read_timeout: Option<S<Scalar>>,
     pub max_requests_per_connection: Option<S<Scalar>>,

@@ -93,6 +93,14 @@ impl RequestLog {
 impl Drop for RequestLog {
     fn drop(&mut self) {
         let total = self.started.elapsed();
+        if !self.finished && self.end == RequestEnd::Ok {
+            // Dropped before a response: the client went away (an HTTP/2
+            // stream reset, a closed connection) while we waited upstream.
+            self.end = RequestEnd::ClientAborted;
+            if self.status == 0 {
+                self.status = 499;
+            }
+        }
         if let Some(b) = &self.request_body {
             self.bytes_up = b.bytes();
         }

@@ -91,6 +91,8 @@ where
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(cfg.max_concurrent_streams)
+            .initial_stream_window_size(cfg.h2_stream_window)
+            .initial_connection_window_size(cfg.h2_connection_window)
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
