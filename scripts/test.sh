@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole Gatehouse test suite (unit + integration tests, each test in
 # its own process via cargo-nextest). Installs what the tests need first:
-# HAProxy (for the proxy-chain tests), curl and h2load (nghttp2-client) from
-# Debian's packages, and
+# HAProxy (for the proxy-chain tests), curl and h2load (nghttp2-client),
+# openssl (s_client for the TLS tests) and Pebble (the ACME test CA, with
+# its fake DNS pebble-challtestsrv) from Debian's packages, and
 # Python's websockets library (for the WebSocket test) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(ha
 command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+command -v pebble >/dev/null 2>&1 || need_pkgs+=(pebble)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-pip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need_pkgs[*]}"

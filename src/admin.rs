@@ -75,6 +75,9 @@ fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             let mut text = rt.table.metrics().render(&rt.table);
             rt.tls.certs.render_metrics(&mut text);
+            if let Some(acme) = &rt.tls.acme {
+                acme.render_metrics(&mut text);
+            }
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

@@ -201,6 +201,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(crate::admin::serve(admin, runtime.clone()));
     }
 
+    if let Some(acme) = runtime.tls.acme.clone() {
+        tokio::spawn(acme.run());
+    }
+
     let housekeeping = runtime.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::l4::splice::IDLE_PIPE_TTL / 2);

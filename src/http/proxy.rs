@@ -139,6 +139,25 @@ impl Handler {
             tracing::debug!(conn = self.conn_id, why, "bad request");
             return self.fail(log, RequestEnd::BadRequest);
         }
+        // ACME HTTP-01 challenges we have open are answered here; other
+        // tokens go to the routes (an upstream may run its own ACME client).
+        if let (Some(acme), Some(token)) = (
+            &self.rt.tls.acme,
+            req.uri()
+                .path()
+                .strip_prefix(crate::tls::acme::HTTP01_PREFIX),
+        ) {
+            if let Some(answer) = acme.http01_response(token) {
+                log.status = 200;
+                log.finished = true;
+                let mut resp = Response::new(super::body::full(bytes::Bytes::from(answer)));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                return resp;
+            }
+        }
         let tls = self.info.tls.as_ref();
         let conn = RouteInput {
             listener: self.listener_index,

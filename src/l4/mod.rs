@@ -292,6 +292,12 @@ async fn serve_https(
         Ok(s) => s,
         Err(reason) => return reason,
     };
+    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::certs::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the whole answer.
+        let mut stream = stream;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        return EndReason::ClientClosed;
+    }
     info.tls = Some(tls::tls_info(&stream));
     let h2 = tls::negotiated_h2(&stream);
     guard.set_state(ConnState::Established);

@@ -4,6 +4,7 @@
 //! the verified client settings towards upstreams (`settings`), and ACME
 //! (`acme`).
 
+pub mod acme;
 pub mod certs;
 pub mod hello;
 pub mod settings;
@@ -23,6 +24,8 @@ pub struct TlsRt {
     pub servers: Vec<Option<Arc<ServerConfig>>>,
     /// Client settings per route towards its targets (`None`: plaintext).
     pub upstreams: Vec<Option<Arc<ClientConfig>>>,
+    /// Present when some certificate is obtained through ACME.
+    pub acme: Option<Arc<acme::AcmeManager>>,
 }
 
 impl TlsRt {
@@ -63,10 +66,20 @@ impl TlsRt {
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
+        let wants_acme = config
+            .certificates
+            .iter()
+            .any(|c| matches!(c.source, crate::config::CertSource::Acme));
+        let acme = config
+            .acme
+            .clone()
+            .filter(|_| wants_acme)
+            .map(|a| acme::AcmeManager::new(a, certs.clone()));
         Ok(TlsRt {
             certs,
             servers,
             upstreams,
+            acme,
         })
     }
 }
