@@ -36,6 +36,11 @@ impl Drop for CountDrop {
 
 /// An h2c (HTTP/2 prior knowledge) backend on hyper.
 fn h2c_backend() -> H2Backend {
+    h2_backend(None)
+}
+
+/// An HTTP/2 backend on hyper, over TLS (ALPN h2) when `tls` is given.
+fn h2_backend(tls: Option<Arc<rustls::ServerConfig>>) -> H2Backend {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
@@ -53,6 +58,7 @@ fn h2c_backend() -> H2Backend {
             loop {
                 let (s, _) = l.accept().await.unwrap();
                 let (c, v, tx) = (c2.clone(), v2.clone(), tx.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -69,11 +75,26 @@ fn h2c_backend() -> H2Backend {
                                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                             }
                         });
-                    let _ = hyper::server::conn::http2::Builder::new(
+                    let builder = hyper::server::conn::http2::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), service)
-                    .await;
+                    );
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                                .await;
+                        }
+                        Some(config) => {
+                            let Ok(s) = tokio_rustls::TlsAcceptor::from(config).accept(s).await
+                            else {
+                                return;
+                            };
+                            assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+                            let _ = builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -267,4 +288,30 @@ fn a_client_stream_reset_cancels_the_upstream_request() {
             &[("route", "app"), ("reason", "client_aborted")],
         ) == 1
     });
+}
+
+#[test]
+fn h2_over_tls_to_the_upstream_by_alpn() {
+    let pki = Pki::new("ca");
+    let (c, k) = pki.issue("up", &["h2.internal"]);
+    let up = h2_backend(Some(common::tls::server_config(&c, &k, &[b"h2"])));
+    let gh = Gatehouse::start(&http_config(
+        "",
+        "",
+        up.addr,
+        &format!(
+            "upstream = {{ tls = true, protocol = \"http2\", ca = \"{}\", server_name = \"h2.internal\" }}",
+            pki.ca_pem.display()
+        ),
+    ));
+    for i in 0..3 {
+        let (head, body) = raw_exchange(
+            gh.addr("web"),
+            format!("GET /t{i} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, format!("h2c HTTP/2.0 /t{i}").as_bytes());
+    }
+    assert_eq!(up.versions.lock().unwrap().len(), 3);
 }

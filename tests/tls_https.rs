@@ -162,6 +162,9 @@ fn without_a_certificate_for_the_name_the_handshake_is_refused_with_a_reason() {
     let other = Pki::new("other");
     assert!(tls_connect(web, "a.test", other.client(&[])).is_err());
     gh.wait_closed_count("tls_handshake_failed", 1);
+    for reason in ["tls_no_certificate", "tls_no_sni", "tls_handshake_failed"] {
+        gh.wait_log(&format!(r#""reason":"{reason}""#), Duration::from_secs(1));
+    }
     gh.wait_empty(Duration::from_secs(5));
 }
 

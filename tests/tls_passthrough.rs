@@ -169,6 +169,15 @@ action.forward = ["{a}"]
     let took = wait_closed(&mut g, Duration::from_secs(5));
     assert!(took < Duration::from_millis(500), "{took:?}");
     gh.wait_closed_count("tls_hello_invalid", 1);
+    // Both show in the log with their side.
+    gh.wait_log(
+        r#""reason":"tls_hello_timeout","side":"client""#,
+        Duration::from_secs(1),
+    );
+    gh.wait_log(
+        r#""reason":"tls_hello_invalid","side":"client""#,
+        Duration::from_secs(1),
+    );
 
     // Many at once, mixed with good ones and clients leaving mid-hello.
     let started = Instant::now();

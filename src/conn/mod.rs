@@ -242,6 +242,25 @@ impl EndReason {
 }
 
 impl EndReason {
+    /// Ends worth a log line at the default level: failures of the TLS
+    /// handshake, the upstream, the PROXY header, routing or the proxy
+    /// itself. Normal closes, timeouts and limits a flood can trigger stay
+    /// at debug (they are counted in the metrics either way).
+    pub fn is_notable(self) -> bool {
+        !matches!(
+            self,
+            EndReason::ClientClosed
+                | EndReason::UpstreamClosed
+                | EndReason::ClientReset
+                | EndReason::IdleTimeout
+                | EndReason::MaxLifetime
+                | EndReason::Shutdown
+                | EndReason::LimitGlobal
+                | EndReason::LimitPerIp
+                | EndReason::LimitRoute
+        )
+    }
+
     pub fn index(self) -> usize {
         self as usize
     }

@@ -327,7 +327,7 @@ impl Drop for ConnGuard {
             Ordering::Relaxed,
         );
         lock(&table.live).remove(&self.entry.id);
-        if tracing::enabled!(tracing::Level::DEBUG) {
+        if reason.is_notable() || tracing::enabled!(tracing::Level::DEBUG) {
             self.log_end(reason);
         }
         if table.active.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -339,18 +339,28 @@ impl Drop for ConnGuard {
 impl ConnGuard {
     fn log_end(&self, reason: EndReason) {
         let d = lock(&self.entry.details);
-        tracing::debug!(
-            conn = self.entry.id,
-            listener = &*self.entry.listener,
-            client = %d.client.unwrap_or(self.entry.peer),
-            route = d.route.as_ref().map(|r| &*r.1),
-            upstream = d.upstream.map(|u| u.to_string()),
-            reason = reason.as_str(),
-            side = reason.side().as_str(),
-            bytes_up = self.entry.bytes_up.load(Ordering::Relaxed),
-            bytes_down = self.entry.bytes_down.load(Ordering::Relaxed),
-            duration_ms = self.entry.started.elapsed().as_millis() as u64,
-            "connection closed"
-        );
+        macro_rules! end_event {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    conn = self.entry.id,
+                    listener = &*self.entry.listener,
+                    client = %d.client.unwrap_or(self.entry.peer),
+                    route = d.route.as_ref().map(|r| &*r.1),
+                    upstream = d.upstream.map(|u| u.to_string()),
+                    reason = reason.as_str(),
+                    side = reason.side().as_str(),
+                    bytes_up = self.entry.bytes_up.load(Ordering::Relaxed),
+                    bytes_down = self.entry.bytes_down.load(Ordering::Relaxed),
+                    duration_ms = self.entry.started.elapsed().as_millis() as u64,
+                    "connection closed"
+                )
+            };
+        }
+        if reason.is_notable() {
+            end_event!(tracing::Level::INFO);
+        } else {
+            end_event!(tracing::Level::DEBUG);
+        }
     }
 }

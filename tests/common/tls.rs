@@ -152,7 +152,7 @@ pub fn peer_names(s: &ClientStream) -> Vec<String> {
     gatehouse::tls::certs::inspect(der).unwrap().1
 }
 
-fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Arc<ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .map(|c| c.unwrap())
