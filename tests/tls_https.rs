@@ -402,3 +402,35 @@ action.forward = ["{backend}"]
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn the_tls_example_is_valid() {
+    let pki = Pki::new("ca");
+    let dir = tempfile::tempdir().unwrap();
+    pki.issue_into(
+        dir.path(),
+        "site",
+        &["www.example.test", "example.test"],
+        2040,
+    );
+    std::fs::copy(&pki.ca_pem, dir.path().join("internal-ca.pem")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", "examples/tls.toml"])
+        .env("CERT_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the files, check says which one is missing.
+    let out = Command::new(BIN)
+        .args(["check", "--config", "examples/tls.toml"])
+        .env("CERT_DIR", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/site.crt"), "{err}");
+}
