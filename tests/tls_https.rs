@@ -434,3 +434,41 @@ fn the_tls_example_is_valid() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/site.crt"), "{err}");
 }
+
+#[test]
+fn sessions_resume_unless_turned_off() {
+    let pki = Pki::new("ca");
+    let (c, k) = pki.issue("a", &["a.test"]);
+    let (backend, _) = raw_http_backend(|_| ok_response("x"));
+    for (setting, expect) in [
+        ("", rustls::HandshakeKind::Resumed),
+        (
+            "tls.session_resumption = false",
+            rustls::HandshakeKind::Full,
+        ),
+    ] {
+        let gh = Gatehouse::start(&format!(
+            r#"admin.bind = "127.0.0.1:0"
+{}
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "https"
+{setting}
+[[routes]]
+name = "app"
+match.listener = "web"
+action.forward = ["{backend}"]
+"#,
+            cert_entry(&c, &k, "")
+        ));
+        let client = pki.client(&[]);
+        let web = gh.addr("web");
+        let mut first = tls_connect(web, "a.test", client.clone()).unwrap();
+        // TLS 1.3 tickets arrive after the handshake: read a response first.
+        let (head, _) = get(&mut first, "a.test", "/");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let second = tls_connect(web, "a.test", client).unwrap();
+        assert_eq!(second.conn.handshake_kind(), Some(expect), "{setting:?}");
+    }
+}

@@ -64,6 +64,7 @@ pub struct RawTlsListener {
     pub alpn: Option<S<Vec<S<String>>>>,
     pub client_ca: Option<S<String>>,
     pub client_auth: Option<S<String>>,
+    pub session_resumption: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

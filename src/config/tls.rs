@@ -64,6 +64,9 @@ pub struct TlsListener {
     /// ALPN protocols offered when terminating, most preferred first.
     pub alpn: Vec<Vec<u8>>,
     pub client_auth: Option<ClientAuth>,
+    /// Let clients resume sessions (TLS 1.3 tickets backed by a bounded
+    /// in-memory cache, TLS 1.2 session IDs) instead of a full handshake.
+    pub session_resumption: bool,
 }
 
 /// Verifying client certificates (mTLS) on a listener.
@@ -315,6 +318,7 @@ impl Ctx<'_> {
                 handshake_timeout: handshake_default,
                 alpn: default_alpn,
                 client_auth: None,
+                session_resumption: true,
             };
         };
         let t = raw.get_ref();
@@ -377,6 +381,7 @@ impl Ctx<'_> {
             ),
             alpn,
             client_auth,
+            session_resumption: t.session_resumption.as_ref().is_none_or(|r| *r.get_ref()),
         }
     }
 

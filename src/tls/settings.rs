@@ -83,6 +83,10 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver(store.clone())));
     config.alpn_protocols = listener.alpn.clone();
     config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    if !listener.session_resumption {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
