@@ -109,6 +109,14 @@ fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
 
 /// `RUST_LOG`, when set, overrides the configured level.
 fn init_logging(level: &str, format: LogFormat) {
+    // rustls warns about what peers send (an IP address as SNI, say): one
+    // line per handshake would let any client flood the log. Its errors
+    // are kept; our own end reasons say what failed.
+    let level = if level.contains("rustls") {
+        level.to_owned()
+    } else {
+        format!("{level},rustls=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()

@@ -100,7 +100,10 @@ impl Handler {
             host.as_deref().unwrap_or(""),
             req.uri().path(),
         );
-        let mut resp = self.proxy(req, host, log).await;
+        // Boxed once here: hyper moves the service future several times
+        // (into its stream state, into a spawned task for HTTP/2), and the
+        // request path's state is kilobytes.
+        let mut resp = Box::pin(self.proxy(req, host, log)).await;
         // HTTP/2 forbids connection-specific headers; its streams end on their own.
         if version == Version::HTTP_2 {
             resp.headers_mut().remove(header::CONNECTION);
@@ -335,7 +338,9 @@ impl Handler {
         let policy = &route.config.policy;
         loop {
             let pool = &pools[route.next_target(forward.targets.len())];
-            let (mut conn, connect_time) = pool.checkout(policy.connect_timeout).await?;
+            // Boxed: waiting for a pool slot is rare and its state is large; keeping
+            // it out of the request future keeps that future cheap to move.
+            let (mut conn, connect_time) = Box::pin(pool.checkout(policy.connect_timeout)).await?;
             log.upstream = Some(conn.peer);
             if let Some(t) = connect_time {
                 self.rt

@@ -176,7 +176,7 @@ impl TargetPool {
                 _ => return Err(RequestEnd::UpstreamPoolExhausted),
             };
         let started = Instant::now();
-        let (sender, peer) = tokio::time::timeout(connect_timeout, self.connect())
+        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect()))
             .await
             .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
         let Sender::H2(h2) = &sender else {
@@ -249,7 +249,7 @@ impl TargetPool {
                 _ => return Err(RequestEnd::UpstreamPoolExhausted),
             };
         let started = Instant::now();
-        let (sender, peer) = tokio::time::timeout(connect_timeout, self.connect())
+        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect()))
             .await
             .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
         Ok((
