@@ -24,6 +24,8 @@ fn check(text: &str) -> (bool, String) {
 
 const OK: &str = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[routes]]\nname = \"r\"\naction.forward = [\"127.0.0.1:9\"]\n";
 
+const TLS: &str = "[[listeners]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\n[[routes]]\nname = \"r\"\nmatch = { listener = \"t\", sni = [\"a.test\"] }\naction.forward = [\"127.0.0.1:9\"]\ntls = \"passthrough\"\n";
+
 #[test]
 fn the_examples_are_valid() {
     for f in [
@@ -110,6 +112,49 @@ fn each_class_of_bad_config_names_its_line() {
             "c.toml:7: routes[0].action.send_proxy_protocol:",
         ),
         ("toml syntax", format!("{OK}[[routes]\n"), "c.toml:7:"),
+        (
+            "TLS mode on a TCP listener",
+            format!("{OK}match.listener = \"l\"\ntls = \"terminate\"\n"),
+            "c.toml:8: routes[0].tls: a TLS mode needs match.listener naming a protocol = \"tls\" listener",
+        ),
+        (
+            "bad TLS mode",
+            TLS.replace("tls = \"passthrough\"", "tls = \"decrypt\""),
+            "c.toml:9: routes[0].tls: \"decrypt\" is not one of",
+        ),
+        (
+            "terminating without certificates",
+            TLS.replace("passthrough", "terminate"),
+            "c.toml:9: certificates: terminating TLS needs at least one [[certificates]] entry",
+        ),
+        (
+            "auto certificate without [acme]",
+            format!("{TLS}[[certificates]]\nhosts = [\"a.test\"]\nauto = true\n"),
+            "c.toml:10: certificates[0].auto: auto = true needs an [acme] table",
+        ),
+        (
+            "certificate without a key",
+            format!("{TLS}[[certificates]]\ncert = \"a.crt\"\n"),
+            "c.toml:10: certificates[0].cert: give cert and key",
+        ),
+        (
+            "bad minimum TLS version",
+            TLS.replace(
+                "protocol = \"tls\"",
+                "protocol = \"tls\"\ntls.min_version = \"1.1\"",
+            ),
+            "c.toml:5: listeners[0].tls.min_version: \"1.1\" is not one of \"1.2\", \"1.3\"",
+        ),
+        (
+            "SNI matcher on a TCP listener",
+            format!("{OK}match.listener = \"l\"\nmatch.sni = [\"a.test\"]\n"),
+            "c.toml:7: routes[0].match: sni and client_identities matchers need a TLS listener",
+        ),
+        (
+            "passthrough with upstream TLS",
+            format!("{TLS}upstream.tls = true\n"),
+            "c.toml:10: routes[0].upstream: passthrough forwards the client's TLS untouched",
+        ),
     ];
     for (name, text, want) in cases {
         let (ok, stderr) = check(text);

@@ -94,6 +94,16 @@ action.forward = ["{b}"]
     assert_eq!(peer_names(&s2), vec!["*.b.test".to_string()]);
     echo_roundtrip(&mut s2, b"through b");
     assert_eq!(a_seen.lock().unwrap().as_slice(), &[Some("a.test".into())]);
+    // The live table shows the name each connection asked for.
+    let table = gh.connections();
+    let mut snis: Vec<&str> = table["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["sni"].as_str())
+        .collect();
+    snis.sort();
+    assert_eq!(snis, ["a.test", "x.b.test"], "{table:#}");
     assert_eq!(
         b_seen.lock().unwrap().as_slice(),
         &[Some("x.b.test".into())]

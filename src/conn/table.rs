@@ -47,6 +47,8 @@ struct Details {
     route: Option<(usize, Arc<str>)>,
     upstream: Option<SocketAddr>,
     tlvs: Vec<Tlv>,
+    /// The TLS server name the client asked for (TLS listeners).
+    sni: Option<Box<str>>,
 }
 
 /// What `/connections` shows for one entry.
@@ -64,6 +66,8 @@ pub struct ConnSnapshot {
     pub bytes_client_to_upstream: u64,
     pub bytes_upstream_to_client: u64,
     pub proxy_tlvs: Vec<TlvSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -202,6 +206,7 @@ impl ConnEntry {
                     value_hex: t.value.iter().map(|b| format!("{b:02x}")).collect(),
                 })
                 .collect(),
+            sni: d.sni.as_deref().map(str::to_owned),
         }
     }
 }
@@ -249,6 +254,10 @@ impl ConnGuard {
         let mut d = lock(&self.entry.details);
         d.client = Some(client);
         d.tlvs = tlvs;
+    }
+
+    pub fn set_sni(&self, sni: &str) {
+        lock(&self.entry.details).sni = Some(sni.into());
     }
 
     pub fn set_upstream(&self, upstream: SocketAddr) {

@@ -102,7 +102,12 @@ async fn run(
         match read {
             Err(_elapsed) => return EndReason::TlsHelloTimeout,
             Ok(Err(reason)) => return reason,
-            Ok(Ok(h)) => hello = Some(Box::new(h)),
+            Ok(Ok(h)) => {
+                if let Some(name) = &h.sni {
+                    guard.set_sni(name);
+                }
+                hello = Some(Box::new(h));
+            }
         }
     }
 
