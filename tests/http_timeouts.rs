@@ -250,3 +250,47 @@ fn stalled_upstream_body_aborts_the_response() {
         ) == 1
     });
 }
+
+#[test]
+fn the_total_request_deadline_also_cuts_a_slow_response_body() {
+    let (backend, conns) = capture_backend();
+    let gh = Gatehouse::start(&http_config(
+        "",
+        "",
+        backend,
+        "policy.request_timeout = \"800ms\"",
+    ));
+    thread::spawn(move || {
+        let mut s = conns.recv().unwrap();
+        let _ = read_request(&mut s);
+        // A head at once, then a chunk every 200 ms (never idle long enough
+        // for the body idle timeout) for ever.
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        while s.write_all(b"1\r\nx\r\n").is_ok() {
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let started = Instant::now();
+    let mut c = TcpStream::connect(gh.addr("web")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(GET).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the cut response must not look complete: {text}"
+    );
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(1800),
+        "{took:?}"
+    );
+    gh.wait_for("the request counted", Duration::from_secs(2), |g| {
+        g.metric(
+            "gatehouse_http_request_end_total",
+            &[("route", "app"), ("reason", "request_timeout")],
+        ) == 1
+    });
+}

@@ -174,6 +174,8 @@ impl HttpBody for ClientBody {
 pub struct UpstreamBody {
     inner: Incoming,
     idle: IdleTimer,
+    /// The route's total request deadline, when it has one.
+    deadline: Option<Pin<Box<Sleep>>>,
     /// The upstream connection, returned to its pool at end of stream.
     conn: Option<PooledConn>,
     log: RequestLog,
@@ -183,15 +185,24 @@ impl UpstreamBody {
     pub fn new(
         inner: Incoming,
         idle: Duration,
+        deadline: Option<Instant>,
         conn: Option<PooledConn>,
         log: RequestLog,
     ) -> UpstreamBody {
         UpstreamBody {
             inner,
             idle: IdleTimer::new(idle),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             conn,
             log,
         }
+    }
+
+    /// The total request deadline passed: the response is cut.
+    fn expire(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None; // half-read: never back to the pool
+        self.log.end = RequestEnd::RequestTimeout;
+        Poll::Ready(Some(Err(Box::new(StreamError("request timeout")))))
     }
 }
 
@@ -204,6 +215,9 @@ impl HttpBody for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if this.deadline.as_ref().is_some_and(|d| d.is_elapsed()) {
+            return this.expire();
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -226,6 +240,11 @@ impl HttpBody for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if let Some(d) = this.deadline.as_mut() {
+                    if d.as_mut().poll(cx).is_ready() {
+                        return this.expire();
+                    }
+                }
                 ready!(this.idle.poll_expired(cx));
                 this.conn = None;
                 this.log.end = RequestEnd::UpstreamBodyTimeout;

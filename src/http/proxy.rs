@@ -314,6 +314,7 @@ impl Handler {
             UpstreamBody::new(
                 body,
                 policy.http.upstream_body_idle_timeout,
+                deadline.map(tokio::time::Instant::from_std),
                 Some(pooled),
                 log,
             )
