@@ -64,6 +64,11 @@ impl<S> Prefixed<S> {
         &self.inner
     }
 
+    /// Bytes read earlier are still waiting to be replayed.
+    pub fn has_prefix(&self) -> bool {
+        self.pos < self.prefix.len()
+    }
+
     fn count_written(&self, r: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = r {
             self.entry

@@ -294,3 +294,34 @@ fn the_total_request_deadline_also_cuts_a_slow_response_body() {
         ) == 1
     });
 }
+
+#[test]
+fn keep_alive_idle_time_has_its_own_deadline() {
+    let (backend, _) = raw_http_backend(|_| ok_response("ok"));
+    let gh = Gatehouse::start(&http_config(
+        "",
+        "http.keepalive_timeout = \"600ms\"\nhttp.header_read_timeout = \"5s\"",
+        backend,
+        "",
+    ));
+    let mut s = TcpStream::connect(gh.addr("web")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(GET).unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Idle after the response: closed at the keep-alive deadline, not the
+    // (longer) header deadline.
+    let took = wait_closed(&mut s, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1600),
+        "{took:?}"
+    );
+    gh.wait_closed_count("idle_timeout", 1);
+    // A request that has started is bounded by the header deadline instead.
+    let mut s = TcpStream::connect(gh.addr("web")).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    thread::sleep(Duration::from_millis(1000));
+    s.write_all(b"Host: a\r\n\r\n").unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

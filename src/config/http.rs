@@ -25,6 +25,8 @@ pub struct HttpListener {
     pub max_headers: usize,
     /// Deadline for a request's head, from its first byte (slowloris defense).
     pub header_read_timeout: Duration,
+    /// How long a connection may wait between requests (HTTP/1.1 keep-alive).
+    pub keepalive_timeout: Duration,
     pub max_requests_per_connection: Option<u64>,
     /// Peers whose X-Forwarded-* / Forwarded headers are kept and appended to.
     pub trusted_proxies: Vec<IpNet>,
@@ -114,6 +116,7 @@ impl Ctx<'_> {
             h2_connection_window: 1024 * 1024,
             max_headers: 100,
             header_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
             max_requests_per_connection: None,
             trusted_proxies: Vec::new(),
             forwarded: false,
@@ -169,6 +172,13 @@ impl Ctx<'_> {
                 Some(v),
                 &field("http.header_read_timeout"),
                 l.header_read_timeout,
+            );
+        }
+        if let Some(v) = &r.keepalive_timeout {
+            l.keepalive_timeout = self.required_duration(
+                Some(v),
+                &field("http.keepalive_timeout"),
+                l.keepalive_timeout,
             );
         }
         if let Some(v) = &r.max_requests_per_connection {

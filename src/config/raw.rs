@@ -134,6 +134,7 @@ pub struct RawHttpListener {
     pub h2_connection_window: Option<S<Scalar>>,
     pub max_headers: Option<S<Scalar>>,
     pub header_read_timeout: Option<S<Scalar>>,
+    pub keepalive_timeout: Option<S<Scalar>>,
     pub max_requests_per_connection: Option<S<Scalar>>,
     pub trusted_proxies: Option<S<Vec<S<String>>>>,
     pub forwarded: Option<S<bool>>,

@@ -96,10 +96,53 @@ impl BodyOutcome {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct StreamError(&'static str);
+pub struct StreamError(pub &'static str);
+
+/// A request body as it arrives: from hyper's HTTP/2 server, or from our
+/// HTTP/1 connection loop.
+pub enum ReqBody {
+    Hyper(Incoming),
+    H1(super::h1::body::RequestBody),
+    /// No body at all.
+    Empty,
+}
+
+impl HttpBody for ReqBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ReqBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BodyError),
+            ReqBody::H1(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Hyper(b) => b.is_end_stream(),
+            ReqBody::H1(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Hyper(b) => b.size_hint(),
+            ReqBody::H1(b) => b.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 pub struct ClientBody {
-    inner: Incoming,
+    inner: ReqBody,
     limit: u64,
     seen: u64,
     idle: IdleTimer,
@@ -108,7 +151,7 @@ pub struct ClientBody {
 
 impl ClientBody {
     pub fn new(
-        inner: Incoming,
+        inner: ReqBody,
         limit: u64,
         idle: Duration,
         outcome: Arc<BodyOutcome>,
@@ -149,7 +192,7 @@ impl HttpBody for ClientBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.outcome.set(BodyOutcome::ABORTED);
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {

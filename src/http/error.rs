@@ -38,10 +38,12 @@ pub enum RequestEnd {
     UpstreamTlsHandshakeFailed,
     /// On terminated TLS, the request's host is not the connection's SNI.
     MisdirectedRequest,
+    /// The request head or its header count is over the listener's limit.
+    HeadersTooLarge,
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 24] = [
+    pub const ALL: [RequestEnd; 25] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::LimitRoute,
@@ -66,6 +68,7 @@ impl RequestEnd {
         RequestEnd::UpstreamTlsVerifyFailed,
         RequestEnd::UpstreamTlsHandshakeFailed,
         RequestEnd::MisdirectedRequest,
+        RequestEnd::HeadersTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +97,7 @@ impl RequestEnd {
             RequestEnd::UpstreamTlsVerifyFailed => "upstream_tls_verify_failed",
             RequestEnd::UpstreamTlsHandshakeFailed => "upstream_tls_handshake_failed",
             RequestEnd::MisdirectedRequest => "misdirected_request",
+            RequestEnd::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -111,7 +115,8 @@ impl RequestEnd {
             | RequestEnd::LengthRequired
             | RequestEnd::ClientBodyTimeout
             | RequestEnd::ClientAborted
-            | RequestEnd::MisdirectedRequest => Side::Client,
+            | RequestEnd::MisdirectedRequest
+            | RequestEnd::HeadersTooLarge => Side::Client,
             _ => Side::Upstream,
         }
     }
@@ -138,6 +143,7 @@ impl RequestEnd {
             | RequestEnd::UpstreamTlsVerifyFailed
             | RequestEnd::UpstreamTlsHandshakeFailed => StatusCode::BAD_GATEWAY,
             RequestEnd::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            RequestEnd::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RequestEnd::UpstreamPoolExhausted | RequestEnd::LimitRoute | RequestEnd::Shutdown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -156,6 +162,7 @@ impl RequestEnd {
         matches!(
             self,
             RequestEnd::BadRequest
+                | RequestEnd::HeadersTooLarge
                 | RequestEnd::BodyTooLarge
                 | RequestEnd::LengthRequired
                 | RequestEnd::ClientBodyTimeout

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod error;
+pub mod h1;
 mod headers;
 mod log;
 mod proxy;
@@ -17,10 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub use proxy::{ConnInfo, TlsInfo};
@@ -56,8 +55,9 @@ pub async fn serve(
     serve_io(io, h2, info, guard, listener, rt).await
 }
 
-/// Serves HTTP/1.1 (or HTTP/2 when `h2`) on an established stream — a
-/// counted TCP stream, or a terminated TLS stream — until it ends.
+/// Serves HTTP/1.1 (our connection loop, `h1`) or HTTP/2 (hyper's server,
+/// when `h2`) on an established stream — a counted TCP stream, or a
+/// terminated TLS stream — until it ends.
 pub async fn serve_io<S>(
     io: S,
     h2: bool,
@@ -67,7 +67,7 @@ pub async fn serve_io<S>(
     rt: &Arc<Runtime>,
 ) -> EndReason
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: h1::ConnIo,
 {
     let Some(cfg) = listener.config.http.clone() else {
         return EndReason::Internal;
@@ -79,56 +79,43 @@ where
         info,
         guard.id(),
     ));
-    let service_handler = handler.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let h = service_handler.clone();
-        async move { Ok::<_, Infallible>(h.handle(req).await) }
-    });
     let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
-    let io = TokioIo::new(io);
-    let result = if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(cfg.max_concurrent_streams)
-            .initial_stream_window_size(cfg.h2_stream_window)
-            .initial_connection_window_size(cfg.h2_connection_window)
-            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
-        let conn = builder.serve_connection(io, service);
+    if !h2 {
+        let conn = h1::serve(io, handler, cfg, guard, &rt.shutdown);
         tokio::pin!(conn);
-        drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await
-    } else {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.max_header_bytes)
-            .max_header_size(cfg.max_header_bytes)
-            .max_headers(cfg.max_headers)
-            .keep_alive(true);
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await
-    };
-    let result = match result {
-        Driven::Done(r) => r,
-        Driven::Shutdown => return EndReason::Shutdown,
-        Driven::Idle => return EndReason::IdleTimeout,
-    };
-    if let Some(t) = handler.take_tunnel() {
-        guard.set_state(ConnState::Upgraded);
-        return tunnel::run(t, guard, &rt.shutdown).await;
+        return match drive(conn, &rt.shutdown, idle, |_| {}).await {
+            Driven::Done(reason) => reason,
+            Driven::Shutdown => EndReason::Shutdown,
+            Driven::Idle => EndReason::IdleTimeout,
+        };
     }
-    let Err(e) = result else {
-        return EndReason::ClientClosed;
-    };
-    match e {
-        e if e.is_timeout() => EndReason::ClientHeaderTimeout,
-        e if e.is_parse() || e.is_parse_too_large() => EndReason::ClientProtocolError,
-        e => {
-            tracing::debug!(conn = guard.id(), error = %e, "client connection ended with an error");
-            EndReason::ClientReset
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let h = handler.clone();
+        async move { Ok::<_, Infallible>(h.handle(req.map(body::ReqBody::Hyper)).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .initial_stream_window_size(cfg.h2_stream_window)
+        .initial_connection_window_size(cfg.h2_connection_window)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    match drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await {
+        Driven::Done(Ok(())) => EndReason::ClientClosed,
+        Driven::Done(Err(e)) => {
+            tracing::debug!(conn = guard.id(), error = %e, "HTTP/2 connection ended with an error");
+            if e.is_timeout() {
+                EndReason::ClientHeaderTimeout
+            } else if e.is_parse() || e.is_parse_too_large() {
+                EndReason::ClientProtocolError
+            } else {
+                EndReason::ClientReset
+            }
         }
+        Driven::Shutdown => EndReason::Shutdown,
+        Driven::Idle => EndReason::IdleTimeout,
     }
 }
 
@@ -170,8 +157,8 @@ async fn sniff_h2_preface(
 }
 
 /// How a server connection's run ended.
-enum Driven<E> {
-    Done(Result<(), E>),
+enum Driven<T> {
+    Done(T),
     /// Dropped at the end of the shutdown drain.
     Shutdown,
     /// No byte either way for the idle deadline (a backstop: hyper bounds
@@ -183,14 +170,14 @@ enum Driven<E> {
 /// what is in flight and close; at the drain deadline it is dropped. With
 /// an idle deadline, a connection that moved no byte for `idle` (checked
 /// every `idle`, so it ends within `idle`..`2 × idle`) is dropped.
-async fn drive<C, E>(
+async fn drive<C, T>(
     mut conn: Pin<&mut C>,
     shutdown: &ShutdownSignal,
     idle: Option<(Duration, &ConnEntry)>,
     graceful: fn(Pin<&mut C>),
-) -> Driven<E>
+) -> Driven<T>
 where
-    C: Future<Output = Result<(), E>>,
+    C: Future<Output = T>,
 {
     let moved =
         |e: &ConnEntry| e.bytes_up.load(Ordering::Relaxed) + e.bytes_down.load(Ordering::Relaxed);

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::timeout;
 
-use super::body::{Body, BodyOutcome, ClientBody, UpstreamBody, empty};
+use super::body::{Body, BodyOutcome, ClientBody, ReqBody, UpstreamBody, empty};
 use super::error::{RequestEnd, respond};
 use super::headers::{self, ForwardedFor};
 use super::log::RequestLog;
@@ -88,7 +88,7 @@ impl Handler {
         self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, req: Request<ReqBody>) -> Response<Body> {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let version = req.version();
         let host = request_host(&req);
@@ -127,7 +127,7 @@ impl Handler {
 
     async fn proxy(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<ReqBody>,
         host: Option<String>,
         mut log: RequestLog,
     ) -> Response<Body> {
@@ -213,8 +213,9 @@ impl Handler {
             return self.fail(log, RequestEnd::LengthRequired);
         }
 
-        let upgrade = policy.http.allow_upgrade && wants_upgrade(&req);
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // Only HTTP/1.1 upgrades: the connection loop runs the tunnel.
+        let upgrade =
+            policy.http.allow_upgrade && req.version() == Version::HTTP_11 && wants_upgrade(&req);
         let (mut parts, body) = req.into_parts();
         let authority = parts.uri.authority().cloned();
         let outcome = Arc::new(BodyOutcome::default());
@@ -284,24 +285,21 @@ impl Handler {
         log.status = resp.status().as_u16();
         log.headers_received = Some(started.elapsed());
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client) = client_upgrade {
-                let upstream = hyper::upgrade::on(&mut resp);
-                *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tunnel {
-                    client,
-                    upstream,
-                    idle: policy.idle_timeout,
-                    max_lifetime: policy.max_lifetime,
-                });
-                let (mut parts, _) = resp.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers, true);
-                if self.http.via {
-                    headers::add_via(&mut parts.headers, Version::HTTP_11);
-                }
-                drop(pooled); // the upgraded connection leaves the pool for good
-                log.finished = true;
-                return Response::from_parts(parts, empty());
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tunnel {
+                upstream,
+                idle: policy.idle_timeout,
+                max_lifetime: policy.max_lifetime,
+            });
+            let (mut parts, _) = resp.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers, true);
+            if self.http.via {
+                headers::add_via(&mut parts.headers, Version::HTTP_11);
             }
+            drop(pooled); // the upgraded connection leaves the pool for good
+            log.finished = true;
+            return Response::from_parts(parts, empty());
         }
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11; // our hop's version (HTTP/2 is set in `handle`)

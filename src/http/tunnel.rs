@@ -17,7 +17,6 @@ use crate::conn::{ConnGuard, EndReason};
 use crate::server::ShutdownSignal;
 
 pub struct Tunnel {
-    pub client: OnUpgrade,
     pub upstream: OnUpgrade,
     pub idle: Option<Duration>,
     pub max_lifetime: Option<Duration>,
@@ -92,16 +91,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
     }
 }
 
-pub async fn run(tunnel: Tunnel, guard: &ConnGuard, shutdown: &ShutdownSignal) -> EndReason {
-    // Both sides hand their connection over right after the 101; bound the
-    // wait anyway, by the tunnel's own idle deadline.
-    let handover = tokio::time::timeout(tunnel.idle.unwrap_or(Duration::from_secs(30)), async {
-        tokio::join!(tunnel.client, tunnel.upstream)
-    });
-    let (client, upstream) = match handover.await {
-        Ok((Ok(c), Ok(u))) => (c, u),
-        Ok((Err(_), _)) => return EndReason::ClientReset,
-        Ok((_, Err(_))) => return EndReason::UpstreamReset,
+/// Runs the tunnel between the client connection (handed over by the
+/// HTTP/1 loop after writing the 101) and the upstream's upgraded one.
+pub async fn run<C>(
+    tunnel: Tunnel,
+    client: C,
+    guard: &ConnGuard,
+    shutdown: &ShutdownSignal,
+) -> EndReason
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    // hyper hands the upstream connection over right after the 101; bound
+    // the wait anyway, by the tunnel's own idle deadline.
+    let handover = tokio::time::timeout(
+        tunnel.idle.unwrap_or(Duration::from_secs(30)),
+        tunnel.upstream,
+    );
+    let upstream = match handover.await {
+        Ok(Ok(u)) => u,
+        Ok(Err(_)) => return EndReason::UpstreamReset,
         Err(_) => return EndReason::IdleTimeout,
     };
     let entry = guard.entry();
@@ -109,7 +118,7 @@ pub async fn run(tunnel: Tunnel, guard: &ConnGuard, shutdown: &ShutdownSignal) -
     let last = AtomicU64::new(0);
     let (first_eof, failed) = (AtomicU8::new(0), AtomicU8::new(0));
     let mut client = Counted {
-        inner: TokioIo::new(client),
+        inner: client,
         bytes: &entry.bytes_up,
         last: &last,
         started,

@@ -1,0 +1,335 @@
+//! HTTP/1.1 message heads on the client side: finding where a request head
+//! ends, parsing it with `httparse` into `http` types without copying the
+//! bytes (header values and the target are slices of the read buffer),
+//! deciding the body's framing under the smuggling rules (RFC 9112 §6), and
+//! encoding response heads.
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+
+/// Why a request head was refused; each is answered before closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// 431: the head or the header count is over the limit.
+    TooLarge,
+    /// 414: the request target is over the limit.
+    UriTooLong,
+    /// 400: malformed, or ambiguous framing.
+    Bad(&'static str),
+}
+
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+pub struct Head {
+    pub request: Request<()>,
+    pub framing: Framing,
+    /// The client lets the connection stay open after this exchange.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+/// The length of the head at the start of `buf` (through its blank line),
+/// if it is all there. A line ending in a bare LF also ends the search; the
+/// parser then refuses it.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr_lf(&buf[from..]) {
+        let lf = from + i;
+        match buf.get(lf + 1) {
+            Some(b'\n') => return Some(lf + 2),
+            Some(b'\r') if buf.get(lf + 2) == Some(&b'\n') => return Some(lf + 3),
+            Some(b'\r') | Some(_) => from = lf + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+fn memchr_lf(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'\n')
+}
+
+/// Parses a complete head (`head_end` bytes).
+pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result<Head, HeadError> {
+    // Every line must end in CRLF: a bare LF is read differently by
+    // different parsers, so it is refused rather than normalized.
+    for (i, &b) in head.iter().enumerate() {
+        if b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
+            return Err(HeadError::Bad("bare LF"));
+        }
+    }
+    let mut storage = [httparse::EMPTY_HEADER; 128];
+    let mut big;
+    let slots: &mut [httparse::Header<'_>] = if max_headers <= storage.len() {
+        &mut storage[..max_headers]
+    } else {
+        big = vec![httparse::EMPTY_HEADER; max_headers];
+        &mut big
+    };
+    let mut req = httparse::Request::new(slots);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HeadError::Bad("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Bad("malformed head")),
+    }
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Bad("incomplete request line"));
+    };
+    if path.len() > max_uri {
+        return Err(HeadError::UriTooLong);
+    }
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Bad("bad method"))?;
+    let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes()))
+        .map_err(|_| HeadError::Bad("bad request target"))?;
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Bad("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
+            .map_err(|_| HeadError::Bad("bad header value"))?;
+        headers.append(name, value);
+    }
+    let framing = framing(&headers, version)?;
+    // One Content-Length left when duplicates were identical.
+    if let Framing::Length(n) = framing {
+        if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    let connection_has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let keep_alive = if version == Version::HTTP_11 {
+        !connection_has("close")
+    } else {
+        connection_has("keep-alive")
+    };
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+    })
+}
+
+/// RFC 9112 §6.3, strictly: Transfer-Encoding and Content-Length together,
+/// a Transfer-Encoding other than a single final `chunked`, one on HTTP/1.0,
+/// or Content-Length values that differ or are not digits: all refused.
+fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
+    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if has_te {
+        if lengths.next().is_some() {
+            return Err(HeadError::Bad("both Content-Length and Transfer-Encoding"));
+        }
+        if version == Version::HTTP_10 {
+            return Err(HeadError::Bad("Transfer-Encoding on HTTP/1.0"));
+        }
+        let mut codings = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|c| c.trim_ascii());
+        return match (codings.next(), codings.next()) {
+            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+            _ => Err(HeadError::Bad(
+                "Transfer-Encoding other than a single chunked",
+            )),
+        };
+    }
+    let mut length = None;
+    for v in lengths {
+        let b = v.as_bytes();
+        if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+            return Err(HeadError::Bad("malformed Content-Length"));
+        }
+        let n: u64 = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(HeadError::Bad("malformed Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(HeadError::Bad("differing Content-Length values"));
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        None | Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// Exactly this many bytes (a Content-Length is present).
+    Length,
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, unknown length).
+    Close,
+}
+
+/// Writes the status line and headers of a response into `dst` and says
+/// how its body is to be framed. `keep_alive` is turned off when the
+/// framing needs the connection to close.
+pub fn encode_response(
+    dst: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    exact_len: Option<u64>,
+    head_request: bool,
+    client: Version,
+    keep_alive: &mut bool,
+) -> ResponseFraming {
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        if !head_request && status != StatusCode::NOT_MODIFIED {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        ResponseFraming::None
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        ResponseFraming::Length
+    } else if let Some(n) = exact_len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        ResponseFraming::Length
+    } else if client == Version::HTTP_11 {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        ResponseFraming::Chunked
+    } else {
+        *keep_alive = false;
+        ResponseFraming::Close
+    };
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let asked_close = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if asked_close {
+            *keep_alive = false;
+        }
+        if !*keep_alive && !asked_close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        } else if *keep_alive && client == Version::HTTP_10 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+    }
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, date_now());
+    }
+    dst.extend_from_slice(b"HTTP/1.1 ");
+    dst.extend_from_slice(status.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    dst.extend_from_slice(b"\r\n");
+    for (name, value) in headers.iter() {
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// The `Date` value for now, formatted once per second per thread.
+fn date_now() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHE: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                *c = (secs, v);
+            }
+        }
+        c.1.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Head, HeadError> {
+        let b = Bytes::copy_from_slice(text.as_bytes());
+        let end = head_end(&b).expect("complete head");
+        parse_request(&b.slice(..end), 100, 8192)
+    }
+
+    #[test]
+    fn framing_rules() {
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        let h =
+            parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+                .unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(
+            h.request.headers().get_all("content-length").iter().count(),
+            1
+        );
+        for bad in [
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+        ] {
+            assert!(matches!(parse(bad), Err(HeadError::Bad(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn head_end_finds_the_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
+    }
+}

@@ -1,0 +1,405 @@
+//! Our HTTP/1.1 server connection: the loop that owns one client
+//! connection through its requests, written out as explicit phases —
+//! waiting (keep-alive, no buffer held), reading the head (deadline from the
+//! first byte, size-bounded), handling (the request's handler runs while
+//! this task feeds it the body and watches for the client leaving), writing
+//! the response (streamed frame by frame, chunked or by length), and then
+//! keep-alive, close, or an upgrade to a tunnel. Parsing is `httparse`'s;
+//! a read buffer exists only while a request is being read, so an idle
+//! keep-alive connection holds no buffer at all.
+
+pub mod body;
+pub mod head;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BytesMut};
+use http::{Method, Response, StatusCode, Version};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+
+use self::body::Pump;
+use self::head::{HeadError, ResponseFraming};
+use super::body::Body;
+use super::error::{RequestEnd, respond};
+use super::proxy::Handler;
+use crate::config::HttpListener;
+use crate::conn::{ConnGuard, ConnState, EndReason};
+use crate::io::Prefixed;
+use crate::server::ShutdownSignal;
+
+/// A client connection the HTTP/1 loop can serve.
+pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when a read would make progress, without lending a buffer.
+    /// `false` when the stream cannot tell (TLS): then the caller reads.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>>;
+}
+
+impl ConnIo for Prefixed<TcpStream> {
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.has_prefix() {
+            return Poll::Ready(Ok(true));
+        }
+        self.get_ref().poll_read_ready(cx).map_ok(|()| true)
+    }
+}
+
+impl ConnIo for crate::l4::tls::ClientTls {
+    fn poll_idle(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        Poll::Ready(Ok(false))
+    }
+}
+
+/// Serves requests on `io` until the connection ends; returns why.
+pub async fn serve<S: ConnIo>(
+    mut io: S,
+    handler: Arc<Handler>,
+    cfg: Arc<HttpListener>,
+    guard: &ConnGuard,
+    shutdown: &ShutdownSignal,
+) -> EndReason {
+    let mut buf = BytesMut::new();
+    let mut served: u64 = 0;
+    loop {
+        // --- waiting: keep-alive (or the first request), no buffer held ---
+        let wait_limit = if served == 0 {
+            cfg.header_read_timeout
+        } else {
+            cfg.keepalive_timeout
+        };
+        let mut first_read_deadline = Instant::now() + wait_limit;
+        if buf.is_empty() {
+            let idle = timeout_at(
+                first_read_deadline,
+                std::future::poll_fn(|cx| io.poll_idle(cx)),
+            );
+            let ready = tokio::select! {
+                r = idle => r,
+                () = shutdown.draining() => return EndReason::Shutdown,
+            };
+            match ready {
+                Err(_) if served == 0 => return EndReason::ClientHeaderTimeout,
+                Err(_) => return EndReason::IdleTimeout,
+                Ok(Err(_)) => return EndReason::ClientReset,
+                Ok(Ok(_)) => {}
+            }
+        }
+
+        // --- reading the head: deadline from its first byte ---
+        let mut head_deadline = None;
+        let head_len = loop {
+            if let Some(n) = head::head_end(&buf) {
+                break n;
+            }
+            if !buf.is_empty() && head_deadline.is_none() {
+                head_deadline = Some(Instant::now() + cfg.header_read_timeout);
+            }
+            if buf.len() >= cfg.max_header_bytes {
+                let line_done = buf.contains(&b'\n');
+                let end = if !line_done && buf.len() > cfg.max_uri_bytes {
+                    RequestEnd::UriTooLong
+                } else {
+                    RequestEnd::HeadersTooLarge
+                };
+                refuse(&mut io, end, &cfg).await;
+                return EndReason::ClientProtocolError;
+            }
+            let deadline = head_deadline.unwrap_or(first_read_deadline);
+            buf.reserve((cfg.max_header_bytes - buf.len()).min(4096));
+            let read = tokio::select! {
+                r = timeout_at(deadline, io.read_buf(&mut buf)) => r,
+                () = shutdown.draining(), if buf.is_empty() => return EndReason::Shutdown,
+            };
+            match read {
+                Err(_) if buf.is_empty() && served > 0 => return EndReason::IdleTimeout,
+                Err(_) => return EndReason::ClientHeaderTimeout,
+                Ok(Ok(0)) if buf.is_empty() => return EndReason::ClientClosed,
+                Ok(Ok(0)) => return EndReason::ClientProtocolError,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return EndReason::ClientReset,
+            }
+            first_read_deadline = Instant::now() + cfg.header_read_timeout;
+        };
+        let head_bytes = buf.split_to(head_len).freeze();
+        let parsed = head::parse_request(&head_bytes, cfg.max_headers, cfg.max_uri_bytes);
+        drop(head_bytes);
+        let head = match parsed {
+            Ok(h) => h,
+            Err(e) => {
+                let end = match e {
+                    HeadError::TooLarge => RequestEnd::HeadersTooLarge,
+                    HeadError::UriTooLong => RequestEnd::UriTooLong,
+                    HeadError::Bad(why) => {
+                        tracing::debug!(conn = guard.id(), why, "bad request head");
+                        RequestEnd::BadRequest
+                    }
+                };
+                refuse(&mut io, end, &cfg).await;
+                return EndReason::ClientProtocolError;
+            }
+        };
+        served += 1;
+        let version = head.request.version();
+        let head_request = head.request.method() == Method::HEAD;
+        let mut keep_alive = head.keep_alive;
+
+        // --- handling: the handler runs; this task feeds it the body ---
+        let (req_body, mut pump) =
+            Pump::new(head.framing, head.expect_continue, cfg.max_header_bytes);
+        let request = head.request.map(|()| req_body);
+        let handling = handler.handle(request);
+        tokio::pin!(handling);
+        let mut client_gone: Option<EndReason> = None;
+        let resp = loop {
+            let client_side = async {
+                if pump.active() {
+                    Err(pump.step(&mut io, &mut buf).await)
+                } else if client_gone.is_none() {
+                    Ok(watch_client(&mut io, &mut buf, cfg.max_header_bytes).await)
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                biased;
+                resp = &mut handling => break resp,
+                event = client_side => match event {
+                    // The body moved, or the client left mid-body (the
+                    // handler sees the body fail and answers).
+                    Err(Ok(())) => {}
+                    Err(Err(reason)) => client_gone = Some(reason),
+                    // Gone while its request was handled: dropping the
+                    // handler cancels the upstream request.
+                    Ok(gone) => return gone,
+                },
+            }
+        };
+        if let Some(reason) = client_gone {
+            return reason;
+        }
+
+        // --- writing the response ---
+        keep_alive &= pump.complete();
+        keep_alive &= !is_draining(shutdown);
+        let status = resp.status();
+        if let Err(reason) =
+            write_response(&mut io, resp, head_request, version, &mut keep_alive).await
+        {
+            return reason;
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(tunnel) = handler.take_tunnel() {
+                guard.set_state(ConnState::Upgraded);
+                let client = Replay {
+                    prefix: std::mem::take(&mut buf),
+                    inner: io,
+                };
+                return super::tunnel::run(tunnel, client, guard, shutdown).await;
+            }
+        }
+        if !keep_alive {
+            let _ = io.shutdown().await;
+            return EndReason::ClientClosed;
+        }
+        if buf.is_empty() {
+            // Nothing pipelined: let the buffer go while the connection idles.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+fn is_draining(shutdown: &ShutdownSignal) -> bool {
+    let mut f = std::pin::pin!(shutdown.draining());
+    let mut cx = Context::from_waker(Waker::noop());
+    f.as_mut().poll(&mut cx).is_ready()
+}
+
+/// While a request without a body is being handled: reads what the client
+/// sends next (pipelined requests stay in `buf`, up to a head's worth) and
+/// returns when the client leaves.
+async fn watch_client<S: ConnIo>(io: &mut S, buf: &mut BytesMut, limit: usize) -> EndReason {
+    if buf.len() >= limit {
+        return std::future::pending().await;
+    }
+    // Usually nothing comes while a response is awaited: wait for that
+    // without a buffer.
+    if std::future::poll_fn(|cx| io.poll_idle(cx)).await.is_err() {
+        return EndReason::ClientReset;
+    }
+    buf.reserve((limit - buf.len()).min(4096));
+    loop {
+        match io.read_buf(buf).await {
+            Ok(0) => return EndReason::ClientClosed,
+            Err(_) => return EndReason::ClientReset,
+            Ok(_) if buf.len() >= limit => return std::future::pending().await,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Answers a request refused before routing, then the connection closes.
+async fn refuse<S: ConnIo>(io: &mut S, end: RequestEnd, cfg: &HttpListener) {
+    let resp = respond(end, cfg.server_header.as_deref());
+    let mut keep_alive = false;
+    let _ = write_response(io, resp, false, Version::HTTP_11, &mut keep_alive).await;
+    let _ = io.shutdown().await;
+}
+
+/// Polls a future once, without waiting.
+fn poll_now<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(f).poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// Writes a response, streaming its body frame by frame (each frame is
+/// written, and flushed, before the next is read: memory stays at one frame).
+async fn write_response<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    resp: Response<Body>,
+    head_request: bool,
+    version: Version,
+    keep_alive: &mut bool,
+) -> Result<(), EndReason> {
+    let (mut parts, mut body) = resp.into_parts();
+    let exact = body.size_hint().exact();
+    let mut out = Vec::with_capacity(256);
+    let framing = head::encode_response(
+        &mut out,
+        parts.status,
+        &mut parts.headers,
+        exact,
+        head_request,
+        version,
+        keep_alive,
+    );
+    let write_err = |_| EndReason::ClientReset;
+    if framing == ResponseFraming::None {
+        io.write_all(&out).await.map_err(write_err)?;
+        return io.flush().await.map_err(write_err);
+    }
+    let mut head = Some(out);
+    loop {
+        // The first frame, when it is already there, leaves with the head.
+        let frame = match head.as_ref().map(|_| poll_now(&mut body.frame())) {
+            Some(Some(f)) => f,
+            Some(None) => {
+                if let Some(h) = head.take() {
+                    io.write_all(&h).await.map_err(write_err)?;
+                    io.flush().await.map_err(write_err)?;
+                }
+                body.frame().await
+            }
+            None => body.frame().await,
+        };
+        let prefix = head.take().unwrap_or_default();
+        match frame {
+            None => {
+                let mut last: &[u8] = b"";
+                if framing == ResponseFraming::Chunked {
+                    last = b"0\r\n\r\n";
+                }
+                let mut out = bytes::Bytes::from(prefix).chain(last);
+                io.write_all_buf(&mut out).await.map_err(write_err)?;
+                return io.flush().await.map_err(write_err);
+            }
+            Some(Err(e)) => {
+                // The upstream side failed mid-body: the client must see a
+                // cut response, never a complete-looking one.
+                tracing::debug!(error = %e, "response body failed");
+                *keep_alive = false;
+                if !prefix.is_empty() {
+                    let _ = io.write_all(&prefix).await;
+                }
+                return Err(EndReason::UpstreamReset);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        if !prefix.is_empty() {
+                            io.write_all(&prefix).await.map_err(write_err)?;
+                        }
+                        continue;
+                    }
+                    if framing == ResponseFraming::Chunked {
+                        let mut size = prefix;
+                        size.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        let mut out = bytes::Bytes::from(size).chain(data).chain(&b"\r\n"[..]);
+                        io.write_all_buf(&mut out).await.map_err(write_err)?;
+                    } else {
+                        let mut out = bytes::Bytes::from(prefix).chain(data);
+                        io.write_all_buf(&mut out).await.map_err(write_err)?;
+                    }
+                    io.flush().await.map_err(write_err)?;
+                }
+                Err(frame) => {
+                    if let (Ok(trailers), ResponseFraming::Chunked) =
+                        (frame.into_trailers(), framing)
+                    {
+                        let mut out = prefix;
+                        out.extend_from_slice(b"0\r\n");
+                        for (name, value) in &trailers {
+                            out.extend_from_slice(name.as_str().as_bytes());
+                            out.extend_from_slice(b": ");
+                            out.extend_from_slice(value.as_bytes());
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        out.extend_from_slice(b"\r\n");
+                        io.write_all(&out).await.map_err(write_err)?;
+                        io.flush().await.map_err(write_err)?;
+                        // Trailers end the message; anything after is ignored.
+                        return Ok(());
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The client connection after an upgrade: bytes already read (sent right
+/// after the request) come first.
+pub struct Replay<S> {
+    prefix: BytesMut,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
