@@ -100,10 +100,10 @@ impl Handler {
             host.as_deref().unwrap_or(""),
             req.uri().path(),
         );
-        // Boxed once here: hyper moves the service future several times
-        // (into its stream state, into a spawned task for HTTP/2), and the
-        // request path's state is kilobytes.
-        let mut resp = Box::pin(self.proxy(req, host, log)).await;
+        // Callers box this future (the request path's state is kilobytes):
+        // hyper moves an HTTP/2 stream's future several times, and an
+        // HTTP/1 connection's future must stay small while it idles.
+        let mut resp = self.proxy(req, host, log).await;
         // HTTP/2 forbids connection-specific headers; its streams end on their own.
         if version == Version::HTTP_2 {
             resp.headers_mut().remove(header::CONNECTION);

@@ -29,8 +29,48 @@ pub async fn serve(
     listener: Arc<ListenerRt>,
     rt: Arc<Runtime>,
 ) {
-    let reason = run(client, peer, &mut guard, &listener, &rt).await;
-    guard.finish(reason);
+    match run(client, peer, &mut guard, &listener, &rt).await {
+        Step::End(reason) => guard.finish(reason),
+        Step::Http(h) => {
+            // This task ends here, and its memory with it.
+            tokio::spawn(async move {
+                let reason = serve_http(*h, &mut guard, &listener, &rt).await;
+                guard.finish(reason);
+            });
+        }
+    }
+}
+
+/// What `run` ends with: a reason, or an HTTP connection to serve.
+enum Step {
+    End(EndReason),
+    Http(Box<HttpHandoff>),
+}
+
+struct HttpHandoff {
+    client: TcpStream,
+    early: Vec<u8>,
+    info: crate::http::ConnInfo,
+    /// Set on `https` listeners: the handshake's deadline.
+    tls_deadline: Option<tokio::time::Instant>,
+}
+
+async fn serve_http(
+    h: HttpHandoff,
+    guard: &mut ConnGuard,
+    listener: &Arc<ListenerRt>,
+    rt: &Arc<Runtime>,
+) -> EndReason {
+    match h.tls_deadline {
+        // Boxed: TLS state must not enlarge plaintext connections' tasks.
+        Some(deadline) => {
+            Box::pin(serve_https(
+                h.client, h.early, h.info, deadline, guard, listener, rt,
+            ))
+            .await
+        }
+        None => crate::http::serve(h.client, h.early, h.info, guard, listener, rt).await,
+    }
 }
 
 async fn run(
@@ -39,9 +79,9 @@ async fn run(
     guard: &mut ConnGuard,
     listener: &Arc<ListenerRt>,
     rt: &Arc<Runtime>,
-) -> EndReason {
+) -> Step {
     let Ok(local) = client.local_addr() else {
-        return EndReason::ClientReset;
+        return Step::End(EndReason::ClientReset);
     };
     let _ = client.set_nodelay(true);
 
@@ -54,20 +94,20 @@ async fn run(
     if let Some(ap) = &listener.config.accept_proxy {
         let trusted = ap.trusted.iter().any(|n| n.contains(&peer.ip()));
         if !trusted && ap.required {
-            return EndReason::ProxyHeaderUntrusted;
+            return Step::End(EndReason::ProxyHeaderUntrusted);
         }
         if trusted {
             guard.set_state(ConnState::ReadingProxyHeader);
             let read = tokio::select! {
                 r = timeout(ap.timeout, read_proxy_header(&client, &mut early_bytes, ap.required)) => r,
-                _ = rt.shutdown.closing() => return EndReason::Shutdown,
+                _ = rt.shutdown.closing() => return Step::End(EndReason::Shutdown),
             };
             match read {
                 Err(_elapsed) if ap.required || proxy_protocol::looks_like_header(&early_bytes) => {
-                    return EndReason::ProxyHeaderTimeout;
+                    return Step::End(EndReason::ProxyHeaderTimeout);
                 }
                 Err(_elapsed) => {} // optional header and none came: a direct client
-                Ok(Err(reason)) => return reason,
+                Ok(Err(reason)) => return Step::End(reason),
                 Ok(Ok(None)) => {}
                 Ok(Ok(Some(header))) => {
                     if let Some((src, dst)) = header.addresses {
@@ -84,7 +124,7 @@ async fn run(
     }
     if let Some(limit) = rt.config.limits.max_connections_per_ip {
         if let Err(reason) = guard.claim_ip(client_addr.ip(), limit) {
-            return reason;
+            return Step::End(reason);
         }
     }
 
@@ -97,11 +137,11 @@ async fn run(
         let read = tokio::select! {
             // Boxed, like the hello: only TLS connections pay for them.
             r = Box::pin(tokio::time::timeout_at(tls_deadline, tls::read_hello(&client, &mut early_bytes))) => r,
-            _ = rt.shutdown.closing() => return EndReason::Shutdown,
+            _ = rt.shutdown.closing() => return Step::End(EndReason::Shutdown),
         };
         match read {
-            Err(_elapsed) => return EndReason::TlsHelloTimeout,
-            Ok(Err(reason)) => return reason,
+            Err(_elapsed) => return Step::End(EndReason::TlsHelloTimeout),
+            Ok(Err(reason)) => return Step::End(reason),
             Ok(Ok(h)) => {
                 if let Some(name) = &h.sni {
                     guard.set_sni(name);
@@ -121,30 +161,17 @@ async fn run(
         };
         if let Some(h) = &hello {
             if let Some(reason) = tls::certificate_missing(rt, h) {
-                return reason;
+                return Step::End(reason);
             }
-            // Boxed: the TLS and HTTP state must not enlarge every L4 task.
-            return Box::pin(serve_https(
-                client,
-                early_bytes,
-                info,
-                tls_deadline,
-                guard,
-                listener,
-                rt,
-            ))
-            .await;
         }
-        // Boxed: the HTTP connection's state must not enlarge every L4 task.
-        return Box::pin(crate::http::serve(
+        // The HTTP connection goes on in a task of its own: this task's
+        // future is sized for the L4 states, which HTTP never uses.
+        return Step::Http(Box::new(HttpHandoff {
             client,
-            early_bytes,
+            early: early_bytes,
             info,
-            guard,
-            listener,
-            rt,
-        ))
-        .await;
+            tls_deadline: hello.is_some().then_some(tls_deadline),
+        }));
     }
 
     // --- routing ------------------------------------------------------
@@ -159,38 +186,40 @@ async fn run(
     };
     let Some(route) = routing::select(&rt.routes, &input) else {
         if hello.is_some() && sni.is_none() {
-            return EndReason::TlsNoSni;
+            return Step::End(EndReason::TlsNoSni);
         }
-        return EndReason::NoRoute;
+        return Step::End(EndReason::NoRoute);
     };
     if let Err(reason) = guard.claim_route(
         route.index,
         route.name.clone(),
         route.config.policy.max_connections,
     ) {
-        return reason;
+        return Step::End(reason);
     }
     let Some(forward) = route.config.action.forward() else {
-        return EndReason::NoRoute;
+        return Step::End(EndReason::NoRoute);
     };
     let policy = &route.config.policy;
     if let Some(h) = &hello {
         if route.config.tls_mode != TlsMode::Passthrough {
             if let Some(reason) = tls::certificate_missing(rt, h) {
-                return reason;
+                return Step::End(reason);
             }
-            return Box::pin(terminate(
-                client,
-                early_bytes,
-                client_addr,
-                original_dst,
-                tls_deadline,
-                route,
-                guard,
-                listener,
-                rt,
-            ))
-            .await;
+            return Step::End(
+                Box::pin(terminate(
+                    client,
+                    early_bytes,
+                    client_addr,
+                    original_dst,
+                    tls_deadline,
+                    route,
+                    guard,
+                    listener,
+                    rt,
+                ))
+                .await,
+            );
         }
     }
 
@@ -201,12 +230,12 @@ async fn run(
     let upstream = tokio::select! {
         // Boxed: the connect future is large and needed only in this state.
         r = Box::pin(timeout(policy.connect_timeout, connect(target))) => match r {
-            Err(_elapsed) => return EndReason::UpstreamConnectTimeout,
-            Ok(Err(reason)) => return reason,
+            Err(_elapsed) => return Step::End(EndReason::UpstreamConnectTimeout),
+            Ok(Err(reason)) => return Step::End(reason),
             Ok(Ok(s)) => s,
         },
-        reason = client_gone(&client) => return reason,
-        _ = rt.shutdown.closing() => return EndReason::Shutdown,
+        reason = client_gone(&client) => return Step::End(reason),
+        _ = rt.shutdown.closing() => return Step::End(EndReason::Shutdown),
     };
     rt.table
         .metrics()
@@ -252,16 +281,18 @@ async fn run(
         max_lifetime: policy.max_lifetime,
         started: guard.entry().started(),
     };
-    pump::run(
-        &client,
-        &upstream,
-        first_up,
-        guard,
-        limits,
-        refuse_proxy_signature,
-        &rt.shutdown,
+    Step::End(
+        pump::run(
+            &client,
+            &upstream,
+            first_up,
+            guard,
+            limits,
+            refuse_proxy_signature,
+            &rt.shutdown,
+        )
+        .await,
     )
-    .await
 }
 
 /// PROXY v2 TLVs describing a TLS connection: the server name

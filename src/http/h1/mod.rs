@@ -108,7 +108,7 @@ pub async fn serve<S: ConnIo>(
                 } else {
                     RequestEnd::HeadersTooLarge
                 };
-                refuse(&mut io, end, &cfg).await;
+                Box::pin(refuse(&mut io, end, &cfg)).await;
                 return EndReason::ClientProtocolError;
             }
             let deadline = head_deadline.unwrap_or(first_read_deadline);
@@ -141,7 +141,7 @@ pub async fn serve<S: ConnIo>(
                         RequestEnd::BadRequest
                     }
                 };
-                refuse(&mut io, end, &cfg).await;
+                Box::pin(refuse(&mut io, end, &cfg)).await;
                 return EndReason::ClientProtocolError;
             }
         };
@@ -154,8 +154,7 @@ pub async fn serve<S: ConnIo>(
         let (req_body, mut pump) =
             Pump::new(head.framing, head.expect_continue, cfg.max_header_bytes);
         let request = head.request.map(|()| req_body);
-        let handling = handler.handle(request);
-        tokio::pin!(handling);
+        let mut handling = Box::pin(handler.handle(request));
         let mut client_gone: Option<EndReason> = None;
         let resp = loop {
             let client_side = async {
@@ -189,8 +188,14 @@ pub async fn serve<S: ConnIo>(
         keep_alive &= pump.complete();
         keep_alive &= !is_draining(shutdown);
         let status = resp.status();
-        if let Err(reason) =
-            write_response(&mut io, resp, head_request, version, &mut keep_alive).await
+        if let Err(reason) = Box::pin(write_response(
+            &mut io,
+            resp,
+            head_request,
+            version,
+            &mut keep_alive,
+        ))
+        .await
         {
             return reason;
         }
@@ -201,7 +206,9 @@ pub async fn serve<S: ConnIo>(
                     prefix: std::mem::take(&mut buf),
                     inner: io,
                 };
-                return super::tunnel::run(tunnel, client, guard, shutdown).await;
+                // Boxed, like every rarely used phase: the connection's
+                // future is what an idle keep-alive connection costs.
+                return Box::pin(super::tunnel::run(tunnel, client, guard, shutdown)).await;
             }
         }
         if !keep_alive {
