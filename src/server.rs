@@ -67,6 +67,11 @@ impl ShutdownSignal {
         }
     }
 
+    /// Draining (or closing) has begun. A plain read, no waiter registered.
+    pub fn is_draining(&self) -> bool {
+        self.phase() >= Phase::Draining as u8
+    }
+
     pub async fn draining(&self) {
         self.reached(Phase::Draining).await
     }

@@ -75,6 +75,9 @@ pub async fn serve<S: ConnIo>(
             cfg.keepalive_timeout
         };
         let mut first_read_deadline = Instant::now() + wait_limit;
+        // Whether the wait below could tell readiness (TCP) or not (TLS:
+        // the first read of the head then does the waiting).
+        let mut waited = !buf.is_empty();
         if buf.is_empty() {
             let idle = timeout_at(
                 first_read_deadline,
@@ -88,7 +91,7 @@ pub async fn serve<S: ConnIo>(
                 Err(_) if served == 0 => return EndReason::ClientHeaderTimeout,
                 Err(_) => return EndReason::IdleTimeout,
                 Ok(Err(_)) => return EndReason::ClientReset,
-                Ok(Ok(_)) => {}
+                Ok(Ok(ready)) => waited = ready,
             }
         }
 
@@ -113,9 +116,16 @@ pub async fn serve<S: ConnIo>(
             }
             let deadline = head_deadline.unwrap_or(first_read_deadline);
             buf.reserve((cfg.max_header_bytes - buf.len()).min(4096));
-            let read = tokio::select! {
-                r = timeout_at(deadline, io.read_buf(&mut buf)) => r,
-                () = shutdown.draining(), if buf.is_empty() => return EndReason::Shutdown,
+            // (A connection caught mid-head at shutdown is ended by the
+            // drain deadline, like any other busy connection.)
+            let read = if waited {
+                timeout_at(deadline, io.read_buf(&mut buf)).await
+            } else {
+                waited = true;
+                tokio::select! {
+                    r = timeout_at(deadline, io.read_buf(&mut buf)) => r,
+                    () = shutdown.draining() => return EndReason::Shutdown,
+                }
             };
             match read {
                 Err(_) if buf.is_empty() && served > 0 => return EndReason::IdleTimeout,
@@ -186,7 +196,7 @@ pub async fn serve<S: ConnIo>(
 
         // --- writing the response ---
         keep_alive &= pump.complete();
-        keep_alive &= !is_draining(shutdown);
+        keep_alive &= !shutdown.is_draining();
         let status = resp.status();
         if let Err(reason) = Box::pin(write_response(
             &mut io,
@@ -220,12 +230,6 @@ pub async fn serve<S: ConnIo>(
             buf = BytesMut::new();
         }
     }
-}
-
-fn is_draining(shutdown: &ShutdownSignal) -> bool {
-    let mut f = std::pin::pin!(shutdown.draining());
-    let mut cx = Context::from_waker(Waker::noop());
-    f.as_mut().poll(&mut cx).is_ready()
 }
 
 /// While a request without a body is being handled: reads what the client
