@@ -115,7 +115,12 @@ pub async fn serve<S: ConnIo>(
                 return EndReason::ClientProtocolError;
             }
             let deadline = head_deadline.unwrap_or(first_read_deadline);
-            buf.reserve((cfg.max_header_bytes - buf.len()).min(4096));
+            // Most heads fit in 1 KiB; the buffer grows for larger ones.
+            buf.reserve((cfg.max_header_bytes - buf.len()).min(if buf.is_empty() {
+                1024
+            } else {
+                4096
+            }));
             // (A connection caught mid-head at shutdown is ended by the
             // drain deadline, like any other busy connection.)
             let read = if waited {
