@@ -98,7 +98,9 @@ pub async fn serve<S: ConnIo>(
         // --- reading the head: deadline from its first byte ---
         let mut head_deadline = None;
         let head_len = loop {
-            if let Some(n) = head::head_end(&buf) {
+            // (A read may bring more than was reserved: the limit is checked
+            // on the head itself as well as on the buffer.)
+            if let Some(n) = head::head_end(&buf).filter(|&n| n <= cfg.max_header_bytes) {
                 break n;
             }
             if !buf.is_empty() && head_deadline.is_none() {
