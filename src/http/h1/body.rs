@@ -291,12 +291,7 @@ impl Pump {
 }
 
 fn parse_trailers(block: &Bytes) -> Result<HeaderMap, &'static str> {
-    if block
-        .windows(2)
-        .enumerate()
-        .any(|(i, w)| w[1] == b'\n' && w[0] != b'\r' && i + 1 > 0)
-        || block.first() == Some(&b'\n')
-    {
+    if block.first() == Some(&b'\n') || block.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r') {
         return Err("bare LF in trailers");
     }
     let mut slots = [httparse::EMPTY_HEADER; 64];
@@ -312,4 +307,62 @@ fn parse_trailers(block: &Bytes) -> Result<HeaderMap, &'static str> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(
+        wire: &[u8],
+        split: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), &'static str> {
+        let (_body, mut pump) = Pump::new(Framing::Chunked, false, 1024);
+        let mut buf = BytesMut::new();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        for part in [&wire[..split], &wire[split..]] {
+            buf.extend_from_slice(part);
+            while let Some(frame) = pump.advance(&mut buf)? {
+                match frame.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                }
+            }
+        }
+        Ok((data, trailers, pump.complete()))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_reads() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for split in 0..wire.len() {
+            let (data, trailers, done) = decode(wire, split).unwrap();
+            assert_eq!(data, b"hello world", "split {split}");
+            assert!(done, "split {split}");
+            let t = trailers.expect("trailers");
+            assert_eq!(t.get("x-t").unwrap(), "1");
+        }
+        let plain = b"3\r\nabc\r\n0\r\n\r\n";
+        for split in 0..plain.len() {
+            let (data, trailers, done) = decode(plain, split).unwrap();
+            assert_eq!(data, b"abc");
+            assert!(trailers.is_none() && done);
+        }
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error() {
+        for wire in [
+            &b"zz\r\nabc\r\n0\r\n\r\n"[..],
+            b"3\r\nabcX\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n",
+        ] {
+            assert!(
+                decode(wire, wire.len()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
 }
