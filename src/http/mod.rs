@@ -44,7 +44,7 @@ pub async fn serve(
     guard.set_state(ConnState::Established);
     // h2c with prior knowledge: the connection opens with the HTTP/2 preface.
     let h2 = if cfg.h2c {
-        match sniff_h2_preface(&client, &early, cfg.header_read_timeout).await {
+        match Box::pin(sniff_h2_preface(&client, &early, cfg.header_read_timeout)).await {
             Ok(h2) => h2,
             Err(reason) => return reason,
         }

@@ -74,7 +74,7 @@ pub async fn serve<S: ConnIo>(
         } else {
             cfg.keepalive_timeout
         };
-        let mut first_read_deadline = Instant::now() + wait_limit;
+        let first_read_deadline = Instant::now() + wait_limit;
         // Whether the wait below could tell readiness (TCP) or not (TLS:
         // the first read of the head then does the waiting).
         let mut waited = !buf.is_empty();
@@ -95,139 +95,33 @@ pub async fn serve<S: ConnIo>(
             }
         }
 
-        // --- reading the head: deadline from its first byte ---
-        let mut head_deadline = None;
-        let head_len = loop {
-            // (A read may bring more than was reserved: the limit is checked
-            // on the head itself as well as on the buffer.)
-            if let Some(n) = head::head_end(&buf).filter(|&n| n <= cfg.max_header_bytes) {
-                break n;
-            }
-            if !buf.is_empty() && head_deadline.is_none() {
-                head_deadline = Some(Instant::now() + cfg.header_read_timeout);
-            }
-            if buf.len() >= cfg.max_header_bytes {
-                let line_done = buf.contains(&b'\n');
-                let end = if !line_done && buf.len() > cfg.max_uri_bytes {
-                    RequestEnd::UriTooLong
-                } else {
-                    RequestEnd::HeadersTooLarge
-                };
-                Box::pin(refuse(&mut io, end, &cfg)).await;
-                return EndReason::ClientProtocolError;
-            }
-            let deadline = head_deadline.unwrap_or(first_read_deadline);
-            // Most heads fit in 1 KiB; the buffer grows for larger ones.
-            buf.reserve((cfg.max_header_bytes - buf.len()).min(if buf.is_empty() {
-                1024
-            } else {
-                4096
-            }));
-            // (A connection caught mid-head at shutdown is ended by the
-            // drain deadline, like any other busy connection.)
-            let read = if waited {
-                timeout_at(deadline, io.read_buf(&mut buf)).await
-            } else {
-                waited = true;
-                tokio::select! {
-                    r = timeout_at(deadline, io.read_buf(&mut buf)) => r,
-                    () = shutdown.draining() => return EndReason::Shutdown,
-                }
-            };
-            match read {
-                Err(_) if buf.is_empty() && served > 0 => return EndReason::IdleTimeout,
-                Err(_) => return EndReason::ClientHeaderTimeout,
-                Ok(Ok(0)) if buf.is_empty() => return EndReason::ClientClosed,
-                Ok(Ok(0)) => return EndReason::ClientProtocolError,
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return EndReason::ClientReset,
-            }
-            first_read_deadline = Instant::now() + cfg.header_read_timeout;
-        };
-        let head_bytes = buf.split_to(head_len).freeze();
-        let parsed = head::parse_request(&head_bytes, cfg.max_headers, cfg.max_uri_bytes);
-        drop(head_bytes);
-        let head = match parsed {
-            Ok(h) => h,
-            Err(e) => {
-                let end = match e {
-                    HeadError::TooLarge => RequestEnd::HeadersTooLarge,
-                    HeadError::UriTooLong => RequestEnd::UriTooLong,
-                    HeadError::Bad(why) => {
-                        tracing::debug!(conn = guard.id(), why, "bad request head");
-                        RequestEnd::BadRequest
-                    }
-                };
-                Box::pin(refuse(&mut io, end, &cfg)).await;
-                return EndReason::ClientProtocolError;
-            }
-        };
-        served += 1;
-        let version = head.request.version();
-        let head_request = head.request.method() == Method::HEAD;
-        let mut keep_alive = head.keep_alive;
-
-        // --- handling: the handler runs; this task feeds it the body ---
-        let (req_body, mut pump) =
-            Pump::new(head.framing, head.expect_continue, cfg.max_header_bytes);
-        let request = head.request.map(|()| req_body);
-        let mut handling = Box::pin(handler.handle(request));
-        let mut client_gone: Option<EndReason> = None;
-        let resp = loop {
-            let client_side = async {
-                if pump.active() {
-                    Err(pump.step(&mut io, &mut buf).await)
-                } else if client_gone.is_none() {
-                    Ok(watch_client(&mut io, &mut buf, cfg.max_header_bytes).await)
-                } else {
-                    std::future::pending().await
-                }
-            };
-            tokio::select! {
-                biased;
-                resp = &mut handling => break resp,
-                event = client_side => match event {
-                    // The body moved, or the client left mid-body (the
-                    // handler sees the body fail and answers).
-                    Err(Ok(())) => {}
-                    Err(Err(reason)) => client_gone = Some(reason),
-                    // Gone while its request was handled: dropping the
-                    // handler cancels the upstream request.
-                    Ok(gone) => return gone,
-                },
-            }
-        };
-        if let Some(reason) = client_gone {
-            return reason;
-        }
-
-        // --- writing the response ---
-        keep_alive &= pump.complete();
-        keep_alive &= !shutdown.is_draining();
-        let status = resp.status();
-        if let Err(reason) = Box::pin(write_response(
+        // Boxed: a request's state (head reading, the exchange) is only
+        // needed while it is in flight, and the connection's future is what
+        // an idle keep-alive connection costs.
+        let request = Box::pin(request(
             &mut io,
-            resp,
-            head_request,
-            version,
-            &mut keep_alive,
-        ))
-        .await
-        {
-            return reason;
-        }
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(tunnel) = handler.take_tunnel() {
+            &mut buf,
+            first_read_deadline,
+            waited,
+            served,
+            &handler,
+            &cfg,
+            guard.id(),
+            shutdown,
+        ));
+        served += 1;
+        let keep_alive = match request.await {
+            Exchange::Done { keep_alive } => keep_alive,
+            Exchange::End(reason) => return reason,
+            Exchange::Upgrade(tunnel) => {
                 guard.set_state(ConnState::Upgraded);
                 let client = Replay {
                     prefix: std::mem::take(&mut buf),
                     inner: io,
                 };
-                // Boxed, like every rarely used phase: the connection's
-                // future is what an idle keep-alive connection costs.
                 return Box::pin(super::tunnel::run(tunnel, client, guard, shutdown)).await;
             }
-        }
+        };
         if !keep_alive {
             let _ = io.shutdown().await;
             return EndReason::ClientClosed;
@@ -237,6 +131,159 @@ pub async fn serve<S: ConnIo>(
             buf = BytesMut::new();
         }
     }
+}
+
+/// One request: its head read (deadline from its first byte, size-bounded)
+/// and parsed, then the exchange.
+#[allow(clippy::too_many_arguments)]
+async fn request<S: ConnIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    mut first_read_deadline: Instant,
+    mut waited: bool,
+    served: u64,
+    handler: &Handler,
+    cfg: &HttpListener,
+    conn_id: u64,
+    shutdown: &ShutdownSignal,
+) -> Exchange {
+    // --- reading the head: deadline from its first byte ---
+    let mut head_deadline = None;
+    let head_len = loop {
+        // (A read may bring more than was reserved: the limit is checked
+        // on the head itself as well as on the buffer.)
+        if let Some(n) = head::head_end(buf).filter(|&n| n <= cfg.max_header_bytes) {
+            break n;
+        }
+        if !buf.is_empty() && head_deadline.is_none() {
+            head_deadline = Some(Instant::now() + cfg.header_read_timeout);
+        }
+        if buf.len() >= cfg.max_header_bytes {
+            let line_done = buf.contains(&b'\n');
+            let end = if !line_done && buf.len() > cfg.max_uri_bytes {
+                RequestEnd::UriTooLong
+            } else {
+                RequestEnd::HeadersTooLarge
+            };
+            refuse(io, end, cfg).await;
+            return Exchange::End(EndReason::ClientProtocolError);
+        }
+        let deadline = head_deadline.unwrap_or(first_read_deadline);
+        // Most heads fit in 1 KiB; the buffer grows for larger ones.
+        buf.reserve((cfg.max_header_bytes - buf.len()).min(if buf.is_empty() {
+            1024
+        } else {
+            4096
+        }));
+        // (A connection caught mid-head at shutdown is ended by the
+        // drain deadline, like any other busy connection.)
+        let read = if waited {
+            timeout_at(deadline, io.read_buf(buf)).await
+        } else {
+            waited = true;
+            tokio::select! {
+                r = timeout_at(deadline, io.read_buf(buf)) => r,
+                () = shutdown.draining() => return Exchange::End(EndReason::Shutdown),
+            }
+        };
+        match read {
+            Err(_) if buf.is_empty() && served > 0 => return Exchange::End(EndReason::IdleTimeout),
+            Err(_) => return Exchange::End(EndReason::ClientHeaderTimeout),
+            Ok(Ok(0)) if buf.is_empty() => return Exchange::End(EndReason::ClientClosed),
+            Ok(Ok(0)) => return Exchange::End(EndReason::ClientProtocolError),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Exchange::End(EndReason::ClientReset),
+        }
+        first_read_deadline = Instant::now() + cfg.header_read_timeout;
+    };
+    let head_bytes = buf.split_to(head_len).freeze();
+    let parsed = head::parse_request(&head_bytes, cfg.max_headers, cfg.max_uri_bytes);
+    drop(head_bytes);
+    let head = match parsed {
+        Ok(h) => h,
+        Err(e) => {
+            let end = match e {
+                HeadError::TooLarge => RequestEnd::HeadersTooLarge,
+                HeadError::UriTooLong => RequestEnd::UriTooLong,
+                HeadError::Bad(why) => {
+                    tracing::debug!(conn = conn_id, why, "bad request head");
+                    RequestEnd::BadRequest
+                }
+            };
+            refuse(io, end, cfg).await;
+            return Exchange::End(EndReason::ClientProtocolError);
+        }
+    };
+    exchange(io, buf, head, handler, cfg, shutdown).await
+}
+
+/// How one request/response exchange ended.
+enum Exchange {
+    /// The response was written; the connection may serve another request.
+    Done { keep_alive: bool },
+    /// The connection ends.
+    End(EndReason),
+    /// A 101 was written: the connection becomes a tunnel.
+    Upgrade(super::tunnel::Tunnel),
+}
+
+/// Handling and writing: the handler runs while this task feeds it the
+/// request body and watches for the client leaving; then the response is
+/// written.
+async fn exchange<S: ConnIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: head::Head,
+    handler: &Handler,
+    cfg: &HttpListener,
+    shutdown: &ShutdownSignal,
+) -> Exchange {
+    let version = head.request.version();
+    let head_request = head.request.method() == Method::HEAD;
+    let mut keep_alive = head.keep_alive;
+    let (req_body, mut pump) = Pump::new(head.framing, head.expect_continue, cfg.max_header_bytes);
+    let request = head.request.map(|()| req_body);
+    let mut handling = Box::pin(handler.handle(request));
+    let mut client_gone: Option<EndReason> = None;
+    let resp = loop {
+        let client_side = async {
+            if pump.active() {
+                Err(pump.step(io, buf).await)
+            } else if client_gone.is_none() {
+                Ok(watch_client(io, buf, cfg.max_header_bytes).await)
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            biased;
+            resp = &mut handling => break resp,
+            event = client_side => match event {
+                // The body moved, or the client left mid-body (the
+                // handler sees the body fail and answers).
+                Err(Ok(())) => {}
+                Err(Err(reason)) => client_gone = Some(reason),
+                // Gone while its request was handled: dropping the
+                // handler cancels the upstream request.
+                Ok(gone) => return Exchange::End(gone),
+            },
+        }
+    };
+    if let Some(reason) = client_gone {
+        return Exchange::End(reason);
+    }
+    keep_alive &= pump.complete();
+    keep_alive &= !shutdown.is_draining();
+    let status = resp.status();
+    if let Err(reason) = write_response(io, resp, head_request, version, &mut keep_alive).await {
+        return Exchange::End(reason);
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(tunnel) = handler.take_tunnel() {
+            return Exchange::Upgrade(tunnel);
+        }
+    }
+    Exchange::Done { keep_alive }
 }
 
 /// While a request without a body is being handled: reads what the client
