@@ -11,6 +11,26 @@ use http::{Request, Version};
 /// refused malformed syntax (bad bytes, obs-fold, invalid lengths); these are
 /// the ambiguities it tolerates.
 pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
+    check_framing(req)?;
+    check_host(req)
+}
+
+/// `Host` rules alone (our HTTP/1 parser has applied the framing rules and
+/// `http`'s header types have refused control characters already).
+pub fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let h = req.headers();
+    let mut hosts = h.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err("more than one Host"),
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400.
+        (None, None) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Err("HTTP/1.1 request without Host")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_framing<B>(req: &Request<B>) -> Result<(), &'static str> {
     let h = req.headers();
     let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
     let first_cl = cl.next();
@@ -38,15 +58,6 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
         if codings != ["chunked"] {
             return Err("Transfer-Encoding other than a single chunked");
         }
-    }
-    let mut hosts = h.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => return Err("more than one Host"),
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400.
-        (None, None) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
-            return Err("HTTP/1.1 request without Host");
-        }
-        _ => {}
     }
     for (name, value) in h {
         if value
@@ -94,7 +105,11 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The usual tokens name nothing to remove beyond the hop-by-hop
+        // headers themselves: skip them (and a HeaderName each).
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     let upgrade_value = if upgrade {
         h.get(header::UPGRADE).cloned()
@@ -121,6 +136,12 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+// Built at compile time (a `from_static` in a function body may run at
+// every call).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 pub struct ForwardedFor<'a> {
     pub client: IpAddr,
     /// `client` as a header value, made once per connection.
@@ -134,7 +155,7 @@ pub struct ForwardedFor<'a> {
 
 /// X-Forwarded-For/Proto/Host and, optionally, `Forwarded` (RFC 7239).
 pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
-    let xff = HeaderName::from_static("x-forwarded-for");
+    let xff = X_FORWARDED_FOR;
     let prior: Vec<&str> = if f.trusted {
         h.get_all(&xff)
             .iter()
@@ -150,8 +171,7 @@ pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
         HeaderValue::from_str(&joined).unwrap_or_else(|_| f.client_value.clone())
     };
     h.insert(xff, value);
-    let xfp = HeaderName::from_static("x-forwarded-proto");
-    let xfh = HeaderName::from_static("x-forwarded-host");
+    let (xfp, xfh) = (X_FORWARDED_PROTO, X_FORWARDED_HOST);
     if !(f.trusted && h.contains_key(&xfp)) {
         h.insert(xfp, HeaderValue::from_static(f.proto));
     }

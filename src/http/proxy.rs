@@ -138,7 +138,12 @@ impl Handler {
         if req.method() == http::Method::CONNECT {
             return self.fail(log, RequestEnd::MethodNotAllowed);
         }
-        if let Err(why) = headers::check_request(&req) {
+        let checked = match req.body() {
+            ReqBody::Hyper(_) => headers::check_request(&req),
+            // Our HTTP/1 parser applied the framing rules already.
+            ReqBody::H1(_) | ReqBody::Empty => headers::check_host(&req),
+        };
+        if let Err(why) = checked {
             tracing::debug!(conn = self.conn_id, why, "bad request");
             return self.fail(log, RequestEnd::BadRequest);
         }
