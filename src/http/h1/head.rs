@@ -94,7 +94,8 @@ pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Bad("bad method"))?;
     let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes()))
         .map_err(|_| HeadError::Bad("bad request target"))?;
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // Room for the forwarding headers the request path adds (no regrowth).
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad("bad header name"))?;
@@ -248,9 +249,7 @@ pub fn encode_response(
             headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         }
     }
-    if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, date_now());
-    }
+    let add_date = !headers.contains_key(header::DATE);
     dst.extend_from_slice(b"HTTP/1.1 ");
     dst.extend_from_slice(status.as_str().as_bytes());
     dst.push(b' ');
@@ -260,6 +259,12 @@ pub fn encode_response(
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    if add_date {
+        // Written here, not inserted: the map need not grow for it.
+        dst.extend_from_slice(b"date: ");
+        dst.extend_from_slice(date_now().as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");
