@@ -124,11 +124,7 @@ impl Runtime {
             .iter()
             .map(|r| {
                 // Routes bound to a TCP listener never carry HTTP requests.
-                let on_http = r
-                    .config
-                    .matcher
-                    .listener
-                    .is_none_or(|i| config.listeners.get(i).is_some_and(|l| l.http.is_some()));
+                let on_http = config.route_serves_http(&r.config);
                 let Some(f) = r.config.action.forward() else {
                     return Vec::new();
                 };

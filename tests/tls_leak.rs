@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::tls::{Pki, tls_connect, tls_echo_backend};
+use common::tls::{Pki, real_client_hello, tls_connect, tls_echo_backend};
 use common::*;
 
 #[test]
@@ -96,22 +96,7 @@ policy.pool_idle_timeout = "1s"
     let web = gh.addr("web");
     let good = pki.client(&[]);
     let untrusting = rogue.client(&[]);
-    let hello = {
-        // A real ClientHello, captured from a client.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let c = good.clone();
-        let t = std::thread::spawn(move || {
-            let _ = tls_connect(addr, "t.test", c);
-        });
-        let (mut s, _) = l.accept().unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).unwrap();
-        drop(s);
-        let _ = t.join();
-        buf.truncate(n);
-        buf
-    };
+    let hello = real_client_hello(&pki, "t.test");
 
     // Warm up (pools, the splice pipes), then take the baseline.
     let mut s = tls_connect(edge, "p.test", good.clone()).unwrap();
@@ -121,7 +106,10 @@ policy.pool_idle_timeout = "1s"
     s.read_exact(&mut b).unwrap();
     drop(s);
     gh.wait_empty(Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(2500)); // splice pipes and pool age out
+    // The splice pipes the warm-up leased age out of their pool.
+    gh.wait_for("the splice pool to empty", Duration::from_secs(5), |g| {
+        g.metric("gatehouse_splice_pipes", &[("state", "existing")]) == 0
+    });
     let baseline = gh.fd_count();
 
     let hello = Arc::new(hello);

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tls::{Pki, peer_names, tls_connect, tls_echo_backend};
+use common::tls::{Pki, peer_names, real_client_hello, tls_connect, tls_echo_backend};
 use common::*;
 
 fn echo_roundtrip(s: &mut common::tls::ClientStream, msg: &[u8]) {
@@ -20,28 +20,6 @@ fn echo_roundtrip(s: &mut common::tls::ClientStream, msg: &[u8]) {
     let mut got = vec![0u8; msg.len()];
     s.read_exact(&mut got).unwrap();
     assert_eq!(got, msg);
-}
-
-/// The first flight of a real TLS client (a complete ClientHello record).
-fn real_client_hello(pki: &Pki, sni: &str) -> Vec<u8> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let config = pki.client(&[]);
-    let sni = sni.to_string();
-    let t = std::thread::spawn(move || {
-        let _ = tls_connect(addr, &sni, config);
-    });
-    let (mut s, _) = l.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).unwrap();
-    let len = u16::from_be_bytes([head[3], head[4]]) as usize;
-    let mut rest = vec![0u8; len];
-    s.read_exact(&mut rest).unwrap();
-    drop(s);
-    drop(l);
-    let _ = t.join();
-    [head.to_vec(), rest].concat()
 }
 
 fn s_client(addr: std::net::SocketAddr, sni: &str, ca: &std::path::Path) -> String {

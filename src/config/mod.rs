@@ -198,6 +198,17 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl Config {
+    /// The route can carry HTTP requests: it is bound to an HTTP listener,
+    /// or to none (then every listener, HTTP ones included).
+    pub fn route_serves_http(&self, route: &RouteConfig) -> bool {
+        route
+            .matcher
+            .listener
+            .is_none_or(|i| self.listeners.get(i).is_some_and(|l| l.http.is_some()))
+    }
+}
+
 /// Every problem found in a config file, in file order.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);

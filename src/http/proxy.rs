@@ -357,7 +357,7 @@ impl Handler {
             }
             let reused = conn.reused;
             if conn.sender.is_http2() {
-                as_http2(&mut request, crate::upstream::Sender::scheme(pool));
+                as_http2(&mut request, pool.scheme());
             }
             match timeout(
                 policy.http.response_header_timeout,

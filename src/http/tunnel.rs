@@ -13,7 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::conn::{ConnGuard, EndReason};
+use crate::conn::EndReason;
 use crate::server::ShutdownSignal;
 
 pub struct Tunnel {
@@ -22,10 +22,10 @@ pub struct Tunnel {
     pub max_lifetime: Option<Duration>,
 }
 
-/// Counts bytes read through it and stamps activity.
+/// Stamps activity and notes which side ended first. (Bytes are counted
+/// into the table entry by the client stream underneath, once each way.)
 struct Counted<'a, T> {
     inner: T,
-    bytes: &'a AtomicU64,
     last: &'a AtomicU64,
     started: Instant,
     /// Which side sent EOF first (`SIDE_*`), shared by both wrappers.
@@ -67,7 +67,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
             _ => {}
         }
         if n > 0 {
-            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
             self.last
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
@@ -93,12 +92,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
 
 /// Runs the tunnel between the client connection (handed over by the
 /// HTTP/1 loop after writing the 101) and the upstream's upgraded one.
-pub async fn run<C>(
-    tunnel: Tunnel,
-    client: C,
-    guard: &ConnGuard,
-    shutdown: &ShutdownSignal,
-) -> EndReason
+pub async fn run<C>(tunnel: Tunnel, client: C, shutdown: &ShutdownSignal) -> EndReason
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -113,13 +107,11 @@ where
         Ok(Err(_)) => return EndReason::UpstreamReset,
         Err(_) => return EndReason::IdleTimeout,
     };
-    let entry = guard.entry();
     let started = Instant::now();
     let last = AtomicU64::new(0);
     let (first_eof, failed) = (AtomicU8::new(0), AtomicU8::new(0));
     let mut client = Counted {
         inner: client,
-        bytes: &entry.bytes_up,
         last: &last,
         started,
         first_eof: &first_eof,
@@ -128,7 +120,6 @@ where
     };
     let mut upstream = Counted {
         inner: TokioIo::new(upstream),
-        bytes: &entry.bytes_down,
         last: &last,
         started,
         first_eof: &first_eof,

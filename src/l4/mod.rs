@@ -463,9 +463,25 @@ async fn read_proxy_header(
             Framing::NotProxy | Framing::Invalid(_) => return Err(EndReason::ProxyHeaderInvalid),
             Framing::Incomplete => {}
         }
-        // Read straight into `buf`: an array here would be carried by every
-        // connection task for its whole life.
-        let room = proxy_protocol::MAX_V2_LEN.saturating_sub(buf.len()).max(1);
+        match read_more(client, buf, proxy_protocol::MAX_V2_LEN).await? {
+            0 if buf.is_empty() => return Err(EndReason::ClientClosed),
+            0 => return Err(EndReason::ProxyHeaderInvalid),
+            _ => {}
+        }
+    }
+}
+
+/// Reads what the client has sent onto the end of `buf`, keeping `buf` at
+/// most `max` bytes (at least one more is always read). `Ok(0)` is EOF.
+/// Reads straight into `buf`: an array here would be carried by every
+/// connection task for its whole life.
+pub(crate) async fn read_more(
+    client: &TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, EndReason> {
+    let room = max.saturating_sub(buf.len()).max(1);
+    loop {
         client
             .readable()
             .await
@@ -475,9 +491,7 @@ async fn read_proxy_header(
         let read = client.try_read(&mut buf[filled..]);
         buf.truncate(filled + read.as_ref().map_or(0, |n| *n));
         match read {
-            Ok(0) if buf.is_empty() => return Err(EndReason::ClientClosed),
-            Ok(0) => return Err(EndReason::ProxyHeaderInvalid),
-            Ok(_) => {}
+            Ok(n) => return Ok(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return Err(EndReason::ClientReset),
         }

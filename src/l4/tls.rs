@@ -31,21 +31,10 @@ pub async fn read_hello(client: &TcpStream, buf: &mut Vec<u8>) -> Result<Hello, 
             }
             Parsed::Incomplete => {}
         }
-        let room = hello::MAX_HELLO.saturating_sub(buf.len()).max(1);
-        client
-            .readable()
-            .await
-            .map_err(|_| EndReason::ClientReset)?;
-        let filled = buf.len();
-        buf.resize(filled + room, 0);
-        let read = client.try_read(&mut buf[filled..]);
-        buf.truncate(filled + read.as_ref().map_or(0, |n| *n));
-        match read {
-            Ok(0) if buf.is_empty() => return Err(EndReason::ClientClosed),
-            Ok(0) => return Err(EndReason::TlsHelloInvalid),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(EndReason::ClientReset),
+        match super::read_more(client, buf, hello::MAX_HELLO).await? {
+            0 if buf.is_empty() => return Err(EndReason::ClientClosed),
+            0 => return Err(EndReason::TlsHelloInvalid),
+            _ => {}
         }
     }
 }

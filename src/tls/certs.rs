@@ -138,46 +138,32 @@ impl CertStore {
 
     /// The certificate for a server name: exact, longest wildcard, default.
     pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let loaded: Vec<(usize, Arc<Loaded>)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.current().map(|l| (i, l)))
-            .collect();
-        if let Some(name) = sni {
-            let exact = loaded.iter().find(|(_, l)| {
-                l.hosts
+        // One pass, ranking each loaded slot: exact name (3) > wildcard (2,
+        // longer suffix first) > default (1). Ties go to file order.
+        let mut best: Option<((u8, usize), Arc<Loaded>)> = None;
+        for slot in &self.slots {
+            let Some(loaded) = slot.current() else {
+                continue;
+            };
+            let by_name = sni.and_then(|name| {
+                loaded
+                    .hosts
                     .iter()
-                    .any(|h| matches!(h, HostMatch::Exact(e) if e == name))
+                    .filter(|h| crate::routing::host_matches(h, name))
+                    .map(|h| match h {
+                        HostMatch::Exact(_) => (3, 0),
+                        HostMatch::Wildcard(suffix) => (2, suffix.len()),
+                    })
+                    .max()
             });
-            if let Some((_, l)) = exact {
-                return Some(l.key.clone());
-            }
-            let wild = loaded
-                .iter()
-                .filter_map(|(_, l)| {
-                    l.hosts
-                        .iter()
-                        .filter_map(|h| match h {
-                            HostMatch::Wildcard(suffix)
-                                if name.len() > suffix.len() && name.ends_with(suffix.as_str()) =>
-                            {
-                                Some(suffix.len())
-                            }
-                            _ => None,
-                        })
-                        .max()
-                        .map(|len| (len, l))
-                })
-                .max_by_key(|(len, _)| *len);
-            if let Some((_, l)) = wild {
-                return Some(l.key.clone());
+            let rank = by_name.or(slot.config.default.then_some((1, 0)));
+            if let Some(rank) = rank {
+                if best.as_ref().is_none_or(|(b, _)| rank > *b) {
+                    best = Some((rank, loaded));
+                }
             }
         }
-        loaded
-            .iter()
-            .find(|(i, _)| self.slots[*i].config.default)
-            .map(|(_, l)| l.key.clone())
+        best.map(|(_, l)| l.key.clone())
     }
 
     /// Reloads the slots whose files changed; returns how many were replaced.

@@ -50,11 +50,7 @@ impl TlsRt {
             .routes
             .iter()
             .map(|r| {
-                let on_http = r
-                    .matcher
-                    .listener
-                    .is_none_or(|i| config.listeners.get(i).is_some_and(|l| l.http.is_some()));
-                let alpn: &[&[u8]] = match (on_http, r.upstream.protocol) {
+                let alpn: &[&[u8]] = match (config.route_serves_http(r), r.upstream.protocol) {
                     (false, _) => &[],
                     (true, UpstreamProtocol::Http1) => &[b"http/1.1"],
                     (true, UpstreamProtocol::Http2) => &[b"h2"],

@@ -58,14 +58,7 @@ impl Sender {
     pub fn is_http2(&self) -> bool {
         matches!(self, Sender::H2(_))
     }
-    /// The scheme requests on this connection carry (HTTP/2 needs one).
-    pub fn scheme(pool: &TargetPool) -> &'static str {
-        if pool.upstream.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
+
     /// Sends a request; if it could not be sent at all it comes back in the error.
     pub async fn try_send_request(
         &mut self,
@@ -169,16 +162,7 @@ impl TargetPool {
                 return Ok((conn, None));
             }
         }
-        let permit =
-            match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await
-            {
-                Ok(Ok(p)) => p,
-                _ => return Err(RequestEnd::UpstreamPoolExhausted),
-            };
-        let started = Instant::now();
-        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect()))
-            .await
-            .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
+        let (sender, peer, permit, took) = self.open(connect_timeout).await?;
         let Sender::H2(h2) = &sender else {
             return Err(RequestEnd::UpstreamProtocolError);
         };
@@ -196,7 +180,37 @@ impl TargetPool {
             permit: None,
             pool: self.clone(),
         };
-        Ok((conn, Some(started.elapsed())))
+        Ok((conn, Some(took)))
+    }
+
+    /// A new connection: a slot (waiting at most the pool's wait timeout),
+    /// then the connect (and TLS and HTTP handshakes) within its deadline.
+    /// Also returns how long the connect took.
+    async fn open(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), RequestEnd> {
+        let permit =
+            match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await
+            {
+                Ok(Ok(p)) => p,
+                _ => return Err(RequestEnd::UpstreamPoolExhausted),
+            };
+        let started = Instant::now();
+        // Boxed: the connect's state is large and needed only here.
+        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect()))
+            .await
+            .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
+        Ok((sender, peer, permit, started.elapsed()))
+    }
+
+    /// The scheme requests to this target carry (HTTP/2 needs one).
+    pub fn scheme(&self) -> &'static str {
+        if self.upstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// An idle connection if one is usable, else a new one (waiting at most
@@ -242,16 +256,7 @@ impl TargetPool {
                 return Ok((conn, None));
             }
         }
-        let permit =
-            match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await
-            {
-                Ok(Ok(p)) => p,
-                _ => return Err(RequestEnd::UpstreamPoolExhausted),
-            };
-        let started = Instant::now();
-        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect()))
-            .await
-            .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
+        let (sender, peer, permit, took) = self.open(connect_timeout).await?;
         Ok((
             PooledConn {
                 sender,
@@ -260,7 +265,7 @@ impl TargetPool {
                 permit: Some(permit),
                 pool: self.clone(),
             },
-            Some(started.elapsed()),
+            Some(took),
         ))
     }
 

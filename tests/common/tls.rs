@@ -238,3 +238,25 @@ pub fn tls_http_backend(cert: &Path, key: &Path) -> (SocketAddr, SeenSni) {
         }
     })
 }
+
+/// The first flight of a real TLS client (a complete ClientHello record).
+pub fn real_client_hello(pki: &Pki, sni: &str) -> Vec<u8> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let config = pki.client(&[]);
+    let sni = sni.to_string();
+    let t = std::thread::spawn(move || {
+        let _ = tls_connect(addr, &sni, config);
+    });
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let len = u16::from_be_bytes([head[3], head[4]]) as usize;
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).unwrap();
+    drop(s);
+    drop(l);
+    let _ = t.join();
+    [head.to_vec(), rest].concat()
+}

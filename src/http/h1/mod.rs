@@ -119,7 +119,7 @@ pub async fn serve<S: ConnIo>(
                     prefix: std::mem::take(&mut buf),
                     inner: io,
                 };
-                return Box::pin(super::tunnel::run(tunnel, client, guard, shutdown)).await;
+                return Box::pin(super::tunnel::run(tunnel, client, shutdown)).await;
             }
         };
         if !keep_alive {
@@ -139,7 +139,7 @@ pub async fn serve<S: ConnIo>(
 async fn request<S: ConnIo>(
     io: &mut S,
     buf: &mut BytesMut,
-    mut first_read_deadline: Instant,
+    first_read_deadline: Instant,
     mut waited: bool,
     served: u64,
     handler: &Handler,
@@ -194,7 +194,6 @@ async fn request<S: ConnIo>(
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return Exchange::End(EndReason::ClientReset),
         }
-        first_read_deadline = Instant::now() + cfg.header_read_timeout;
     };
     let head_bytes = buf.split_to(head_len).freeze();
     let parsed = head::parse_request(&head_bytes, cfg.max_headers, cfg.max_uri_bytes);
