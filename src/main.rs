@@ -7,6 +7,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use gatehouse::config::{self, LoadError, LogFormat};
 
+// Small, short-lived allocations dominate the request path (heads, header
+// maps, boxed bodies): mimalloc serves them several times cheaper than
+// glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "gatehouse",

@@ -214,8 +214,45 @@ impl HttpBody for ClientBody {
     }
 }
 
+/// A response body from an upstream: read by hyper's client, or by ours.
+pub enum UpstreamInner {
+    Hyper(Incoming),
+    Raw(crate::upstream::h1::RawBody),
+}
+
+impl HttpBody for UpstreamInner {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamInner::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BodyError),
+            UpstreamInner::Raw(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamInner::Hyper(b) => b.is_end_stream(),
+            UpstreamInner::Raw(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamInner::Hyper(b) => b.size_hint(),
+            UpstreamInner::Raw(b) => b.size_hint(),
+        }
+    }
+}
+
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: UpstreamInner,
     idle: IdleTimer,
     /// The route's total request deadline, when it has one.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -226,7 +263,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamInner,
         idle: Duration,
         deadline: Option<Instant>,
         conn: Option<PooledConn>,
@@ -272,7 +309,7 @@ impl HttpBody for UpstreamBody {
             Poll::Ready(Some(Err(e))) => {
                 this.conn = None; // half-read: never back to the pool
                 this.log.end = RequestEnd::UpstreamReset;
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 if let Some(conn) = this.conn.take() {

@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::timeout;
 
-use super::body::{Body, BodyOutcome, ClientBody, ReqBody, UpstreamBody, empty};
+use super::body::{Body, BodyOutcome, ClientBody, ReqBody, UpstreamBody, UpstreamInner, empty};
 use super::error::{RequestEnd, respond};
 use super::headers::{self, ForwardedFor};
 use super::log::RequestLog;
@@ -23,6 +23,7 @@ use super::tunnel::Tunnel;
 use crate::config::{HttpListener, RouteAction};
 use crate::routing::{self, RequestView, Route, RouteInput};
 use crate::server::Runtime;
+use crate::upstream::{PooledConn, Sender, h1};
 
 pub struct ConnInfo {
     /// The real client (from a PROXY header when there was one).
@@ -221,6 +222,11 @@ impl Handler {
         // Only HTTP/1.1 upgrades: the connection loop runs the tunnel.
         let upgrade =
             policy.http.allow_upgrade && req.version() == Version::HTTP_11 && wants_upgrade(&req);
+        // No body and no upgrade: our own HTTP/1.1 client can carry it.
+        let bodiless = !upgrade
+            && req.body().is_end_stream()
+            && length.is_none_or(|l| l == 0)
+            && !req.headers().contains_key(header::TRANSFER_ENCODING);
         let (mut parts, body) = req.into_parts();
         let authority = parts.uri.authority().cloned();
         let outcome = Arc::new(BodyOutcome::default());
@@ -276,7 +282,7 @@ impl Handler {
         let started = Instant::now();
         let deadline = policy.http.request_timeout.map(|d| started + d);
         log.request_body = Some(outcome.clone());
-        let call = self.call_upstream(route, upstream_req, &mut log, &outcome);
+        let call = self.call_upstream(route, upstream_req, bodiless, &mut log, &outcome);
         let result = match deadline {
             Some(d) => timeout(d.saturating_duration_since(Instant::now()), call)
                 .await
@@ -318,7 +324,7 @@ impl Handler {
                 body,
                 policy.http.upstream_body_idle_timeout,
                 deadline.map(tokio::time::Instant::from_std),
-                Some(pooled),
+                pooled,
                 log,
             )
             .boxed_unsync(),
@@ -332,9 +338,10 @@ impl Handler {
         &self,
         route: &Route,
         mut request: Request<Body>,
+        bodiless: bool,
         log: &mut RequestLog,
         outcome: &BodyOutcome,
-    ) -> Result<(Response<Incoming>, crate::upstream::PooledConn), RequestEnd> {
+    ) -> Result<(Response<UpstreamInner>, Option<PooledConn>), RequestEnd> {
         let Some(forward) = route.config.action.forward() else {
             return Err(RequestEnd::NoRoute);
         };
@@ -344,7 +351,8 @@ impl Handler {
             let pool = &pools[route.next_target(forward.targets.len())];
             // Boxed: waiting for a pool slot is rare and its state is large; keeping
             // it out of the request future keeps that future cheap to move.
-            let (mut conn, connect_time) = Box::pin(pool.checkout(policy.connect_timeout)).await?;
+            let (mut conn, connect_time) =
+                Box::pin(pool.checkout(policy.connect_timeout, bodiless)).await?;
             log.upstream = Some(conn.peer);
             if let Some(t) = connect_time {
                 self.rt
@@ -356,6 +364,37 @@ impl Handler {
                 log.connect = Some(t);
             }
             let reused = conn.reused;
+            if let Sender::Raw(raw) = &mut conn.sender {
+                let head = h1::encode_request(request.method(), request.uri(), request.headers());
+                let head_request = request.method() == http::Method::HEAD;
+                let exchange = timeout(
+                    policy.http.response_header_timeout,
+                    raw.exchange(&head, head_request),
+                );
+                match exchange.await {
+                    Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
+                    Ok(Ok(h)) => {
+                        let body = h1::RawBody::new(conn, h.decoder, h.keep_alive);
+                        return Ok((h.response.map(|()| UpstreamInner::Raw(body)), None));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(conn = self.conn_id, error = ?e, reused, "upstream request failed");
+                        match e {
+                            // Closed while idle, before anything came back:
+                            // an idempotent request goes again.
+                            h1::ExchangeError::ClosedEarly
+                                if reused && request.method().is_idempotent() =>
+                            {
+                                continue;
+                            }
+                            h1::ExchangeError::Protocol => {
+                                return Err(RequestEnd::UpstreamProtocolError);
+                            }
+                            _ => return Err(RequestEnd::UpstreamReset),
+                        }
+                    }
+                }
+            }
             if conn.sender.is_http2() {
                 as_http2(&mut request, pool.scheme());
             }
@@ -366,7 +405,7 @@ impl Handler {
             .await
             {
                 Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
-                Ok(Ok(resp)) => return Ok((resp, conn)),
+                Ok(Ok(resp)) => return Ok((resp.map(UpstreamInner::Hyper), Some(conn))),
                 Ok(Err(mut e)) => {
                     if let Some(client_side) = outcome.failure() {
                         return Err(client_side);

@@ -8,6 +8,13 @@
 //! drops it, which closes it. An HTTP/2 connection is shared by every
 //! request to the target (one slot); a request that goes away resets only
 //! its stream.
+//!
+//! Bodiless requests over plain TCP HTTP/1.1 use our own client (`h1`):
+//! its connections (`Sender::Raw`) are read and written by the request's
+//! own task. A raw idle connection can serve a request hyper's client
+//! carries (a body, an upgrade): it is handed to hyper for good.
+
+pub mod h1;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +53,8 @@ impl Upstream {
 pub enum Sender {
     H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
+    /// A connection our own HTTP/1.1 client reads and writes in place.
+    Raw(h1::RawConn),
 }
 
 impl Sender {
@@ -53,6 +62,7 @@ impl Sender {
         match self {
             Sender::H1(s) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
+            Sender::Raw(c) => c.is_stale(),
         }
     }
     pub fn is_http2(&self) -> bool {
@@ -67,6 +77,7 @@ impl Sender {
         match self {
             Sender::H1(s) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
+            Sender::Raw(_) => unreachable!("raw connections are driven by `h1::RawConn`"),
         }
     }
 }
@@ -84,7 +95,8 @@ pub struct TargetPool {
 }
 
 struct IdleConn {
-    sender: http1::SendRequest<Body>,
+    /// `H1` or `Raw`.
+    sender: Sender,
     permit: OwnedSemaphorePermit,
     peer: SocketAddr,
     since: Instant,
@@ -145,6 +157,12 @@ impl TargetPool {
     }
 
     /// The shared HTTP/2 connection, opened if there is none.
+    /// Whether a new connection for a request is one of ours (`raw_ok`:
+    /// the request has no body and is no upgrade) or hyper's.
+    fn wants_raw(&self, raw_ok: bool) -> bool {
+        raw_ok && self.upstream.tls.is_none() && !self.upstream.http2
+    }
+
     async fn checkout_h2(
         self: &Arc<Self>,
         connect_timeout: Duration,
@@ -162,7 +180,7 @@ impl TargetPool {
                 return Ok((conn, None));
             }
         }
-        let (sender, peer, permit, took) = self.open(connect_timeout).await?;
+        let (sender, peer, permit, took) = self.open(connect_timeout, false).await?;
         let Sender::H2(h2) = &sender else {
             return Err(RequestEnd::UpstreamProtocolError);
         };
@@ -189,6 +207,7 @@ impl TargetPool {
     async fn open(
         &self,
         connect_timeout: Duration,
+        raw: bool,
     ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), RequestEnd> {
         let permit =
             match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await
@@ -198,7 +217,7 @@ impl TargetPool {
             };
         let started = Instant::now();
         // Boxed: the connect's state is large and needed only here.
-        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect()))
+        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect(raw)))
             .await
             .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
         Ok((sender, peer, permit, started.elapsed()))
@@ -215,48 +234,79 @@ impl TargetPool {
 
     /// An idle connection if one is usable, else a new one (waiting at most
     /// the pool's wait timeout for a slot, then the connect timeout).
+    /// `raw_ok`: the request can go on one of our own connections.
     pub async fn checkout(
         self: &Arc<Self>,
         connect_timeout: Duration,
+        raw_ok: bool,
     ) -> Result<(PooledConn, Option<Duration>), RequestEnd> {
         if self.upstream.http2 {
             return self.checkout_h2(connect_timeout).await;
         }
+        let raw = self.wants_raw(raw_ok);
         loop {
             let taken = {
                 let mut idle = lock(&self.idle);
                 let now = Instant::now();
-                idle.retain(|c| {
-                    !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
-                });
-                // Newest first, preferring one that is ready right now: a
-                // connection whose response just ended may still need its
-                // I/O task to run before it can take a request.
-                match idle.iter().rposition(|c| c.sender.is_ready()) {
+                // (Staleness is checked below on the one taken, not on all.)
+                idle.retain(|c| now.duration_since(c.since) < self.idle_timeout);
+                // Newest first: one of ours when it fits, else one of
+                // hyper's that is ready right now (a connection whose
+                // response just ended may still need its I/O task to run).
+                let ours = || {
+                    idle.iter()
+                        .rposition(|c| raw && matches!(c.sender, Sender::Raw(_)))
+                };
+                let ready = || {
+                    idle.iter()
+                        .rposition(|c| matches!(&c.sender, Sender::H1(s) if s.is_ready()))
+                };
+                match ours().or_else(ready).or(idle.len().checked_sub(1)) {
                     Some(pos) => idle.remove(pos),
-                    None => match idle.pop() {
-                        Some(c) => c,
-                        None => break,
-                    },
+                    None => break,
                 }
             };
-            let mut c = taken;
-            if c.sender.is_ready()
-                || tokio::time::timeout(Duration::from_millis(100), c.sender.ready())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            {
-                let conn = PooledConn {
-                    sender: Sender::H1(c.sender),
-                    peer: c.peer,
-                    reused: true,
-                    permit: Some(c.permit),
-                    pool: self.clone(),
-                };
-                return Ok((conn, None));
+            let IdleConn {
+                sender,
+                permit,
+                peer,
+                ..
+            } = taken;
+            if sender.is_closed() {
+                continue;
             }
+            let sender = match sender {
+                Sender::Raw(c) if raw => Sender::Raw(c),
+                // One of ours, for a request hyper's client carries.
+                Sender::Raw(c) => match c.into_stream() {
+                    Some(stream) => match self.handshake(stream).await {
+                        Ok(s) => s,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                },
+                Sender::H1(mut s) => {
+                    if !s.is_ready()
+                        && !tokio::time::timeout(Duration::from_millis(100), s.ready())
+                            .await
+                            .is_ok_and(|r| r.is_ok())
+                    {
+                        continue;
+                    }
+                    Sender::H1(s)
+                }
+                Sender::H2(_) => continue,
+            };
+            let conn = PooledConn {
+                sender,
+                peer,
+                reused: true,
+                permit: Some(permit),
+                pool: self.clone(),
+            };
+            return Ok((conn, None));
         }
-        let (sender, peer, permit, took) = self.open(connect_timeout).await?;
+        let (sender, peer, permit, took) = self.open(connect_timeout, raw).await?;
         Ok((
             PooledConn {
                 sender,
@@ -269,7 +319,7 @@ impl TargetPool {
         ))
     }
 
-    async fn connect(&self) -> Result<(Sender, SocketAddr), RequestEnd> {
+    async fn connect(&self, raw: bool) -> Result<(Sender, SocketAddr), RequestEnd> {
         let addr = match self.target.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => tokio::net::lookup_host(self.target.as_str())
@@ -284,6 +334,9 @@ impl TargetPool {
         })?;
         let _ = stream.set_nodelay(true);
         let Some((config, tls)) = &self.upstream.tls else {
+            if raw {
+                return Ok((Sender::Raw(h1::RawConn::new(stream)), addr));
+            }
             return Ok((self.handshake(stream).await?, addr));
         };
         let name = settings::server_name(tls, &self.target);
@@ -336,7 +389,7 @@ impl TargetPool {
 impl PooledConn {
     /// Gives a connection whose response was read completely back to the pool.
     pub fn release(self) {
-        let (Sender::H1(sender), Some(permit)) = (self.sender, self.permit) else {
+        let (sender, Some(permit)) = (self.sender, self.permit) else {
             return; // HTTP/2: the shared connection stays with the pool
         };
         if sender.is_closed() {

@@ -86,6 +86,8 @@ enum State {
     ChunkData(u64),
     ChunkEnd,
     Trailers,
+    /// A response body without framing: everything until the upstream closes.
+    UntilClose,
     /// The whole body was read.
     Done,
     /// The handler dropped the body, or the framing broke: the rest of it
@@ -95,10 +97,17 @@ enum State {
 
 /// The connection task's side of a request body.
 pub struct Pump {
-    state: State,
+    dec: Decoder,
     tx: Option<mpsc::Sender<Item>>,
     demand: Option<Arc<Demand>>,
     continue_pending: bool,
+}
+
+/// An HTTP/1.1 body decoder over a read buffer: by length, chunked (with
+/// trailers), or until the connection closes. Used for request bodies from
+/// clients and response bodies from upstreams.
+pub struct Decoder {
+    state: State,
     max_trailer_bytes: usize,
 }
 
@@ -111,20 +120,19 @@ impl Pump {
     ) -> (ReqBody, Pump) {
         if framing == Framing::Empty {
             let pump = Pump {
-                state: State::Done,
+                dec: Decoder::new(Framing::Empty, max_trailer_bytes),
                 tx: None,
                 demand: None,
                 continue_pending: false,
-                max_trailer_bytes,
             };
             return (ReqBody::Empty, pump);
         }
         let (tx, rx) = mpsc::channel(1);
         let demand = Arc::new(Demand::default());
-        let (state, length) = match framing {
-            Framing::Empty => (State::Done, Some(0)),
-            Framing::Length(n) => (State::Length(n), Some(n)),
-            Framing::Chunked => (State::ChunkSize, None),
+        let length = match framing {
+            Framing::Empty => Some(0),
+            Framing::Length(n) => Some(n),
+            Framing::Chunked => None,
         };
         let body = RequestBody {
             rx,
@@ -133,27 +141,26 @@ impl Pump {
             done: false,
         };
         let pump = Pump {
-            state,
+            dec: Decoder::new(framing, max_trailer_bytes),
             tx: Some(tx),
             demand: Some(demand),
             continue_pending: expect_continue,
-            max_trailer_bytes,
         };
         (ReqBody::H1(body), pump)
     }
 
     /// Still has body bytes to move.
     pub fn active(&self) -> bool {
-        !matches!(self.state, State::Done | State::Abandoned)
+        !matches!(self.dec.state, State::Done | State::Abandoned)
     }
 
     /// The body was read to its end: the connection can serve another request.
     pub fn complete(&self) -> bool {
-        self.state == State::Done
+        self.dec.is_done()
     }
 
     fn abandon(&mut self) {
-        self.state = State::Abandoned;
+        self.dec.state = State::Abandoned;
         self.tx = None;
     }
 
@@ -180,7 +187,7 @@ impl Pump {
             self.continue_pending = false;
         }
         let Some(tx) = self.tx.clone() else {
-            self.state = State::Abandoned;
+            self.dec.state = State::Abandoned;
             return Ok(());
         };
         let Ok(permit) = tx.reserve().await else {
@@ -188,15 +195,15 @@ impl Pump {
             return Ok(());
         };
         loop {
-            match self.advance(buf) {
+            match self.dec.advance(buf) {
                 Ok(Some(item)) => {
                     permit.send(Ok(item));
-                    if self.state == State::Done {
+                    if self.dec.is_done() {
                         self.tx = None; // the end of the body
                     }
                     return Ok(());
                 }
-                Ok(None) if self.state == State::Done => {
+                Ok(None) if self.dec.is_done() => {
                     drop(permit);
                     self.tx = None;
                     return Ok(());
@@ -221,10 +228,59 @@ impl Pump {
             return Err(reason);
         }
     }
+}
+
+impl Decoder {
+    pub fn new(framing: Framing, max_trailer_bytes: usize) -> Decoder {
+        let state = match framing {
+            Framing::Empty => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+        };
+        Decoder {
+            state,
+            max_trailer_bytes,
+        }
+    }
+
+    /// A body delimited by the connection's end (responses only).
+    pub fn until_close() -> Decoder {
+        Decoder {
+            state: State::UntilClose,
+            max_trailer_bytes: 0,
+        }
+    }
+
+    /// The body was read to its end (an until-close body: never before EOF).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The body ends with the connection.
+    pub fn is_until_close(&self) -> bool {
+        self.state == State::UntilClose
+    }
+
+    /// Bytes still expected, when the framing says how many.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The connection ended: the end of an until-close body.
+    pub fn eof(&mut self) -> bool {
+        if self.state == State::UntilClose {
+            self.state = State::Done;
+        }
+        self.is_done()
+    }
 
     /// Decodes what `buf` holds: a frame, `None` when more bytes are needed
     /// (or a framing line was consumed), or an error for broken framing.
-    fn advance(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, &'static str> {
+    pub fn advance(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, &'static str> {
         loop {
             match self.state {
                 State::Length(rest) | State::ChunkData(rest) => {
@@ -284,6 +340,13 @@ impl Pump {
                     self.state = State::Done;
                     return Ok(Some(Frame::trailers(trailers)));
                 }
+                State::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = buf.len().min(MAX_FRAME);
+                    return Ok(Some(Frame::data(buf.split_to(n).freeze())));
+                }
                 State::Done | State::Abandoned => return Ok(None),
             }
         }
@@ -317,7 +380,7 @@ mod tests {
         wire: &[u8],
         split: usize,
     ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), &'static str> {
-        let (_body, mut pump) = Pump::new(Framing::Chunked, false, 1024);
+        let mut pump = Decoder::new(Framing::Chunked, 1024);
         let mut buf = BytesMut::new();
         let (mut data, mut trailers) = (Vec::new(), None);
         for part in [&wire[..split], &wire[split..]] {
@@ -329,7 +392,7 @@ mod tests {
                 }
             }
         }
-        Ok((data, trailers, pump.complete()))
+        Ok((data, trailers, pump.is_done()))
     }
 
     #[test]

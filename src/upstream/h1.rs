@@ -1,0 +1,345 @@
+//! Our HTTP/1.1 client for bodiless requests over plain TCP: the request
+//! head is written and the response read by the task that owns the client's
+//! request, with no connection task and no hand-off in between. Requests
+//! with a body, upgrades, TLS and HTTP/2 upstreams go through hyper's
+//! client instead (`Sender::H1`/`H2`).
+//!
+//! A response is framed strictly (RFC 9112 §6.3): no body for HEAD, 1xx,
+//! 204 and 304; chunked when Transfer-Encoding ends in chunked; else by a
+//! valid Content-Length; else until the upstream closes. A connection goes
+//! back to the pool only when its response was read exactly to its end,
+//! the upstream keeps it alive, and nothing more arrived after it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{PooledConn, Sender};
+use crate::http::body::{BodyError, StreamError};
+use crate::http::h1::body::Decoder;
+use crate::http::h1::head::{Framing, head_end};
+
+/// Largest response head accepted from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted from an upstream.
+const MAX_HEADERS: usize = 128;
+
+/// A plain TCP connection to an upstream and what was read from it.
+pub struct RawConn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// Why an exchange on a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeError {
+    /// The connection ended (or failed) before any byte of a response:
+    /// on a reused connection the request may go again on another one.
+    ClosedEarly,
+    /// Reset or closed after the response began.
+    Reset,
+    /// The response is not valid HTTP/1.1.
+    Protocol,
+}
+
+/// A response head and how its body is to be read.
+pub struct ResponseHead {
+    pub response: Response<()>,
+    pub decoder: Decoder,
+    /// The upstream lets the connection serve another request after this.
+    pub keep_alive: bool,
+}
+
+impl RawConn {
+    pub fn new(stream: TcpStream) -> RawConn {
+        RawConn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn into_stream(self) -> Option<TcpStream> {
+        // Bytes already read would be lost to whoever takes the stream.
+        self.buf.is_empty().then_some(self.stream)
+    }
+
+    /// The upstream closed the idle connection, or sent bytes nobody asked
+    /// for: it cannot take a request. Uses readiness the runtime already
+    /// has, so a live connection costs no system call.
+    pub fn is_stale(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes a request head and reads the final response's head (1xx
+    /// interim responses are skipped).
+    pub async fn exchange(
+        &mut self,
+        request: &[u8],
+        head_request: bool,
+    ) -> Result<ResponseHead, ExchangeError> {
+        if self.stream.write_all(request).await.is_err() {
+            return Err(ExchangeError::ClosedEarly);
+        }
+        let mut first = true;
+        loop {
+            let len = loop {
+                if let Some(n) = head_end(&self.buf) {
+                    break n;
+                }
+                if self.buf.len() >= MAX_HEAD {
+                    return Err(ExchangeError::Protocol);
+                }
+                self.buf.reserve(4096);
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) if first && self.buf.is_empty() => {
+                        return Err(ExchangeError::ClosedEarly);
+                    }
+                    Ok(0) | Err(_) => return Err(ExchangeError::Reset),
+                    Ok(_) => {}
+                }
+            };
+            first = false;
+            let bytes = self.buf.split_to(len).freeze();
+            let head = parse_response(&bytes, head_request)?;
+            if head.response.status().is_informational() {
+                if head.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(ExchangeError::Protocol); // never asked for
+                }
+                continue;
+            }
+            return Ok(head);
+        }
+    }
+}
+
+fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(ExchangeError::Protocol),
+    }
+    let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+        return Err(ExchangeError::Protocol);
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::Protocol)?;
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    // Room for the headers the response path adds (Via, Date).
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
+    for h in resp.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ExchangeError::Protocol)?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
+            .map_err(|_| ExchangeError::Protocol)?;
+        headers.append(name, value);
+    }
+    let has = |name: HeaderName, token: &[u8]| {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    };
+    let mut keep_alive = if version == Version::HTTP_11 {
+        !has(header::CONNECTION, b"close")
+    } else {
+        has(header::CONNECTION, b"keep-alive")
+    };
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let decoder = if bodiless {
+        Decoder::new(Framing::Empty, 0)
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // With a Content-Length too the message is suspect: read it as
+        // chunked, as the RFC says, and never reuse the connection.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            keep_alive = false;
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(<[u8]>::trim_ascii);
+        if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+            Decoder::new(Framing::Chunked, MAX_HEAD)
+        } else {
+            keep_alive = false;
+            Decoder::until_close()
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        let mut length = None;
+        for v in headers.get_all(header::CONTENT_LENGTH) {
+            let b = v.as_bytes();
+            if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+                return Err(ExchangeError::Protocol);
+            }
+            let n = std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(ExchangeError::Protocol)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Protocol);
+            }
+            length = Some(n);
+        }
+        match length {
+            Some(0) | None => Decoder::new(Framing::Empty, 0),
+            Some(n) => Decoder::new(Framing::Length(n), 0),
+        }
+    } else {
+        keep_alive = false;
+        Decoder::until_close()
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(ResponseHead {
+        response,
+        decoder,
+        keep_alive,
+    })
+}
+
+/// A bodiless request's head as it goes upstream: the target's bytes as
+/// received, the headers as the request path left them.
+pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap) -> Vec<u8> {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A response body read from a `RawConn` by whoever polls it. The
+/// connection goes back to its pool the moment the body's last byte is
+/// read; dropped before that, the connection closes with it.
+pub struct RawBody {
+    conn: Option<PooledConn>,
+    decoder: Decoder,
+    keep_alive: bool,
+}
+
+impl RawBody {
+    pub fn new(conn: PooledConn, decoder: Decoder, keep_alive: bool) -> RawBody {
+        let mut body = RawBody {
+            conn: Some(conn),
+            decoder,
+            keep_alive,
+        };
+        if body.decoder.is_done() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let clean = matches!(&conn.sender, Sender::Raw(c) if c.buf.is_empty());
+            if self.keep_alive && clean {
+                conn.release();
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(Box::new(StreamError(why)))))
+    }
+}
+
+impl HttpBody for RawBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        loop {
+            if this.decoder.is_done() {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            let Some(PooledConn {
+                sender: Sender::Raw(raw),
+                ..
+            }) = this.conn.as_mut()
+            else {
+                return this.fail("upstream connection gone");
+            };
+            match this.decoder.advance(&mut raw.buf) {
+                Ok(Some(frame)) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) if this.decoder.is_done() => continue,
+                Ok(None) => {}
+                Err(why) => return this.fail(why),
+            }
+            raw.buf.reserve(16 * 1024);
+            match raw.stream.try_read_buf(&mut raw.buf) {
+                Ok(0) => {
+                    if this.decoder.eof() {
+                        this.keep_alive = false;
+                        continue;
+                    }
+                    return this.fail("upstream closed mid-body");
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if ready!(raw.stream.poll_read_ready(cx)).is_err() {
+                        return this.fail("upstream reset mid-body");
+                    }
+                }
+                Err(_) => return this.fail("upstream reset mid-body"),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
