@@ -75,6 +75,10 @@ fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             let mut text = rt.table.metrics().render(&rt.table);
             rt.tls.certs.render_metrics(&mut text);
+            text.push_str(&format!(
+                "# HELP gatehouse_http_parked_connections Idle keep-alive HTTP/1 connections waiting without a task.\n# TYPE gatehouse_http_parked_connections gauge\ngatehouse_http_parked_connections {}\n",
+                rt.parking.len()
+            ));
             if let Some(acme) = &rt.tls.acme {
                 acme.render_metrics(&mut text);
             }

@@ -6,6 +6,7 @@
 //! `metrics`, `server` (start-up and graceful shutdown).
 
 pub mod admin;
+pub mod alloc;
 pub mod config;
 pub mod conn;
 pub mod http;

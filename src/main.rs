@@ -7,12 +7,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use gatehouse::config::{self, LoadError, LogFormat};
 
-// Small, short-lived allocations dominate the request path (heads, header
-// maps, boxed bodies): mimalloc serves them several times cheaper than
-// glibc's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "gatehouse",
@@ -106,6 +100,8 @@ fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
     };
     let runtime = builder
         .enable_all()
+        // Each worker gives free pages back when it idles (at most once a second).
+        .on_thread_park(gatehouse::alloc::on_worker_idle)
         .build()
         .context("building the async runtime")?;
     let result = runtime.block_on(gatehouse::server::run(config));

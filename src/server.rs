@@ -104,6 +104,8 @@ pub struct Runtime {
     pub pools: Vec<Vec<Arc<TargetPool>>>,
     pub shutdown: ShutdownSignal,
     pub tls: TlsRt,
+    /// Idle keep-alive HTTP/1 connections waiting without a task.
+    pub parking: crate::http::park::ParkingLot,
 }
 
 impl Runtime {
@@ -149,6 +151,7 @@ impl Runtime {
             table,
             shutdown,
             tls,
+            parking: Default::default(),
         }
     }
 
@@ -217,9 +220,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    // Parked connections' keep-alive deadlines, kept to within a quarter second.
+    let parking = runtime.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::http::park::SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            parking.parking.sweep();
+        }
+    });
+
     signals.recv().await;
     tracing::info!(live = table.active(), drain = ?config.timeouts.shutdown_drain, "shutdown: draining");
     shutdown.advance(Phase::Draining);
+    // Parked keep-alive connections have nothing in flight: they end now.
+    runtime.parking.close_all();
     for task in accept_tasks {
         let _ = task.await;
     }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod h1;
 mod headers;
 mod log;
+pub mod park;
 mod proxy;
 mod tunnel;
 
@@ -37,22 +38,39 @@ pub async fn serve(
     guard: &ConnGuard,
     listener: &Arc<ListenerRt>,
     rt: &Arc<Runtime>,
-) -> EndReason {
+) -> Served<Prefixed<TcpStream>> {
     let Some(cfg) = listener.config.http.clone() else {
-        return EndReason::Internal;
+        return Served::End(EndReason::Internal);
     };
     guard.set_state(ConnState::Established);
     // h2c with prior knowledge: the connection opens with the HTTP/2 preface.
     let h2 = if cfg.h2c {
         match Box::pin(sniff_h2_preface(&client, &early, cfg.header_read_timeout)).await {
             Ok(h2) => h2,
-            Err(reason) => return reason,
+            Err(reason) => return Served::End(reason),
         }
     } else {
         false
     };
     let io = Prefixed::new(client, early, guard.entry_arc());
     serve_io(io, h2, info, guard, listener, rt).await
+}
+
+/// How a server connection's run ended: closed, or idle and handed back
+/// to be parked (plain-TCP HTTP/1 only).
+pub enum Served<S> {
+    End(EndReason),
+    Park(h1::Parked<S>),
+}
+
+impl<S> Served<S> {
+    /// For streams that are never parked (TLS).
+    pub fn reason(self) -> EndReason {
+        match self {
+            Served::End(r) => r,
+            Served::Park(_) => EndReason::Internal,
+        }
+    }
 }
 
 /// Serves HTTP/1.1 (our connection loop, `h1`) or HTTP/2 (hyper's server,
@@ -65,12 +83,12 @@ pub async fn serve_io<S>(
     guard: &ConnGuard,
     listener: &Arc<ListenerRt>,
     rt: &Arc<Runtime>,
-) -> EndReason
+) -> Served<S>
 where
     S: h1::ConnIo,
 {
     let Some(cfg) = listener.config.http.clone() else {
-        return EndReason::Internal;
+        return Served::End(EndReason::Internal);
     };
     let handler = Arc::new(proxy::Handler::new(
         rt.clone(),
@@ -79,19 +97,34 @@ where
         info,
         guard.id(),
     ));
-    let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
     if !h2 {
-        let conn = h1::serve(io, handler, cfg, guard, &rt.shutdown);
-        tokio::pin!(conn);
-        return match drive(conn, &rt.shutdown, idle, |_| {}).await {
-            Driven::Done(reason) => reason,
-            Driven::Shutdown => EndReason::Shutdown,
-            Driven::Idle => EndReason::IdleTimeout,
-        };
+        return serve_h1(io, handler, cfg, None, guard, rt).await;
     }
+    let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
     // Boxed: hyper's HTTP/2 connection state is kilobytes, and an HTTP/1
     // connection must not carry it.
-    Box::pin(serve_h2(io, handler, cfg, idle, guard, rt)).await
+    Served::End(Box::pin(serve_h2(io, handler, cfg, idle, guard, rt)).await)
+}
+
+/// Our HTTP/1.1 loop on a connection, new or back from parking (`resume`:
+/// requests served, keep-alive deadline), under the shutdown and idle rules.
+pub async fn serve_h1<S: h1::ConnIo>(
+    io: S,
+    handler: Arc<proxy::Handler>,
+    cfg: Arc<crate::config::HttpListener>,
+    resume: Option<(u64, tokio::time::Instant)>,
+    guard: &ConnGuard,
+    rt: &Arc<Runtime>,
+) -> Served<S> {
+    let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
+    let conn = h1::serve(io, handler, cfg, guard, &rt.shutdown, resume);
+    tokio::pin!(conn);
+    match drive(conn, &rt.shutdown, idle, |_| {}).await {
+        Driven::Done(h1::H1End::End(reason)) => Served::End(reason),
+        Driven::Done(h1::H1End::Park(p)) => Served::Park(p),
+        Driven::Shutdown => Served::End(EndReason::Shutdown),
+        Driven::Idle => Served::End(EndReason::IdleTimeout),
+    }
 }
 
 /// hyper's HTTP/2 server on one connection.

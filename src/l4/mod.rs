@@ -34,8 +34,8 @@ pub async fn serve(
         Step::Http(h) => {
             // This task ends here, and its memory with it.
             tokio::spawn(async move {
-                let reason = serve_http(*h, &mut guard, &listener, &rt).await;
-                guard.finish(reason);
+                let served = serve_http(*h, &mut guard, &listener, &rt).await;
+                crate::http::park::settle(served, guard, listener, rt);
             });
         }
     }
@@ -60,15 +60,15 @@ async fn serve_http(
     guard: &mut ConnGuard,
     listener: &Arc<ListenerRt>,
     rt: &Arc<Runtime>,
-) -> EndReason {
+) -> crate::http::Served<crate::io::Prefixed<TcpStream>> {
     match h.tls_deadline {
         // Boxed: TLS state must not enlarge plaintext connections' tasks.
-        Some(deadline) => {
+        Some(deadline) => crate::http::Served::End(
             Box::pin(serve_https(
                 h.client, h.early, h.info, deadline, guard, listener, rt,
             ))
-            .await
-        }
+            .await,
+        ),
         None => crate::http::serve(h.client, h.early, h.info, guard, listener, rt).await,
     }
 }
@@ -337,7 +337,9 @@ async fn serve_https(
     info.tls = Some(tls::tls_info(&stream));
     let h2 = tls::negotiated_h2(&stream);
     guard.set_state(ConnState::Established);
-    crate::http::serve_io(stream, h2, info, guard, listener, rt).await
+    crate::http::serve_io(stream, h2, info, guard, listener, rt)
+        .await
+        .reason()
 }
 
 /// A `tls` listener's route that terminates: handshake with the client,

@@ -143,26 +143,61 @@ fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, Exch
     } else {
         Version::HTTP_10
     };
-    // Room for the headers the response path adds (Via, Date).
+    // One pass over the raw headers decides the framing and the connection's
+    // fate. Hop-by-hop headers that only carry that (`Connection` with just
+    // close/keep-alive, `Keep-Alive`, `Transfer-Encoding`) never enter the
+    // map; a `Connection` naming other headers stays for `remove_hop_by_hop`.
     let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
+    let (mut close, mut keep) = (false, false);
+    let mut chunked_last = None;
+    let mut length: Option<u64> = None;
+    let mut lengths_differ = false;
     for h in resp.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ExchangeError::Protocol)?;
+        let raw_name = h.name.as_bytes();
+        if raw_name.eq_ignore_ascii_case(b"connection") {
+            let mut other = false;
+            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    keep = true;
+                } else if !t.is_empty() {
+                    other = true;
+                }
+            }
+            if !other {
+                continue;
+            }
+        } else if raw_name.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        } else if raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .map(<[u8]>::trim_ascii);
+            chunked_last = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            continue;
+        } else if raw_name.eq_ignore_ascii_case(b"content-length") {
+            let b = h.value;
+            if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+                return Err(ExchangeError::Protocol);
+            }
+            let n = b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            lengths_differ |= length.is_some_and(|l| l != n);
+            if length.replace(n).is_some() {
+                continue; // identical duplicates collapse to one
+            }
+        }
+        let name = HeaderName::from_bytes(raw_name).map_err(|_| ExchangeError::Protocol)?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
             .map_err(|_| ExchangeError::Protocol)?;
         headers.append(name, value);
     }
-    let has = |name: HeaderName, token: &[u8]| {
-        headers
-            .get_all(name)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    };
     let mut keep_alive = if version == Version::HTTP_11 {
-        !has(header::CONNECTION, b"close")
+        !close
     } else {
-        has(header::CONNECTION, b"keep-alive")
+        keep && !close
     };
     let bodiless = head_request
         || status.is_informational()
@@ -170,48 +205,30 @@ fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, Exch
         || status == StatusCode::NOT_MODIFIED;
     let decoder = if bodiless {
         Decoder::new(Framing::Empty, 0)
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if let Some(chunked) = chunked_last {
         // With a Content-Length too the message is suspect: read it as
         // chunked, as the RFC says, and never reuse the connection.
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if length.is_some() {
             keep_alive = false;
             headers.remove(header::CONTENT_LENGTH);
         }
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .map(<[u8]>::trim_ascii);
-        if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+        if chunked {
             Decoder::new(Framing::Chunked, MAX_HEAD)
         } else {
             keep_alive = false;
             Decoder::until_close()
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        let mut length = None;
-        for v in headers.get_all(header::CONTENT_LENGTH) {
-            let b = v.as_bytes();
-            if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
-                return Err(ExchangeError::Protocol);
-            }
-            let n = std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(ExchangeError::Protocol)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Protocol);
-            }
-            length = Some(n);
-        }
-        match length {
-            Some(0) | None => Decoder::new(Framing::Empty, 0),
-            Some(n) => Decoder::new(Framing::Length(n), 0),
-        }
+    } else if lengths_differ {
+        return Err(ExchangeError::Protocol);
     } else {
-        keep_alive = false;
-        Decoder::until_close()
+        match length {
+            Some(0) => Decoder::new(Framing::Empty, 0),
+            Some(n) => Decoder::new(Framing::Length(n), 0),
+            None => {
+                keep_alive = false;
+                Decoder::until_close()
+            }
+        }
     };
     let mut response = Response::new(());
     *response.status_mut() = status;

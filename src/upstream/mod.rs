@@ -147,22 +147,31 @@ impl TargetPool {
 
     /// Closes idle connections past their lifetime or closed by the upstream.
     pub fn reap(&self) {
-        let now = Instant::now();
-        lock(&self.idle)
-            .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout);
+        let mut idle = lock(&self.idle);
+        self.drop_expired(&mut idle);
+        idle.retain(|c| !c.sender.is_closed());
+        drop(idle);
         let mut shared = lock(&self.shared);
         if shared.as_ref().is_some_and(|s| s.sender.is_closed()) {
             *shared = None;
         }
     }
 
-    /// The shared HTTP/2 connection, opened if there is none.
+    /// Idle connections are kept oldest first, so those past their idle
+    /// lifetime are a prefix: found by bisection, without a pass over all.
+    fn drop_expired(&self, idle: &mut Vec<IdleConn>) {
+        let now = Instant::now();
+        let expired = idle.partition_point(|c| now.duration_since(c.since) >= self.idle_timeout);
+        idle.drain(..expired);
+    }
+
     /// Whether a new connection for a request is one of ours (`raw_ok`:
     /// the request has no body and is no upgrade) or hyper's.
     fn wants_raw(&self, raw_ok: bool) -> bool {
         raw_ok && self.upstream.tls.is_none() && !self.upstream.http2
     }
 
+    /// The shared HTTP/2 connection, opened if there is none.
     async fn checkout_h2(
         self: &Arc<Self>,
         connect_timeout: Duration,
@@ -247,9 +256,8 @@ impl TargetPool {
         loop {
             let taken = {
                 let mut idle = lock(&self.idle);
-                let now = Instant::now();
                 // (Staleness is checked below on the one taken, not on all.)
-                idle.retain(|c| now.duration_since(c.since) < self.idle_timeout);
+                self.drop_expired(&mut idle);
                 // Newest first: one of ours when it fits, else one of
                 // hyper's that is ready right now (a connection whose
                 // response just ended may still need its I/O task to run).

@@ -40,6 +40,11 @@ pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when a read would make progress, without lending a buffer.
     /// `false` when the stream cannot tell (TLS): then the caller reads.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>>;
+
+    /// Can wait for its next request parked, without a task (`park`).
+    fn parkable(&self) -> bool {
+        false
+    }
 }
 
 impl ConnIo for Prefixed<TcpStream> {
@@ -49,6 +54,10 @@ impl ConnIo for Prefixed<TcpStream> {
         }
         self.get_ref().poll_read_ready(cx).map_ok(|()| true)
     }
+
+    fn parkable(&self) -> bool {
+        !self.has_prefix()
+    }
 }
 
 impl ConnIo for crate::l4::tls::ClientTls {
@@ -57,16 +66,43 @@ impl ConnIo for crate::l4::tls::ClientTls {
     }
 }
 
-/// Serves requests on `io` until the connection ends; returns why.
+/// A keep-alive connection idle for `PARK_AFTER` leaves its task and waits
+/// parked (`http::park`) when its keep-alive deadline is at least twice that
+/// further away: a long-idle connection then costs its socket and a few
+/// words, not a task. (Short keep-alive deadlines stay exact in the task.)
+pub const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An idle keep-alive connection handed back to be parked: no request in
+/// flight, nothing buffered.
+pub struct Parked<S> {
+    pub io: S,
+    pub handler: Arc<Handler>,
+    /// Requests served so far.
+    pub served: u64,
+    /// The keep-alive deadline for the next request.
+    pub deadline: Instant,
+}
+
+/// How the HTTP/1 loop let go of its connection.
+pub enum H1End<S> {
+    End(EndReason),
+    Park(Parked<S>),
+}
+
+/// Serves requests on `io` until the connection ends (returns why) or
+/// idles long enough to be parked. `resume`: the connection comes back
+/// from parking with `served` requests served and this keep-alive deadline.
 pub async fn serve<S: ConnIo>(
     mut io: S,
     handler: Arc<Handler>,
     cfg: Arc<HttpListener>,
     guard: &ConnGuard,
     shutdown: &ShutdownSignal,
-) -> EndReason {
+    resume: Option<(u64, Instant)>,
+) -> H1End<S> {
     let mut buf = BytesMut::new();
-    let mut served: u64 = 0;
+    let mut served: u64 = resume.map_or(0, |r| r.0);
+    let mut resumed_deadline = resume.map(|r| r.1);
     loop {
         // --- waiting: keep-alive (or the first request), no buffer held ---
         let wait_limit = if served == 0 {
@@ -74,23 +110,37 @@ pub async fn serve<S: ConnIo>(
         } else {
             cfg.keepalive_timeout
         };
-        let first_read_deadline = Instant::now() + wait_limit;
+        let first_read_deadline = resumed_deadline
+            .take()
+            .unwrap_or_else(|| Instant::now() + wait_limit);
         // Whether the wait below could tell readiness (TCP) or not (TLS:
         // the first read of the head then does the waiting).
         let mut waited = !buf.is_empty();
         if buf.is_empty() {
+            let now = Instant::now();
+            let park_at = (served > 0 && io.parkable())
+                .then(|| now + PARK_AFTER)
+                .filter(|&t| t + 2 * PARK_AFTER <= first_read_deadline);
             let idle = timeout_at(
-                first_read_deadline,
+                park_at.unwrap_or(first_read_deadline),
                 std::future::poll_fn(|cx| io.poll_idle(cx)),
             );
             let ready = tokio::select! {
                 r = idle => r,
-                () = shutdown.draining() => return EndReason::Shutdown,
+                () = shutdown.draining() => return H1End::End(EndReason::Shutdown),
             };
             match ready {
-                Err(_) if served == 0 => return EndReason::ClientHeaderTimeout,
-                Err(_) => return EndReason::IdleTimeout,
-                Ok(Err(_)) => return EndReason::ClientReset,
+                Err(_) if park_at.is_some() => {
+                    return H1End::Park(Parked {
+                        io,
+                        handler,
+                        served,
+                        deadline: first_read_deadline,
+                    });
+                }
+                Err(_) if served == 0 => return H1End::End(EndReason::ClientHeaderTimeout),
+                Err(_) => return H1End::End(EndReason::IdleTimeout),
+                Ok(Err(_)) => return H1End::End(EndReason::ClientReset),
                 Ok(Ok(ready)) => waited = ready,
             }
         }
@@ -112,19 +162,19 @@ pub async fn serve<S: ConnIo>(
         served += 1;
         let keep_alive = match request.await {
             Exchange::Done { keep_alive } => keep_alive,
-            Exchange::End(reason) => return reason,
+            Exchange::End(reason) => return H1End::End(reason),
             Exchange::Upgrade(tunnel) => {
                 guard.set_state(ConnState::Upgraded);
                 let client = Replay {
                     prefix: std::mem::take(&mut buf),
                     inner: io,
                 };
-                return Box::pin(super::tunnel::run(tunnel, client, shutdown)).await;
+                return H1End::End(Box::pin(super::tunnel::run(tunnel, client, shutdown)).await);
             }
         };
         if !keep_alive {
             let _ = io.shutdown().await;
-            return EndReason::ClientClosed;
+            return H1End::End(EndReason::ClientClosed);
         }
         if buf.is_empty() {
             // Nothing pipelined: let the buffer go while the connection idles.

@@ -1,0 +1,42 @@
+//! The process allocator. Small, short-lived allocations dominate the
+//! request path (heads, header maps, boxed bodies), and mimalloc serves them
+//! several times cheaper than glibc's allocator. It returns freed pages to
+//! the system lazily, during later allocator calls; an idle process makes
+//! none, so each runtime worker asks for it when it idles, at most once a
+//! second (`on_worker_idle`): memory freed when connections go idle (their
+//! tasks, their buffers) leaves the RSS.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// For the runtime's thread-park hook: releases this thread's free pages
+/// when the last release was a second ago or more.
+pub fn on_worker_idle() {
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        release_free_pages();
+    }
+}
+
+/// Returns pages that are free, but still held, to the system.
+#[allow(unsafe_code)]
+pub fn release_free_pages() {
+    // SAFETY: `mi_collect` has no preconditions; it only walks the calling
+    // thread's heap (and abandoned ones) and purges free pages.
+    unsafe { libmimalloc_sys::mi_collect(false) }
+}
