@@ -1,7 +1,9 @@
-//! HTTP/1.1 reverse proxying on an `http` listener: the connection task
-//! (this file) runs hyper's server for one client connection, owns its table
-//! entry, and after an upgrade runs the tunnel itself; `proxy` handles each
-//! request; `body`, `headers`, `error`, `log` and `tunnel` are its parts.
+//! HTTP reverse proxying on `http` and `https` listeners: the connection
+//! task (this file) runs our HTTP/1.1 loop (`h1`) or hyper's HTTP/2 server
+//! for one client connection, owns its table entry, and after an upgrade
+//! runs the tunnel itself; an idle HTTP/1 connection is handed to `park`.
+//! `proxy` handles each request; `body`, `headers`, `error`, `log` and
+//! `tunnel` are its parts.
 
 pub mod body;
 pub mod error;
@@ -44,8 +46,9 @@ pub async fn serve(
     };
     guard.set_state(ConnState::Established);
     // h2c with prior knowledge: the connection opens with the HTTP/2 preface.
+    let mut early = early;
     let h2 = if cfg.h2c {
-        match Box::pin(sniff_h2_preface(&client, &early, cfg.header_read_timeout)).await {
+        match Box::pin(read_preface(&client, &mut early, cfg.header_read_timeout)).await {
             Ok(h2) => h2,
             Err(reason) => return Served::End(reason),
         }
@@ -168,37 +171,40 @@ async fn serve_h2<S: h1::ConnIo>(
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Tells whether the connection starts with the HTTP/2 preface by peeking,
-/// so the server then reads the head in one go (reading part of it here
-/// would make hyper grow, and keep, a larger read buffer). Bounded by the
-/// header deadline; a partial preface is looked at again every 5 ms.
-async fn sniff_h2_preface(
+/// Reads the connection's first bytes into `early` (which the connection
+/// then replays to whichever server takes it) until they tell the HTTP/2
+/// preface from anything else: usually one read, the one the HTTP/1 loop
+/// would have made. Bounded by the header deadline.
+async fn read_preface(
     client: &TcpStream,
-    early: &[u8],
+    early: &mut Vec<u8>,
     deadline: Duration,
 ) -> Result<bool, EndReason> {
-    let sniff = async {
-        let mut head = [0u8; H2_PREFACE.len()];
+    let read = async {
         loop {
-            let mut have = early.len().min(head.len());
-            head[..have].copy_from_slice(&early[..have]);
-            if have < head.len() {
-                match client.peek(&mut head[have..]).await {
-                    Ok(0) => return Err(EndReason::ClientClosed),
-                    Ok(k) => have += k,
-                    Err(_) => return Err(EndReason::ClientReset),
-                }
-            }
-            if head[..have] != H2_PREFACE[..have] {
+            let have = early.len().min(H2_PREFACE.len());
+            if early[..have] != H2_PREFACE[..have] {
                 return Ok(false);
             }
             if have == H2_PREFACE.len() {
                 return Ok(true);
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Most request heads fit in 1 KiB: the HTTP/1 loop takes it all.
+            early.reserve(1024);
+            match client.try_read_buf(early) {
+                Ok(0) => return Err(EndReason::ClientClosed),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    client
+                        .readable()
+                        .await
+                        .map_err(|_| EndReason::ClientReset)?;
+                }
+                Err(_) => return Err(EndReason::ClientReset),
+            }
         }
     };
-    tokio::time::timeout(deadline, sniff)
+    tokio::time::timeout(deadline, read)
         .await
         .unwrap_or(Err(EndReason::ClientHeaderTimeout))
 }

@@ -32,11 +32,11 @@ pub async fn serve(
     match run(client, peer, &mut guard, &listener, &rt).await {
         Step::End(reason) => guard.finish(reason),
         Step::Http(h) => {
-            // This task ends here, and its memory with it.
-            tokio::spawn(async move {
-                let served = serve_http(*h, &mut guard, &listener, &rt).await;
-                crate::http::park::settle(served, guard, listener, rt);
-            });
+            // Boxed: the HTTP connection's state is not part of an L4
+            // connection's task. (An idle HTTP connection leaves this task
+            // for good when it is parked.)
+            let served = Box::pin(serve_http(*h, &mut guard, &listener, &rt)).await;
+            crate::http::park::settle(served, guard, listener, rt);
         }
     }
 }
