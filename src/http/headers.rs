@@ -100,17 +100,37 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // The usual tokens name nothing to remove beyond the hop-by-hop
-        // headers themselves: skip them (and a HeaderName each).
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
+    // Headers named in `Connection`: the usual tokens (close, keep-alive,
+    // upgrade) name nothing beyond the hop-by-hop headers themselves, so
+    // the list is built only when there is something else.
+    let usual = |t: &str| {
+        t.is_empty()
+            || t.eq_ignore_ascii_case("close")
+            || t.eq_ignore_ascii_case("keep-alive")
+            || t.eq_ignore_ascii_case("upgrade")
+    };
+    let tokens = |h: &HeaderMap| {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|t| !usual(t))
+    };
+    if tokens(h) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !usual(t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            h.remove(name);
+        }
+    }
     let upgrade_value = if upgrade {
         h.get(header::UPGRADE).cloned()
     } else {
@@ -120,11 +140,7 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         .get_all(header::TE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in named {
-        h.remove(name);
-    }
-    let present: Vec<HeaderName> = h.keys().filter(|k| is_hop_by_hop(k)).cloned().collect();
-    for name in present {
+    for name in &HOP_BY_HOP {
         h.remove(name);
     }
     if keep_te {
@@ -135,6 +151,18 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         h.insert(header::UPGRADE, u);
     }
 }
+
+/// The names `is_hop_by_hop` matches, as header names.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 // Built at compile time (a `from_static` in a function body may run at
 // every call).

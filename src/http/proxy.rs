@@ -70,8 +70,17 @@ impl Handler {
             .trusted_proxies
             .iter()
             .any(|n| n.contains(&info.peer.ip()));
-        let client_value = HeaderValue::from_str(&info.client.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        // Formatted on the stack: one allocation (the value's own), not two.
+        let mut ip = [0u8; 48];
+        let client_value = {
+            use std::io::Write as _;
+            let mut w = &mut ip[..];
+            let written = write!(w, "{}", info.client.ip()).map(|()| 48 - w.len());
+            written
+                .ok()
+                .and_then(|n| HeaderValue::from_bytes(&ip[..n]).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("unknown"))
+        };
         Handler {
             rt,
             listener_index,
