@@ -20,6 +20,18 @@ fn request_ok(s: &mut TcpStream) {
     assert_eq!(body, b"ok");
 }
 
+/// `n` connections that have each had one request answered, now idle.
+fn keep_alive_clients(web: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(web).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            request_ok(&mut s);
+            s
+        })
+        .collect()
+}
+
 fn parked(gh: &Gatehouse) -> u64 {
     gh.metric("gatehouse_http_parked_connections", &[])
 }
@@ -38,14 +50,7 @@ fn idle_connections_park_and_come_back_and_parked_ones_end_cleanly() {
     assert_eq!(http_get(web, "/warm-up"), "ok");
     gh.wait_empty(Duration::from_secs(3));
     let baseline_fds = gh.fd_count();
-    let mut clients: Vec<TcpStream> = (0..50)
-        .map(|_| {
-            let mut s = TcpStream::connect(web).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            request_ok(&mut s);
-            s
-        })
-        .collect();
+    let mut clients = keep_alive_clients(web, 50);
     gh.wait_for("50 parked connections", Duration::from_secs(5), |g| {
         parked(g) == 50
     });
@@ -111,14 +116,7 @@ fn parked_connections_end_at_once_at_shutdown() {
         "",
     ));
     let web = gh.addr("web");
-    let mut clients: Vec<TcpStream> = (0..20)
-        .map(|_| {
-            let mut s = TcpStream::connect(web).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            request_ok(&mut s);
-            s
-        })
-        .collect();
+    let mut clients = keep_alive_clients(web, 20);
     gh.wait_for("20 parked connections", Duration::from_secs(5), |g| {
         parked(g) == 20
     });
