@@ -124,7 +124,15 @@ pub async fn serve_h1<S: h1::ConnIo>(
     tokio::pin!(conn);
     match drive(conn, &rt.shutdown, idle, |_| {}).await {
         Driven::Done(h1::H1End::End(reason)) => Served::End(reason),
-        Driven::Done(h1::H1End::Park(p)) => Served::Park(p),
+        Driven::Done(h1::H1End::Park(mut p)) => {
+            // The connection has been idle for `PARK_AFTER`: the global idle
+            // deadline keeps running while it is parked.
+            if let Some(idle) = rt.config.timeouts.idle {
+                let cap = tokio::time::Instant::now() + idle.saturating_sub(h1::PARK_AFTER);
+                p.deadline = p.deadline.min(cap);
+            }
+            Served::Park(p)
+        }
         Driven::Shutdown => Served::End(EndReason::Shutdown),
         Driven::Idle => Served::End(EndReason::IdleTimeout),
     }

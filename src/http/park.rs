@@ -134,6 +134,10 @@ pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, r
     }
     drop(held);
     lock(&rt.parking.slots).push(slot);
+    // A drain that began meanwhile has emptied the lot already: this one too.
+    if rt.shutdown.is_draining() {
+        rt.parking.close_all();
+    }
 }
 
 impl Wake for Slot {
