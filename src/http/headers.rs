@@ -140,7 +140,9 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         .get_all(header::TE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in &HOP_BY_HOP {
+    // Usually one or two are present: a pass over the names finds each,
+    // and only those are looked up to be removed.
+    while let Some(name) = h.keys().find(|k| is_hop_by_hop(k)).cloned() {
         h.remove(name);
     }
     if keep_te {
@@ -151,18 +153,6 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         h.insert(header::UPGRADE, u);
     }
 }
-
-/// The names `is_hop_by_hop` matches, as header names.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 // Built at compile time (a `from_static` in a function body may run at
 // every call).

@@ -70,17 +70,7 @@ impl Handler {
             .trusted_proxies
             .iter()
             .any(|n| n.contains(&info.peer.ip()));
-        // Formatted on the stack: one allocation (the value's own), not two.
-        let mut ip = [0u8; 48];
-        let client_value = {
-            use std::io::Write as _;
-            let mut w = &mut ip[..];
-            let written = write!(w, "{}", info.client.ip()).map(|()| 48 - w.len());
-            written
-                .ok()
-                .and_then(|n| HeaderValue::from_bytes(&ip[..n]).ok())
-                .unwrap_or_else(|| HeaderValue::from_static("unknown"))
-        };
+        let client_value = ip_value(info.client.ip());
         Handler {
             rt,
             listener_index,
@@ -492,6 +482,43 @@ fn as_http2(req: &mut Request<Body>, scheme: &str) {
     }
 }
 
+/// An address as a header value, formatted on the stack (IPv4 digit by
+/// digit, without the formatting machinery): one allocation, the value's own.
+fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 48];
+    let len = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[n] = b'0' + d;
+                    n += 1;
+                }
+            }
+            Some(n)
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::io::Write as _;
+            let mut w = &mut buf[..];
+            write!(w, "{ip}").ok().map(|()| 48 - w.len())
+        }
+    };
+    len.and_then(|n| HeaderValue::from_bytes(&buf[..n]).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("unknown"))
+}
+
 /// Host from `Host` (or an absolute-form target), lower case, without port.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
     let raw = req
@@ -536,4 +563,25 @@ fn uri_len(uri: &Uri) -> usize {
     let authority = uri.authority().map_or(0, |a| a.as_str().len());
     let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
     pq + authority + scheme
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_format_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "9.99.199.250",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.1",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(addr).to_str().unwrap(), addr.to_string(), "{ip}");
+        }
+    }
 }
