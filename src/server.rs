@@ -91,6 +91,10 @@ pub struct ListenerRt {
     pub index: usize,
     pub name: Arc<str>,
     pub config: ListenerConfig,
+    /// The address every accepted connection has as its local address,
+    /// when the listener is bound to one (not a wildcard): no
+    /// `getsockname` per connection then.
+    pub local: Option<SocketAddr>,
 }
 
 /// Everything a connection task needs, shared read-only.
@@ -189,6 +193,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             index,
             name: lc.name.as_str().into(),
             config: lc.clone(),
+            local: (!addr.ip().is_unspecified()).then_some(addr),
         });
         accept_tasks.push(tokio::spawn(crate::listener::accept_loop(
             socket,
@@ -297,6 +302,7 @@ pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
         index: 0,
         name: "l".into(),
         config: config.listeners[0].clone(),
+        local: None,
     });
     let runtime = Arc::new(Runtime::new(
         config.clone(),

@@ -80,10 +80,9 @@ async fn run(
     listener: &Arc<ListenerRt>,
     rt: &Arc<Runtime>,
 ) -> Step {
-    let Ok(local) = client.local_addr() else {
+    let Some(local) = listener.local.or_else(|| client.local_addr().ok()) else {
         return Step::End(EndReason::ClientReset);
     };
-    let _ = client.set_nodelay(true);
 
     // --- PROXY header -------------------------------------------------
     let mut client_addr = peer;

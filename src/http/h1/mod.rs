@@ -45,6 +45,12 @@ pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn parkable(&self) -> bool {
         false
     }
+
+    /// Dropping it ends the stream as cleanly as shutting it down first
+    /// (plain TCP: `close` sends the FIN); TLS must send close_notify.
+    fn drop_is_clean_close(&self) -> bool {
+        false
+    }
 }
 
 impl ConnIo for Prefixed<TcpStream> {
@@ -57,6 +63,10 @@ impl ConnIo for Prefixed<TcpStream> {
 
     fn parkable(&self) -> bool {
         !self.has_prefix()
+    }
+
+    fn drop_is_clean_close(&self) -> bool {
+        true
     }
 }
 
@@ -173,7 +183,9 @@ pub async fn serve<S: ConnIo>(
             }
         };
         if !keep_alive {
-            let _ = io.shutdown().await;
+            if !io.drop_is_clean_close() {
+                let _ = io.shutdown().await;
+            }
             return H1End::End(EndReason::ClientClosed);
         }
         if buf.is_empty() {
