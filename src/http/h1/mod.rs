@@ -80,7 +80,7 @@ impl ConnIo for crate::l4::tls::ClientTls {
 /// parked (`http::park`) when its keep-alive deadline is at least twice that
 /// further away: a long-idle connection then costs its socket and a few
 /// words, not a task. (Short keep-alive deadlines stay exact in the task.)
-pub const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+pub const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An idle keep-alive connection handed back to be parked: no request in
 /// flight, nothing buffered.
