@@ -42,7 +42,6 @@ enum LogFormatArg {
 }
 
 fn main() -> ExitCode {
-    gatehouse::alloc::configure();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match check(&config) {
@@ -101,8 +100,6 @@ fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
     };
     let runtime = builder
         .enable_all()
-        // Each worker gives free pages back when it idles (at most once a second).
-        .on_thread_park(gatehouse::alloc::on_worker_idle)
         .build()
         .context("building the async runtime")?;
     let result = runtime.block_on(gatehouse::server::run(config));

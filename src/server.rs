@@ -229,9 +229,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let parking = runtime.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::http::park::SWEEP_EVERY);
+        let mut parked_before = 0;
         loop {
             tick.tick().await;
             parking.parking.sweep();
+            // Gone quiet (more parked, few still active): give the memory
+            // their tasks and buffers held back to the system.
+            let parked = parking.parking.len();
+            let active = parking.table.active().saturating_sub(parked);
+            if parked > parked_before && active < 16 {
+                crate::alloc::release_free_pages();
+            }
+            parked_before = parked;
         }
     });
 
