@@ -6,7 +6,8 @@
 //! the response (streamed frame by frame, chunked or by length), and then
 //! keep-alive, close, or an upgrade to a tunnel. Parsing is `httparse`'s;
 //! a read buffer exists only while a request is being read, so an idle
-//! keep-alive connection holds no buffer at all.
+//! keep-alive connection holds no buffer at all, and after `PARK_AFTER`
+//! idle a plain-TCP connection is handed back to be parked (no task either).
 
 pub mod body;
 pub mod head;
