@@ -127,7 +127,9 @@ impl RawConn {
     }
 }
 
-fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, ExchangeError> {
+/// Parses a complete response head (`head_end` bytes) and decides how its
+/// body is read and whether the connection may serve another request.
+pub fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, ExchangeError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     match resp.parse(head) {
