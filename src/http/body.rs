@@ -214,42 +214,9 @@ impl HttpBody for ClientBody {
     }
 }
 
-/// A response body from an upstream: read by hyper's client, or by ours.
-pub enum UpstreamInner {
-    Hyper(Incoming),
-    Raw(crate::upstream::h1::RawBody),
-}
-
-impl HttpBody for UpstreamInner {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            UpstreamInner::Hyper(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BodyError),
-            UpstreamInner::Raw(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamInner::Hyper(b) => b.is_end_stream(),
-            UpstreamInner::Raw(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamInner::Hyper(b) => b.size_hint(),
-            UpstreamInner::Raw(b) => b.size_hint(),
-        }
-    }
-}
+/// A response body from an upstream: read by hyper's client (`Left`), or
+/// by ours (`Right`).
+pub type UpstreamInner = http_body_util::Either<Incoming, crate::upstream::h1::RawBody>;
 
 pub struct UpstreamBody {
     inner: UpstreamInner,

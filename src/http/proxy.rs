@@ -374,7 +374,7 @@ impl Handler {
                     Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
                     Ok(Ok(h)) => {
                         let body = h1::RawBody::new(conn, h.decoder, h.keep_alive);
-                        return Ok((h.response.map(|()| UpstreamInner::Raw(body)), None));
+                        return Ok((h.response.map(|()| UpstreamInner::Right(body)), None));
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(conn = self.conn_id, error = ?e, reused, "upstream request failed");
@@ -404,7 +404,7 @@ impl Handler {
             .await
             {
                 Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
-                Ok(Ok(resp)) => return Ok((resp.map(UpstreamInner::Hyper), Some(conn))),
+                Ok(Ok(resp)) => return Ok((resp.map(UpstreamInner::Left), Some(conn))),
                 Ok(Err(mut e)) => {
                     if let Some(client_side) = outcome.failure() {
                         return Err(client_side);

@@ -252,12 +252,7 @@ pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap) -> Vec<u8
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    crate::http::h1::head::write_fields(&mut out, headers);
     out.extend_from_slice(b"\r\n");
     out
 }

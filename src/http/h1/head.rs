@@ -255,12 +255,7 @@ pub fn encode_response(
     dst.push(b' ');
     dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     dst.extend_from_slice(b"\r\n");
-    for (name, value) in headers.iter() {
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
-    }
+    write_fields(dst, headers);
     if add_date {
         // Written here, not inserted: the map need not grow for it.
         dst.extend_from_slice(b"date: ");
@@ -269,6 +264,16 @@ pub fn encode_response(
     }
     dst.extend_from_slice(b"\r\n");
     framing
+}
+
+/// Writes header fields as `name: value` lines (a head's, or trailers').
+pub fn write_fields(dst: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
 }
 
 /// The `Date` value for now, formatted once per second per thread.

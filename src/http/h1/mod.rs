@@ -474,12 +474,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
                     {
                         let mut out = prefix;
                         out.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            out.extend_from_slice(name.as_str().as_bytes());
-                            out.extend_from_slice(b": ");
-                            out.extend_from_slice(value.as_bytes());
-                            out.extend_from_slice(b"\r\n");
-                        }
+                        head::write_fields(&mut out, &trailers);
                         out.extend_from_slice(b"\r\n");
                         io.write_all(&out).await.map_err(write_err)?;
                         io.flush().await.map_err(write_err)?;
