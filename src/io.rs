@@ -64,6 +64,12 @@ impl<S> Prefixed<S> {
         &self.inner
     }
 
+    /// The stream underneath (bytes still to replay are dropped: callers
+    /// check `has_prefix` first).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Bytes read earlier are still waiting to be replayed.
     pub fn has_prefix(&self) -> bool {
         self.pos < self.prefix.len()

@@ -42,6 +42,7 @@ enum LogFormatArg {
 }
 
 fn main() -> ExitCode {
+    gatehouse::alloc::disable_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match check(&config) {

@@ -225,6 +225,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    tokio::spawn(crate::http::park::watch(runtime.clone()));
     // Parked connections' keep-alive deadlines, kept to within a quarter second.
     let parking = runtime.clone();
     tokio::spawn(async move {

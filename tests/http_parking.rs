@@ -133,3 +133,36 @@ fn parked_connections_end_at_once_at_shutdown() {
         assert_eq!(s.read(&mut byte).unwrap_or(0), 0);
     }
 }
+
+#[test]
+fn a_parked_connection_keeps_its_client_address_from_the_proxy_header() {
+    // Parking keeps only the socket and the table entry; the request
+    // handler is rebuilt from the entry when the client comes back.
+    let (backend, seen) = raw_http_backend(|_| ok_response("ok"));
+    let gh = Gatehouse::start(&http_config(
+        "",
+        "proxy_protocol.trusted = [\"127.0.0.1/32\"]\nhttp.keepalive_timeout = \"60s\"",
+        backend,
+        "",
+    ));
+    let mut s = TcpStream::connect(gh.addr("web")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PROXY TCP4 198.51.100.23 10.0.0.1 5555 80\r\n")
+        .unwrap();
+    request_ok(&mut s);
+    gh.wait_for("the connection parked", Duration::from_secs(5), |g| {
+        parked(g) == 1
+    });
+    request_ok(&mut s);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    for r in seen.iter() {
+        assert_eq!(r.header("x-forwarded-for"), ["198.51.100.23"]);
+    }
+    drop(seen);
+    let conns = gh.connections();
+    assert_eq!(
+        conns["connections"][0]["client"], "198.51.100.23:5555",
+        "{conns}"
+    );
+}

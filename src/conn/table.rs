@@ -32,7 +32,6 @@ pub struct ConnEntry {
     listener: Arc<str>,
     peer: SocketAddr,
     started: Instant,
-    started_unix_ms: u64,
     state: AtomicU8,
     /// Client → upstream bytes.
     pub bytes_up: AtomicU64,
@@ -41,14 +40,40 @@ pub struct ConnEntry {
     details: Mutex<Details>,
 }
 
+/// Kept small: an idle connection's memory is mostly its entry.
 #[derive(Default, Clone)]
 struct Details {
-    client: Option<SocketAddr>,
     route: Option<(usize, Arc<str>)>,
     upstream: Option<SocketAddr>,
+    /// What only some connections have (a PROXY header, TLS).
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Default, Clone)]
+struct Extra {
+    /// The real client, from a PROXY header.
+    client: Option<SocketAddr>,
     tlvs: Vec<Tlv>,
     /// The TLS server name the client asked for (TLS listeners).
     sni: Option<Box<str>>,
+}
+
+impl Details {
+    fn client(&self) -> Option<SocketAddr> {
+        self.extra.as_ref().and_then(|e| e.client)
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+}
+
+/// The wall-clock time of a monotonic instant (for `/connections`).
+fn unix_ms(at: Instant) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(at.elapsed()).as_millis() as u64
 }
 
 /// What `/connections` shows for one entry.
@@ -106,9 +131,6 @@ impl ConnTable {
             listener,
             peer,
             started: Instant::now(),
-            started_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
             state: AtomicU8::new(ConnState::Accepting as u8),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -190,23 +212,28 @@ impl ConnEntry {
             id: self.id,
             listener: self.listener.to_string(),
             peer: self.peer.to_string(),
-            client: d.client.unwrap_or(self.peer).to_string(),
+            client: d.client().unwrap_or(self.peer).to_string(),
             route: d.route.map(|r| r.1.to_string()),
             upstream: d.upstream.map(|u| u.to_string()),
             state: self.state().as_str(),
-            started_unix_ms: self.started_unix_ms,
+            started_unix_ms: unix_ms(self.started),
             age_ms: self.started.elapsed().as_millis() as u64,
             bytes_client_to_upstream: self.bytes_up.load(Ordering::Relaxed),
             bytes_upstream_to_client: self.bytes_down.load(Ordering::Relaxed),
             proxy_tlvs: d
-                .tlvs
+                .extra
                 .iter()
+                .flat_map(|e| &e.tlvs)
                 .map(|t| TlvSnapshot {
                     kind: t.kind,
                     value_hex: t.value.iter().map(|b| format!("{b:02x}")).collect(),
                 })
                 .collect(),
-            sni: d.sni.as_deref().map(str::to_owned),
+            sni: d
+                .extra
+                .as_ref()
+                .and_then(|e| e.sni.as_deref())
+                .map(str::to_owned),
         }
     }
 }
@@ -232,6 +259,13 @@ impl ConnGuard {
         &self.entry
     }
 
+    /// The TCP peer, and the real client (learned from a PROXY header, or
+    /// the peer itself).
+    pub fn addresses(&self) -> (SocketAddr, SocketAddr) {
+        let client = lock(&self.entry.details).client();
+        (self.entry.peer, client.unwrap_or(self.entry.peer))
+    }
+
     /// A shared handle on the entry, for I/O wrappers that count bytes.
     pub fn entry_arc(&self) -> Arc<ConnEntry> {
         self.entry.clone()
@@ -252,12 +286,13 @@ impl ConnGuard {
     /// Records the real client address (from a PROXY header) and its TLVs.
     pub fn set_client(&self, client: SocketAddr, tlvs: Vec<Tlv>) {
         let mut d = lock(&self.entry.details);
-        d.client = Some(client);
-        d.tlvs = tlvs;
+        let extra = d.extra();
+        extra.client = Some(client);
+        extra.tlvs = tlvs;
     }
 
     pub fn set_sni(&self, sni: &str) {
-        lock(&self.entry.details).sni = Some(sni.into());
+        lock(&self.entry.details).extra().sni = Some(sni.into());
     }
 
     pub fn set_upstream(&self, upstream: SocketAddr) {
@@ -354,7 +389,7 @@ impl ConnGuard {
                     $level,
                     conn = self.entry.id,
                     listener = &*self.entry.listener,
-                    client = %d.client.unwrap_or(self.entry.peer),
+                    client = %d.client().unwrap_or(self.entry.peer),
                     route = d.route.as_ref().map(|r| &*r.1),
                     upstream = d.upstream.map(|u| u.to_string()),
                     reason = reason.as_str(),
@@ -371,5 +406,18 @@ impl ConnGuard {
         } else {
             end_event!(tracing::Level::DEBUG);
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// An idle keep-alive connection's memory is mostly its entry: it
+    /// stays out of the 256-byte allocation class, which tokio's per-socket
+    /// record uses (freed when a connection parks, so sharing pages with it
+    /// would leave them half empty).
+    #[test]
+    fn entry_stays_small() {
+        let size = std::mem::size_of::<super::ConnEntry>() + 16;
+        assert!(size <= 192, "connection table entry takes {size} bytes");
     }
 }

@@ -271,6 +271,13 @@ impl HttpBody for UpstreamBody {
                     this.log.bytes_down += data.len() as u64;
                 }
                 this.idle.touch();
+                // The last byte read: the connection can serve another
+                // request now, before this frame reaches the client.
+                if this.inner.is_end_stream() {
+                    if let Some(conn) = this.conn.take() {
+                        conn.release();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
