@@ -34,7 +34,7 @@ use crate::server::{ListenerRt, Runtime, ShutdownSignal};
 /// Serves HTTP on an accepted connection until it ends; returns why.
 /// `early` holds bytes already read (after a PROXY header).
 pub async fn serve(
-    client: TcpStream,
+    mut client: TcpStream,
     early: Vec<u8>,
     info: ConnInfo,
     guard: &ConnGuard,
@@ -48,7 +48,13 @@ pub async fn serve(
     // h2c with prior knowledge: the connection opens with the HTTP/2 preface.
     let mut early = early;
     let h2 = if cfg.h2c {
-        match Box::pin(read_preface(&client, &mut early, cfg.header_read_timeout)).await {
+        match Box::pin(read_preface(
+            &mut client,
+            &mut early,
+            cfg.header_read_timeout,
+        ))
+        .await
+        {
             Ok(h2) => h2,
             Err(reason) => return Served::End(reason),
         }
@@ -184,10 +190,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// preface from anything else: usually one read, the one the HTTP/1 loop
 /// would have made. Bounded by the header deadline.
 async fn read_preface(
-    client: &TcpStream,
+    client: &mut TcpStream,
     early: &mut Vec<u8>,
     deadline: Duration,
 ) -> Result<bool, EndReason> {
+    use tokio::io::AsyncReadExt;
     let read = async {
         loop {
             let have = early.len().min(H2_PREFACE.len());
@@ -198,16 +205,13 @@ async fn read_preface(
                 return Ok(true);
             }
             // Most request heads fit in 1 KiB: the HTTP/1 loop takes it all.
+            // (A read through tokio's `poll_read`: one that fills less than
+            // the buffer tells tokio the socket is drained, so the next
+            // read waits for readiness instead of failing with EAGAIN.)
             early.reserve(1024);
-            match client.try_read_buf(early) {
+            match client.read_buf(early).await {
                 Ok(0) => return Err(EndReason::ClientClosed),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    client
-                        .readable()
-                        .await
-                        .map_err(|_| EndReason::ClientReset)?;
-                }
                 Err(_) => return Err(EndReason::ClientReset),
             }
         }
