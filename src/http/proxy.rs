@@ -5,6 +5,7 @@
 //! and becomes a response in `error::respond`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,7 +14,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::time::timeout;
+use tokio::time::{Sleep, timeout};
 
 use super::body::{Body, BodyOutcome, ClientBody, ReqBody, UpstreamBody, UpstreamInner, empty};
 use super::error::{RequestEnd, respond};
@@ -56,6 +57,10 @@ pub struct Handler {
     client_value: HeaderValue,
     /// Set when a request was upgraded; the connection task runs it.
     tunnel: Mutex<Option<Tunnel>>,
+    /// The upstream response timer, kept between requests: moving a timer
+    /// to a later deadline is an atomic store, where a new one per request
+    /// is an insertion into tokio's wheel and a removal.
+    response_timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl Handler {
@@ -81,6 +86,24 @@ impl Handler {
             trusted_peer,
             client_value,
             tunnel: Mutex::new(None),
+            response_timer: Mutex::new(None),
+        }
+    }
+
+    /// The connection's response timer (a new one if a request in flight
+    /// holds it), set to `deadline`.
+    fn response_timer(&self, deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
+        let kept = self
+            .response_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match kept {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
 
@@ -350,8 +373,11 @@ impl Handler {
             let pool = &pools[route.next_target(forward.targets.len())];
             // Boxed: waiting for a pool slot is rare and its state is large; keeping
             // it out of the request future keeps that future cheap to move.
-            let (mut conn, connect_time) =
-                Box::pin(pool.checkout(policy.connect_timeout, bodiless)).await?;
+            // (An idle connection of ours at hand needs no future at all.)
+            let (mut conn, connect_time) = match pool.take_idle_raw(bodiless) {
+                Some(conn) => (conn, None),
+                None => Box::pin(pool.checkout(policy.connect_timeout, bodiless)).await?,
+            };
             log.upstream = Some(conn.peer);
             if let Some(t) = connect_time {
                 self.rt
@@ -366,12 +392,19 @@ impl Handler {
             if let Sender::Raw(raw) = &mut conn.sender {
                 let head = h1::encode_request(request.method(), request.uri(), request.headers());
                 let head_request = request.method() == http::Method::HEAD;
-                let exchange = timeout(
-                    policy.http.response_header_timeout,
-                    raw.exchange(&head, head_request),
-                );
-                match exchange.await {
-                    Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
+                let deadline = tokio::time::Instant::now() + policy.http.response_header_timeout;
+                let mut timer = self.response_timer(deadline);
+                let exchange = tokio::select! {
+                    biased;
+                    r = raw.exchange(&head, head_request) => Ok(r),
+                    () = timer.as_mut() => Err(()),
+                };
+                *self
+                    .response_timer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(timer);
+                match exchange {
+                    Err(()) => return Err(RequestEnd::UpstreamResponseTimeout),
                     Ok(Ok(h)) => {
                         let body = h1::RawBody::new(conn, h.decoder, h.keep_alive);
                         return Ok((h.response.map(|()| UpstreamInner::Right(body)), None));

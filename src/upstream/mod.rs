@@ -171,6 +171,36 @@ impl TargetPool {
         raw_ok && self.upstream.tls.is_none() && !self.upstream.http2
     }
 
+    /// One of our idle connections, when a bodiless request can have one
+    /// right now: no future, no allocation (the common case under load).
+    /// `None`: `checkout` finds or opens one.
+    pub fn take_idle_raw(self: &Arc<Self>, raw_ok: bool) -> Option<PooledConn> {
+        if !self.wants_raw(raw_ok) {
+            return None;
+        }
+        loop {
+            let taken = {
+                let mut idle = lock(&self.idle);
+                self.drop_expired(&mut idle);
+                let pos = idle
+                    .iter()
+                    .rposition(|c| matches!(c.sender, Sender::Raw(_)))?;
+                idle.remove(pos)
+            };
+            // (A stale one is dropped, outside the lock, and the next tried.)
+            if taken.sender.is_closed() {
+                continue;
+            }
+            return Some(PooledConn {
+                sender: taken.sender,
+                peer: taken.peer,
+                reused: true,
+                permit: Some(taken.permit),
+                pool: self.clone(),
+            });
+        }
+    }
+
     /// The shared HTTP/2 connection, opened if there is none.
     async fn checkout_h2(
         self: &Arc<Self>,

@@ -114,6 +114,8 @@ pub async fn serve<S: ConnIo>(
     let mut buf = BytesMut::new();
     let mut served: u64 = resume.map_or(0, |r| r.0);
     let mut resumed_deadline = resume.map(|r| r.1);
+    let wait_timer = tokio::time::sleep_until(Instant::now() + cfg.keepalive_timeout);
+    tokio::pin!(wait_timer);
     loop {
         // --- waiting: keep-alive (or the first request), no buffer held ---
         let wait_limit = if served == 0 {
@@ -132,12 +134,16 @@ pub async fn serve<S: ConnIo>(
             let park_at = (served > 0 && io.parkable())
                 .then(|| now + PARK_AFTER)
                 .filter(|&t| t + 2 * PARK_AFTER <= first_read_deadline);
-            let idle = timeout_at(
-                park_at.unwrap_or(first_read_deadline),
-                std::future::poll_fn(|cx| io.poll_idle(cx)),
-            );
+            // One timer for the connection's life, moved on for each wait:
+            // a later deadline is an atomic store, where a new timer per
+            // request would be an insertion into tokio's wheel and a removal.
+            wait_timer
+                .as_mut()
+                .reset(park_at.unwrap_or(first_read_deadline));
             let ready = tokio::select! {
-                r = idle => r,
+                biased;
+                r = std::future::poll_fn(|cx| io.poll_idle(cx)) => Ok(r),
+                () = wait_timer.as_mut() => Err(()),
                 () = shutdown.draining() => return H1End::End(EndReason::Shutdown),
             };
             match ready {
