@@ -9,7 +9,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::config::{Config, ListenerConfig};
 use crate::conn::ConnTable;
@@ -53,17 +58,22 @@ impl ShutdownSignal {
 
     /// Moves to `phase` (never backwards) and wakes every waiter.
     pub fn advance(&self, phase: Phase) {
-        self.0.phase.fetch_max(phase as u8, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
+        let before = self.0.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        if before < phase as u8 {
+            self.0.changed.notify_waiters();
+        }
     }
 
-    async fn reached(&self, phase: Phase) {
-        loop {
-            let changed = self.0.changed.notified();
-            if self.phase() >= phase as u8 {
-                return;
-            }
-            changed.await;
+    fn reached(&self, phase: Phase) -> Reached<'_> {
+        // The waiter exists before the phase is read: a change after the
+        // read wakes it (`notify_waiters` reaches waiters not yet polled).
+        let notified = Box::pin(self.0.changed.notified());
+        Reached {
+            made_at: self.phase(),
+            state: &self.0,
+            target: phase as u8,
+            notified,
+            polled_with: None,
         }
     }
 
@@ -72,12 +82,61 @@ impl ShutdownSignal {
         self.phase() >= Phase::Draining as u8
     }
 
-    pub async fn draining(&self) {
-        self.reached(Phase::Draining).await
+    pub fn draining(&self) -> Reached<'_> {
+        self.reached(Phase::Draining)
     }
 
-    pub async fn closing(&self) {
-        self.reached(Phase::Closing).await
+    pub fn closing(&self) -> Reached<'_> {
+        self.reached(Phase::Closing)
+    }
+}
+
+/// Resolves once the shutdown reaches a phase. Cheap to poll again, which
+/// a connection's `select!` does at every wake-up: while the phase and the
+/// task's waker are unchanged, a poll is one atomic read (tokio's
+/// `Notified` would take its lock each time).
+pub struct Reached<'a> {
+    state: &'a PhaseState,
+    target: u8,
+    notified: Pin<Box<Notified<'a>>>,
+    /// The phase when `notified` was made: each change wakes it once.
+    made_at: u8,
+    /// The waker `notified` was last polled with.
+    polled_with: Option<Waker>,
+}
+
+impl Future for Reached<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            let now = this.state.phase.load(Ordering::Acquire);
+            if now >= this.target {
+                return Poll::Ready(());
+            }
+            if now != this.made_at {
+                // That waiter was for an earlier change: a new one.
+                this.notified = Box::pin(this.state.changed.notified());
+                this.made_at = now;
+                this.polled_with = None;
+                continue;
+            }
+            if this
+                .polled_with
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                return Poll::Pending;
+            }
+            match this.notified.as_mut().poll(cx) {
+                Poll::Ready(()) => this.made_at = u8::MAX, // spent: a new one
+                Poll::Pending => {
+                    this.polled_with = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 }
 

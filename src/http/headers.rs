@@ -159,6 +159,11 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+const PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
+const VIA_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
+const VIA_11: HeaderValue = HeaderValue::from_static("1.1 gatehouse");
+const VIA_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
 
 pub struct ForwardedFor<'a> {
     pub client: IpAddr,
@@ -191,7 +196,14 @@ pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
     h.insert(xff, value);
     let (xfp, xfh) = (X_FORWARDED_PROTO, X_FORWARDED_HOST);
     if !(f.trusted && h.contains_key(&xfp)) {
-        h.insert(xfp, HeaderValue::from_static(f.proto));
+        h.insert(
+            xfp,
+            match f.proto {
+                "https" => PROTO_HTTPS,
+                "http" => PROTO_HTTP,
+                other => HeaderValue::from_static(other),
+            },
+        );
     }
     if !(f.trusted && h.contains_key(&xfh)) {
         match f.host {
@@ -241,13 +253,17 @@ pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
 /// Appends this hop to `Via` (RFC 9110 §7.6.3).
 pub fn add_via(h: &mut HeaderMap, version: Version) {
     let hop = match version {
-        Version::HTTP_10 => "1.0 gatehouse",
-        Version::HTTP_2 => "2 gatehouse",
-        _ => "1.1 gatehouse",
+        Version::HTTP_10 => VIA_10,
+        Version::HTTP_2 => VIA_2,
+        _ => VIA_11,
     };
     let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {hop}")).ok(),
-        None => Some(HeaderValue::from_static(hop)),
+        Some(prior) => HeaderValue::from_str(&format!(
+            "{prior}, {}",
+            String::from_utf8_lossy(hop.as_bytes())
+        ))
+        .ok(),
+        None => Some(hop),
     };
     if let Some(v) = value {
         h.insert(header::VIA, v);

@@ -116,6 +116,9 @@ pub async fn serve<S: ConnIo>(
     let mut resumed_deadline = resume.map(|r| r.1);
     let wait_timer = tokio::time::sleep_until(Instant::now() + cfg.keepalive_timeout);
     tokio::pin!(wait_timer);
+    // Likewise one wait for the drain, registered once, not per request.
+    let draining = shutdown.draining();
+    tokio::pin!(draining);
     loop {
         // --- waiting: keep-alive (or the first request), no buffer held ---
         let wait_limit = if served == 0 {
@@ -144,7 +147,7 @@ pub async fn serve<S: ConnIo>(
                 biased;
                 r = std::future::poll_fn(|cx| io.poll_idle(cx)) => Ok(r),
                 () = wait_timer.as_mut() => Err(()),
-                () = shutdown.draining() => return H1End::End(EndReason::Shutdown),
+                () = draining.as_mut() => return H1End::End(EndReason::Shutdown),
             };
             match ready {
                 Err(_) if park_at.is_some() => {
