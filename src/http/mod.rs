@@ -19,6 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Waker;
 use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
@@ -248,7 +249,9 @@ where
         |e: &ConnEntry| e.bytes_up.load(Ordering::Relaxed) + e.bytes_down.load(Ordering::Relaxed);
     let mut seen = idle.map_or(0, |(_, e)| moved(e));
     let period = idle.map_or(Duration::from_secs(86400 * 365), |(d, _)| d);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let tick = tokio::time::sleep(period);
+    tokio::pin!(tick);
+    let mut tick_waker: Option<Waker> = None;
     let mut draining = false;
     loop {
         tokio::select! {
@@ -258,15 +261,39 @@ where
                 graceful(conn.as_mut());
             }
             () = shutdown.closing(), if draining => return Driven::Shutdown,
-            _ = tick.tick(), if idle.is_some() => {
+            () = std::future::poll_fn(|cx| poll_timer(tick.as_mut(), &mut tick_waker, cx)), if idle.is_some() => {
                 let now = idle.map_or(0, |(_, e)| moved(e));
                 if now == seen {
                     return Driven::Idle;
                 }
                 seen = now;
+                tick.as_mut().reset(tokio::time::Instant::now() + period);
+                tick_waker = None;
             }
         }
     }
+}
+
+/// Polls a timer that `select!` polls at every wake-up of its task: while
+/// it has not fired and the task's waker is the one it holds, a poll is one
+/// atomic read instead of a visit to tokio's timer entry.
+fn poll_timer(
+    timer: Pin<&mut tokio::time::Sleep>,
+    polled_with: &mut Option<Waker>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
+    if !timer.is_elapsed()
+        && polled_with
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+    {
+        return std::task::Poll::Pending;
+    }
+    let polled = timer.poll(cx);
+    if polled.is_pending() {
+        *polled_with = Some(cx.waker().clone());
+    }
+    polled
 }
 
 #[cfg(test)]
