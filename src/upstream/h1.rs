@@ -149,7 +149,8 @@ pub fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, 
     // fate. Hop-by-hop headers that only carry that (`Connection` with just
     // close/keep-alive, `Keep-Alive`, `Transfer-Encoding`) never enter the
     // map; a `Connection` naming other headers stays for `remove_hop_by_hop`.
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
+    // Room for `Via` (and no more: see `parse_request` on capacity).
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 1);
     let (mut close, mut keep) = (false, false);
     let mut chunked_last = None;
     let mut length: Option<u64> = None;
