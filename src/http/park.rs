@@ -144,7 +144,14 @@ impl ParkingLot {
     /// Ends every parked connection (the drain at shutdown: idle keep-alive
     /// connections have nothing in flight to finish).
     pub fn close_all(&self) {
-        let slots = std::mem::take(&mut *lock(&self.lot)).slots;
+        let slots = {
+            // (The generation stays: events already taken from the epoll
+            // set must not match slots filled later.)
+            let mut lot = lock(&self.lot);
+            lot.free = Vec::new();
+            lot.parked = 0;
+            std::mem::take(&mut lot.slots)
+        };
         for c in slots.into_iter().filter_map(|s| s.conn) {
             c.guard.finish(EndReason::Shutdown);
         }
