@@ -28,10 +28,12 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Arc<Runtime>) {
     let max = runtime.config.limits.max_connections as usize;
+    let draining = runtime.shutdown.draining();
+    tokio::pin!(draining);
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = runtime.shutdown.draining() => break,
+            _ = &mut draining => break,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {

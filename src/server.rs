@@ -67,7 +67,7 @@ impl ShutdownSignal {
     fn reached(&self, phase: Phase) -> Reached<'_> {
         // The waiter exists before the phase is read: a change after the
         // read wakes it (`notify_waiters` reaches waiters not yet polled).
-        let notified = Box::pin(self.0.changed.notified());
+        let notified = self.0.changed.notified();
         Reached {
             made_at: self.phase(),
             state: &self.0,
@@ -91,35 +91,38 @@ impl ShutdownSignal {
     }
 }
 
-/// Resolves once the shutdown reaches a phase. Cheap to poll again, which
-/// a connection's `select!` does at every wake-up: while the phase and the
-/// task's waker are unchanged, a poll is one atomic read (tokio's
-/// `Notified` would take its lock each time).
-pub struct Reached<'a> {
-    state: &'a PhaseState,
-    target: u8,
-    notified: Pin<Box<Notified<'a>>>,
-    /// The phase when `notified` was made: each change wakes it once.
-    made_at: u8,
-    /// The waker `notified` was last polled with.
-    polled_with: Option<Waker>,
+pin_project_lite::pin_project! {
+    /// Resolves once the shutdown reaches a phase. Cheap to poll again,
+    /// which a connection's `select!` does at every wake-up: while the phase
+    /// and the task's waker are unchanged, a poll is one atomic read (tokio's
+    /// `Notified` would take its lock each time).
+    pub struct Reached<'a> {
+        state: &'a PhaseState,
+        target: u8,
+        #[pin]
+        notified: Notified<'a>,
+        // The phase when `notified` was made: each change wakes it once.
+        made_at: u8,
+        // The waker `notified` was last polled with.
+        polled_with: Option<Waker>,
+    }
 }
 
 impl Future for Reached<'_> {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
         loop {
             let now = this.state.phase.load(Ordering::Acquire);
-            if now >= this.target {
+            if now >= *this.target {
                 return Poll::Ready(());
             }
-            if now != this.made_at {
+            if now != *this.made_at {
                 // That waiter was for an earlier change: a new one.
-                this.notified = Box::pin(this.state.changed.notified());
-                this.made_at = now;
-                this.polled_with = None;
+                this.notified.set(this.state.changed.notified());
+                *this.made_at = now;
+                *this.polled_with = None;
                 continue;
             }
             if this
@@ -130,9 +133,9 @@ impl Future for Reached<'_> {
                 return Poll::Pending;
             }
             match this.notified.as_mut().poll(cx) {
-                Poll::Ready(()) => this.made_at = u8::MAX, // spent: a new one
+                Poll::Ready(()) => *this.made_at = u8::MAX, // spent: a new one
                 Poll::Pending => {
-                    this.polled_with = Some(cx.waker().clone());
+                    *this.polled_with = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
             }
