@@ -99,7 +99,34 @@ pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result
     // to 6, 12, 24 entries of 104 bytes, and 12 of them leave the
     // allocator's small-object path.)
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    // `Connection` tokens: close and keep-alive decide this connection's
+    // fate here. A `Connection` header with nothing else never enters the
+    // map (it is hop-by-hop); one naming other headers or an upgrade stays
+    // for the request path.
+    let (mut close, mut keep) = (false, false);
     for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            if !h
+                .value
+                .iter()
+                .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+            {
+                return Err(HeadError::Bad("bad header value"));
+            }
+            let mut only_these = true;
+            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    keep = true;
+                } else if !t.is_empty() {
+                    only_these = false;
+                }
+            }
+            if only_these {
+                continue;
+            }
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
@@ -113,18 +140,10 @@ pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
-    let connection_has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
     let keep_alive = if version == Version::HTTP_11 {
-        !connection_has("close")
+        !close
     } else {
-        connection_has("keep-alive")
+        keep
     };
     let expect_continue = version == Version::HTTP_11
         && headers
@@ -308,6 +327,32 @@ mod tests {
         let b = Bytes::copy_from_slice(text.as_bytes());
         let end = head_end(&b).expect("complete head");
         parse_request(&b.slice(..end), 100, 8192)
+    }
+
+    #[test]
+    fn connection_tokens_decide_keep_alive_and_plain_ones_stay_out_of_the_map() {
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        assert!(!h.request.headers().contains_key("connection"));
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
+        assert!(h.keep_alive);
+        let h = parse("GET / HTTP/1.0\r\nHost: a\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        let h = parse("GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        assert!(h.keep_alive);
+        // Naming another header, or an upgrade: kept for the request path.
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        assert_eq!(h.request.headers()["connection"], "close, X-Secret");
+        let h =
+            parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap();
+        assert!(h.keep_alive);
+        assert_eq!(h.request.headers()["connection"], "Upgrade");
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\x7f\r\n\r\n"),
+            Err(HeadError::Bad(_))
+        ));
     }
 
     #[test]
