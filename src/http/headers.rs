@@ -257,16 +257,23 @@ pub fn add_via(h: &mut HeaderMap, version: Version) {
         Version::HTTP_2 => VIA_2,
         _ => VIA_11,
     };
-    let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!(
-            "{prior}, {}",
-            String::from_utf8_lossy(hop.as_bytes())
-        ))
-        .ok(),
-        None => Some(hop),
-    };
-    if let Some(v) = value {
-        h.insert(header::VIA, v);
+    // One lookup: usually there is no `Via` yet.
+    match h.entry(header::VIA) {
+        http::header::Entry::Vacant(v) => {
+            v.insert(hop);
+        }
+        http::header::Entry::Occupied(mut o) => {
+            let merged = o.get().to_str().ok().and_then(|prior| {
+                HeaderValue::from_str(&format!(
+                    "{prior}, {}",
+                    String::from_utf8_lossy(hop.as_bytes())
+                ))
+                .ok()
+            });
+            if let Some(v) = merged {
+                o.insert(v);
+            }
+        }
     }
 }
 
