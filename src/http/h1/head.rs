@@ -221,6 +221,12 @@ pub enum ResponseFraming {
     Close,
 }
 
+// Built at compile time (a `from_static` in a function body checks its
+// bytes at every call).
+const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
+const KEEP_ALIVE: HeaderValue = HeaderValue::from_static("keep-alive");
+
 /// Writes the status line and headers of a response into `dst` and says
 /// how its body is to be framed. `keep_alive` is turned off when the
 /// framing needs the connection to close.
@@ -237,41 +243,46 @@ pub fn encode_response(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    // One pass over the names (a handful; comparing standard names is an
+    // integer compare) instead of a lookup for each.
+    let (mut has_length, mut asked_close, mut has_date) = (false, false, false);
+    for (name, value) in headers.iter() {
+        if name == header::CONTENT_LENGTH {
+            has_length = true;
+        } else if name == header::DATE {
+            has_date = true;
+        } else if name == header::CONNECTION && value.as_bytes().eq_ignore_ascii_case(b"close") {
+            asked_close = true;
+        }
+    }
     let framing = if bodiless {
         if !head_request && status != StatusCode::NOT_MODIFIED {
             headers.remove(header::CONTENT_LENGTH);
         }
         ResponseFraming::None
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
+    } else if has_length {
         ResponseFraming::Length
     } else if let Some(n) = exact_len {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         ResponseFraming::Length
     } else if client == Version::HTTP_11 {
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        headers.insert(header::TRANSFER_ENCODING, CHUNKED);
         ResponseFraming::Chunked
     } else {
         *keep_alive = false;
         ResponseFraming::Close
     };
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        let asked_close = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         if asked_close {
             *keep_alive = false;
         }
         if !*keep_alive && !asked_close {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            headers.insert(header::CONNECTION, CLOSE);
         } else if *keep_alive && client == Version::HTTP_10 {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            headers.insert(header::CONNECTION, KEEP_ALIVE);
         }
     }
-    let add_date = !headers.contains_key(header::DATE);
+    let add_date = !has_date;
     dst.extend_from_slice(b"HTTP/1.1 ");
     dst.extend_from_slice(status.as_str().as_bytes());
     dst.push(b' ');
