@@ -104,6 +104,7 @@ pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result
     // map (it is hop-by-hop); one naming other headers or an upgrade stays
     // for the request path.
     let (mut close, mut keep) = (false, false);
+    let (mut lengths, mut framed, mut expect) = (0usize, false, false);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             if !h
@@ -131,12 +132,25 @@ pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result
             .map_err(|_| HeadError::Bad("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
             .map_err(|_| HeadError::Bad("bad header value"))?;
+        // (Comparing standard names is an integer compare.)
+        if name == header::CONTENT_LENGTH {
+            lengths += 1;
+        } else if name == header::TRANSFER_ENCODING {
+            framed = true;
+        } else if name == header::EXPECT {
+            expect = true;
+        }
         headers.append(name, value);
     }
-    let framing = framing(&headers, version)?;
+    // A request with neither header has no body: no lookups needed.
+    let framing = if framed || lengths > 0 {
+        framing(&headers, version)?
+    } else {
+        Framing::Empty
+    };
     // One Content-Length left when duplicates were identical.
     if let Framing::Length(n) = framing {
-        if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        if lengths > 1 {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
@@ -146,6 +160,7 @@ pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result
         keep
     };
     let expect_continue = version == Version::HTTP_11
+        && expect
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
