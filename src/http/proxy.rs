@@ -226,18 +226,23 @@ impl Handler {
             return self.redirect_https(&req, host.as_deref(), *port, log);
         }
 
-        // Body policy, checked before any upstream work.
-        let length = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        // Body policy, checked before any upstream work. (A request whose
+        // body has already ended, the usual GET, has no length or coding
+        // to check: its framing said so.)
+        let ended = req.body().is_end_stream();
+        let length = if ended {
+            None
+        } else {
+            req.headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
         if length.is_some_and(|l| l > policy.http.max_body_size) {
             return self.fail(log, RequestEnd::BodyTooLarge);
         }
-        if req.headers().contains_key(header::TRANSFER_ENCODING)
-            && !policy.http.allow_chunked_requests
-        {
+        let chunked = !ended && req.headers().contains_key(header::TRANSFER_ENCODING);
+        if chunked && !policy.http.allow_chunked_requests {
             return self.fail(log, RequestEnd::LengthRequired);
         }
 
@@ -245,10 +250,7 @@ impl Handler {
         let upgrade =
             policy.http.allow_upgrade && req.version() == Version::HTTP_11 && wants_upgrade(&req);
         // No body and no upgrade: our own HTTP/1.1 client can carry it.
-        let bodiless = !upgrade
-            && req.body().is_end_stream()
-            && length.is_none_or(|l| l == 0)
-            && !req.headers().contains_key(header::TRANSFER_ENCODING);
+        let bodiless = !upgrade && ended;
         let (mut parts, body) = req.into_parts();
         let authority = parts.uri.authority().cloned();
         let outcome = Arc::new(BodyOutcome::default());
