@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use super::{PooledConn, Sender};
 use crate::http::body::{BodyError, StreamError};
 use crate::http::h1::body::Decoder;
-use crate::http::h1::head::{Framing, head_end};
+use crate::http::h1::head::{ConnectionTokens, Framing, head_end};
 
 /// Largest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -158,17 +158,10 @@ pub fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, 
     for h in resp.headers.iter() {
         let raw_name = h.name.as_bytes();
         if raw_name.eq_ignore_ascii_case(b"connection") {
-            let mut other = false;
-            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keep = true;
-                } else if !t.is_empty() {
-                    other = true;
-                }
-            }
-            if !other {
+            let tokens = ConnectionTokens::of(h.value);
+            close |= tokens.close;
+            keep |= tokens.keep_alive;
+            if !tokens.other {
                 continue;
             }
         } else if raw_name.eq_ignore_ascii_case(b"keep-alive") {

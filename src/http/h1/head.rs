@@ -35,6 +35,32 @@ pub struct Head {
     pub expect_continue: bool,
 }
 
+/// What a `Connection` header value says, token by token (shared by the
+/// request and response parsers): close, keep-alive, or anything else
+/// (headers it names, an upgrade), which keeps it in the header map.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub other: bool,
+}
+
+impl ConnectionTokens {
+    pub fn of(value: &[u8]) -> ConnectionTokens {
+        let mut tokens = ConnectionTokens::default();
+        for t in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if t.eq_ignore_ascii_case(b"close") {
+                tokens.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                tokens.keep_alive = true;
+            } else if !t.is_empty() {
+                tokens.other = true;
+            }
+        }
+        tokens
+    }
+}
+
 /// The length of the head at the start of `buf` (through its blank line),
 /// if it is all there. A line ending in a bare LF also ends the search; the
 /// parser then refuses it.
@@ -114,17 +140,10 @@ pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result
             {
                 return Err(HeadError::Bad("bad header value"));
             }
-            let mut only_these = true;
-            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keep = true;
-                } else if !t.is_empty() {
-                    only_these = false;
-                }
-            }
-            if only_these {
+            let tokens = ConnectionTokens::of(h.value);
+            close |= tokens.close;
+            keep |= tokens.keep_alive;
+            if !tokens.other {
                 continue;
             }
         }
