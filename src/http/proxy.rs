@@ -4,6 +4,7 @@
 //! relayed back with a streaming body. Every failure ends as a `RequestEnd`
 //! and becomes a response in `error::respond`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,35 +112,36 @@ impl Handler {
         self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    pub async fn handle(&self, req: Request<ReqBody>) -> Response<Body> {
+    /// Handles one request. What can be decided without waiting (checks,
+    /// routing, the body policy, the upstream head) is decided here, when
+    /// the future is made; the future holds only what the wait for the
+    /// upstream needs (an `Outbound`), so it stays small to box and move.
+    pub fn handle(
+        &self,
+        req: Request<ReqBody>,
+    ) -> impl Future<Output = Response<Body>> + Send + '_ {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let version = req.version();
-        let host = request_host(&req);
-        let log = RequestLog::new(
-            self.rt.table.metrics().clone(),
-            self.http.access_log,
-            self.conn_id,
-            req.method().as_str(),
-            host.as_deref().unwrap_or(""),
-            req.uri().path(),
-        );
-        // Callers box this future (the request path's state is kilobytes):
-        // hyper moves an HTTP/2 stream's future several times, and an
-        // HTTP/1 connection's future must stay small while it idles.
-        let mut resp = self.proxy(req, host, log).await;
-        // HTTP/2 forbids connection-specific headers; its streams end on their own.
-        if version == Version::HTTP_2 {
-            resp.headers_mut().remove(header::CONNECTION);
-            *resp.version_mut() = Version::HTTP_2;
-        } else if self
-            .http
-            .max_requests_per_connection
-            .is_some_and(|max| n >= max)
-        {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let prepared = self.prepare(req);
+        async move {
+            let mut resp = match prepared {
+                Ok(out) => self.forward(out).await,
+                Err(answer) => answer,
+            };
+            // HTTP/2 forbids connection-specific headers; its streams end on their own.
+            if version == Version::HTTP_2 {
+                resp.headers_mut().remove(header::CONNECTION);
+                *resp.version_mut() = Version::HTTP_2;
+            } else if self
+                .http
+                .max_requests_per_connection
+                .is_some_and(|max| n >= max)
+            {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
-        resp
     }
 
     fn fail(&self, mut log: RequestLog, end: RequestEnd) -> Response<Body> {
@@ -148,18 +150,27 @@ impl Handler {
         respond(end, self.http.server_header.as_deref())
     }
 
-    async fn proxy(
-        &self,
-        req: Request<ReqBody>,
-        host: Option<String>,
-        mut log: RequestLog,
-    ) -> Response<Body> {
+    /// Everything before the upstream: the request's checks, its route and
+    /// body policy, and its upstream head (hop-by-hop removed, forwarding
+    /// headers added, target bytes untouched). `Err`: the proxy's answer.
+    // (The `Ok` side is the larger one: boxing the answer would save nothing.)
+    #[allow(clippy::result_large_err)]
+    fn prepare(&self, req: Request<ReqBody>) -> Result<Outbound<'_>, Response<Body>> {
+        let host = request_host(&req);
+        let mut log = RequestLog::new(
+            self.rt.table.metrics().clone(),
+            self.http.access_log,
+            self.conn_id,
+            req.method().as_str(),
+            host.as_deref().unwrap_or(""),
+            req.uri().path(),
+        );
         if uri_len(req.uri()) > self.http.max_uri_bytes {
-            return self.fail(log, RequestEnd::UriTooLong);
+            return Err(self.fail(log, RequestEnd::UriTooLong));
         }
         // A reverse proxy is no forward proxy: no tunnels to arbitrary hosts.
         if req.method() == http::Method::CONNECT {
-            return self.fail(log, RequestEnd::MethodNotAllowed);
+            return Err(self.fail(log, RequestEnd::MethodNotAllowed));
         }
         let checked = match req.body() {
             ReqBody::Hyper(_) => headers::check_request(&req),
@@ -168,7 +179,7 @@ impl Handler {
         };
         if let Err(why) = checked {
             tracing::debug!(conn = self.conn_id, why, "bad request");
-            return self.fail(log, RequestEnd::BadRequest);
+            return Err(self.fail(log, RequestEnd::BadRequest));
         }
         // ACME HTTP-01 challenges we have open are answered here; other
         // tokens go to the routes (an upstream may run its own ACME client).
@@ -186,7 +197,7 @@ impl Handler {
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/octet-stream"),
                 );
-                return resp;
+                return Err(resp);
             }
         }
         let tls = self.info.tls.as_ref();
@@ -205,7 +216,7 @@ impl Handler {
         };
         let Some(route) = routing::select_http(&self.rt.routes, &self.rt.http_order, &conn, &view)
         else {
-            return self.fail(log, RequestEnd::NoRoute);
+            return Err(self.fail(log, RequestEnd::NoRoute));
         };
         let policy = &route.config.policy;
         let in_flight = log.set_route(route.index, route.name.clone());
@@ -213,17 +224,17 @@ impl Handler {
             .max_connections
             .is_some_and(|max| in_flight >= i64::from(max))
         {
-            return self.fail(log, RequestEnd::LimitRoute);
+            return Err(self.fail(log, RequestEnd::LimitRoute));
         }
         // Domain fronting: on terminated TLS the request must be for the
         // name the connection was set up for (RFC 9110 §7.4: 421).
         if let Some(sni) = tls.and_then(|t| t.sni.as_deref()) {
             if host.as_deref().is_some_and(|h| h != sni) && !policy.http.allow_domain_fronting {
-                return self.fail(log, RequestEnd::MisdirectedRequest);
+                return Err(self.fail(log, RequestEnd::MisdirectedRequest));
             }
         }
         if let RouteAction::RedirectHttps { port } = &route.config.action {
-            return self.redirect_https(&req, host.as_deref(), *port, log);
+            return Err(self.redirect_https(&req, host.as_deref(), *port, log));
         }
 
         // Body policy, checked before any upstream work. (A request whose
@@ -239,38 +250,45 @@ impl Handler {
                 .and_then(|v| v.parse::<u64>().ok())
         };
         if length.is_some_and(|l| l > policy.http.max_body_size) {
-            return self.fail(log, RequestEnd::BodyTooLarge);
+            return Err(self.fail(log, RequestEnd::BodyTooLarge));
         }
         let chunked = !ended && req.headers().contains_key(header::TRANSFER_ENCODING);
         if chunked && !policy.http.allow_chunked_requests {
-            return self.fail(log, RequestEnd::LengthRequired);
+            return Err(self.fail(log, RequestEnd::LengthRequired));
         }
 
         // Only HTTP/1.1 upgrades: the connection loop runs the tunnel.
         let upgrade =
             policy.http.allow_upgrade && req.version() == Version::HTTP_11 && wants_upgrade(&req);
-        // No body and no upgrade: our own HTTP/1.1 client can carry it.
+        // No body and no upgrade: our own HTTP/1.1 client can carry it,
+        // and there is no body to watch.
         let bodiless = !upgrade && ended;
         let (mut parts, body) = req.into_parts();
-        let authority = parts.uri.authority().cloned();
-        let outcome = Arc::new(BodyOutcome::default());
-        let body = ClientBody::new(
-            body,
-            policy.http.max_body_size,
-            policy.http.client_body_idle_timeout,
-            outcome.clone(),
-        );
+        let body = if bodiless {
+            None
+        } else {
+            let outcome = Arc::new(BodyOutcome::default());
+            log.request_body = Some(outcome.clone());
+            let body = ClientBody::new(
+                body,
+                policy.http.max_body_size,
+                policy.http.client_body_idle_timeout,
+                outcome,
+            );
+            Some(body.boxed_unsync())
+        };
 
+        let authority = parts.uri.authority().cloned();
         let host_value = parts.headers.get(header::HOST).cloned().or_else(|| {
             authority
                 .as_ref()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let mut headers = std::mem::take(&mut parts.headers);
-        headers::remove_hop_by_hop(&mut headers, upgrade);
+        let headers = &mut parts.headers;
+        headers::remove_hop_by_hop(headers, upgrade);
         headers.remove(header::EXPECT); // 100-continue is answered by our server side
         headers::add_forwarding(
-            &mut headers,
+            headers,
             &ForwardedFor {
                 client: self.info.client.ip(),
                 client_value: &self.client_value,
@@ -285,12 +303,8 @@ impl Handler {
             },
         );
         if self.http.via {
-            headers::add_via(&mut headers, parts.version);
+            headers::add_via(headers, parts.version);
         }
-        let mut upstream_req = Request::new(body.boxed_unsync());
-        *upstream_req.method_mut() = parts.method;
-        *upstream_req.uri_mut() = origin_form(parts.uri);
-        *upstream_req.version_mut() = Version::HTTP_11;
         // HTTP/2 (and absolute-form) requests carry the host in the target;
         // upstream, over HTTP/1.1, it goes in Host.
         if !headers.contains_key(header::HOST) {
@@ -301,26 +315,40 @@ impl Handler {
                 headers.insert(header::HOST, authority);
             }
         }
-        *upstream_req.headers_mut() = headers;
-
+        parts.uri = origin_form(parts.uri);
+        parts.version = Version::HTTP_11;
         let started = Instant::now();
-        let deadline = policy.http.request_timeout.map(|d| started + d);
-        log.request_body = Some(outcome.clone());
-        let call = self.call_upstream(route, upstream_req, bodiless, &mut log, &outcome);
-        let result = match deadline {
+        Ok(Outbound {
+            route,
+            head: Request::from_parts(parts, ()),
+            body,
+            upgrade,
+            deadline: policy.http.request_timeout.map(|d| started + d),
+            started,
+            log,
+        })
+    }
+
+    /// The upstream exchange under the request's deadline, and the response
+    /// relayed with a streaming body.
+    async fn forward(&self, mut out: Outbound<'_>) -> Response<Body> {
+        let policy = &out.route.config.policy;
+        let call = self.call_upstream(out.route, &mut out.head, &mut out.body, &mut out.log);
+        let result = match out.deadline {
             Some(d) => timeout(d.saturating_duration_since(Instant::now()), call)
                 .await
                 .unwrap_or(Err(RequestEnd::RequestTimeout)),
             None => call.await,
         };
+        let mut log = out.log;
         let (mut resp, pooled) = match result {
             Ok(r) => r,
             Err(end) => return self.fail(log, end),
         };
         log.status = resp.status().as_u16();
-        log.headers_received = Some(started.elapsed());
+        log.headers_received = Some(out.started.elapsed());
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
             *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tunnel {
                 upstream,
@@ -347,7 +375,7 @@ impl Handler {
             UpstreamBody::new(
                 body,
                 policy.http.upstream_body_idle_timeout,
-                deadline.map(tokio::time::Instant::from_std),
+                out.deadline.map(tokio::time::Instant::from_std),
                 pooled,
                 log,
             )
@@ -355,22 +383,24 @@ impl Handler {
         )
     }
 
-    /// Sends the request on a pooled connection. A request that a reused
-    /// connection could not take (the upstream closed it while idle; hyper
-    /// hands the unsent request back) goes once more on another connection.
+    /// Sends the request on a pooled connection: a bodiless one (`body`
+    /// is `None`) as bytes on one of our own HTTP/1.1 connections when the
+    /// target takes those, anything else through hyper. A request that a
+    /// reused connection could not take (the upstream closed it while idle)
+    /// goes once more on another connection.
     async fn call_upstream(
         &self,
         route: &Route,
-        mut request: Request<Body>,
-        bodiless: bool,
+        head: &mut Request<()>,
+        body: &mut Option<Body>,
         log: &mut RequestLog,
-        outcome: &BodyOutcome,
     ) -> Result<(Response<UpstreamInner>, Option<PooledConn>), RequestEnd> {
         let Some(forward) = route.config.action.forward() else {
             return Err(RequestEnd::NoRoute);
         };
         let pools = &self.rt.pools[route.index];
         let policy = &route.config.policy;
+        let bodiless = body.is_none();
         loop {
             let pool = &pools[route.next_target(forward.targets.len())];
             // Boxed: waiting for a pool slot is rare and its state is large; keeping
@@ -392,13 +422,13 @@ impl Handler {
             }
             let reused = conn.reused;
             if let Sender::Raw(raw) = &mut conn.sender {
-                let head = h1::encode_request(request.method(), request.uri(), request.headers());
-                let head_request = request.method() == http::Method::HEAD;
+                let encoded = h1::encode_request(head.method(), head.uri(), head.headers());
+                let head_request = head.method() == http::Method::HEAD;
                 let deadline = tokio::time::Instant::now() + policy.http.response_header_timeout;
                 let mut timer = self.response_timer(deadline);
                 let exchange = tokio::select! {
                     biased;
-                    r = raw.exchange(&head, head_request) => Ok(r),
+                    r = raw.exchange(&encoded, head_request) => Ok(r),
                     () = timer.as_mut() => Err(()),
                 };
                 *self
@@ -417,7 +447,7 @@ impl Handler {
                             // Closed while idle, before anything came back:
                             // an idempotent request goes again.
                             h1::ExchangeError::ClosedEarly
-                                if reused && request.method().is_idempotent() =>
+                                if reused && head.method().is_idempotent() =>
                             {
                                 continue;
                             }
@@ -429,6 +459,8 @@ impl Handler {
                     }
                 }
             }
+            let mut request = std::mem::replace(head, Request::new(()))
+                .map(|()| body.take().unwrap_or_else(empty));
             if conn.sender.is_http2() {
                 as_http2(&mut request, pool.scheme());
             }
@@ -441,12 +473,18 @@ impl Handler {
                 Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
                 Ok(Ok(resp)) => return Ok((resp.map(UpstreamInner::Left), Some(conn))),
                 Ok(Err(mut e)) => {
-                    if let Some(client_side) = outcome.failure() {
+                    if let Some(client_side) = log.request_body.as_ref().and_then(|o| o.failure()) {
                         return Err(client_side);
                     }
                     tracing::debug!(conn = self.conn_id, error = %e.error(), reused, "upstream request failed");
                     match e.take_message() {
-                        Some(unsent) if reused => request = unsent,
+                        Some(unsent) if reused => {
+                            let (parts, unsent_body) = unsent.into_parts();
+                            *head = Request::from_parts(parts, ());
+                            if !bodiless {
+                                *body = Some(unsent_body);
+                            }
+                        }
                         _ if e.error().is_parse() => return Err(RequestEnd::UpstreamProtocolError),
                         _ => return Err(RequestEnd::UpstreamReset),
                     }
@@ -454,6 +492,19 @@ impl Handler {
             }
         }
     }
+}
+
+/// A request on its way upstream: what the wait for its response needs.
+struct Outbound<'a> {
+    route: &'a Route,
+    /// Method, target, version and headers as they go upstream.
+    head: Request<()>,
+    /// The request body; `None` when there is none and no upgrade.
+    body: Option<Body>,
+    upgrade: bool,
+    deadline: Option<Instant>,
+    started: Instant,
+    log: RequestLog,
 }
 
 impl Handler {
