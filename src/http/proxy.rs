@@ -122,10 +122,16 @@ impl Handler {
     ) -> impl Future<Output = Response<Body>> + Send + '_ {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let version = req.version();
-        let prepared = self.prepare(req);
+        let mut prepared = self.prepare(req);
         async move {
+            // `prepared` is borrowed across the wait and consumed after it:
+            // moved into a binding, it would be stored twice in this future.
+            let exchanged = match &mut prepared {
+                Ok(out) => self.exchange(out).await,
+                Err(_) => Err(RequestEnd::Ok), // (not read: the answer is ready)
+            };
             let mut resp = match prepared {
-                Ok(out) => self.forward(out).await,
+                Ok(out) => self.relay(out, exchanged),
                 Err(answer) => answer,
             };
             // HTTP/2 forbids connection-specific headers; its streams end on their own.
@@ -329,19 +335,23 @@ impl Handler {
         })
     }
 
-    /// The upstream exchange under the request's deadline, and the response
-    /// relayed with a streaming body.
-    async fn forward(&self, mut out: Outbound<'_>) -> Response<Body> {
-        let policy = &out.route.config.policy;
+    /// The upstream exchange under the request's deadline.
+    async fn exchange(&self, out: &mut Outbound<'_>) -> Exchanged {
         let call = self.call_upstream(out.route, &mut out.head, &mut out.body, &mut out.log);
-        let result = match out.deadline {
+        match out.deadline {
             Some(d) => timeout(d.saturating_duration_since(Instant::now()), call)
                 .await
                 .unwrap_or(Err(RequestEnd::RequestTimeout)),
             None => call.await,
-        };
+        }
+    }
+
+    /// The upstream's response relayed with a streaming body (or the end
+    /// of the exchange as the proxy's answer).
+    fn relay(&self, out: Outbound<'_>, exchanged: Exchanged) -> Response<Body> {
+        let policy = &out.route.config.policy;
         let mut log = out.log;
-        let (mut resp, pooled) = match result {
+        let (mut resp, pooled) = match exchanged {
             Ok(r) => r,
             Err(end) => return self.fail(log, end),
         };
@@ -394,7 +404,7 @@ impl Handler {
         head: &mut Request<()>,
         body: &mut Option<Body>,
         log: &mut RequestLog,
-    ) -> Result<(Response<UpstreamInner>, Option<PooledConn>), RequestEnd> {
+    ) -> Exchanged {
         let Some(forward) = route.config.action.forward() else {
             return Err(RequestEnd::NoRoute);
         };
@@ -459,40 +469,68 @@ impl Handler {
                     }
                 }
             }
-            let mut request = std::mem::replace(head, Request::new(()))
-                .map(|()| body.take().unwrap_or_else(empty));
-            if conn.sender.is_http2() {
-                as_http2(&mut request, pool.scheme());
-            }
-            match timeout(
+            // Boxed: hyper's request state is large, and the usual request
+            // (no body, one of our connections) never needs it.
+            let sent = Box::pin(self.send_with_hyper(
+                conn,
+                pool.scheme(),
                 policy.http.response_header_timeout,
-                conn.sender.try_send_request(request),
-            )
-            .await
-            {
-                Err(_) => return Err(RequestEnd::UpstreamResponseTimeout),
-                Ok(Ok(resp)) => return Ok((resp.map(UpstreamInner::Left), Some(conn))),
-                Ok(Err(mut e)) => {
-                    if let Some(client_side) = log.request_body.as_ref().and_then(|o| o.failure()) {
-                        return Err(client_side);
-                    }
-                    tracing::debug!(conn = self.conn_id, error = %e.error(), reused, "upstream request failed");
-                    match e.take_message() {
-                        Some(unsent) if reused => {
-                            let (parts, unsent_body) = unsent.into_parts();
-                            *head = Request::from_parts(parts, ());
-                            if !bodiless {
-                                *body = Some(unsent_body);
-                            }
-                        }
-                        _ if e.error().is_parse() => return Err(RequestEnd::UpstreamProtocolError),
-                        _ => return Err(RequestEnd::UpstreamReset),
-                    }
-                }
+                head,
+                body,
+                log,
+            ))
+            .await;
+            if let Some(exchanged) = sent {
+                return exchanged;
             }
         }
     }
+
+    /// Sends the request through hyper on `conn`. `None`: the reused
+    /// connection could not take it (the upstream closed it while idle) and
+    /// hyper handed it back, into `head` and `body`, to go again.
+    async fn send_with_hyper(
+        &self,
+        mut conn: PooledConn,
+        scheme: &str,
+        response_timeout: std::time::Duration,
+        head: &mut Request<()>,
+        body: &mut Option<Body>,
+        log: &RequestLog,
+    ) -> Option<Exchanged> {
+        let bodiless = body.is_none();
+        let mut request =
+            std::mem::replace(head, Request::new(())).map(|()| body.take().unwrap_or_else(empty));
+        if conn.sender.is_http2() {
+            as_http2(&mut request, scheme);
+        }
+        let mut e = match timeout(response_timeout, conn.sender.try_send_request(request)).await {
+            Err(_) => return Some(Err(RequestEnd::UpstreamResponseTimeout)),
+            Ok(Ok(resp)) => return Some(Ok((resp.map(UpstreamInner::Left), Some(conn)))),
+            Ok(Err(e)) => e,
+        };
+        if let Some(client_side) = log.request_body.as_ref().and_then(|o| o.failure()) {
+            return Some(Err(client_side));
+        }
+        tracing::debug!(conn = self.conn_id, error = %e.error(), reused = conn.reused, "upstream request failed");
+        match e.take_message() {
+            Some(unsent) if conn.reused => {
+                let (parts, unsent_body) = unsent.into_parts();
+                *head = Request::from_parts(parts, ());
+                if !bodiless {
+                    *body = Some(unsent_body);
+                }
+                None
+            }
+            _ if e.error().is_parse() => Some(Err(RequestEnd::UpstreamProtocolError)),
+            _ => Some(Err(RequestEnd::UpstreamReset)),
+        }
+    }
 }
+
+/// How the upstream exchange ended: its response (with the connection,
+/// for hyper's), or why not.
+type Exchanged = Result<(Response<UpstreamInner>, Option<PooledConn>), RequestEnd>;
 
 /// A request on its way upstream: what the wait for its response needs.
 struct Outbound<'a> {
