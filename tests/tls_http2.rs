@@ -65,6 +65,10 @@ fn h2_backend(tls: Option<Arc<rustls::ServerConfig>>) -> H2Backend {
                             let (c, v, tx) = (c.clone(), v.clone(), tx.clone());
                             async move {
                                 v.lock().unwrap().push(format!("{:?}", req.version()));
+                                if req.uri().path() == "/half" {
+                                    let _ = tx.send(());
+                                    tokio::time::sleep(Duration::from_millis(600)).await;
+                                }
                                 if req.uri().path() == "/slow" {
                                     let guard = CountDrop(c);
                                     let _ = tx.send(());
@@ -314,4 +318,68 @@ fn h2_over_tls_to_the_upstream_by_alpn() {
         assert_eq!(body, format!("h2c HTTP/2.0 /t{i}").as_bytes());
     }
     assert_eq!(up.versions.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn a_stream_in_flight_at_shutdown_completes_then_the_connection_closes() {
+    let h2 = h2c_backend();
+    let gh = Gatehouse::start(&http_config(
+        "timeouts.shutdown_drain = \"10s\"",
+        "http.h2c = true",
+        h2.addr,
+        "upstream.protocol = \"http2\"",
+    ));
+    let web = gh.addr("web");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gh = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = Request::get(format!("http://{web}/half"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let pending = tokio::spawn(sender.send_request(req));
+        // The request is upstream (answered 600 ms later) when the drain starts.
+        let (h2, gh) = tokio::task::spawn_blocking(move || {
+            h2.slow_started
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap();
+            gh.signal("TERM");
+            gh.wait_log("listener closed", Duration::from_secs(3));
+            (h2, gh)
+        })
+        .await
+        .unwrap();
+        let resp = pending
+            .await
+            .unwrap()
+            .expect("in-flight stream cut at shutdown");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"h2c HTTP/2.0 /half");
+        // Then the proxy ends the connection (GOAWAY, close) on its own.
+        tokio::time::timeout(Duration::from_secs(3), conn)
+            .await
+            .expect("connection left open after its last stream")
+            .unwrap()
+            .unwrap();
+        drop(h2);
+        gh
+    });
+    let started = Instant::now();
+    let status = gh.terminate(Duration::from_secs(5));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "exit took {:?} with nothing left to drain",
+        started.elapsed()
+    );
 }

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod error;
 pub mod h1;
+mod h2;
 mod headers;
 mod log;
 pub mod park;
@@ -22,7 +23,6 @@ use std::sync::atomic::Ordering;
 use std::task::Waker;
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
@@ -158,16 +158,18 @@ async fn serve_h2<S: h1::ConnIo>(
         let h = handler.clone();
         async move { Ok::<_, Infallible>(Box::pin(h.handle(req.map(body::ReqBody::Hyper))).await) }
     });
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // The streams run in this task (`h2`), not in a task each.
+    let exec = h2::StreamExec::default();
+    let mut builder = hyper::server::conn::http2::Builder::new(exec.clone());
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .initial_stream_window_size(cfg.h2_stream_window)
         .initial_connection_window_size(cfg.h2_connection_window)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = h2::WithStreams::new(builder.serve_connection(TokioIo::new(io), service), exec);
     tokio::pin!(conn);
-    match drive(conn, &rt.shutdown, idle, |c| c.graceful_shutdown()).await {
+    match drive(conn, &rt.shutdown, idle, |c| c.conn().graceful_shutdown()).await {
         Driven::Done(Ok(())) => EndReason::ClientClosed,
         Driven::Done(Err(e)) => {
             tracing::debug!(conn = guard.id(), error = %e, "HTTP/2 connection ended with an error");

@@ -163,8 +163,9 @@ async fn run(
                 return Step::End(reason);
             }
         }
-        // The HTTP connection goes on in a task of its own: this task's
-        // future is sized for the L4 states, which HTTP never uses.
+        // The HTTP connection goes on in this task, in a future of its own
+        // (boxed in `serve`): this one is sized for the L4 states, which
+        // HTTP never uses.
         return Step::Http(Box::new(HttpHandoff {
             client,
             early: early_bytes,
