@@ -323,7 +323,8 @@ impl Handler {
         }
         parts.uri = origin_form(parts.uri);
         parts.version = Version::HTTP_11;
-        let started = Instant::now();
+        // (The request's record was started a moment ago: one clock read.)
+        let started = log.started;
         Ok(Outbound {
             route,
             head: Request::from_parts(parts, ()),

@@ -126,14 +126,13 @@ pub async fn serve<S: ConnIo>(
         } else {
             cfg.keepalive_timeout
         };
-        let first_read_deadline = resumed_deadline
-            .take()
-            .unwrap_or_else(|| Instant::now() + wait_limit);
+        // (One clock read per request for both deadlines.)
+        let now = Instant::now();
+        let first_read_deadline = resumed_deadline.take().unwrap_or(now + wait_limit);
         // Whether the wait below could tell readiness (TCP) or not (TLS:
         // the first read of the head then does the waiting).
         let mut waited = !buf.is_empty();
         if buf.is_empty() {
-            let now = Instant::now();
             let park_at = (served > 0 && io.parkable())
                 .then(|| now + PARK_AFTER)
                 .filter(|&t| t + 2 * PARK_AFTER <= first_read_deadline);
