@@ -161,7 +161,12 @@ impl TargetPool {
     /// lifetime are a prefix: found by bisection, without a pass over all.
     fn drop_expired(&self, idle: &mut Vec<IdleConn>) {
         let now = Instant::now();
-        let expired = idle.partition_point(|c| now.duration_since(c.since) >= self.idle_timeout);
+        let expired = |c: &IdleConn| now.duration_since(c.since) >= self.idle_timeout;
+        // Oldest first: usually even the oldest is fresh, and one look does.
+        if !idle.first().is_some_and(expired) {
+            return;
+        }
+        let expired = idle.partition_point(expired);
         idle.drain(..expired);
     }
 
