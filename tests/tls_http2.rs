@@ -362,8 +362,9 @@ fn a_stream_in_flight_at_shutdown_completes_then_the_connection_closes() {
         })
         .await
         .unwrap();
-        let resp = pending
+        let resp = tokio::time::timeout(Duration::from_secs(5), pending)
             .await
+            .expect("in-flight stream not answered during the drain")
             .unwrap()
             .expect("in-flight stream cut at shutdown");
         assert_eq!(resp.status(), 200);

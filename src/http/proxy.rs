@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -323,15 +322,14 @@ impl Handler {
         }
         parts.uri = origin_form(parts.uri);
         parts.version = Version::HTTP_11;
-        // (The request's record was started a moment ago: one clock read.)
-        let started = log.started;
+        // The request's deadline counts from its record's start.
+        let started = tokio::time::Instant::from_std(log.started);
         Ok(Outbound {
             route,
             head: Request::from_parts(parts, ()),
             body,
             upgrade,
             deadline: policy.http.request_timeout.map(|d| started + d),
-            started,
             log,
         })
     }
@@ -340,7 +338,7 @@ impl Handler {
     async fn exchange(&self, out: &mut Outbound<'_>) -> Exchanged {
         let call = self.call_upstream(out.route, &mut out.head, &mut out.body, &mut out.log);
         match out.deadline {
-            Some(d) => timeout(d.saturating_duration_since(Instant::now()), call)
+            Some(d) => tokio::time::timeout_at(d, call)
                 .await
                 .unwrap_or(Err(RequestEnd::RequestTimeout)),
             None => call.await,
@@ -357,7 +355,7 @@ impl Handler {
             Err(end) => return self.fail(log, end),
         };
         log.status = resp.status().as_u16();
-        log.headers_received = Some(out.started.elapsed());
+        log.headers_received = Some(log.started.elapsed());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
@@ -386,7 +384,7 @@ impl Handler {
             UpstreamBody::new(
                 body,
                 policy.http.upstream_body_idle_timeout,
-                out.deadline.map(tokio::time::Instant::from_std),
+                out.deadline,
                 pooled,
                 log,
             )
@@ -541,8 +539,8 @@ struct Outbound<'a> {
     /// The request body; `None` when there is none and no upgrade.
     body: Option<Body>,
     upgrade: bool,
-    deadline: Option<Instant>,
-    started: Instant,
+    /// The request's deadline (`request_timeout` from the record's start).
+    deadline: Option<tokio::time::Instant>,
     log: RequestLog,
 }
 

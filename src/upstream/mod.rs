@@ -289,22 +289,23 @@ impl TargetPool {
         }
         let raw = self.wants_raw(raw_ok);
         loop {
+            // One of ours when it fits (released by another request since
+            // the caller last looked, or after a stale one below).
+            if let Some(conn) = self.take_idle_raw(raw_ok) {
+                return Ok((conn, None));
+            }
             let taken = {
                 let mut idle = lock(&self.idle);
                 // (Staleness is checked below on the one taken, not on all.)
                 self.drop_expired(&mut idle);
-                // Newest first: one of ours when it fits, else one of
-                // hyper's that is ready right now (a connection whose
-                // response just ended may still need its I/O task to run).
-                let ours = || {
-                    idle.iter()
-                        .rposition(|c| raw && matches!(c.sender, Sender::Raw(_)))
-                };
+                // Newest first: one of hyper's that is ready right now (a
+                // connection whose response just ended may still need its
+                // I/O task to run), else any.
                 let ready = || {
                     idle.iter()
                         .rposition(|c| matches!(&c.sender, Sender::H1(s) if s.is_ready()))
                 };
-                match ours().or_else(ready).or(idle.len().checked_sub(1)) {
+                match ready().or(idle.len().checked_sub(1)) {
                     Some(pos) => idle.remove(pos),
                     None => break,
                 }
