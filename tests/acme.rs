@@ -236,7 +236,8 @@ fn http01_issues_serves_and_renews() {
 fn tls_alpn01_issues_and_serves() {
     let pki = Pki::new("pebble-ca");
     let (http_port, tls_port) = (free_port(), free_port());
-    let pebble = Pebble::start(&pki, refused_addr().port(), tls_port);
+    let refused = refused_addr();
+    let pebble = Pebble::start(&pki, refused.addr.port(), tls_port);
     let storage = tempfile::tempdir().unwrap();
     let (backend, _) = raw_http_backend(|_| ok_response("alpn site"));
     let gh = Gatehouse::start(&acme_config(
@@ -268,7 +269,8 @@ fn a_failing_challenge_backs_off_and_the_previous_certificate_stays() {
     let pki = Pki::new("pebble-ca");
     let (http_port, tls_port) = (free_port(), free_port());
     // Pebble validates HTTP-01 against a port where nothing listens.
-    let pebble = Pebble::start(&pki, refused_addr().port(), tls_port);
+    let refused = refused_addr();
+    let pebble = Pebble::start(&pki, refused.addr.port(), tls_port);
     let storage = tempfile::tempdir().unwrap();
     // The certificate from an earlier run, due for renewal.
     let own = Pki::new("earlier");

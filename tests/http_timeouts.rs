@@ -50,7 +50,8 @@ fn upstream_connect_timeout_is_504() {
 
 #[test]
 fn refused_upstream_is_502() {
-    let gh = Gatehouse::start(&http_config("", "", refused_addr(), ""));
+    let refused = refused_addr();
+    let gh = Gatehouse::start(&http_config("", "", refused.addr, ""));
     expect_error(
         &gh,
         GET,

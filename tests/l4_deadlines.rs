@@ -34,7 +34,8 @@ fn unreachable_backend_ends_at_connect_timeout() {
 
 #[test]
 fn refused_backend_ends_at_once() {
-    let gh = Gatehouse::start(&simple_config("", "", refused_addr(), ""));
+    let refused = refused_addr();
+    let gh = Gatehouse::start(&simple_config("", "", refused.addr, ""));
     let start = Instant::now();
     let mut c = TcpStream::connect(gh.addr("in")).unwrap();
     wait_closed(&mut c, Duration::from_secs(5));

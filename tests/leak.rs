@@ -222,7 +222,8 @@ match.listener = "idle"
 action.forward = ["{echo}"]
 policy.idle_timeout = "1s"
 "#,
-        hole = hole.addr
+        hole = hole.addr,
+        refused = refused.addr
     );
     let gh = Gatehouse::start(&config);
     let baseline = gh.fd_count();

@@ -367,10 +367,21 @@ pub fn blackhole() -> Blackhole {
     }
 }
 
-/// A local port with nothing listening.
-pub fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// A local port with nothing listening: a socket bound to it but never
+/// listening keeps the port reserved (so nothing started later, such as the
+/// proxy's own listeners, can be given it) while connections to it are refused.
+pub struct RefusedPort {
+    pub addr: SocketAddr,
+    _bound: socket2::Socket,
+}
+
+pub fn refused_addr() -> RefusedPort {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    RefusedPort { addr, _bound: s }
 }
 
 /// Reads until EOF or error; returns what was read and whether it ended by EOF.
