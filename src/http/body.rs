@@ -98,10 +98,10 @@ impl BodyOutcome {
 #[error("{0}")]
 pub struct StreamError(pub &'static str);
 
-/// A request body as it arrives: from hyper's HTTP/2 server, or from our
-/// HTTP/1 connection loop.
+/// A request body as it arrives: from our HTTP/2 server or our HTTP/1
+/// connection loop.
 pub enum ReqBody {
-    Hyper(Incoming),
+    H2(super::h2::H2Body),
     H1(super::h1::body::RequestBody),
     /// No body at all.
     Empty,
@@ -116,9 +116,7 @@ impl HttpBody for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ReqBody::Hyper(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BodyError),
+            ReqBody::H2(b) => Pin::new(b).poll_frame(cx),
             ReqBody::H1(b) => Pin::new(b).poll_frame(cx),
             ReqBody::Empty => Poll::Ready(None),
         }
@@ -126,7 +124,7 @@ impl HttpBody for ReqBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ReqBody::Hyper(b) => b.is_end_stream(),
+            ReqBody::H2(b) => b.is_end_stream(),
             ReqBody::H1(b) => b.is_end_stream(),
             ReqBody::Empty => true,
         }
@@ -134,7 +132,7 @@ impl HttpBody for ReqBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Hyper(b) => b.size_hint(),
+            ReqBody::H2(b) => b.size_hint(),
             ReqBody::H1(b) => b.size_hint(),
             ReqBody::Empty => SizeHint::with_exact(0),
         }

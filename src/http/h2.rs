@@ -1,108 +1,320 @@
-//! hyper's HTTP/2 server on one client connection, with the connection's
-//! streams run inside the connection's own task: hyper hands each stream
-//! (its request's handler and the response being sent) to its executor,
-//! and ours keeps them in a set that the connection's future polls along
-//! with the connection itself. No task per stream: no spawn, no scheduling
-//! round through the runtime, and the connection's task owns everything
-//! that belongs to it (its end drops what is left of its streams).
+//! Our HTTP/2 server on one client connection, on the `h2` crate (framing,
+//! HPACK, flow control, stream states). It owns the connection and its
+//! streams: each stream (its request's handler, then the response being
+//! sent) is a future in a set that the connection's future polls along with
+//! the connection itself. No task per stream: no spawn, no scheduling round
+//! through the runtime, and the connection's end drops what is left of its
+//! streams, which cancels their upstream requests.
+//!
+//! A stream's rules: a client's RST_STREAM ends it at once, whether its
+//! handler is still waiting for the upstream or its body is being sent; a
+//! response body goes out one frame at a time, each sent only when the
+//! stream has send capacity again (so at most one frame per stream waits
+//! beyond the client's window); connection-specific headers never leave;
+//! a response without `Date` gets one.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
+use ::h2::server::{Connection, Handshake, SendResponse};
+use ::h2::{Reason, RecvStream, SendStream};
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 
-/// A stream's future, as hyper hands it over.
+use super::body::{Body, BodyError, ReqBody};
+use super::headers;
+use super::proxy::Handler;
+use crate::config::HttpListener;
+use crate::conn::EndReason;
+
+/// A stream's future: its handler, then its response.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The executor given to hyper: streams handed over wait here until the
-/// connection's future takes them into its set.
-#[derive(Clone, Default)]
-pub struct StreamExec(Arc<Mutex<Handed>>);
-
-#[derive(Default)]
-struct Handed {
-    streams: Vec<StreamFuture>,
-    /// The connection's task, woken when a stream is handed over outside
-    /// its poll (hyper hands them over while polled: this is a backstop).
-    waker: Option<Waker>,
+enum State<S> {
+    Handshaking(Handshake<S, Bytes>),
+    Serving(Connection<S, Bytes>),
 }
 
-impl<F> hyper::rt::Executor<F> for StreamExec
+/// One HTTP/2 server connection and its streams, polled together. It ends
+/// when the connection does: the client closed it, it failed, or it was
+/// shut down gracefully (GOAWAY) and its last stream finished.
+pub struct Server<S> {
+    state: State<S>,
+    handler: Arc<Handler>,
+    streams: FuturesUnordered<StreamFuture>,
+    /// Asked to shut down while still handshaking.
+    close_pending: bool,
+}
+
+impl<S> Server<S>
 where
-    F: Future<Output = ()> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    fn execute(&self, fut: F) {
-        let mut handed = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        handed.streams.push(Box::pin(fut));
-        if let Some(w) = handed.waker.take() {
-            w.wake();
-        }
-    }
-}
-
-impl StreamExec {
-    /// Moves the streams handed over since the last call into `set`;
-    /// whether there were any.
-    fn take_into(&self, set: &mut FuturesUnordered<StreamFuture>, waker: &Waker) -> bool {
-        let mut handed = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !handed.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            handed.waker = Some(waker.clone());
-        }
-        let any = !handed.streams.is_empty();
-        set.extend(handed.streams.drain(..));
-        any
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A hyper HTTP/2 server connection and its streams, polled together.
-    /// It ends when the connection does; streams still running then are
-    /// dropped with it (their client is gone, or the connection was
-    /// dropped at the drain deadline), which cancels their upstream requests.
-    pub struct WithStreams<C> {
-        #[pin]
-        conn: C,
-        exec: StreamExec,
-        streams: FuturesUnordered<StreamFuture>,
-    }
-}
-
-impl<C> WithStreams<C> {
-    pub fn new(conn: C, exec: StreamExec) -> Self {
-        WithStreams {
-            conn,
-            exec,
+    pub fn new(io: S, handler: Arc<Handler>, cfg: &HttpListener) -> Server<S> {
+        let mut builder = ::h2::server::Builder::new();
+        builder
+            .max_concurrent_streams(cfg.max_concurrent_streams)
+            .initial_window_size(cfg.h2_stream_window)
+            .initial_connection_window_size(cfg.h2_connection_window)
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .max_frame_size(16 * 1024)
+            // What waits to be sent on the whole connection, beyond the
+            // client's windows (hyper's default).
+            .max_send_buffer_size(400 * 1024)
+            // Streams a client resets before we accept them, and streams we
+            // reset for its errors, are bounded (rapid-reset defense).
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(Some(1024));
+        Server {
+            state: State::Handshaking(builder.handshake(io)),
+            handler,
             streams: FuturesUnordered::new(),
+            close_pending: false,
         }
     }
 
-    /// The connection itself (to ask it to shut down gracefully).
-    pub fn conn(self: Pin<&mut Self>) -> Pin<&mut C> {
-        self.project().conn
+    /// Sends GOAWAY: streams already open finish, no new one starts, and
+    /// the connection ends after the last.
+    pub fn graceful_shutdown(&mut self) {
+        match &mut self.state {
+            State::Handshaking(_) => self.close_pending = true,
+            State::Serving(conn) => conn.graceful_shutdown(),
+        }
     }
 }
 
-impl<C: Future> Future for WithStreams<C> {
-    type Output = C::Output;
+impl<S> Future for Server<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    type Output = Result<(), ::h2::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let mut this = self.project();
-        loop {
-            // The connection first: it reads frames and hands new streams
-            // over; then the streams, which queue their responses for the
-            // connection to write; again while that handed over more.
-            if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
-                return Poll::Ready(out);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        let conn = loop {
+            match &mut me.state {
+                State::Handshaking(hs) => {
+                    let mut conn = ready!(Pin::new(hs).poll(cx))?;
+                    if me.close_pending {
+                        conn.graceful_shutdown();
+                    }
+                    me.state = State::Serving(conn);
+                }
+                State::Serving(conn) => break conn,
             }
-            this.exec.take_into(this.streams, cx.waker());
-            // `Ready(None)`: the set is empty; `Pending`: every stream waits
-            // (or the set yielded to be fair and woke the task again).
-            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
-            if !this.exec.take_into(this.streams, cx.waker()) {
+        };
+        loop {
+            // The streams first: what they queue, the connection's poll
+            // below writes out in the same turn.
+            while let Poll::Ready(Some(())) = me.streams.poll_next_unpin(cx) {}
+            let mut accepted = false;
+            loop {
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        me.streams
+                            .push(Box::pin(stream(me.handler.clone(), req, respond)));
+                        accepted = true;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    // Closed: whatever is left of its streams can send nothing more.
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
+            }
+            if !accepted {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+/// Why a connection's error ended it, on the client's side.
+pub fn end_reason(e: &::h2::Error) -> EndReason {
+    let protocol = matches!(
+        e.reason(),
+        Some(Reason::PROTOCOL_ERROR | Reason::FRAME_SIZE_ERROR | Reason::COMPRESSION_ERROR)
+    );
+    if !e.is_io() && (protocol || (e.is_go_away() && !e.is_remote())) {
+        EndReason::ClientProtocolError
+    } else {
+        EndReason::ClientReset
+    }
+}
+
+/// One stream: its request handled, its response sent. A client reset
+/// drops it wherever it is (and with it the upstream request).
+async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    // A body's declared length, for its size hint (h2 checks the DATA
+    // frames against it).
+    let length = if req.body().is_end_stream() {
+        None
+    } else {
+        req.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let req = req.map(|recv| {
+        ReqBody::H2(H2Body {
+            recv,
+            data_done: false,
+            length,
+        })
+    });
+    let mut handling = std::pin::pin!(handler.handle(req));
+    let resp = poll_fn(|cx| {
+        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        // Waiting: a client's RST_STREAM cancels the request.
+        respond.poll_reset(cx).map(|_| None)
+    })
+    .await;
+    let Some(resp) = resp else { return };
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    if !parts.headers.contains_key(header::DATE) {
+        parts
+            .headers
+            .insert(header::DATE, super::h1::head::date_now());
+    }
+    let end = body.is_end_stream();
+    if !end && !bodiless(parts.status) {
+        if let Some(n) = body.size_hint().exact() {
+            if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+        }
+    }
+    match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(send) if !end => send_body(body, send).await,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 response refused");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+        }
+    }
+}
+
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Sends a response body frame by frame. A frame in hand (but the last)
+/// waits for the stream to have send capacity (one byte is asked for: `send_data` raises
+/// the claim to the frame's length; asking for more before the frame
+/// exists could hold back the connection's window from other streams).
+async fn send_body(body: Body, mut send: SendStream<Bytes>) {
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = poll_fn(|cx| {
+            if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
+                return Poll::Ready(Some(frame));
+            }
+            send.poll_reset(cx).map(|_| None)
+        })
+        .await;
+        let Some(frame) = frame else { return }; // reset by the client
+        let frame = match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/2 response body failed");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                // The last frame goes at once: it is the only one that can
+                // wait beyond the window, and nothing follows it.
+                if !end && !data.is_empty() && !wait_capacity(&mut send).await {
+                    return;
+                }
+                if send.send_data(data, end).is_err() || end {
+                    return;
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            send.reserve_capacity(0);
+            let _ = send.send_trailers(trailers);
+            return;
+        }
+    }
+}
+
+/// Waits until the stream may send again; `false` if it closed or was reset.
+async fn wait_capacity(send: &mut SendStream<Bytes>) -> bool {
+    if send.capacity() > 0 {
+        return true;
+    }
+    send.reserve_capacity(1);
+    loop {
+        match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(0)) => {}
+            Some(Ok(_)) => return true,
+            Some(Err(_)) | None => return false,
+        }
+    }
+}
+
+/// A request body arriving on an HTTP/2 stream. The flow-control window is
+/// given back as each frame is passed on, so the client sends more only as
+/// fast as the upstream takes it.
+pub struct H2Body {
+    recv: RecvStream,
+    data_done: bool,
+    length: Option<u64>,
+}
+
+impl HttpBody for H2Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let me = self.get_mut();
+        if !me.data_done {
+            match ready!(me.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = me.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                None => me.data_done = true,
+            }
+        }
+        match ready!(me.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.length
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }

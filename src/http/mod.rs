@@ -1,5 +1,5 @@
 //! HTTP reverse proxying on `http` and `https` listeners: the connection
-//! task (this file) runs our HTTP/1.1 loop (`h1`) or hyper's HTTP/2 server
+//! task (this file) runs our HTTP/1.1 loop (`h1`) or our HTTP/2 server (`h2`)
 //! for one client connection, owns its table entry, and after an upgrade
 //! runs the tunnel itself; an idle HTTP/1 connection is handed to `park`.
 //! `proxy` handles each request; `body`, `headers`, `error`, `log` and
@@ -15,7 +15,6 @@ pub mod park;
 mod proxy;
 mod tunnel;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::task::Waker;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 pub use proxy::{ConnInfo, TlsInfo};
@@ -145,7 +143,7 @@ pub async fn serve_h1<S: h1::ConnIo>(
     }
 }
 
-/// hyper's HTTP/2 server on one connection.
+/// Our HTTP/2 server on one connection.
 async fn serve_h2<S: h1::ConnIo>(
     io: S,
     handler: Arc<proxy::Handler>,
@@ -154,32 +152,17 @@ async fn serve_h2<S: h1::ConnIo>(
     guard: &ConnGuard,
     rt: &Arc<Runtime>,
 ) -> EndReason {
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let h = handler.clone();
-        async move { Ok::<_, Infallible>(Box::pin(h.handle(req.map(body::ReqBody::Hyper))).await) }
-    });
-    // The streams run in this task (`h2`), not in a task each.
-    let exec = h2::StreamExec::default();
-    let mut builder = hyper::server::conn::http2::Builder::new(exec.clone());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(cfg.max_concurrent_streams)
-        .initial_stream_window_size(cfg.h2_stream_window)
-        .initial_connection_window_size(cfg.h2_connection_window)
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
-    let conn = h2::WithStreams::new(builder.serve_connection(TokioIo::new(io), service), exec);
+    let conn = h2::Server::new(io, handler, &cfg);
     tokio::pin!(conn);
-    match drive(conn, &rt.shutdown, idle, |c| c.conn().graceful_shutdown()).await {
+    match drive(conn, &rt.shutdown, idle, |c| {
+        c.get_mut().graceful_shutdown()
+    })
+    .await
+    {
         Driven::Done(Ok(())) => EndReason::ClientClosed,
         Driven::Done(Err(e)) => {
             tracing::debug!(conn = guard.id(), error = %e, "HTTP/2 connection ended with an error");
-            if e.is_timeout() {
-                EndReason::ClientHeaderTimeout
-            } else if e.is_parse() || e.is_parse_too_large() {
-                EndReason::ClientProtocolError
-            } else {
-                EndReason::ClientReset
-            }
+            h2::end_reason(&e)
         }
         Driven::Shutdown => EndReason::Shutdown,
         Driven::Idle => EndReason::IdleTimeout,

@@ -133,9 +133,9 @@ impl Handler {
                 Ok(out) => self.relay(out, exchanged),
                 Err(answer) => answer,
             };
-            // HTTP/2 forbids connection-specific headers; its streams end on their own.
+            // HTTP/2 streams end on their own (our HTTP/2 server removes
+            // connection-specific headers from every response).
             if version == Version::HTTP_2 {
-                resp.headers_mut().remove(header::CONNECTION);
                 *resp.version_mut() = Version::HTTP_2;
             } else if self
                 .http
@@ -178,7 +178,7 @@ impl Handler {
             return Err(self.fail(log, RequestEnd::MethodNotAllowed));
         }
         let checked = match req.body() {
-            ReqBody::Hyper(_) => headers::check_request(&req),
+            ReqBody::H2(_) => headers::check_request(&req),
             // Our HTTP/1 parser applied the framing rules already.
             ReqBody::H1(_) | ReqBody::Empty => headers::check_host(&req),
         };

@@ -344,7 +344,7 @@ pub fn write_fields(dst: &mut Vec<u8>, fields: &HeaderMap) {
 }
 
 /// The `Date` value for now, formatted once per second per thread.
-fn date_now() -> HeaderValue {
+pub fn date_now() -> HeaderValue {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {

@@ -1,0 +1,189 @@
+//! Our HTTP/2 server's stream rules, against a real HTTP/2 client (hyper's)
+//! on h2c: bodies larger than the stream and connection windows pass both
+//! ways on many streams at once (flow control given back as the upstream
+//! takes the data, sent as the client grants it); limits answer with their
+//! status and reason; the proxy's own answers carry `Date`; trailers reach
+//! the client; a client breaking the protocol ends with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+
+type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+async fn h2c(addr: SocketAddr) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A backend answering each request with its own body (`/echo`), with
+/// `n` bytes of a pattern (`/big/n`), or with a chunked body and a trailer
+/// (`/trailers`).
+fn backend() -> SocketAddr {
+    raw_http_backend(|req| {
+        let path = req.request_line().split(' ').nth(1).unwrap_or("").to_string();
+        if path.ends_with("/trailers") {
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 42\r\n\r\n".to_vec();
+        }
+        let body = match path.strip_prefix("/big/") {
+            Some(n) => pattern(n.parse().unwrap(), 7),
+            None => req.body.clone(),
+        };
+        let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        resp.extend_from_slice(&body);
+        resp
+    })
+    .0
+}
+
+#[test]
+fn bodies_larger_than_the_windows_pass_both_ways_on_concurrent_streams() {
+    // Windows well below the bodies: 64 KiB per stream, 128 KiB per connection.
+    let gh = Gatehouse::start(&http_config(
+        "",
+        "http.h2c = true\nhttp.h2_stream_window = \"64KiB\"\nhttp.h2_connection_window = \"128KiB\"",
+        backend(),
+        "policy.max_body_size = \"64MiB\"",
+    ));
+    let addr = gh.addr("web");
+    let rt = runtime();
+    rt.block_on(async {
+        let sender = h2c(addr).await;
+        let mut streams = Vec::new();
+        for i in 0..6u64 {
+            let mut sender = sender.clone();
+            streams.push(tokio::spawn(async move {
+                // Uploads echoed back, and downloads, side by side.
+                let (path, body, expect) = if i % 2 == 0 {
+                    let body = pattern(3 * 1024 * 1024 + i as usize, i);
+                    ("/echo".to_string(), body.clone(), body)
+                } else {
+                    let n = 5 * 1024 * 1024 + i as usize;
+                    (format!("/big/{n}"), Vec::new(), pattern(n, 7))
+                };
+                let req = Request::post(format!("http://{addr}{path}"))
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                assert!(resp.headers().contains_key("date"));
+                let got = resp.into_body().collect().await.unwrap().to_bytes();
+                assert!(
+                    got.len() == expect.len() && got[..] == expect[..],
+                    "stream {i}: {} bytes",
+                    got.len()
+                );
+            }));
+        }
+        for s in streams {
+            tokio::time::timeout(Duration::from_secs(30), s)
+                .await
+                .expect("the streams finish")
+                .unwrap();
+        }
+    });
+    drop(rt);
+    gh.wait_empty(Duration::from_secs(5));
+    assert_eq!(gh.closed("internal_error"), 0);
+}
+
+#[test]
+fn limits_and_the_proxys_own_answers_over_http2() {
+    let gh = Gatehouse::start(&format!(
+        "{}\n[[routes]]\nname = \"small\"\nmatch = {{ listener = \"web\", path_prefix = \"/small\" }}\naction.forward = [\"{}\"]\npolicy.max_body_size = 1000\n",
+        http_config(
+            "",
+            "http.h2c = true",
+            backend(),
+            "match.path_prefix = \"/app\""
+        ),
+        backend()
+    ));
+    let addr = gh.addr("web");
+    runtime().block_on(async {
+        let mut sender = h2c(addr).await;
+        // A declared length over the route's limit: 413 before any upstream work.
+        let req = Request::post(format!("http://{addr}/small"))
+            .header("content-length", "5000")
+            .body(Full::new(Bytes::from(vec![b'x'; 5000])))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 413);
+        assert_eq!(resp.headers()["gatehouse-error"], "body_too_large");
+        assert!(resp.headers().contains_key("date"));
+        // No route: the proxy's 404, marked as its own, on the same connection.
+        let req = Request::get(format!("http://{addr}/elsewhere"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()["gatehouse-error"], "no_route");
+        assert!(resp.headers().contains_key("date"));
+        assert!(!resp.headers().contains_key("connection"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+        // Trailers of a chunked upstream response reach the HTTP/2 client.
+        let req = Request::get(format!("http://{addr}/app/trailers"))
+            .header("te", "trailers")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["x-sum"], "42");
+        assert_eq!(collected.to_bytes(), "abc");
+    });
+}
+
+#[test]
+fn a_client_breaking_the_protocol_ends_with_its_reason() {
+    let gh = Gatehouse::start(&http_config("", "http.h2c = true", backend(), ""));
+    let mut s = std::net::TcpStream::connect(gh.addr("web")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The preface, then a SETTINGS frame whose length is no multiple of 6
+    // (a FRAME_SIZE_ERROR for the whole connection).
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&[0, 0, 5, 0x4, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5])
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    // Our SETTINGS, then GOAWAY (type 7) before the close.
+    assert!(frame_types(&all).contains(&7), "{all:?}");
+    gh.wait_closed_count("client_protocol_error", 1);
+    assert_accounted(&gh);
+}
+
+/// The types of the HTTP/2 frames in `bytes`.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
