@@ -3,7 +3,10 @@
 //! upstream resets, upstream timeouts and garbage. Afterwards the proxy's
 //! FDs are back to baseline (once the upstream pool's idle connections have
 //! aged out), nothing is in CLOSE_WAIT, the table is empty, and every
-//! accepted connection was closed with a reason.
+//! accepted connection was closed with a reason. The same for 2,000
+//! HTTP/2 connections: concurrent streams, downloads and uploads abandoned
+//! with their connection, streams reset while the upstream works, upstream
+//! resets and timeouts, and protocol errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
@@ -302,4 +305,193 @@ fn ten_thousand_http_connections_leave_nothing_behind() {
         ),
         0
     );
+}
+
+/// One HTTP/2 (h2c) client connection of the HTTP/2 leak test, by kind.
+async fn one_h2(i: usize, addr: std::net::SocketAddr) -> Result<(), String> {
+    use bytes::Bytes;
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let tcp = TcpStream::connect(addr).await.map_err(|x| e(&x))?;
+    if i % 16 == 3 {
+        // This one's abrupt end is a reset.
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(Duration::ZERO))
+            .map_err(|x| e(&x))?;
+    }
+    if i % 8 == 7 && i % 16 == 15 {
+        // The preface, then a SETTINGS frame of a length no SETTINGS can have.
+        let mut tcp = tcp;
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x05\x04\0\0\0\0\0abcde")
+            .await
+            .map_err(|x| e(&x))?;
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+        return Ok(());
+    }
+    let (client, conn) = h2::client::handshake(tcp).await.map_err(|x| e(&x))?;
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let get = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(())
+            .unwrap()
+    };
+    // Sends a bodiless request; its status and body length.
+    let fetch = |path: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client = client.ready().await.map_err(|x| e(&x))?;
+            let (resp, _) = client.send_request(get(path), true).map_err(|x| e(&x))?;
+            let resp = resp.await.map_err(|x| e(&x))?;
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut n = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.map_err(|x| e(&x))?;
+                n += chunk.len();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            Ok::<_, String>((status, n))
+        }
+    };
+    let expect = |got: (u16, usize), want: u16| {
+        if got.0 == want {
+            Ok(())
+        } else {
+            Err(format!("want {want}, got {got:?}"))
+        }
+    };
+    match i % 8 {
+        0..=2 => {
+            // Five concurrent streams.
+            let all = futures_util::future::join_all((0..5).map(|_| fetch("/ok"))).await;
+            for r in all {
+                expect(r?, 200)?;
+            }
+        }
+        3 => {
+            // A download abandoned after its first bytes: the connection goes.
+            let mut client = client.clone().ready().await.map_err(|x| e(&x))?;
+            let (resp, _) = client.send_request(get("/big"), true).map_err(|x| e(&x))?;
+            let resp = resp.await.map_err(|x| e(&x))?;
+            let _ = resp.into_body().data().await;
+            conn.abort();
+            return Ok(());
+        }
+        4 => {
+            // A stream reset while its upstream is slow; the connection goes on.
+            let mut client = client.clone().ready().await.map_err(|x| e(&x))?;
+            let (_resp, mut stream) = client.send_request(get("/slow"), true).map_err(|x| e(&x))?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stream.send_reset(h2::Reason::CANCEL);
+            expect(fetch("/ok").await?, 200)?;
+        }
+        5 => {
+            // An upload abandoned midway with the connection.
+            let mut client = client.clone().ready().await.map_err(|x| e(&x))?;
+            let req = http::Request::post(format!("http://{addr}/post"))
+                .header("content-length", "1000000")
+                .body(())
+                .unwrap();
+            let (_resp, mut stream) = client.send_request(req, false).map_err(|x| e(&x))?;
+            stream
+                .send_data(Bytes::from(vec![b'u'; 50_000]), false)
+                .map_err(|x| e(&x))?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            conn.abort();
+            return Ok(());
+        }
+        6 => expect(fetch("/reset").await?, 502)?,
+        _ => expect(fetch("/slow").await?, 504)?,
+    }
+    drop(client);
+    conn.abort();
+    Ok(())
+}
+
+#[test]
+fn two_thousand_http2_connections_leave_nothing_behind() {
+    const H2_TOTAL: usize = 2_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(backend());
+    let gh = Gatehouse::start(&http_config(
+        "limits.max_connections = 20000",
+        "http.access_log = false\nhttp.h2c = true",
+        upstream,
+        "policy.response_header_timeout = \"300ms\"\npolicy.pool_idle_timeout = \"1s\"",
+    ));
+    let baseline = gh.fd_count();
+    let addr = gh.addr("web");
+    let failures = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let slots = Arc::new(Semaphore::new(50));
+        let mut tasks = Vec::with_capacity(H2_TOTAL);
+        for i in 0..H2_TOTAL {
+            let permit = slots.clone().acquire_owned().await.unwrap();
+            let failures = failures.clone();
+            tasks.push(tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(20), one_h2(i, addr)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        eprintln!("connection {i}: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        eprintln!("connection {i} hung");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    gh.wait_empty(Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while gh.fd_count() > baseline + 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = gh.fd_count();
+    assert!(
+        after.abs_diff(baseline) <= 3,
+        "fds: baseline {baseline}, after {after}"
+    );
+    assert_eq!(gh.close_wait(), 0);
+    assert_accounted(&gh);
+    assert_eq!(
+        gh.metric("gatehouse_connections_accepted_total", &[]),
+        H2_TOTAL as u64
+    );
+    let m = gh.get("/metrics");
+    for reason in [
+        "client_aborted",
+        "upstream_reset",
+        "upstream_response_timeout",
+        "ok",
+    ] {
+        assert!(
+            metric_sum(
+                &m,
+                "gatehouse_http_request_end_total",
+                &[("reason", reason)]
+            ) > 0,
+            "no {reason}:\n{m}"
+        );
+    }
+    for (reason, some) in [("client_protocol_error", true), ("internal_error", false)] {
+        let n = metric_sum(
+            &m,
+            "gatehouse_connections_closed_total",
+            &[("reason", reason)],
+        );
+        assert_eq!(n > 0, some, "{reason}: {n}\n{m}");
+    }
 }
