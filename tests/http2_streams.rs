@@ -187,3 +187,145 @@ fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     }
     types
 }
+
+/// A masked WebSocket frame from a client (RFC 6455 §5.2), short payloads.
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one unmasked frame from a server: (opcode, payload).
+async fn ws_read(buf: &mut Vec<u8>, body: &mut h2::RecvStream) -> Option<(u8, Vec<u8>)> {
+    loop {
+        if buf.len() >= 2 && buf[1] < 126 && buf.len() >= 2 + usize::from(buf[1]) {
+            let len = usize::from(buf[1]);
+            let frame = (buf[0] & 0x0f, buf[2..2 + len].to_vec());
+            buf.drain(..2 + len);
+            return Some(frame);
+        }
+        let data = body.data().await?.ok()?;
+        let _ = body.flow_control().release_capacity(data.len());
+        buf.extend_from_slice(&data);
+    }
+}
+
+#[test]
+fn websocket_over_http2_by_extended_connect() {
+    use std::io::BufRead;
+    let mut server = std::process::Command::new("python3")
+        .args(["tests/support/ws_peer.py", "server"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap()[5..].parse().unwrap();
+    let ws_backend: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let gh = Gatehouse::start(&format!(
+        "{}\n[[routes]]\nname = \"closed\"\nmatch = {{ listener = \"web\", path_prefix = \"/closed\" }}\naction.forward = [\"{ws_backend}\"]\n[[routes]]\nname = \"quiet\"\nmatch = {{ listener = \"web\", path_prefix = \"/quiet\" }}\naction.forward = [\"{ws_backend}\"]\npolicy.allow_upgrade = true\npolicy.idle_timeout = \"300ms\"\n",
+        http_config(
+            "",
+            "http.h2c = true",
+            ws_backend,
+            "match.path_prefix = \"/chat\"\npolicy.allow_upgrade = true\npolicy.idle_timeout = \"30s\"",
+        ),
+    ));
+    let addr = gh.addr("web");
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        // The server's SETTINGS enable the protocol (RFC 8441 §3).
+        for _ in 0..100 {
+            if client.is_extended_connect_protocol_enabled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(client.is_extended_connect_protocol_enabled());
+        let connect = |path: &str| {
+            let mut req = Request::connect(format!("http://{addr}{path}"))
+                .header("sec-websocket-version", "13")
+                .body(())
+                .unwrap();
+            req.extensions_mut()
+                .insert(h2::ext::Protocol::from("websocket"));
+            req
+        };
+
+        // A route without upgrades refuses it.
+        let (resp, _) = client.send_request(connect("/closed"), false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 405);
+
+        let (resp, mut send) = client.send_request(connect("/chat"), false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "{resp:?}");
+        assert!(!resp.headers().contains_key("sec-websocket-accept"));
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        for msg in [&b"hello"[..], b"over h2"] {
+            send.send_data(Bytes::from(ws_frame(1, msg)), false)
+                .unwrap();
+            assert_eq!(ws_read(&mut buf, &mut body).await, Some((1, msg.to_vec())));
+        }
+        let table = gh.connections();
+        assert_eq!(
+            table["connections"].as_array().unwrap().len(),
+            1,
+            "{table:#}"
+        );
+        // A close frame (code 4001) goes through and comes back; the
+        // server then closes its connection, which ends the stream.
+        send.send_data(Bytes::from(ws_frame(8, &[0x0f, 0xa1])), false)
+            .unwrap();
+        let (op, payload) = ws_read(&mut buf, &mut body).await.unwrap();
+        assert_eq!((op, &payload[..2]), (8, &[0x0f, 0xa1][..]));
+        // (An empty DATA frame may carry the END_STREAM.)
+        let rest = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut rest = Vec::new();
+            while let Some(data) = body.data().await {
+                rest.extend_from_slice(&data.unwrap());
+            }
+            rest
+        })
+        .await
+        .expect("the stream ends after the close");
+        assert!(rest.is_empty(), "{rest:?}");
+        send.send_data(Bytes::new(), true).unwrap();
+
+        // A tunnel with no traffic ends at its route's idle timeout.
+        let (resp, _send) = client.send_request(connect("/quiet"), false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let started = std::time::Instant::now();
+        let mut body = resp.into_body();
+        let end = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match body.data().await {
+                    Some(Ok(_)) => {}
+                    other => return other.map(|r| r.map(|_| ())),
+                }
+            }
+        })
+        .await
+        .expect("the idle tunnel ends");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+            "{took:?} {end:?}"
+        );
+    });
+    assert_eq!(lines.next().unwrap().unwrap(), "CLOSED 4001");
+    // The idle tunnel's upstream connection was closed too.
+    assert!(lines.next().unwrap().unwrap().starts_with("CLOSED"));
+    gh.wait_empty(Duration::from_secs(3));
+    let _ = server.kill();
+    let _ = server.wait();
+}

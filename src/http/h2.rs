@@ -11,24 +11,30 @@
 //! response body goes out one frame at a time, each sent only when the
 //! stream has send capacity again (so at most one frame per stream waits
 //! beyond the client's window); connection-specific headers never leave;
-//! a response without `Date` gets one.
+//! a response without `Date` gets one. An extended CONNECT (RFC 8441,
+//! WebSocket over HTTP/2) goes upstream as an HTTP/1.1 upgrade, and after
+//! its `101` the stream itself carries the tunnel.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
+use ::h2::ext::Protocol;
 use ::h2::server::{Connection, Handshake, SendResponse};
 use ::h2::{Reason, RecvStream, SendStream};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::body::{Body, BodyError, ReqBody};
 use super::headers;
-use super::proxy::Handler;
+use super::proxy::{ExtendedConnect, Handler};
+use super::tunnel::Tunnel;
 use crate::config::HttpListener;
 use crate::conn::EndReason;
 
@@ -69,7 +75,10 @@ where
             // Streams a client resets before we accept them, and streams we
             // reset for its errors, are bounded (rapid-reset defense).
             .max_pending_accept_reset_streams(20)
-            .max_local_error_reset_streams(Some(1024));
+            .max_local_error_reset_streams(Some(1024))
+            // Extended CONNECT (RFC 8441): WebSocket over HTTP/2, on
+            // routes that allow upgrades.
+            .enable_connect_protocol();
         Server {
             state: State::Handshaking(builder.handshake(io)),
             handler,
@@ -149,23 +158,13 @@ pub fn end_reason(e: &::h2::Error) -> EndReason {
 /// One stream: its request handled, its response sent. A client reset
 /// drops it wherever it is (and with it the upstream request).
 async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
-    // A body's declared length, for its size hint (h2 checks the DATA
-    // frames against it).
-    let length = if req.body().is_end_stream() {
-        None
-    } else {
-        req.headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    let req = req.map(|recv| {
-        ReqBody::H2(H2Body {
-            recv,
-            data_done: false,
-            length,
-        })
-    });
+    let (req, tunnel_recv) =
+        if req.method() == Method::CONNECT && req.extensions().get::<Protocol>().is_some() {
+            let (req, recv) = extended_connect(req);
+            (req, Some(recv))
+        } else {
+            (with_body(req), None)
+        };
     let mut handling = std::pin::pin!(handler.handle(req));
     let resp = poll_fn(|cx| {
         if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
@@ -175,7 +174,22 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
         respond.poll_reset(cx).map(|_| None)
     })
     .await;
-    let Some(resp) = resp else { return };
+    let Some(mut resp) = resp else { return };
+    if let Some(recv) = tunnel_recv {
+        if let Some(tunnel) = resp.extensions_mut().remove::<Tunnel>() {
+            let (mut parts, _) = resp.into_parts();
+            // The tunnel is open: 200 on HTTP/2, without the HTTP/1.1
+            // handshake's headers.
+            parts.status = StatusCode::OK;
+            headers::remove_hop_by_hop(&mut parts.headers, false);
+            parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+            match respond.send_response(Response::from_parts(parts, ()), false) {
+                Ok(send) => run_tunnel(tunnel, recv, send).await,
+                Err(_) => respond.send_reset(Reason::INTERNAL_ERROR),
+            }
+            return;
+        }
+    }
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
     if !parts.headers.contains_key(header::DATE) {
@@ -201,6 +215,137 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
             respond.send_reset(Reason::INTERNAL_ERROR);
         }
     }
+}
+
+/// A request with its body as the handler takes it.
+fn with_body(req: Request<RecvStream>) -> Request<ReqBody> {
+    // A body's declared length, for its size hint (h2 checks the DATA
+    // frames against it).
+    let length = if req.body().is_end_stream() {
+        None
+    } else {
+        req.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    req.map(|recv| {
+        ReqBody::H2(H2Body {
+            recv,
+            data_done: false,
+            length,
+        })
+    })
+}
+
+/// An extended CONNECT (RFC 8441) as the HTTP/1.1 upgrade request it
+/// becomes upstream: `GET` with `Connection: upgrade` and `Upgrade: <the
+/// :protocol>`, and for WebSocket the `Sec-WebSocket-Key` that HTTP/2
+/// clients do not send (RFC 8441 §5). The stream's data is kept for the
+/// tunnel.
+fn extended_connect(req: Request<RecvStream>) -> (Request<ReqBody>, RecvStream) {
+    let (mut parts, recv) = req.into_parts();
+    let protocol = parts
+        .extensions
+        .remove::<Protocol>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    parts.method = Method::GET;
+    let h = &mut parts.headers;
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&protocol) {
+        h.insert(header::UPGRADE, v);
+    }
+    if protocol.eq_ignore_ascii_case("websocket") && !h.contains_key(header::SEC_WEBSOCKET_KEY) {
+        h.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+    }
+    parts.extensions.insert(ExtendedConnect);
+    (Request::from_parts(parts, ReqBody::Empty), recv)
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64.
+fn websocket_key() -> HeaderValue {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    // (A failure leaves zeros: the key is a nonce, not a secret.)
+    let _ = rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut nonce);
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key)
+        .unwrap_or_else(|_| HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="))
+}
+
+/// An extended CONNECT's tunnel: the stream's data both ways with the
+/// upgraded upstream connection, each way under its own flow control (a
+/// client DATA frame's window is given back once written upstream; an
+/// upstream read waits for send capacity), half-closes passed on, until
+/// both ways have ended, either side fails, or the route's idle timeout
+/// (no byte either way) or max lifetime ends it.
+async fn run_tunnel(tunnel: Tunnel, mut recv: RecvStream, mut send: SendStream<Bytes>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(upgraded) = tunnel.upstream.await else {
+        send.send_reset(Reason::INTERNAL_ERROR);
+        return;
+    };
+    let (mut up_read, mut up_write) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    let started = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let to_upstream = async {
+        while let Some(data) = recv.data().await {
+            let data = data.map_err(|_| "client")?;
+            touch();
+            up_write.write_all(&data).await.map_err(|_| "upstream")?;
+            let _ = recv.flow_control().release_capacity(data.len());
+        }
+        let _ = up_write.shutdown().await;
+        Ok::<(), &str>(())
+    };
+    let to_client = async {
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            buf.reserve(16 * 1024);
+            let n = up_read.read_buf(&mut buf).await.map_err(|_| "upstream")?;
+            if n == 0 {
+                let _ = send.send_data(Bytes::new(), true);
+                return Ok::<(), &str>(());
+            }
+            touch();
+            if !wait_capacity(&mut send).await {
+                return Err("client");
+            }
+            send.send_data(buf.split().freeze(), false)
+                .map_err(|_| "client")?;
+        }
+    };
+    let idle = async {
+        let Some(idle) = tunnel.idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
+            if tokio::time::Instant::now() >= quiet_since + idle {
+                return;
+            }
+            tokio::time::sleep_until(quiet_since + idle).await;
+        }
+    };
+    let lifetime = async {
+        match tunnel.max_lifetime {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        r = async { tokio::try_join!(to_upstream, to_client) } => match r {
+            Ok(_) => "closed",
+            Err(side) => side,
+        },
+        () = idle => "idle_timeout",
+        () = lifetime => "max_lifetime",
+    };
+    tracing::debug!(end, "HTTP/2 tunnel ended");
 }
 
 fn bodiless(status: StatusCode) -> bool {

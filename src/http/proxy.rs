@@ -26,6 +26,11 @@ use crate::routing::{self, RequestView, Route, RouteInput};
 use crate::server::Runtime;
 use crate::upstream::{PooledConn, Sender, h1};
 
+/// Marks a request that came as an HTTP/2 extended CONNECT (RFC 8441),
+/// handed to the handler as an HTTP/1.1-style upgrade request.
+#[derive(Clone, Copy, Debug)]
+pub struct ExtendedConnect;
+
 pub struct ConnInfo {
     /// The real client (from a PROXY header when there was one).
     pub client: SocketAddr,
@@ -262,9 +267,16 @@ impl Handler {
             return Err(self.fail(log, RequestEnd::LengthRequired));
         }
 
-        // Only HTTP/1.1 upgrades: the connection loop runs the tunnel.
-        let upgrade =
-            policy.http.allow_upgrade && req.version() == Version::HTTP_11 && wants_upgrade(&req);
+        // HTTP/1.1 upgrades (the connection loop runs the tunnel) and
+        // HTTP/2 extended CONNECTs (RFC 8441; the stream runs it), which our
+        // HTTP/2 server hands over as upgrade requests.
+        let extended_connect = req.extensions().get::<ExtendedConnect>().is_some();
+        if extended_connect && !policy.http.allow_upgrade {
+            return Err(self.fail(log, RequestEnd::MethodNotAllowed));
+        }
+        let upgrade = policy.http.allow_upgrade
+            && (req.version() == Version::HTTP_11 || extended_connect)
+            && wants_upgrade(&req);
         // No body and no upgrade: our own HTTP/1.1 client can carry it,
         // and there is no body to watch.
         let bodiless = !upgrade && ended;
@@ -329,6 +341,7 @@ impl Handler {
             head: Request::from_parts(parts, ()),
             body,
             upgrade,
+            extended_connect,
             deadline: policy.http.request_timeout.map(|d| started + d),
             log,
         })
@@ -358,13 +371,17 @@ impl Handler {
         log.headers_received = Some(log.started.elapsed());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade {
-            let upstream = hyper::upgrade::on(&mut resp);
-            *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tunnel {
-                upstream,
+            let tunnel = Tunnel {
+                upstream: hyper::upgrade::on(&mut resp),
                 idle: policy.idle_timeout,
                 max_lifetime: policy.max_lifetime,
-            });
+            };
             let (mut parts, _) = resp.into_parts();
+            if out.extended_connect {
+                parts.extensions.insert(tunnel);
+            } else {
+                *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
+            }
             headers::remove_hop_by_hop(&mut parts.headers, true);
             if self.http.via {
                 headers::add_via(&mut parts.headers, Version::HTTP_11);
@@ -372,6 +389,11 @@ impl Handler {
             drop(pooled); // the upgraded connection leaves the pool for good
             log.finished = true;
             return Response::from_parts(parts, empty());
+        }
+        // An extended CONNECT answered with success but no switch would
+        // tell the client its tunnel is open: it is not.
+        if out.extended_connect && resp.status().is_success() {
+            return self.fail(log, RequestEnd::UpstreamProtocolError);
         }
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11; // our hop's version (HTTP/2 is set in `handle`)
@@ -539,6 +561,8 @@ struct Outbound<'a> {
     /// The request body; `None` when there is none and no upgrade.
     body: Option<Body>,
     upgrade: bool,
+    /// An HTTP/2 extended CONNECT: its tunnel goes with the response.
+    extended_connect: bool,
     /// The request's deadline (`request_timeout` from the record's start).
     deadline: Option<tokio::time::Instant>,
     log: RequestLog,

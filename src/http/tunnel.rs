@@ -2,6 +2,8 @@
 //! spliced both ways by the connection's own task, with half-close, the
 //! route's idle timeout (traffic either way, pings included, resets it),
 //! its max lifetime and shutdown — never a request timeout or pool recycling.
+//! (An HTTP/2 extended CONNECT's tunnel runs in its stream: `h2::run_tunnel`
+//! under the same rules.)
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::conn::EndReason;
 use crate::server::ShutdownSignal;
 
+#[derive(Clone)]
 pub struct Tunnel {
     pub upstream: OnUpgrade,
     pub idle: Option<Duration>,
