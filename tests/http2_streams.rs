@@ -17,28 +17,6 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 
-type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
-
-async fn h2c(addr: SocketAddr) -> Sender {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A backend answering each request with its own body (`/echo`), with
 /// `n` bytes of a pattern (`/big/n`), or with a chunked body and a trailer
 /// (`/trailers`).
@@ -69,9 +47,9 @@ fn bodies_larger_than_the_windows_pass_both_ways_on_concurrent_streams() {
         "policy.max_body_size = \"64MiB\"",
     ));
     let addr = gh.addr("web");
-    let rt = runtime();
+    let rt = test_runtime();
     rt.block_on(async {
-        let sender = h2c(addr).await;
+        let (sender, _conn) = h2c_client::<Full<Bytes>>(addr).await;
         let mut streams = Vec::new();
         for i in 0..6u64 {
             let mut sender = sender.clone();
@@ -123,8 +101,8 @@ fn limits_and_the_proxys_own_answers_over_http2() {
         backend()
     ));
     let addr = gh.addr("web");
-    runtime().block_on(async {
-        let mut sender = h2c(addr).await;
+    test_runtime().block_on(async {
+        let (mut sender, _conn) = h2c_client::<Full<Bytes>>(addr).await;
         // A declared length over the route's limit: 413 before any upstream work.
         let req = Request::post(format!("http://{addr}/small"))
             .header("content-length", "5000")
@@ -234,20 +212,17 @@ fn websocket_over_http2_by_extended_connect() {
         ),
     ));
     let addr = gh.addr("web");
-    runtime().block_on(async {
+    test_runtime().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+        let mut ping = conn.ping_pong().unwrap();
         tokio::spawn(async move {
             let _ = conn.await;
         });
         let mut client = client.ready().await.unwrap();
-        // The server's SETTINGS enable the protocol (RFC 8441 §3).
-        for _ in 0..100 {
-            if client.is_extended_connect_protocol_enabled() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // The server's SETTINGS (which enable the protocol, RFC 8441 §3)
+        // come before its answer to our PING.
+        ping.ping(h2::Ping::opaque()).await.unwrap();
         assert!(client.is_extended_connect_protocol_enabled());
         let connect = |path: &str| {
             let mut req = Request::connect(format!("http://{addr}{path}"))

@@ -111,24 +111,6 @@ fn h2_backend(tls: Option<Arc<rustls::ServerConfig>>) -> H2Backend {
     }
 }
 
-/// An HTTP/2 prior-knowledge client connection to `addr` (hyper's): its
-/// request sender, and the task running the connection.
-async fn h2c_client(
-    addr: SocketAddr,
-) -> (
-    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
-    tokio::task::JoinHandle<hyper::Result<()>>,
-) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    (sender, tokio::spawn(conn))
-}
-
 fn h2load(args: &[&str]) -> String {
     let out = Command::new("h2load").args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -253,7 +235,7 @@ fn a_client_stream_reset_cancels_the_upstream_request() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (mut sender, _conn) = h2c_client(web).await;
+        let (mut sender, _conn) = h2c_client::<Empty<Bytes>>(web).await;
         // One normal request on the connection first.
         let req = Request::get(format!("http://{web}/fast"))
             .body(Empty::<Bytes>::new())
@@ -346,7 +328,7 @@ fn a_stream_in_flight_at_shutdown_completes_then_the_connection_closes() {
         .build()
         .unwrap();
     let gh = rt.block_on(async {
-        let (mut sender, conn) = h2c_client(web).await;
+        let (mut sender, conn) = h2c_client::<Empty<Bytes>>(web).await;
         let req = Request::get(format!("http://{web}/half"))
             .body(Empty::<Bytes>::new())
             .unwrap();

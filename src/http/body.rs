@@ -141,6 +141,9 @@ impl HttpBody for ReqBody {
 
 pub struct ClientBody {
     inner: ReqBody,
+    /// The request's `Content-Length`, when it declared one: its exact
+    /// size hint whichever protocol carried it.
+    declared: Option<u64>,
     limit: u64,
     seen: u64,
     idle: IdleTimer,
@@ -150,12 +153,14 @@ pub struct ClientBody {
 impl ClientBody {
     pub fn new(
         inner: ReqBody,
+        declared: Option<u64>,
         limit: u64,
         idle: Duration,
         outcome: Arc<BodyOutcome>,
     ) -> ClientBody {
         ClientBody {
             inner,
+            declared,
             limit,
             seen: 0,
             idle: IdleTimer::new(idle),
@@ -208,7 +213,8 @@ impl HttpBody for ClientBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.declared
+            .map_or_else(|| self.inner.size_hint(), SizeHint::with_exact)
     }
 }
 

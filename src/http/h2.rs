@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame};
 
 use super::body::{Body, BodyError, ReqBody};
 use super::headers;
@@ -217,23 +217,14 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
     }
 }
 
-/// A request with its body as the handler takes it.
+/// A request with its body as the handler takes it. (Its declared length
+/// is read once, by the handler's body policy; h2 checks the DATA frames
+/// against it.)
 fn with_body(req: Request<RecvStream>) -> Request<ReqBody> {
-    // A body's declared length, for its size hint (h2 checks the DATA
-    // frames against it).
-    let length = if req.body().is_end_stream() {
-        None
-    } else {
-        req.headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
     req.map(|recv| {
         ReqBody::H2(H2Body {
             recv,
             data_done: false,
-            length,
         })
     })
 }
@@ -425,7 +416,6 @@ async fn wait_capacity(send: &mut SendStream<Bytes>) -> bool {
 pub struct H2Body {
     recv: RecvStream,
     data_done: bool,
-    length: Option<u64>,
 }
 
 impl HttpBody for H2Body {
@@ -456,10 +446,5 @@ impl HttpBody for H2Body {
 
     fn is_end_stream(&self) -> bool {
         self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.length
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }

@@ -288,6 +288,7 @@ impl Handler {
             log.request_body = Some(outcome.clone());
             let body = ClientBody::new(
                 body,
+                length,
                 policy.http.max_body_size,
                 policy.http.client_body_idle_timeout,
                 outcome,
