@@ -304,3 +304,43 @@ fn websocket_over_http2_by_extended_connect() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_client_silent_after_choosing_h2_is_closed_at_the_header_deadline() {
+    use common::tls::{Pki, tls_connect};
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.issue("site", &["a.test"]);
+    let gh = Gatehouse::start(&format!(
+        r#"admin.bind = "127.0.0.1:0"
+[[certificates]]
+cert = "{}"
+key = "{}"
+default = true
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+http.header_read_timeout = "300ms"
+[[routes]]
+name = "app"
+match.listener = "tls"
+action.forward = ["{}"]
+"#,
+        cert.display(),
+        key.display(),
+        backend()
+    ));
+    // TLS with ALPN h2, then not even the connection preface.
+    let mut s = tls_connect(gh.addr("tls"), "a.test", pki.client(&[b"h2"])).unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1300),
+        "{took:?}"
+    );
+    gh.wait_closed_count("client_header_timeout", 1);
+    assert_accounted(&gh);
+}

@@ -42,7 +42,9 @@ use crate::conn::EndReason;
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 enum State<S> {
-    Handshaking(Handshake<S, Bytes>),
+    /// Until the client's preface and SETTINGS, under the listener's
+    /// header read timeout.
+    Handshaking(Handshake<S, Bytes>, Pin<Box<tokio::time::Sleep>>),
     Serving(Connection<S, Bytes>),
 }
 
@@ -80,7 +82,10 @@ where
             // routes that allow upgrades.
             .enable_connect_protocol();
         Server {
-            state: State::Handshaking(builder.handshake(io)),
+            state: State::Handshaking(
+                builder.handshake(io),
+                Box::pin(tokio::time::sleep(cfg.header_read_timeout)),
+            ),
             handler,
             streams: FuturesUnordered::new(),
             close_pending: false,
@@ -91,7 +96,7 @@ where
     /// the connection ends after the last.
     pub fn graceful_shutdown(&mut self) {
         match &mut self.state {
-            State::Handshaking(_) => self.close_pending = true,
+            State::Handshaking(..) => self.close_pending = true,
             State::Serving(conn) => conn.graceful_shutdown(),
         }
     }
@@ -101,14 +106,20 @@ impl<S> Future for Server<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    type Output = Result<(), ::h2::Error>;
+    type Output = Result<(), Ended>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
         let conn = loop {
             match &mut me.state {
-                State::Handshaking(hs) => {
-                    let mut conn = ready!(Pin::new(hs).poll(cx))?;
+                State::Handshaking(hs, deadline) => {
+                    let mut conn = match Pin::new(hs).poll(cx) {
+                        Poll::Ready(conn) => conn.map_err(Ended::Error)?,
+                        Poll::Pending => {
+                            ready!(deadline.as_mut().poll(cx));
+                            return Poll::Ready(Err(Ended::HandshakeTimeout));
+                        }
+                    };
                     if me.close_pending {
                         conn.graceful_shutdown();
                     }
@@ -129,7 +140,7 @@ where
                             .push(Box::pin(stream(me.handler.clone(), req, respond)));
                         accepted = true;
                     }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Ended::Error(e))),
                     // Closed: whatever is left of its streams can send nothing more.
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => break,
@@ -142,8 +153,25 @@ where
     }
 }
 
-/// Why a connection's error ended it, on the client's side.
-pub fn end_reason(e: &::h2::Error) -> EndReason {
+/// How a connection ended other than by closing cleanly.
+#[derive(Debug)]
+pub enum Ended {
+    Error(::h2::Error),
+    /// No preface and SETTINGS within the header read timeout.
+    HandshakeTimeout,
+}
+
+impl Ended {
+    /// Why it ended, on the client's side.
+    pub fn reason(&self) -> EndReason {
+        match self {
+            Ended::Error(e) => end_reason(e),
+            Ended::HandshakeTimeout => EndReason::ClientHeaderTimeout,
+        }
+    }
+}
+
+fn end_reason(e: &::h2::Error) -> EndReason {
     let protocol = matches!(
         e.reason(),
         Some(Reason::PROTOCOL_ERROR | Reason::FRAME_SIZE_ERROR | Reason::COMPRESSION_ERROR)

@@ -109,7 +109,7 @@ where
         return serve_h1(io, handler, cfg, None, guard, rt).await;
     }
     let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
-    // Boxed: hyper's HTTP/2 connection state is kilobytes, and an HTTP/1
+    // Boxed: an HTTP/2 connection's state is kilobytes, and an HTTP/1
     // connection must not carry it.
     Served::End(Box::pin(serve_h2(io, handler, cfg, idle, guard, rt)).await)
 }
@@ -161,8 +161,8 @@ async fn serve_h2<S: h1::ConnIo>(
     {
         Driven::Done(Ok(())) => EndReason::ClientClosed,
         Driven::Done(Err(e)) => {
-            tracing::debug!(conn = guard.id(), error = %e, "HTTP/2 connection ended with an error");
-            h2::end_reason(&e)
+            tracing::debug!(conn = guard.id(), error = ?e, "HTTP/2 connection ended with an error");
+            e.reason()
         }
         Driven::Shutdown => EndReason::Shutdown,
         Driven::Idle => EndReason::IdleTimeout,
