@@ -156,14 +156,20 @@ fn a_client_breaking_the_protocol_ends_with_its_reason() {
 }
 
 /// The types of the HTTP/2 frames in `bytes`.
-fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
-    let mut types = Vec::new();
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    frames(bytes).into_iter().map(|(ty, _)| ty).collect()
+}
+
+/// The HTTP/2 frames in `bytes`: type and payload.
+fn frames(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut frames = Vec::new();
     while bytes.len() >= 9 {
         let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
-        types.push(bytes[3]);
-        bytes = &bytes[(9 + len).min(bytes.len())..];
+        let end = (9 + len).min(bytes.len());
+        frames.push((bytes[3], &bytes[9..end]));
+        bytes = &bytes[end..];
     }
-    types
+    frames
 }
 
 /// A masked WebSocket frame from a client (RFC 6455 §5.2), short payloads.
@@ -343,4 +349,88 @@ action.forward = ["{}"]
     );
     gh.wait_closed_count("client_header_timeout", 1);
     assert_accounted(&gh);
+}
+
+#[test]
+fn a_connection_without_streams_gets_goaway_at_the_keepalive_timeout() {
+    let gh = Gatehouse::start(&http_config(
+        "",
+        "http.h2c = true\nhttp.keepalive_timeout = \"400ms\"",
+        backend(),
+        "",
+    ));
+    // The preface and SETTINGS, then nothing: no stream ever opens.
+    let mut s = std::net::TcpStream::connect(gh.addr("web")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).unwrap();
+    let started = std::time::Instant::now();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // GOAWAY with NO_ERROR (its last 4 payload bytes) before the close.
+    let goaway = frames(&all)
+        .into_iter()
+        .find(|(ty, _)| *ty == 7)
+        .map(|(_, payload)| payload)
+        .expect("a GOAWAY frame");
+    assert_eq!(goaway[4..8], [0, 0, 0, 0], "{all:?}");
+    gh.wait_closed_count("idle_timeout", 1);
+
+    // A stream that stays open longer than the keep-alive timeout (a slow
+    // upload) is not cut; once it is done, the connection's keep-alive
+    // timeout runs again.
+    let rt = test_runtime();
+    rt.block_on(async {
+        // (The client keeps its handle: hyper closes a connection whose
+        // handles are all gone.)
+        let (sender, conn) = h2c_client::<http_body_util::StreamBody<_>>(gh.addr("web")).await;
+        let mut sending = sender.clone();
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+        let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let req = Request::post("http://web/echo").body(body).unwrap();
+        let resp = tokio::spawn(async move { sending.send_request(req).await });
+        tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"slow "))))
+            .await
+            .unwrap();
+        // The scenario itself: a pause longer than the keep-alive timeout.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"upload"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let resp = resp.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        let done = std::time::Instant::now();
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+            "slow upload"
+        );
+        // The connection ends by itself, at the keep-alive timeout.
+        tokio::time::timeout(Duration::from_secs(3), conn)
+            .await
+            .expect("closed at the keep-alive timeout")
+            .unwrap()
+            .unwrap();
+        assert!(
+            done.elapsed() >= Duration::from_millis(350),
+            "{:?}",
+            done.elapsed()
+        );
+        drop(sender);
+    });
+    gh.wait_closed_count("idle_timeout", 2);
+    assert_accounted(&gh);
+}
+
+/// An mpsc receiver as a stream of body frames.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Unpin {
+    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }

@@ -25,7 +25,8 @@ pub struct HttpListener {
     pub max_headers: usize,
     /// Deadline for a request's head, from its first byte (slowloris defense).
     pub header_read_timeout: Duration,
-    /// How long a connection may wait between requests (HTTP/1.1 keep-alive).
+    /// How long a connection may wait between requests (HTTP/1.1
+    /// keep-alive), or stay without an open stream (HTTP/2: then GOAWAY).
     pub keepalive_timeout: Duration,
     pub max_requests_per_connection: Option<u64>,
     /// Peers whose X-Forwarded-* / Forwarded headers are kept and appended to.

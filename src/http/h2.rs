@@ -4,7 +4,9 @@
 //! sent) is a future in a set that the connection's future polls along with
 //! the connection itself. No task per stream: no spawn, no scheduling round
 //! through the runtime, and the connection's end drops what is left of its
-//! streams, which cancels their upstream requests.
+//! streams, which cancels their upstream requests. Its deadlines: the
+//! handshake within the header read timeout; without an open stream for
+//! the keep-alive timeout, GOAWAY (`NO_ERROR`) and the close.
 //!
 //! A stream's rules: a client's RST_STREAM ends it at once, whether its
 //! handler is still waiting for the upstream or its body is being sent; a
@@ -44,8 +46,22 @@ type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 enum State<S> {
     /// Until the client's preface and SETTINGS, under the listener's
     /// header read timeout.
-    Handshaking(Handshake<S, Bytes>, Pin<Box<tokio::time::Sleep>>),
+    Handshaking(Handshake<S, Bytes>),
     Serving(Connection<S, Bytes>),
+}
+
+/// What the connection's timer stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// The handshake's deadline.
+    Handshake,
+    /// Streams are open: no deadline (the connection's idle backstop applies).
+    Off,
+    /// No stream open since this deadline was set: the keep-alive timeout.
+    KeepAlive,
+    /// The keep-alive timeout fired and GOAWAY is on its way: the
+    /// connection gets one more header read timeout to close.
+    Closing,
 }
 
 /// One HTTP/2 server connection and its streams, polled together. It ends
@@ -55,6 +71,12 @@ pub struct Server<S> {
     state: State<S>,
     handler: Arc<Handler>,
     streams: FuturesUnordered<StreamFuture>,
+    /// The handshake's deadline, then the keep-alive deadline whenever no
+    /// stream is open (one timer for the connection's life, moved on).
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timer_is: Timer,
+    keepalive: Duration,
+    close_grace: Duration,
     /// Asked to shut down while still handshaking.
     close_pending: bool,
 }
@@ -82,12 +104,13 @@ where
             // routes that allow upgrades.
             .enable_connect_protocol();
         Server {
-            state: State::Handshaking(
-                builder.handshake(io),
-                Box::pin(tokio::time::sleep(cfg.header_read_timeout)),
-            ),
+            state: State::Handshaking(builder.handshake(io)),
             handler,
             streams: FuturesUnordered::new(),
+            timer: Box::pin(tokio::time::sleep(cfg.header_read_timeout)),
+            timer_is: Timer::Handshake,
+            keepalive: cfg.keepalive_timeout,
+            close_grace: cfg.header_read_timeout,
             close_pending: false,
         }
     }
@@ -96,7 +119,7 @@ where
     /// the connection ends after the last.
     pub fn graceful_shutdown(&mut self) {
         match &mut self.state {
-            State::Handshaking(..) => self.close_pending = true,
+            State::Handshaking(_) => self.close_pending = true,
             State::Serving(conn) => conn.graceful_shutdown(),
         }
     }
@@ -112,17 +135,18 @@ where
         let me = self.get_mut();
         let conn = loop {
             match &mut me.state {
-                State::Handshaking(hs, deadline) => {
+                State::Handshaking(hs) => {
                     let mut conn = match Pin::new(hs).poll(cx) {
                         Poll::Ready(conn) => conn.map_err(Ended::Error)?,
                         Poll::Pending => {
-                            ready!(deadline.as_mut().poll(cx));
+                            ready!(me.timer.as_mut().poll(cx));
                             return Poll::Ready(Err(Ended::HandshakeTimeout));
                         }
                     };
                     if me.close_pending {
                         conn.graceful_shutdown();
                     }
+                    me.timer_is = Timer::Off;
                     me.state = State::Serving(conn);
                 }
                 State::Serving(conn) => break conn,
@@ -142,13 +166,41 @@ where
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Ended::Error(e))),
                     // Closed: whatever is left of its streams can send nothing more.
+                    Poll::Ready(None) if me.timer_is == Timer::Closing => {
+                        return Poll::Ready(Err(Ended::KeepAliveTimeout));
+                    }
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => break,
                 }
             }
-            if !accepted {
+            if accepted {
+                continue;
+            }
+            // Keep-alive: a connection without streams for the keep-alive
+            // timeout gets GOAWAY (NO_ERROR: a request racing it is one the
+            // client may retry) and is closed.
+            match me.timer_is {
+                Timer::Off | Timer::KeepAlive if !me.streams.is_empty() => {
+                    me.timer_is = Timer::Off;
+                }
+                Timer::Off => {
+                    me.timer_is = Timer::KeepAlive;
+                    let at = tokio::time::Instant::now() + me.keepalive;
+                    me.timer.as_mut().reset(at);
+                }
+                _ => {}
+            }
+            if me.timer_is == Timer::Off || me.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            if me.timer_is == Timer::Closing {
+                // GOAWAY could not be written within its grace: dropped.
+                return Poll::Ready(Err(Ended::KeepAliveTimeout));
+            }
+            me.timer_is = Timer::Closing;
+            let at = tokio::time::Instant::now() + me.close_grace;
+            me.timer.as_mut().reset(at);
+            conn.abrupt_shutdown(Reason::NO_ERROR);
         }
     }
 }
@@ -159,6 +211,8 @@ pub enum Ended {
     Error(::h2::Error),
     /// No preface and SETTINGS within the header read timeout.
     HandshakeTimeout,
+    /// No stream open for the keep-alive timeout.
+    KeepAliveTimeout,
 }
 
 impl Ended {
@@ -167,6 +221,7 @@ impl Ended {
         match self {
             Ended::Error(e) => end_reason(e),
             Ended::HandshakeTimeout => EndReason::ClientHeaderTimeout,
+            Ended::KeepAliveTimeout => EndReason::IdleTimeout,
         }
     }
 }
