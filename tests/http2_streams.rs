@@ -388,21 +388,16 @@ fn a_connection_without_streams_gets_goaway_at_the_keepalive_timeout() {
     rt.block_on(async {
         // (The client keeps its handle: hyper closes a connection whose
         // handles are all gone.)
-        let (sender, conn) = h2c_client::<http_body_util::StreamBody<_>>(gh.addr("web")).await;
+        type Upload = http_body_util::channel::Channel<Bytes, std::io::Error>;
+        let (sender, conn) = h2c_client::<Upload>(gh.addr("web")).await;
         let mut sending = sender.clone();
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
-        let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let (mut tx, body) = Upload::new(4);
         let req = Request::post("http://web/echo").body(body).unwrap();
         let resp = tokio::spawn(async move { sending.send_request(req).await });
-        tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"slow "))))
-            .await
-            .unwrap();
+        tx.send_data(Bytes::from_static(b"slow ")).await.unwrap();
         // The scenario itself: a pause longer than the keep-alive timeout.
         tokio::time::sleep(Duration::from_millis(900)).await;
-        tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"upload"))))
-            .await
-            .unwrap();
+        tx.send_data(Bytes::from_static(b"upload")).await.unwrap();
         drop(tx);
         let resp = resp.await.unwrap().unwrap();
         assert_eq!(resp.status(), 200);
@@ -426,11 +421,4 @@ fn a_connection_without_streams_gets_goaway_at_the_keepalive_timeout() {
     });
     gh.wait_closed_count("idle_timeout", 2);
     assert_accounted(&gh);
-}
-
-/// An mpsc receiver as a stream of body frames.
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Unpin {
-    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }

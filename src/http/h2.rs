@@ -75,6 +75,9 @@ pub struct Server<S> {
     /// stream is open (one timer for the connection's life, moved on).
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_is: Timer,
+    /// The waker the timer holds (polled at every wake-up while no stream
+    /// is open: with the same waker, a poll is one atomic read).
+    timer_waker: Option<std::task::Waker>,
     keepalive: Duration,
     close_grace: Duration,
     /// Asked to shut down while still handshaking.
@@ -109,6 +112,7 @@ where
             streams: FuturesUnordered::new(),
             timer: Box::pin(tokio::time::sleep(cfg.header_read_timeout)),
             timer_is: Timer::Handshake,
+            timer_waker: None,
             keepalive: cfg.keepalive_timeout,
             close_grace: cfg.header_read_timeout,
             close_pending: false,
@@ -187,10 +191,13 @@ where
                     me.timer_is = Timer::KeepAlive;
                     let at = tokio::time::Instant::now() + me.keepalive;
                     me.timer.as_mut().reset(at);
+                    me.timer_waker = None;
                 }
                 _ => {}
             }
-            if me.timer_is == Timer::Off || me.timer.as_mut().poll(cx).is_pending() {
+            if me.timer_is == Timer::Off
+                || super::poll_timer(me.timer.as_mut(), &mut me.timer_waker, cx).is_pending()
+            {
                 return Poll::Pending;
             }
             if me.timer_is == Timer::Closing {
@@ -200,6 +207,7 @@ where
             me.timer_is = Timer::Closing;
             let at = tokio::time::Instant::now() + me.close_grace;
             me.timer.as_mut().reset(at);
+            me.timer_waker = None;
             conn.abrupt_shutdown(Reason::NO_ERROR);
         }
     }

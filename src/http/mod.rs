@@ -259,7 +259,8 @@ where
     }
 }
 
-/// Polls a timer that `select!` polls at every wake-up of its task: while
+/// Polls a timer that is polled at every wake-up of its task (`drive`'s
+/// idle check, an HTTP/2 connection's keep-alive): while
 /// it has not fired and the task's waker is the one it holds, a poll is one
 /// atomic read instead of a visit to tokio's timer entry.
 fn poll_timer(
