@@ -256,15 +256,19 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
         } else {
             (with_body(req), None)
         };
-    let mut handling = std::pin::pin!(handler.handle(req));
-    let resp = poll_fn(|cx| {
-        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
-            return Poll::Ready(Some(resp));
-        }
-        // Waiting: a client's RST_STREAM cancels the request.
-        respond.poll_reset(cx).map(|_| None)
-    })
-    .await;
+    // (In a block: the handler's future is gone once it has answered, so
+    // this future holds it or the response body's, never both.)
+    let resp = {
+        let mut handling = std::pin::pin!(handler.handle(req));
+        poll_fn(|cx| {
+            if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            // Waiting: a client's RST_STREAM cancels the request.
+            respond.poll_reset(cx).map(|_| None)
+        })
+        .await
+    };
     let Some(mut resp) = resp else { return };
     if let Some(recv) = tunnel_recv {
         if let Some(tunnel) = resp.extensions_mut().remove::<Tunnel>() {
@@ -275,7 +279,9 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
             headers::remove_hop_by_hop(&mut parts.headers, false);
             parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
             match respond.send_response(Response::from_parts(parts, ()), false) {
-                Ok(send) => run_tunnel(tunnel, recv, send).await,
+                // (Boxed: the rare path's large future stays out of
+                // every stream's.)
+                Ok(send) => Box::pin(run_tunnel(tunnel, recv, send)).await,
                 Err(_) => respond.send_reset(Reason::INTERNAL_ERROR),
             }
             return;

@@ -176,8 +176,57 @@ pub struct ForwardedFor<'a> {
     pub forwarded: bool,
 }
 
-/// X-Forwarded-For/Proto/Host and, optionally, `Forwarded` (RFC 7239).
-pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
+/// Fields this hop sets on a request, decided once and applied where the
+/// request is written: into its header map for hyper's client, or as
+/// bytes by our own HTTP/1.1 client, which then leaves out the map's fields
+/// of those names (a set costs no hashing and no growth of the map). Each
+/// entry replaces every field of its name; `None` removes them.
+#[derive(Default)]
+pub struct SetFields(Vec<(HeaderName, Option<HeaderValue>)>);
+
+impl SetFields {
+    pub fn with_capacity(n: usize) -> SetFields {
+        SetFields(Vec::with_capacity(n))
+    }
+
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.push((name, Some(value)));
+    }
+
+    pub fn remove(&mut self, name: HeaderName) {
+        self.0.push((name, None));
+    }
+
+    /// Whether the map's fields of this name are replaced (or removed).
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    /// The fields set, in order.
+    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.0
+            .iter()
+            .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
+    }
+
+    /// Applies them to `h` (and forgets them: applied once).
+    pub fn apply(&mut self, h: &mut HeaderMap) {
+        for (name, value) in self.0.drain(..) {
+            match value {
+                Some(v) => {
+                    h.insert(name, v);
+                }
+                None => {
+                    h.remove(name);
+                }
+            }
+        }
+    }
+}
+
+/// X-Forwarded-For/Proto/Host and, optionally, `Forwarded` (RFC 7239), for
+/// a request with headers `h`, into `set`.
+pub fn forwarding_fields(h: &HeaderMap, f: &ForwardedFor<'_>, set: &mut SetFields) {
     let xff = X_FORWARDED_FOR;
     let prior: Vec<&str> = if f.trusted {
         h.get_all(&xff)
@@ -193,10 +242,10 @@ pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
         let joined = format!("{}, {}", prior.join(", "), f.client);
         HeaderValue::from_str(&joined).unwrap_or_else(|_| f.client_value.clone())
     };
-    h.insert(xff, value);
+    set.set(xff, value);
     let (xfp, xfh) = (X_FORWARDED_PROTO, X_FORWARDED_HOST);
     if !(f.trusted && h.contains_key(&xfp)) {
-        h.insert(
+        set.set(
             xfp,
             match f.proto {
                 "https" => PROTO_HTTPS,
@@ -207,12 +256,8 @@ pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
     }
     if !(f.trusted && h.contains_key(&xfh)) {
         match f.host {
-            Some(host) => {
-                h.insert(xfh, host.clone());
-            }
-            None => {
-                h.remove(xfh);
-            }
+            Some(host) => set.set(xfh, host.clone()),
+            None => set.remove(xfh),
         }
     }
     if f.forwarded {
@@ -243,34 +288,53 @@ pub fn add_forwarding(h: &mut HeaderMap, f: &ForwardedFor<'_>) {
         } else {
             format!("{}, {element}", prior.join(", "))
         };
-        h.remove(header::FORWARDED);
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(header::FORWARDED, v);
+        match HeaderValue::from_str(&value) {
+            Ok(v) => set.set(header::FORWARDED, v),
+            Err(_) => set.remove(header::FORWARDED),
         }
     }
 }
 
-/// Appends this hop to `Via` (RFC 9110 §7.6.3).
-pub fn add_via(h: &mut HeaderMap, version: Version) {
-    let hop = match version {
+/// This hop appended to the `Via` of `h` (RFC 9110 §7.6.3), into `set`.
+pub fn via_field(h: &HeaderMap, version: Version, set: &mut SetFields) {
+    let hop = via_hop(version);
+    let value = match h.get(header::VIA) {
+        None => hop,
+        Some(prior) => match merged_via(prior, &hop) {
+            Some(v) => v,
+            None => return, // (a prior value that is no text stays as it is)
+        },
+    };
+    set.set(header::VIA, value);
+}
+
+fn via_hop(version: Version) -> HeaderValue {
+    match version {
         Version::HTTP_10 => VIA_10,
         Version::HTTP_2 => VIA_2,
         _ => VIA_11,
-    };
+    }
+}
+
+fn merged_via(prior: &HeaderValue, hop: &HeaderValue) -> Option<HeaderValue> {
+    let prior = prior.to_str().ok()?;
+    HeaderValue::from_str(&format!(
+        "{prior}, {}",
+        String::from_utf8_lossy(hop.as_bytes())
+    ))
+    .ok()
+}
+
+/// Appends this hop to `Via` (RFC 9110 §7.6.3).
+pub fn add_via(h: &mut HeaderMap, version: Version) {
+    let hop = via_hop(version);
     // One lookup: usually there is no `Via` yet.
     match h.entry(header::VIA) {
         http::header::Entry::Vacant(v) => {
             v.insert(hop);
         }
         http::header::Entry::Occupied(mut o) => {
-            let merged = o.get().to_str().ok().and_then(|prior| {
-                HeaderValue::from_str(&format!(
-                    "{prior}, {}",
-                    String::from_utf8_lossy(hop.as_bytes())
-                ))
-                .ok()
-            });
-            if let Some(v) = merged {
+            if let Some(v) = merged_via(o.get(), &hop) {
                 o.insert(v);
             }
         }
@@ -315,7 +379,9 @@ mod tests {
             trusted: false,
             forwarded: true,
         };
-        add_forwarding(&mut h, &f);
+        let mut set = SetFields::default();
+        forwarding_fields(&h, &f, &mut set);
+        set.apply(&mut h);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "app.test");
@@ -325,7 +391,19 @@ mod tests {
         );
         let mut h2 = HeaderMap::new();
         h2.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
-        add_forwarding(&mut h2, &ForwardedFor { trusted: true, ..f });
+        h2.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        h2.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let mut set = SetFields::default();
+        forwarding_fields(&h2, &ForwardedFor { trusted: true, ..f }, &mut set);
+        via_field(&h2, Version::HTTP_11, &mut set);
+        set.apply(&mut h2);
         assert_eq!(h2.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.9");
+        assert_eq!(h2.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(
+            h2.get("forwarded").unwrap(),
+            "for=1.1.1.1, for=10.0.0.9;proto=http;host=\"app.test\""
+        );
+        assert_eq!(h2.get("via").unwrap(), "1.1 gatehouse");
+        assert_eq!(set.fields().count(), 0, "applied once");
     }
 }

@@ -9,7 +9,7 @@ pub mod body;
 pub mod error;
 pub mod h1;
 mod h2;
-mod headers;
+pub mod headers;
 mod log;
 pub mod park;
 mod proxy;

@@ -296,16 +296,18 @@ impl Handler {
             Some(body.boxed_unsync())
         };
 
-        let authority = parts.uri.authority().cloned();
-        let host_value = parts.headers.get(header::HOST).cloned().or_else(|| {
-            authority
-                .as_ref()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        let headers = &mut parts.headers;
-        headers::remove_hop_by_hop(headers, upgrade);
-        headers.remove(header::EXPECT); // 100-continue is answered by our server side
-        headers::add_forwarding(
+        let authority = parts.uri.authority();
+        let host_header = parts.headers.get(header::HOST);
+        let authority_value = || authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let host_value = host_header.cloned().or_else(authority_value);
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        // What this hop sets, applied where the request is written.
+        let mut set = headers::SetFields::with_capacity(6);
+        let headers = &parts.headers;
+        if headers.contains_key(header::EXPECT) {
+            set.remove(header::EXPECT); // 100-continue is answered by our server side
+        }
+        headers::forwarding_fields(
             headers,
             &ForwardedFor {
                 client: self.info.client.ip(),
@@ -319,27 +321,27 @@ impl Handler {
                 trusted: self.trusted_peer,
                 forwarded: self.http.forwarded,
             },
+            &mut set,
         );
         if self.http.via {
-            headers::add_via(headers, parts.version);
+            headers::via_field(headers, parts.version, &mut set);
         }
         // HTTP/2 (and absolute-form) requests carry the host in the target;
         // upstream, over HTTP/1.1, it goes in Host.
         if !headers.contains_key(header::HOST) {
-            if let Some(authority) = authority
-                .as_ref()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                headers.insert(header::HOST, authority);
+            if let Some(authority) = host_value {
+                set.set(header::HOST, authority);
             }
         }
-        parts.uri = origin_form(parts.uri);
         parts.version = Version::HTTP_11;
         // The request's deadline counts from its record's start.
         let started = tokio::time::Instant::from_std(log.started);
         Ok(Outbound {
             route,
-            head: Request::from_parts(parts, ()),
+            head: UpstreamHead {
+                req: Request::from_parts(parts, ()),
+                set,
+            },
             body,
             upgrade,
             extended_connect,
@@ -423,7 +425,7 @@ impl Handler {
     async fn call_upstream(
         &self,
         route: &Route,
-        head: &mut Request<()>,
+        head: &mut UpstreamHead,
         body: &mut Option<Body>,
         log: &mut RequestLog,
     ) -> Exchanged {
@@ -454,8 +456,8 @@ impl Handler {
             }
             let reused = conn.reused;
             if let Sender::Raw(raw) = &mut conn.sender {
-                let encoded = h1::encode_request(head.method(), head.uri(), head.headers());
-                let head_request = head.method() == http::Method::HEAD;
+                let encoded = h1::encode_request(&head.req, &head.set);
+                let head_request = head.req.method() == http::Method::HEAD;
                 let deadline = tokio::time::Instant::now() + policy.http.response_header_timeout;
                 let mut timer = self.response_timer(deadline);
                 let exchange = tokio::select! {
@@ -479,7 +481,7 @@ impl Handler {
                             // Closed while idle, before anything came back:
                             // an idempotent request goes again.
                             h1::ExchangeError::ClosedEarly
-                                if reused && head.method().is_idempotent() =>
+                                if reused && head.req.method().is_idempotent() =>
                             {
                                 continue;
                             }
@@ -516,15 +518,19 @@ impl Handler {
         mut conn: PooledConn,
         scheme: &str,
         response_timeout: std::time::Duration,
-        head: &mut Request<()>,
+        head: &mut UpstreamHead,
         body: &mut Option<Body>,
         log: &RequestLog,
     ) -> Option<Exchanged> {
         let bodiless = body.is_none();
-        let mut request =
-            std::mem::replace(head, Request::new(())).map(|()| body.take().unwrap_or_else(empty));
+        let mut request = std::mem::replace(&mut head.req, Request::new(()))
+            .map(|()| body.take().unwrap_or_else(empty));
+        head.set.apply(request.headers_mut());
         if conn.sender.is_http2() {
             as_http2(&mut request, scheme);
+        } else {
+            let uri = std::mem::take(request.uri_mut());
+            *request.uri_mut() = origin_form(uri);
         }
         let mut e = match timeout(response_timeout, conn.sender.try_send_request(request)).await {
             Err(_) => return Some(Err(RequestEnd::UpstreamResponseTimeout)),
@@ -538,7 +544,7 @@ impl Handler {
         match e.take_message() {
             Some(unsent) if conn.reused => {
                 let (parts, unsent_body) = unsent.into_parts();
-                *head = Request::from_parts(parts, ());
+                head.req = Request::from_parts(parts, ());
                 if !bodiless {
                     *body = Some(unsent_body);
                 }
@@ -554,11 +560,19 @@ impl Handler {
 /// for hyper's), or why not.
 type Exchanged = Result<(Response<UpstreamInner>, Option<PooledConn>), RequestEnd>;
 
+/// A request's head as it goes upstream: method, target (as received:
+/// origin-form is made where it is written), version and headers (less
+/// hop-by-hop ones), and the fields this hop sets, applied where it is
+/// written.
+struct UpstreamHead {
+    req: Request<()>,
+    set: headers::SetFields,
+}
+
 /// A request on its way upstream: what the wait for its response needs.
 struct Outbound<'a> {
     route: &'a Route,
-    /// Method, target, version and headers as they go upstream.
-    head: Request<()>,
+    head: UpstreamHead,
     /// The request body; `None` when there is none and no upgrade.
     body: Option<Body>,
     upgrade: bool,
@@ -673,13 +687,13 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())?;
+        // (The authority's text without userinfo: `Uri::host` parses it
+        // again.)
+        .or_else(|| req.uri().authority()?.as_str().rsplit('@').next())?;
     let host = if raw.starts_with('[') {
-        raw.split_once(']')
-            .map(|(h, _)| format!("{h}]"))
-            .unwrap_or_else(|| raw.to_owned())
+        raw.find(']').map_or(raw, |end| &raw[..=end])
     } else {
-        raw.split(':').next().unwrap_or(raw).to_owned()
+        raw.split(':').next().unwrap_or(raw)
     };
     Some(host.to_ascii_lowercase())
 }
@@ -716,6 +730,37 @@ fn uri_len(uri: &Uri) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_routing_host_is_lower_case_without_port_or_userinfo() {
+        let host = |uri: &str, header: Option<&str>| {
+            let mut req = Request::builder().uri(uri);
+            if let Some(h) = header {
+                req = req.header(header::HOST, h);
+            }
+            request_host(&req.body(()).unwrap())
+        };
+        assert_eq!(
+            host("/", Some("App.Test:8080")).as_deref(),
+            Some("app.test")
+        );
+        assert_eq!(host("/", Some("[::1]:443")).as_deref(), Some("[::1]"));
+        assert_eq!(host("/", Some("[::1]")).as_deref(), Some("[::1]"));
+        assert_eq!(
+            host("http://u:p@Example.ORG:81/x", None).as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(
+            host("http://[2001:db8::1]:8080/", None).as_deref(),
+            Some("[2001:db8::1]")
+        );
+        // `Host` wins over the target's authority.
+        assert_eq!(
+            host("http://a.test/", Some("b.test")).as_deref(),
+            Some("b.test")
+        );
+        assert_eq!(host("/", None), None);
+    }
 
     #[test]
     fn addresses_format_like_display() {

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 use super::{PooledConn, Sender};
 use crate::http::body::{BodyError, StreamError};
 use crate::http::h1::body::Decoder;
-use crate::http::h1::head::{ConnectionTokens, Framing, head_end};
+use crate::http::h1::head::{ConnectionTokens, Framing, head_end, write_field};
+use crate::http::headers::SetFields;
 
 /// Largest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -238,15 +239,24 @@ pub fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, 
 }
 
 /// A bodiless request's head as it goes upstream: the target's bytes as
-/// received, the headers as the request path left them.
-pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap) -> Vec<u8> {
-    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+/// received, the headers as the request path left them, but for those of
+/// the names in `set`, whose fields are `set`'s.
+pub fn encode_request(head: &Request<()>, set: &SetFields) -> Vec<u8> {
+    // The target in origin-form: an absolute-form one's path and query.
+    let target = head.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(head.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    crate::http::h1::head::write_fields(&mut out, headers);
+    for (name, value) in head.headers() {
+        if !set.replaces(name) {
+            write_field(&mut out, name, value);
+        }
+    }
+    for (name, value) in set.fields() {
+        write_field(&mut out, name, value);
+    }
     out.extend_from_slice(b"\r\n");
     out
 }

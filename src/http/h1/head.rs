@@ -336,11 +336,16 @@ pub fn encode_response(
 /// Writes header fields as `name: value` lines (a head's, or trailers').
 pub fn write_fields(dst: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        write_field(dst, name, value);
     }
+}
+
+/// Writes one `name: value` line.
+pub fn write_field(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    dst.extend_from_slice(name.as_str().as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
 }
 
 /// The `Date` value for now, formatted once per second per thread.
