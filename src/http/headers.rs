@@ -182,36 +182,51 @@ pub struct ForwardedFor<'a> {
 /// of those names (a set costs no hashing and no growth of the map). Each
 /// entry replaces every field of its name; `None` removes them.
 #[derive(Default)]
-pub struct SetFields(Vec<(HeaderName, Option<HeaderValue>)>);
+pub struct SetFields {
+    fields: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Bit `len % 64` set for each name's length: most names of a request
+    /// are told apart from all of these by their length alone.
+    lengths: u64,
+}
 
 impl SetFields {
     pub fn with_capacity(n: usize) -> SetFields {
-        SetFields(Vec::with_capacity(n))
+        SetFields {
+            fields: Vec::with_capacity(n),
+            lengths: 0,
+        }
     }
 
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        self.0.push((name, Some(value)));
+        self.push(name, Some(value));
     }
 
     pub fn remove(&mut self, name: HeaderName) {
-        self.0.push((name, None));
+        self.push(name, None);
+    }
+
+    fn push(&mut self, name: HeaderName, value: Option<HeaderValue>) {
+        self.lengths |= 1 << (name.as_str().len() % 64);
+        self.fields.push((name, value));
     }
 
     /// Whether the map's fields of this name are replaced (or removed).
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
+        self.lengths & (1 << (name.as_str().len() % 64)) != 0
+            && self.fields.iter().any(|(n, _)| n == name)
     }
 
     /// The fields set, in order.
     pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.0
+        self.fields
             .iter()
             .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
     }
 
     /// Applies them to `h` (and forgets them: applied once).
     pub fn apply(&mut self, h: &mut HeaderMap) {
-        for (name, value) in self.0.drain(..) {
+        self.lengths = 0;
+        for (name, value) in self.fields.drain(..) {
             match value {
                 Some(v) => {
                     h.insert(name, v);
