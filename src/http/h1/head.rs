@@ -79,17 +79,15 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 fn memchr_lf(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 /// Parses a complete head (`head_end` bytes).
 pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result<Head, HeadError> {
     // Every line must end in CRLF: a bare LF is read differently by
     // different parsers, so it is refused rather than normalized.
-    for (i, &b) in head.iter().enumerate() {
-        if b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
-            return Err(HeadError::Bad("bare LF"));
-        }
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
+        return Err(HeadError::Bad("bare LF"));
     }
     let mut storage = [httparse::EMPTY_HEADER; 128];
     let mut big;
