@@ -371,7 +371,10 @@ impl Handler {
             Err(end) => return self.fail(log, end),
         };
         log.status = resp.status().as_u16();
-        log.headers_received = Some(log.started.elapsed());
+        if log.access_log {
+            // (Only the access log line has this phase: no clock read without it.)
+            log.headers_received = Some(log.started.elapsed());
+        }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade {
             let tunnel = Tunnel {
