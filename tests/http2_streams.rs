@@ -174,9 +174,19 @@ fn frames(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
 
 /// A masked WebSocket frame from a client (RFC 6455 §5.2), short payloads.
 fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
     let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
     f.extend_from_slice(&mask);
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
@@ -185,11 +195,23 @@ fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// Reads one unmasked frame from a server: (opcode, payload).
 async fn ws_read(buf: &mut Vec<u8>, body: &mut h2::RecvStream) -> Option<(u8, Vec<u8>)> {
     loop {
-        if buf.len() >= 2 && buf[1] < 126 && buf.len() >= 2 + usize::from(buf[1]) {
-            let len = usize::from(buf[1]);
-            let frame = (buf[0] & 0x0f, buf[2..2 + len].to_vec());
-            buf.drain(..2 + len);
-            return Some(frame);
+        let header = match buf.get(1).map(|b| b & 0x7f) {
+            Some(126) if buf.len() >= 4 => {
+                Some((4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))))
+            }
+            Some(127) if buf.len() >= 10 => {
+                let n = u64::from_be_bytes(buf[2..10].try_into().unwrap());
+                Some((10, n as usize))
+            }
+            Some(n) if n < 126 => Some((2, usize::from(n))),
+            _ => None,
+        };
+        if let Some((at, len)) = header {
+            if buf.len() >= at + len {
+                let frame = (buf[0] & 0x0f, buf[at..at + len].to_vec());
+                buf.drain(..at + len);
+                return Some(frame);
+            }
         }
         let data = body.data().await?.ok()?;
         let _ = body.flow_control().release_capacity(data.len());
@@ -256,6 +278,25 @@ fn websocket_over_http2_by_extended_connect() {
                 .unwrap();
             assert_eq!(ws_read(&mut buf, &mut body).await, Some((1, msg.to_vec())));
         }
+        // A message several flow-control windows long, both ways: each
+        // side's window is given back as the other side takes the bytes.
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut frame = Bytes::from(ws_frame(2, &big));
+        let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+            while !frame.is_empty() {
+                send.reserve_capacity(frame.len());
+                let n = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .min(frame.len());
+                send.send_data(frame.split_to(n), false).unwrap();
+            }
+            ws_read(&mut buf, &mut body).await
+        })
+        .await
+        .expect("the large message goes through and comes back");
+        assert_eq!(echoed, Some((2, big)));
         let table = gh.connections();
         assert_eq!(
             table["connections"].as_array().unwrap().len(),

@@ -15,12 +15,12 @@
 //! beyond the client's window); connection-specific headers never leave;
 //! a response without `Date` gets one. An extended CONNECT (RFC 8441,
 //! WebSocket over HTTP/2) goes upstream as an HTTP/1.1 upgrade, and after
-//! its `101` the stream itself carries the tunnel.
+//! its `101` the stream itself, as a byte stream (`StreamIo`), is the client
+//! side of the same tunnel an HTTP/1.1 upgrade runs (`tunnel::run`).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -281,7 +281,9 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
             match respond.send_response(Response::from_parts(parts, ()), false) {
                 // (Boxed: the rare path's large future stays out of
                 // every stream's.)
-                Ok(send) => Box::pin(run_tunnel(tunnel, recv, send)).await,
+                Ok(send) => {
+                    Box::pin(run_tunnel(tunnel, recv, send, handler.shutdown())).await;
+                }
                 Err(_) => respond.send_reset(Reason::INTERNAL_ERROR),
             }
             return;
@@ -364,76 +366,122 @@ fn websocket_key() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="))
 }
 
-/// An extended CONNECT's tunnel: the stream's data both ways with the
-/// upgraded upstream connection, each way under its own flow control (a
-/// client DATA frame's window is given back once written upstream; an
-/// upstream read waits for send capacity), half-closes passed on, until
-/// both ways have ended, either side fails, or the route's idle timeout
-/// (no byte either way) or max lifetime ends it.
-async fn run_tunnel(tunnel: Tunnel, mut recv: RecvStream, mut send: SendStream<Bytes>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(upgraded) = tunnel.upstream.await else {
-        send.send_reset(Reason::INTERNAL_ERROR);
-        return;
+/// An extended CONNECT's tunnel: the stream, as a byte stream, is the
+/// client side of `tunnel::run`, under the same rules as an HTTP/1.1
+/// upgrade's (half-closes passed on, the route's idle timeout and max
+/// lifetime, shutdown).
+async fn run_tunnel(
+    tunnel: Tunnel,
+    recv: RecvStream,
+    send: SendStream<Bytes>,
+    shutdown: &crate::server::ShutdownSignal,
+) {
+    let io = StreamIo {
+        recv,
+        send,
+        pending: Bytes::new(),
+        unreleased: 0,
+        recv_done: false,
     };
-    let (mut up_read, mut up_write) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
-    let started = tokio::time::Instant::now();
-    let last = AtomicU64::new(0);
-    let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let to_upstream = async {
-        while let Some(data) = recv.data().await {
-            let data = data.map_err(|_| "client")?;
-            touch();
-            up_write.write_all(&data).await.map_err(|_| "upstream")?;
-            let _ = recv.flow_control().release_capacity(data.len());
-        }
-        let _ = up_write.shutdown().await;
-        Ok::<(), &str>(())
-    };
-    let to_client = async {
-        let mut buf = bytes::BytesMut::new();
+    let end = super::tunnel::run(tunnel, io, shutdown).await;
+    tracing::debug!(end = end.as_str(), "HTTP/2 tunnel ended");
+}
+
+/// An HTTP/2 stream as a byte stream. Reads: its DATA frames, each frame's
+/// window given back once the frame has been read through (so the client
+/// sends more only as fast as the other side takes it). Writes: DATA frames
+/// within the stream's send capacity (a write waits for capacity, so at most
+/// what the client's window allows is queued). Shutdown: END_STREAM.
+/// Dropped before that, the stream is reset.
+struct StreamIo {
+    recv: RecvStream,
+    send: SendStream<Bytes>,
+    /// What is left of the last DATA frame.
+    pending: Bytes,
+    /// The window that frame took, given back once it is read through.
+    unreleased: usize,
+    recv_done: bool,
+}
+
+impl tokio::io::AsyncRead for StreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
         loop {
-            buf.reserve(16 * 1024);
-            let n = up_read.read_buf(&mut buf).await.map_err(|_| "upstream")?;
-            if n == 0 {
-                let _ = send.send_data(Bytes::new(), true);
-                return Ok::<(), &str>(());
+            if !me.pending.is_empty() {
+                let n = me.pending.len().min(buf.remaining());
+                buf.put_slice(&me.pending.split_to(n));
+                if me.pending.is_empty() {
+                    let _ = me.recv.flow_control().release_capacity(me.unreleased);
+                    me.unreleased = 0;
+                }
+                return Poll::Ready(Ok(()));
             }
-            touch();
-            if !wait_capacity(&mut send).await {
-                return Err("client");
+            if me.recv_done {
+                return Poll::Ready(Ok(())); // end of stream
             }
-            send.send_data(buf.split().freeze(), false)
-                .map_err(|_| "client")?;
-        }
-    };
-    let idle = async {
-        let Some(idle) = tunnel.idle else {
-            return std::future::pending().await;
-        };
-        loop {
-            let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
-            if tokio::time::Instant::now() >= quiet_since + idle {
-                return;
+            match ready!(me.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    me.unreleased = data.len();
+                    me.pending = data;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                None => me.recv_done = true,
             }
-            tokio::time::sleep_until(quiet_since + idle).await;
         }
-    };
-    let lifetime = async {
-        match tunnel.max_lifetime {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
+    }
+}
+
+impl tokio::io::AsyncWrite for StreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-    };
-    let end = tokio::select! {
-        r = async { tokio::try_join!(to_upstream, to_client) } => match r {
-            Ok(_) => "closed",
-            Err(side) => side,
-        },
-        () = idle => "idle_timeout",
-        () = lifetime => "max_lifetime",
-    };
-    tracing::debug!(end, "HTTP/2 tunnel ended");
+        // (`poll_capacity` answers only once capacity has grown: what is
+        // already there is taken first.)
+        let mut capacity = me.send.capacity();
+        if capacity == 0 {
+            me.send.reserve_capacity(buf.len());
+            loop {
+                match ready!(me.send.poll_capacity(cx)) {
+                    Some(Ok(0)) => {}
+                    Some(Ok(n)) => {
+                        capacity = n;
+                        break;
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                    None => return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+                }
+            }
+        }
+        let n = capacity.min(buf.len());
+        me.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(std::io::Error::other)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(())) // the connection writes what streams queue
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        me.send.reserve_capacity(0);
+        Poll::Ready(
+            me.send
+                .send_data(Bytes::new(), true)
+                .map_err(std::io::Error::other),
+        )
+    }
 }
 
 fn bodiless(status: StatusCode) -> bool {

@@ -112,6 +112,10 @@ impl Handler {
         }
     }
 
+    pub fn shutdown(&self) -> &crate::server::ShutdownSignal {
+        &self.rt.shutdown
+    }
+
     pub fn take_tunnel(&self) -> Option<Tunnel> {
         self.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
     }

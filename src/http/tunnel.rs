@@ -2,8 +2,8 @@
 //! spliced both ways by the connection's own task, with half-close, the
 //! route's idle timeout (traffic either way, pings included, resets it),
 //! its max lifetime and shutdown — never a request timeout or pool recycling.
-//! (An HTTP/2 extended CONNECT's tunnel runs in its stream: `h2::run_tunnel`
-//! under the same rules.)
+//! (An HTTP/2 extended CONNECT's tunnel runs here too, in its stream's
+//! future, with the stream as the client side: `h2::StreamIo`.)
 
 use std::io;
 use std::pin::Pin;
