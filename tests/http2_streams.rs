@@ -230,8 +230,26 @@ fn websocket_over_http2_by_extended_connect() {
     let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
     let port: u16 = lines.next().unwrap().unwrap()[5..].parse().unwrap();
     let ws_backend: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // An upstream that switches protocols with an accept that does not
+    // answer the key.
+    let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let liar_addr = liar.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in liar.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            );
+            let _ = conn.read(&mut byte);
+        }
+    });
     let gh = Gatehouse::start(&format!(
-        "{}\n[[routes]]\nname = \"closed\"\nmatch = {{ listener = \"web\", path_prefix = \"/closed\" }}\naction.forward = [\"{ws_backend}\"]\n[[routes]]\nname = \"quiet\"\nmatch = {{ listener = \"web\", path_prefix = \"/quiet\" }}\naction.forward = [\"{ws_backend}\"]\npolicy.allow_upgrade = true\npolicy.idle_timeout = \"300ms\"\n",
+        "{}\n[[routes]]\nname = \"closed\"\nmatch = {{ listener = \"web\", path_prefix = \"/closed\" }}\naction.forward = [\"{ws_backend}\"]\n[[routes]]\nname = \"quiet\"\nmatch = {{ listener = \"web\", path_prefix = \"/quiet\" }}\naction.forward = [\"{ws_backend}\"]\npolicy.allow_upgrade = true\npolicy.idle_timeout = \"300ms\"\n[[routes]]\nname = \"liar\"\nmatch = {{ listener = \"web\", path_prefix = \"/liar\" }}\naction.forward = [\"{liar_addr}\"]\npolicy.allow_upgrade = true\n",
         http_config(
             "",
             "http.h2c = true",
@@ -266,6 +284,13 @@ fn websocket_over_http2_by_extended_connect() {
         let (resp, _) = client.send_request(connect("/closed"), false).unwrap();
         let resp = resp.await.unwrap();
         assert_eq!(resp.status(), 405);
+
+        // An upstream whose accept does not answer our key is no WebSocket
+        // server: 502, blamed on it.
+        let (resp, _) = client.send_request(connect("/liar"), false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()["gatehouse-error"], "upstream_protocol_error");
 
         let (resp, mut send) = client.send_request(connect("/chat"), false).unwrap();
         let resp = resp.await.unwrap();

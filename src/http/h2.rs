@@ -331,8 +331,8 @@ fn with_body(req: Request<RecvStream>) -> Request<ReqBody> {
 /// An extended CONNECT (RFC 8441) as the HTTP/1.1 upgrade request it
 /// becomes upstream: `GET` with `Connection: upgrade` and `Upgrade: <the
 /// :protocol>`, and for WebSocket the `Sec-WebSocket-Key` that HTTP/2
-/// clients do not send (RFC 8441 §5). The stream's data is kept for the
-/// tunnel.
+/// clients do not send (RFC 8441 §5), with the accept its upstream's `101`
+/// must carry. The stream's data is kept for the tunnel.
 fn extended_connect(req: Request<RecvStream>) -> (Request<ReqBody>, RecvStream) {
     let (mut parts, recv) = req.into_parts();
     let protocol = parts
@@ -346,10 +346,14 @@ fn extended_connect(req: Request<RecvStream>) -> (Request<ReqBody>, RecvStream) 
     if let Ok(v) = HeaderValue::from_str(&protocol) {
         h.insert(header::UPGRADE, v);
     }
-    if protocol.eq_ignore_ascii_case("websocket") && !h.contains_key(header::SEC_WEBSOCKET_KEY) {
-        h.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+    let mut accept = None;
+    if protocol.eq_ignore_ascii_case("websocket") {
+        let key = h
+            .entry(header::SEC_WEBSOCKET_KEY)
+            .or_insert_with(websocket_key);
+        accept = Some(headers::websocket_accept(key));
     }
-    parts.extensions.insert(ExtendedConnect);
+    parts.extensions.insert(ExtendedConnect { accept });
     (Request::from_parts(parts, ReqBody::Empty), recv)
 }
 

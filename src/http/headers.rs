@@ -340,6 +340,18 @@ fn merged_via(prior: &HeaderValue, hop: &HeaderValue) -> Option<HeaderValue> {
     .ok()
 }
 
+/// The `Sec-WebSocket-Accept` a server must answer a `Sec-WebSocket-Key`
+/// with (RFC 6455 §4.2.2): base64 of the SHA-1 of the key and the GUID.
+pub fn websocket_accept(key: &HeaderValue) -> HeaderValue {
+    use base64::Engine as _;
+    let mut input = key.as_bytes().to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha1.as_ref());
+    // (Base64 is always a valid value.)
+    HeaderValue::from_str(&accept).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// Appends this hop to `Via` (RFC 9110 §7.6.3).
 pub fn add_via(h: &mut HeaderMap, version: Version) {
     let hop = via_hop(version);
@@ -359,6 +371,13 @@ pub fn add_via(h: &mut HeaderMap, version: Version) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_accept_is_rfc_6455s() {
+        // RFC 6455 §1.3's example.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(websocket_accept(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

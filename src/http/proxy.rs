@@ -27,9 +27,14 @@ use crate::server::Runtime;
 use crate::upstream::{PooledConn, Sender, h1};
 
 /// Marks a request that came as an HTTP/2 extended CONNECT (RFC 8441),
-/// handed to the handler as an HTTP/1.1-style upgrade request.
-#[derive(Clone, Copy, Debug)]
-pub struct ExtendedConnect;
+/// handed to the handler as an HTTP/1.1-style upgrade request. For
+/// WebSocket, `accept` is what the upstream's `101` must carry in
+/// `Sec-WebSocket-Accept` for the key sent on the client's behalf (an
+/// HTTP/2 client checks no key: we do, as its HTTP/1.1 side).
+#[derive(Clone, Debug)]
+pub struct ExtendedConnect {
+    pub accept: Option<HeaderValue>,
+}
 
 pub struct ConnInfo {
     /// The real client (from a PROXY header when there was one).
@@ -274,7 +279,8 @@ impl Handler {
         // HTTP/1.1 upgrades (the connection loop runs the tunnel) and
         // HTTP/2 extended CONNECTs (RFC 8441; the stream runs it), which our
         // HTTP/2 server hands over as upgrade requests.
-        let extended_connect = req.extensions().get::<ExtendedConnect>().is_some();
+        let extended = req.extensions().get::<ExtendedConnect>().cloned();
+        let extended_connect = extended.is_some();
         if extended_connect && !policy.http.allow_upgrade {
             return Err(self.fail(log, RequestEnd::MethodNotAllowed));
         }
@@ -348,7 +354,7 @@ impl Handler {
             },
             body,
             upgrade,
-            extended_connect,
+            extended,
             deadline: policy.http.request_timeout.map(|d| started + d),
             log,
         })
@@ -381,13 +387,20 @@ impl Handler {
         }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade {
+            // A WebSocket upgrade we asked for on an HTTP/2 client's behalf
+            // must prove the upstream speaks it (RFC 6455 §4.1).
+            if let Some(accept) = out.extended.as_ref().and_then(|e| e.accept.as_ref()) {
+                if resp.headers().get(header::SEC_WEBSOCKET_ACCEPT) != Some(accept) {
+                    return self.fail(log, RequestEnd::UpstreamProtocolError);
+                }
+            }
             let tunnel = Tunnel {
                 upstream: hyper::upgrade::on(&mut resp),
                 idle: policy.idle_timeout,
                 max_lifetime: policy.max_lifetime,
             };
             let (mut parts, _) = resp.into_parts();
-            if out.extended_connect {
+            if out.extended.is_some() {
                 parts.extensions.insert(tunnel);
             } else {
                 *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
@@ -402,7 +415,7 @@ impl Handler {
         }
         // An extended CONNECT answered with success but no switch would
         // tell the client its tunnel is open: it is not.
-        if out.extended_connect && resp.status().is_success() {
+        if out.extended.is_some() && resp.status().is_success() {
             return self.fail(log, RequestEnd::UpstreamProtocolError);
         }
         let (mut parts, body) = resp.into_parts();
@@ -584,7 +597,7 @@ struct Outbound<'a> {
     body: Option<Body>,
     upgrade: bool,
     /// An HTTP/2 extended CONNECT: its tunnel goes with the response.
-    extended_connect: bool,
+    extended: Option<ExtendedConnect>,
     /// The request's deadline (`request_timeout` from the record's start).
     deadline: Option<tokio::time::Instant>,
     log: RequestLog,
