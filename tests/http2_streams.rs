@@ -172,7 +172,7 @@ fn frames(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
     frames
 }
 
-/// A masked WebSocket frame from a client (RFC 6455 §5.2), short payloads.
+/// A masked WebSocket frame from a client (RFC 6455 §5.2).
 fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x12, 0x34, 0x56, 0x78];
     let mut f = vec![0x80 | opcode];
