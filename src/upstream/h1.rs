@@ -373,3 +373,40 @@ impl HttpBody for RawBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_head_carries_the_set_fields_in_place_of_the_clients() {
+        let req = Request::builder()
+            .method("GET")
+            .uri("http://app.test/a//b?c=%2F")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("accept", "*/*")
+            .header("expect", "100-continue")
+            .header("x-forwarded-for", "7.7.7.7")
+            .body(())
+            .unwrap();
+        let mut set = SetFields::default();
+        set.set(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("10.0.0.9"),
+        );
+        set.remove(header::EXPECT);
+        set.set(header::HOST, HeaderValue::from_static("app.test"));
+        let head = encode_request(&req, &set);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /a//b?c=%2F HTTP/1.1\r\naccept: */*\r\nx-forwarded-for: 10.0.0.9\r\nhost: app.test\r\n\r\n"
+        );
+        // Applied to a map instead, the same fields result.
+        let mut map = req.headers().clone();
+        set.apply(&mut map);
+        assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(map["x-forwarded-for"], "10.0.0.9");
+        assert!(!map.contains_key(header::EXPECT));
+        assert_eq!(map[header::HOST], "app.test");
+    }
+}
