@@ -63,5 +63,7 @@ pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Ar
             runtime.clone(),
         )));
     }
+    // Closed before it is reported: once the line is out, a connect is refused.
+    drop(listener);
     tracing::info!(listener = &*rt.name, "listener closed");
 }
