@@ -449,23 +449,9 @@ impl tokio::io::AsyncWrite for StreamIo {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        // (`poll_capacity` answers only once capacity has grown: what is
-        // already there is taken first.)
-        let mut capacity = me.send.capacity();
-        if capacity == 0 {
-            me.send.reserve_capacity(buf.len());
-            loop {
-                match ready!(me.send.poll_capacity(cx)) {
-                    Some(Ok(0)) => {}
-                    Some(Ok(n)) => {
-                        capacity = n;
-                        break;
-                    }
-                    Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
-                    None => return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
-                }
-            }
-        }
+        let Some(capacity) = ready!(poll_send_capacity(&mut me.send, buf.len(), cx)) else {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        };
         let n = capacity.min(buf.len());
         me.send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
@@ -546,15 +532,29 @@ async fn send_body(body: Body, mut send: SendStream<Bytes>) {
 
 /// Waits until the stream may send again; `false` if it closed or was reset.
 async fn wait_capacity(send: &mut SendStream<Bytes>) -> bool {
-    if send.capacity() > 0 {
-        return true;
+    poll_fn(|cx| poll_send_capacity(send, 1, cx))
+        .await
+        .is_some()
+}
+
+/// The stream's send capacity, asking for `want` bytes when it has none;
+/// `None` if it closed or was reset. (`poll_capacity` answers only once
+/// capacity has grown: what is already there is taken first.)
+fn poll_send_capacity(
+    send: &mut SendStream<Bytes>,
+    want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Option<usize>> {
+    let capacity = send.capacity();
+    if capacity > 0 {
+        return Poll::Ready(Some(capacity));
     }
-    send.reserve_capacity(1);
+    send.reserve_capacity(want);
     loop {
-        match poll_fn(|cx| send.poll_capacity(cx)).await {
+        match ready!(send.poll_capacity(cx)) {
             Some(Ok(0)) => {}
-            Some(Ok(_)) => return true,
-            Some(Err(_)) | None => return false,
+            Some(Ok(n)) => return Poll::Ready(Some(n)),
+            Some(Err(_)) | None => return Poll::Ready(None),
         }
     }
 }

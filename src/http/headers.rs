@@ -184,36 +184,26 @@ pub struct ForwardedFor<'a> {
 #[derive(Default)]
 pub struct SetFields {
     fields: Vec<(HeaderName, Option<HeaderValue>)>,
-    /// Bit `len % 64` set for each name's length: most names of a request
-    /// are told apart from all of these by their length alone.
-    lengths: u64,
 }
 
 impl SetFields {
     pub fn with_capacity(n: usize) -> SetFields {
         SetFields {
             fields: Vec::with_capacity(n),
-            lengths: 0,
         }
     }
 
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        self.push(name, Some(value));
+        self.fields.push((name, Some(value)));
     }
 
     pub fn remove(&mut self, name: HeaderName) {
-        self.push(name, None);
-    }
-
-    fn push(&mut self, name: HeaderName, value: Option<HeaderValue>) {
-        self.lengths |= 1 << (name.as_str().len() % 64);
-        self.fields.push((name, value));
+        self.fields.push((name, None));
     }
 
     /// Whether the map's fields of this name are replaced (or removed).
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        self.lengths & (1 << (name.as_str().len() % 64)) != 0
-            && self.fields.iter().any(|(n, _)| n == name)
+        self.fields.iter().any(|(n, _)| n == name)
     }
 
     /// The fields set, in order.
@@ -225,7 +215,6 @@ impl SetFields {
 
     /// Applies them to `h` (and forgets them: applied once).
     pub fn apply(&mut self, h: &mut HeaderMap) {
-        self.lengths = 0;
         for (name, value) in self.fields.drain(..) {
             match value {
                 Some(v) => {

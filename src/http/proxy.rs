@@ -280,12 +280,11 @@ impl Handler {
         // HTTP/2 extended CONNECTs (RFC 8441; the stream runs it), which our
         // HTTP/2 server hands over as upgrade requests.
         let extended = req.extensions().get::<ExtendedConnect>().cloned();
-        let extended_connect = extended.is_some();
-        if extended_connect && !policy.http.allow_upgrade {
+        if extended.is_some() && !policy.http.allow_upgrade {
             return Err(self.fail(log, RequestEnd::MethodNotAllowed));
         }
         let upgrade = policy.http.allow_upgrade
-            && (req.version() == Version::HTTP_11 || extended_connect)
+            && (req.version() == Version::HTTP_11 || extended.is_some())
             && wants_upgrade(&req);
         // No body and no upgrade: our own HTTP/1.1 client can carry it,
         // and there is no body to watch.

@@ -291,13 +291,16 @@ impl RawBody {
 
     fn finish(&mut self) {
         if let Some(mut conn) = self.conn.take() {
-            if let Sender::Raw(c) = &mut conn.sender {
-                // An idle connection keeps no body-sized buffer.
-                if c.buf.is_empty() && c.buf.capacity() > 8 * 1024 {
-                    c.buf = BytesMut::new();
+            let clean = match &mut conn.sender {
+                Sender::Raw(c) if c.buf.is_empty() => {
+                    // An idle connection keeps no body-sized buffer.
+                    if c.buf.capacity() > 8 * 1024 {
+                        c.buf = BytesMut::new();
+                    }
+                    true
                 }
-            }
-            let clean = matches!(&conn.sender, Sender::Raw(c) if c.buf.is_empty());
+                _ => false,
+            };
             if self.keep_alive && clean {
                 conn.release();
             }
