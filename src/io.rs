@@ -75,6 +75,12 @@ impl<S> Prefixed<S> {
         self.pos < self.prefix.len()
     }
 
+    /// Bytes written to the stream underneath without passing through
+    /// this wrapper (spliced): counted like the ones that did.
+    pub fn count_down(&self, n: u64) {
+        self.entry.bytes_down.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn count_written(&self, r: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = r {
             self.entry

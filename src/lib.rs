@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod proxy_protocol;
 pub mod routing;
 pub mod server;
+pub mod splice;
 pub mod tls;
 pub mod upstream;

@@ -185,12 +185,19 @@ impl Metrics {
         let _ = writeln!(
             out,
             "gatehouse_splice_pipes{{state=\"existing\"}} {}",
-            crate::l4::splice::pipes_existing()
+            crate::splice::pipes_existing()
         );
         let _ = writeln!(
             out,
             "gatehouse_splice_pipes{{state=\"pooled\"}} {}",
-            crate::l4::splice::pipes_pooled()
+            crate::splice::pipes_pooled()
+        );
+        out.push_str("# HELP gatehouse_spliced_bytes_total Bytes moved with splice(2), never copied through the process (L4 forwarding and HTTP/1 response bodies).\n");
+        out.push_str("# TYPE gatehouse_spliced_bytes_total counter\n");
+        let _ = writeln!(
+            out,
+            "gatehouse_spliced_bytes_total {}",
+            crate::splice::bytes_spliced()
         );
 
         out.push_str(

@@ -231,7 +231,7 @@ impl Runtime {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let config = Arc::new(config);
-    crate::l4::splice::set_max_pipes(config.limits.splice_pipes);
+    crate::splice::set_max_pipes(config.limits.splice_pipes);
     let metrics = Arc::new(Metrics::new(
         config.routes.iter().map(|r| r.name.clone()).collect(),
     ));
@@ -278,10 +278,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let housekeeping = runtime.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::l4::splice::IDLE_PIPE_TTL / 2);
+        let mut tick = tokio::time::interval(crate::splice::IDLE_PIPE_TTL / 2);
         loop {
             tick.tick().await;
-            crate::l4::splice::trim();
+            crate::splice::trim();
             housekeeping.reap_pools();
             housekeeping.tls.certs.reload_changed();
         }

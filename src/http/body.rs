@@ -2,10 +2,13 @@
 //! upstream under the route's size limit and idle deadline; `UpstreamBody`
 //! carries a response body to the client under the upstream idle deadline,
 //! gives the upstream connection back to its pool only after the last byte,
-//! and writes the access log line when it ends (or is dropped). Buffers are
-//! hyper's: frames pass through one at a time, so memory stays flat.
+//! and writes the access log line when it ends (or is dropped). Frames pass
+//! through one at a time, so memory stays flat; a large body from our own
+//! HTTP/1.1 client can instead move socket to socket by `splice(2)`
+//! (`UpstreamBody::splice_to`).
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -19,8 +22,12 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep, sleep};
 
+use http_body_util::Either;
+use tokio::net::TcpStream;
+
 use super::error::RequestEnd;
 use super::log::RequestLog;
+use crate::splice::Lease;
 use crate::upstream::PooledConn;
 
 /// An idle deadline armed only once a body has had to wait (most small
@@ -53,12 +60,55 @@ impl IdleTimer {
 }
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// A body on the proxy's paths: any body, boxed, or a response body from an
+/// upstream kept as itself, so that the HTTP/1 writer can move its bytes
+/// with `splice(2)` (`UpstreamBody::splice_to`).
+pub enum Body {
+    Boxed(UnsyncBoxBody<Bytes, BodyError>),
+    Upstream(Box<UpstreamBody>),
+}
+
+impl Body {
+    pub fn boxed<B>(body: B) -> Body
+    where
+        B: HttpBody<Data = Bytes, Error = BodyError> + Send + 'static,
+    {
+        Body::Boxed(body.boxed_unsync())
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
+            Body::Upstream(b) => Pin::new(&mut **b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Boxed(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Boxed(b) => b.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
+        }
+    }
+}
 
 pub fn full(bytes: Bytes) -> Body {
-    http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Body::boxed(http_body_util::Full::new(bytes).map_err(|never| match never {}))
 }
 
 pub fn empty() -> Body {
@@ -254,6 +304,113 @@ impl UpstreamBody {
         self.conn = None; // half-read: never back to the pool
         self.log.end = RequestEnd::RequestTimeout;
         Poll::Ready(Some(Err(Box::new(StreamError("request timeout")))))
+    }
+}
+
+/// A body at least this large still to come is spliced, not copied.
+pub const SPLICE_MIN: u64 = 32 * 1024;
+
+/// The side that ended a spliced body early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceFailed {
+    /// The client reset or closed its connection: the response is cut.
+    Client,
+    /// The upstream reset, closed or went idle mid-body, or the request's
+    /// deadline passed: the client's response is cut (the reason is in
+    /// the access log).
+    Upstream,
+}
+
+impl UpstreamBody {
+    /// Moves the rest of the body from the upstream socket into `dst`
+    /// with `splice(2)`, the bytes never entering this process, when it
+    /// can: a body from our own HTTP/1.1 client, Content-Length framed,
+    /// at least `SPLICE_MIN` bytes still to come and none of them already
+    /// read, and a pipe free in the pool. `None` when it cannot (nothing
+    /// moved; the caller reads frames). Waiting for the upstream is
+    /// bounded by the body idle timeout, and every wait by the request's
+    /// deadline, as when frames are read. `written` is told each count of
+    /// bytes that reached `dst`.
+    pub async fn splice_to(
+        &mut self,
+        dst: &TcpStream,
+        mut written: impl FnMut(u64),
+    ) -> Option<Result<(), SpliceFailed>> {
+        let UpstreamBody {
+            inner: Either::Right(raw),
+            idle,
+            deadline,
+            log,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let (src, mut left) = raw.splice_source().filter(|&(_, n)| n >= SPLICE_MIN)?;
+        let mut lease = Lease::take()?;
+        let mut deadline_passed = async || match deadline.as_mut() {
+            Some(d) => d.as_mut().await,
+            None => std::future::pending().await,
+        };
+        let end = loop {
+            if lease.in_pipe() == 0 {
+                if left == 0 {
+                    break RequestEnd::Ok;
+                }
+                match lease.fill(src, usize::try_from(left).unwrap_or(usize::MAX)) {
+                    Ok(0) => break RequestEnd::UpstreamReset, // closed mid-body
+                    Ok(n) => {
+                        left -= n as u64;
+                        idle.touch();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        tokio::select! {
+                            r = src.readable() => match r {
+                                Ok(()) => continue,
+                                Err(_) => break RequestEnd::UpstreamReset,
+                            },
+                            () = std::future::poll_fn(|cx| idle.poll_expired(cx)) => {
+                                break RequestEnd::UpstreamBodyTimeout;
+                            }
+                            () = deadline_passed() => break RequestEnd::RequestTimeout,
+                        }
+                    }
+                    Err(_) => break RequestEnd::UpstreamReset,
+                }
+            }
+            match lease.flush(dst) {
+                Ok(n) => {
+                    log.bytes_down += n as u64;
+                    written(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        r = dst.writable() => if r.is_err() {
+                            break RequestEnd::ClientAborted;
+                        },
+                        () = deadline_passed() => break RequestEnd::RequestTimeout,
+                    }
+                }
+                Err(_) => break RequestEnd::ClientAborted,
+            }
+        };
+        Some(match end {
+            RequestEnd::Ok => {
+                raw.spliced_to_end();
+                log.end = RequestEnd::Ok;
+                log.finished = true;
+                Ok(())
+            }
+            RequestEnd::ClientAborted => {
+                raw.abandon(); // half-read: never back to the pool
+                Err(SpliceFailed::Client) // (logged as aborted on drop)
+            }
+            end => {
+                raw.abandon();
+                log.end = end;
+                Err(SpliceFailed::Upstream)
+            }
+        })
     }
 }
 

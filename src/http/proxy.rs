@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use tokio::time::{Sleep, timeout};
 
 use super::body::{Body, BodyOutcome, ClientBody, ReqBody, UpstreamBody, UpstreamInner, empty};
@@ -302,7 +301,7 @@ impl Handler {
                 policy.http.client_body_idle_timeout,
                 outcome,
             );
-            Some(body.boxed_unsync())
+            Some(Body::boxed(body))
         };
 
         let authority = parts.uri.authority();
@@ -425,14 +424,13 @@ impl Handler {
         }
         Response::from_parts(
             parts,
-            UpstreamBody::new(
+            Body::Upstream(Box::new(UpstreamBody::new(
                 body,
                 policy.http.upstream_body_idle_timeout,
                 out.deadline,
                 pooled,
                 log,
-            )
-            .boxed_unsync(),
+            ))),
         )
     }
 

@@ -5,7 +5,6 @@
 //! table entry (the `ConnGuard`) is dropped.
 
 mod pump;
-pub mod splice;
 pub mod tls;
 
 use std::net::SocketAddr;

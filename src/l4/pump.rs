@@ -22,10 +22,10 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant as TokioInstant, sleep_until};
 
-use super::splice::Lease;
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol;
 use crate::server::ShutdownSignal;
+use crate::splice::Lease;
 
 const BUF_SIZE: usize = 64 * 1024;
 const POOL_MAX: usize = 32;
@@ -160,7 +160,7 @@ impl Direction<'_> {
     fn read(&mut self, src: &TcpStream, dst: &TcpStream, activity: &Activity) -> Option<DirEnd> {
         if self.splice && !self.refuse_proxy_signature {
             if let Some(mut lease) = Lease::take() {
-                return match lease.fill(src) {
+                return match lease.fill(src, usize::MAX) {
                     Ok(0) => Some(self.eof(dst)),
                     Ok(_) => {
                         activity.touch();
@@ -275,7 +275,7 @@ pub async fn run(
         last_ms: AtomicU64::new(0),
     };
     activity.touch();
-    let splice = super::splice::enabled();
+    let splice = crate::splice::enabled();
     let mut up = Direction {
         state: if first_up.is_empty() {
             DirState::Waiting

@@ -307,6 +307,35 @@ impl RawBody {
         }
     }
 
+    /// The upstream socket and the bytes of the body still to come on it,
+    /// when the rest can move without being read here: a Content-Length
+    /// body with bytes to come and none of them buffered.
+    pub fn splice_source(&self) -> Option<(&TcpStream, u64)> {
+        let Some(PooledConn {
+            sender: Sender::Raw(raw),
+            ..
+        }) = self.conn.as_ref()
+        else {
+            return None;
+        };
+        let left = self.decoder.remaining().filter(|&n| n > 0)?;
+        raw.buf.is_empty().then_some((&raw.stream, left))
+    }
+
+    /// The rest of the body (`splice_source`'s count) was moved: the
+    /// connection goes back to its pool as after a read to the end.
+    pub fn spliced_to_end(&mut self) {
+        if let Some(left) = self.decoder.remaining() {
+            self.decoder.skip(left);
+        }
+        self.finish();
+    }
+
+    /// The body cannot be read to its end: the connection closes.
+    pub fn abandon(&mut self) {
+        self.conn = None;
+    }
+
     fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.conn = None;
         Poll::Ready(Some(Err(Box::new(StreamError(why)))))

@@ -270,6 +270,19 @@ impl Decoder {
         }
     }
 
+    /// `n` bytes of a Content-Length body were moved without passing
+    /// through `advance` (spliced); at most what `remaining` says.
+    pub fn skip(&mut self, n: u64) {
+        if let State::Length(rest) = self.state {
+            let left = rest.saturating_sub(n);
+            self.state = if left == 0 {
+                State::Done
+            } else {
+                State::Length(left)
+            };
+        }
+    }
+
     /// The connection ended: the end of an until-close body.
     pub fn eof(&mut self) -> bool {
         if self.state == State::UntilClose {

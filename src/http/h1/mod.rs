@@ -28,7 +28,7 @@ use tokio::time::{Instant, timeout_at};
 
 use self::body::Pump;
 use self::head::{HeadError, ResponseFraming};
-use super::body::Body;
+use super::body::{Body, SpliceFailed};
 use super::error::{RequestEnd, respond};
 use super::proxy::Handler;
 use crate::config::HttpListener;
@@ -52,6 +52,14 @@ pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn drop_is_clean_close(&self) -> bool {
         false
     }
+
+    /// The plain TCP socket underneath, when bytes may be written to it
+    /// directly (spliced response bodies), with `count_down` told of them.
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+
+    fn count_down(&self, _n: u64) {}
 }
 
 impl ConnIo for Prefixed<TcpStream> {
@@ -68,6 +76,14 @@ impl ConnIo for Prefixed<TcpStream> {
 
     fn drop_is_clean_close(&self) -> bool {
         true
+    }
+
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.get_ref())
+    }
+
+    fn count_down(&self, n: u64) {
+        Prefixed::count_down(self, n);
     }
 }
 
@@ -398,7 +414,7 @@ fn poll_now<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
 
 /// Writes a response, streaming its body frame by frame (each frame is
 /// written, and flushed, before the next is read: memory stays at one frame).
-async fn write_response<S: AsyncWrite + Unpin>(
+async fn write_response<S: ConnIo>(
     io: &mut S,
     resp: Response<Body>,
     head_request: bool,
@@ -424,6 +440,21 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     let mut head = Some(out);
     loop {
+        // After the head, a large upstream body may move by splice(2).
+        if let (None, ResponseFraming::Length, Body::Upstream(upstream), Some(tcp)) =
+            (&head, framing, &mut body, io.tcp())
+        {
+            let spliced = upstream.splice_to(tcp, |n| io.count_down(n)).await;
+            match spliced {
+                None => {}
+                Some(Ok(())) => return Ok(()),
+                Some(Err(SpliceFailed::Client)) => return Err(EndReason::ClientReset),
+                Some(Err(SpliceFailed::Upstream)) => {
+                    *keep_alive = false;
+                    return Err(EndReason::UpstreamReset);
+                }
+            }
+        }
         // The first frame, when it is already there, leaves with the head.
         let frame = match head.as_ref().map(|_| poll_now(&mut body.frame())) {
             Some(Some(f)) => f,
@@ -432,7 +463,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
                     io.write_all(&h).await.map_err(write_err)?;
                     io.flush().await.map_err(write_err)?;
                 }
-                body.frame().await
+                continue;
             }
             None => body.frame().await,
         };

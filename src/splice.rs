@@ -1,5 +1,6 @@
 //! Zero-copy forwarding with `splice(2)`: socket → pipe → socket, through a
-//! bounded, process-wide pool of pipes. A pipe is leased only while bytes are
+//! bounded, process-wide pool of pipes, for L4 connections and for large
+//! HTTP/1 response bodies (`http::body::UpstreamBody::splice_to`). A pipe is leased only while bytes are
 //! in flight and goes back to the pool once it is empty, so an idle
 //! connection holds no pipe (pipes per connection would double the FDs).
 //! Past the bound the caller falls back to copying through userspace. Pooled
@@ -8,7 +9,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ struct Pipe {
 
 static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 static EXISTING: AtomicUsize = AtomicUsize::new(0);
+/// Bytes that left a pipe for their destination, since start.
+static SPLICED: AtomicU64 = AtomicU64::new(0);
 static MAX_PIPES: AtomicUsize = AtomicUsize::new(crate::config::DEFAULT_SPLICE_PIPES);
 
 /// Sets the bound on pipes (0 turns splicing off). Called once at start-up.
@@ -50,6 +53,11 @@ fn pool() -> MutexGuard<'static, Vec<Pipe>> {
 /// Pipes that exist right now (leased + pooled).
 pub fn pipes_existing() -> usize {
     EXISTING.load(Ordering::Relaxed)
+}
+
+/// Bytes moved through pipes since start (L4 and HTTP).
+pub fn bytes_spliced() -> u64 {
+    SPLICED.load(Ordering::Relaxed)
 }
 
 /// Pipes waiting in the pool.
@@ -137,15 +145,17 @@ impl Lease {
         self.in_pipe
     }
 
-    /// Splices what `src` has ready into the (empty) pipe. `Ok(0)` is EOF;
-    /// `WouldBlock` means the socket has nothing (the pipe cannot be full).
-    pub fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+    /// Splices what `src` has ready, at most `max` bytes, into the (empty)
+    /// pipe. `Ok(0)` is EOF; `WouldBlock` means the socket has nothing (the
+    /// pipe cannot be full).
+    pub fn fill(&mut self, src: &TcpStream, max: usize) -> io::Result<usize> {
         let Some(pipe) = self.pipe.as_ref() else {
             return Err(io::ErrorKind::NotConnected.into());
         };
         debug_assert_eq!(self.in_pipe, 0);
         let n = src.try_io(Interest::READABLE, || {
-            rustix::pipe::splice(src, None, &pipe.write, None, pipe.size, FLAGS).map_err(errno)
+            rustix::pipe::splice(src, None, &pipe.write, None, pipe.size.min(max), FLAGS)
+                .map_err(errno)
         })?;
         self.in_pipe = n;
         Ok(n)
@@ -164,6 +174,7 @@ impl Lease {
             return Err(io::ErrorKind::WriteZero.into());
         }
         self.in_pipe -= n;
+        SPLICED.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
