@@ -11,6 +11,7 @@
 //! the upstream keeps it alive, and nothing more arrived after it.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -131,9 +132,12 @@ impl RawConn {
 /// Parses a complete response head (`head_end` bytes) and decides how its
 /// body is read and whether the connection may serve another request.
 pub fn parse_response(head: &Bytes, head_request: bool) -> Result<ResponseHead, ExchangeError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    match resp.parse(head) {
+    // (Uninitialized slots, as for requests: see `parse_request`.)
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, head, &mut slots)
+    {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(ExchangeError::Protocol),
     }

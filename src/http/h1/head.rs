@@ -4,6 +4,8 @@
 //! deciding the body's framing under the smuggling rules (RFC 9112 §6), and
 //! encoding response heads.
 
+use std::mem::MaybeUninit;
+
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
@@ -89,16 +91,18 @@ pub fn parse_request(head: &Bytes, max_headers: usize, max_uri: usize) -> Result
     if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
         return Err(HeadError::Bad("bare LF"));
     }
-    let mut storage = [httparse::EMPTY_HEADER; 128];
-    let mut big;
-    let slots: &mut [httparse::Header<'_>] = if max_headers <= storage.len() {
+    // Slots left uninitialized: httparse writes those it fills, and
+    // zeroing 128 of them (4 KiB) cost more than parsing a small head.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    let mut big = Vec::new();
+    let slots = if max_headers <= storage.len() {
         &mut storage[..max_headers]
     } else {
-        big = vec![httparse::EMPTY_HEADER; max_headers];
-        &mut big
+        big.reserve_exact(max_headers);
+        &mut big.spare_capacity_mut()[..max_headers]
     };
-    let mut req = httparse::Request::new(slots);
-    match req.parse(head) {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, slots) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(HeadError::Bad("incomplete head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
