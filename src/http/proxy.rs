@@ -54,6 +54,11 @@ pub struct TlsInfo {
     pub identity: Option<String>,
 }
 
+/// Response timers a connection keeps between requests: enough for the
+/// streams an HTTP/2 client usually keeps in flight; beyond them a request
+/// makes its own. (About 100 bytes each, while the connection lives.)
+const KEPT_TIMERS: usize = 16;
+
 pub struct Handler {
     rt: Arc<Runtime>,
     listener_index: usize,
@@ -66,10 +71,12 @@ pub struct Handler {
     client_value: HeaderValue,
     /// Set when a request was upgraded; the connection task runs it.
     tunnel: Mutex<Option<Tunnel>>,
-    /// The upstream response timer, kept between requests: moving a timer
-    /// to a later deadline is an atomic store, where a new one per request
-    /// is an insertion into tokio's wheel and a removal.
-    response_timer: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// Upstream response timers, kept between requests (one per request in
+    /// flight, up to `KEPT_TIMERS`: HTTP/2 streams run side by side):
+    /// moving a timer to a later deadline is an atomic store, where a new
+    /// one per request is an allocation, an insertion into tokio's wheel
+    /// and a removal.
+    response_timers: Mutex<Vec<Pin<Box<Sleep>>>>,
 }
 
 impl Handler {
@@ -95,24 +102,35 @@ impl Handler {
             trusted_peer,
             client_value,
             tunnel: Mutex::new(None),
-            response_timer: Mutex::new(None),
+            response_timers: Mutex::new(Vec::new()),
         }
     }
 
-    /// The connection's response timer (a new one if a request in flight
-    /// holds it), set to `deadline`.
+    /// A kept response timer (a new one if requests in flight hold them
+    /// all), set to `deadline`.
     fn response_timer(&self, deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
         let kept = self
-            .response_timer
+            .response_timers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take();
+            .pop();
         match kept {
             Some(mut timer) => {
                 timer.as_mut().reset(deadline);
                 timer
             }
             None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// A response timer back from its request, kept for the next one.
+    fn keep_response_timer(&self, timer: Pin<Box<Sleep>>) {
+        let mut kept = self
+            .response_timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if kept.len() < KEPT_TIMERS {
+            kept.push(timer);
         }
     }
 
@@ -482,10 +500,7 @@ impl Handler {
                     r = raw.exchange(&encoded, head_request) => Ok(r),
                     () = timer.as_mut() => Err(()),
                 };
-                *self
-                    .response_timer
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(timer);
+                self.keep_response_timer(timer);
                 match exchange {
                     Err(()) => return Err(RequestEnd::UpstreamResponseTimeout),
                     Ok(Ok(h)) => {
@@ -706,13 +721,19 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         .and_then(|h| h.to_str().ok())
         // (The authority's text without userinfo: `Uri::host` parses it
         // again.)
-        .or_else(|| req.uri().authority()?.as_str().rsplit('@').next())?;
-    let host = if raw.starts_with('[') {
-        raw.find(']').map_or(raw, |end| &raw[..=end])
+        .or_else(|| {
+            let a = req.uri().authority()?.as_str();
+            Some(memchr::memrchr(b'@', a.as_bytes()).map_or(a, |at| &a[at + 1..]))
+        })?;
+    // (Bytes searched with memchr: `str` patterns cost more than the
+    // short names they split.)
+    let b = raw.as_bytes();
+    let end = if b.first() == Some(&b'[') {
+        memchr::memchr(b']', b).map_or(b.len(), |e| e + 1)
     } else {
-        raw.split(':').next().unwrap_or(raw)
+        memchr::memchr(b':', b).unwrap_or(b.len())
     };
-    Some(host.to_ascii_lowercase())
+    Some(raw[..end].to_ascii_lowercase())
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
