@@ -327,6 +327,12 @@ fn ten_thousand_http_connections_leave_nothing_behind() {
     let baseline = gh.fd_count();
     assert_eq!(run_connections(&rt, TOTAL, 100, gh.addr("web"), one), 0);
     assert_nothing_left(&gh, baseline, TOTAL);
+    // The abandoned downloads were spliced: every pipe came back and, once
+    // unused for its time, was closed.
+    assert!(gh.metric("gatehouse_spliced_bytes_total", &[]) > 0);
+    gh.wait_for("the splice pipes closed", Duration::from_secs(5), |g| {
+        g.metric("gatehouse_splice_pipes", &[("state", "existing")]) == 0
+    });
 }
 
 /// One HTTP/2 (h2c) client connection of the HTTP/2 leak test, by kind.
