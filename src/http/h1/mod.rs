@@ -59,6 +59,7 @@ pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         None
     }
 
+    /// Counts bytes written past the stream (through `tcp`) as sent.
     fn count_down(&self, _n: u64) {}
 }
 
@@ -414,6 +415,8 @@ fn poll_now<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
 
 /// Writes a response, streaming its body frame by frame (each frame is
 /// written, and flushed, before the next is read: memory stays at one frame).
+/// After the head, the rest of a large upstream body may instead move by
+/// splice(2), never entering the process (`UpstreamBody::splice_to`).
 async fn write_response<S: ConnIo>(
     io: &mut S,
     resp: Response<Body>,
