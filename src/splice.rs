@@ -1,11 +1,11 @@
 //! Zero-copy forwarding with `splice(2)`: socket → pipe → socket, through a
 //! bounded, process-wide pool of pipes, for L4 connections and for large
-//! HTTP/1 response bodies (`http::body::UpstreamBody::splice_to`). A pipe is leased only while bytes are
-//! in flight and goes back to the pool once it is empty, so an idle
-//! connection holds no pipe (pipes per connection would double the FDs).
-//! Past the bound the caller falls back to copying through userspace. Pooled
-//! pipes unused for `IDLE_PIPE_TTL` are closed by `trim`, so FDs return to
-//! their baseline when traffic stops.
+//! HTTP/1 response bodies (`http::body::UpstreamBody::splice_to`). A pipe is
+//! leased only while bytes are in flight and goes back to the pool once it
+//! is empty, so an idle connection holds no pipe (pipes per connection would
+//! double the FDs). Past the bound the caller falls back to copying through
+//! userspace. Pooled pipes unused for `IDLE_PIPE_TTL` are closed by `trim`,
+//! so FDs return to their baseline when traffic stops.
 
 use std::io;
 use std::os::fd::OwnedFd;

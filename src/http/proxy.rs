@@ -322,10 +322,10 @@ impl Handler {
             Some(Body::boxed(body))
         };
 
-        let authority = parts.uri.authority();
-        let host_header = parts.headers.get(header::HOST);
-        let authority_value = || authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        let host_value = host_header.cloned().or_else(authority_value);
+        let host_value = parts.headers.get(header::HOST).cloned().or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         // What this hop sets, applied where the request is written.
         let mut set = headers::SetFields::with_capacity(6);

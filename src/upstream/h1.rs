@@ -341,7 +341,7 @@ impl RawBody {
     }
 
     fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.conn = None;
+        self.abandon();
         Poll::Ready(Some(Err(Box::new(StreamError(why)))))
     }
 }
