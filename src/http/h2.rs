@@ -4,7 +4,9 @@
 //! sent) is a future in a set that the connection's future polls along with
 //! the connection itself. No task per stream: no spawn, no scheduling round
 //! through the runtime, and the connection's end drops what is left of its
-//! streams, which cancels their upstream requests. Its deadlines: the
+//! streams, which cancels their upstream requests. The upstream request
+//! heads its streams write in one poll go out together at its end
+//! (`upstream::send_batch`). Its deadlines: the
 //! handshake within the header read timeout; without an open stream for
 //! the keep-alive timeout, GOAWAY (`NO_ERROR`) and the close.
 //!
@@ -156,6 +158,9 @@ where
                 State::Serving(conn) => break conn,
             }
         };
+        // Upstream request heads our streams write in this poll go out
+        // together (see `send_batch`).
+        let _batch = crate::upstream::send_batch::Scope::enter();
         loop {
             // The streams first: what they queue, the connection's poll
             // below writes out in the same turn.
@@ -177,7 +182,7 @@ where
                     Poll::Pending => break,
                 }
             }
-            if accepted {
+            if accepted || crate::upstream::send_batch::flush() > 0 {
                 continue;
             }
             // Keep-alive: a connection without streams for the keep-alive

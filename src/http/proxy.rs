@@ -497,7 +497,7 @@ impl Handler {
                 let mut timer = self.response_timer(deadline);
                 let exchange = tokio::select! {
                     biased;
-                    r = raw.exchange(&encoded, head_request) => Ok(r),
+                    r = raw.exchange(encoded, head_request) => Ok(r),
                     () = timer.as_mut() => Err(()),
                 };
                 self.keep_response_timer(timer);

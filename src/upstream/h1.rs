@@ -22,6 +22,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::send_batch::Sent;
 use super::{PooledConn, Sender};
 use crate::http::body::{BodyError, StreamError};
 use crate::http::h1::body::Decoder;
@@ -91,11 +92,20 @@ impl RawConn {
     /// interim responses are skipped).
     pub async fn exchange(
         &mut self,
-        request: &[u8],
+        request: Vec<u8>,
         head_request: bool,
     ) -> Result<ResponseHead, ExchangeError> {
-        if self.stream.write_all(request).await.is_err() {
-            return Err(ExchangeError::ClosedEarly);
+        use std::os::fd::AsRawFd;
+        let rest = match super::send_batch::send(self.stream.as_raw_fd(), request).await {
+            Sent::Direct(bytes) => Some((bytes, 0)),
+            Sent::Written { bytes, written } if written < bytes.len() => Some((bytes, written)),
+            Sent::Written { .. } => None,
+            Sent::Failed => return Err(ExchangeError::ClosedEarly),
+        };
+        if let Some((bytes, from)) = rest {
+            if self.stream.write_all(&bytes[from..]).await.is_err() {
+                return Err(ExchangeError::ClosedEarly);
+            }
         }
         let mut first = true;
         loop {

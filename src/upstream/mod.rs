@@ -15,6 +15,7 @@
 //! carries (a body, an upgrade): it is handed to hyper for good.
 
 pub mod h1;
+pub mod send_batch;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};

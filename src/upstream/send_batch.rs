@@ -1,0 +1,383 @@
+//! Upstream request heads written together: while an HTTP/2 connection is
+//! being polled, the request heads its streams send to HTTP/1.1 upstreams
+//! are queued, and the connection's poll writes them all with one
+//! `io_uring_enter` before it yields.
+//!
+//! Why: one client read carries up to a window of requests, each going to
+//! its own upstream connection. Written one `send` at a time, each write
+//! can wake the upstream and, on a shared CPU, hand it the CPU at once,
+//! so the upstream serves one request per wake-up. Written in one system
+//! call, the upstream finds them all at its next wake-up.
+//!
+//! The rules:
+//! - Only inside a `Scope` (the HTTP/2 connection's poll) are sends
+//!   queued; anywhere else `send` answers `Direct` at once and the caller
+//!   writes as before.
+//! - Every send is non-blocking (`MSG_DONTWAIT`): it completes inside the
+//!   submission, written in full, in part or not at all (`EAGAIN`). What was
+//!   not written, the caller writes the usual way. Nothing stays in the
+//!   kernel's hands after a flush returns.
+//! - A queued send owns its bytes. Its future, dropped before the flush
+//!   (the stream was reset), cancels it, so a socket closed by that drop is
+//!   never written to.
+//! - Without io_uring (disabled by the system, or its setup failed) every
+//!   send is `Direct`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{IoUring, opcode, types};
+
+/// Sends submitted per `io_uring_enter`.
+const RING_ENTRIES: u32 = 64;
+
+/// What became of a send.
+pub enum Sent {
+    /// Not queued (no scope, or no io_uring): the caller writes it all.
+    Direct(Vec<u8>),
+    /// Written, `written` bytes of it (all, some, or none when the socket
+    /// was full): the caller writes the rest.
+    Written { bytes: Vec<u8>, written: usize },
+    /// The socket failed (reset, closed).
+    Failed,
+}
+
+enum SlotState {
+    Queued(Vec<u8>),
+    Done(Sent),
+    /// Taken by its future, or its future was dropped.
+    Gone,
+}
+
+struct Slot {
+    state: Mutex<SlotState>,
+    waker: Mutex<Option<Waker>>,
+}
+
+struct Entry {
+    fd: RawFd,
+    slot: Arc<Slot>,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Open scopes on this thread.
+    depth: u32,
+    queued: Vec<Entry>,
+    ring: Option<IoUring>,
+    /// Setting the ring up failed once: every send is direct.
+    unavailable: bool,
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = RefCell::new(Batch::default());
+}
+
+/// While alive, sends on this thread are queued; dropping it flushes them.
+pub struct Scope(());
+
+impl Scope {
+    pub fn enter() -> Scope {
+        BATCH.with_borrow_mut(|b| b.depth += 1);
+        Scope(())
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let last = BATCH.with_borrow_mut(|b| {
+            b.depth -= 1;
+            b.depth == 0
+        });
+        if last {
+            flush();
+        }
+    }
+}
+
+/// Writes every queued send (one system call per `RING_ENTRIES`) and wakes
+/// their futures. Returns how many were written or failed.
+pub fn flush() -> usize {
+    let (entries, mut ring) = BATCH.with_borrow_mut(|b| {
+        if b.queued.is_empty() {
+            return (Vec::new(), None);
+        }
+        (std::mem::take(&mut b.queued), b.ring.take())
+    });
+    if entries.is_empty() {
+        return 0;
+    }
+    let Some(r) = ring.as_mut() else {
+        // (Queued only when a ring exists: not reached.)
+        for e in &entries {
+            let mut state = e.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let SlotState::Queued(bytes) = std::mem::replace(&mut *state, SlotState::Gone) {
+                drop(state);
+                finish(&e.slot, Sent::Direct(bytes));
+            }
+        }
+        return entries.len();
+    };
+    let mut done = 0;
+    for chunk in entries.chunks(RING_ENTRIES as usize) {
+        done += submit(r, chunk);
+    }
+    BATCH.with_borrow_mut(|b| {
+        b.ring = ring;
+        // (A send queued while we were submitting would be one of ours:
+        // none is, nothing polls in between.)
+    });
+    done
+}
+
+fn submit(ring: &mut IoUring, chunk: &[Entry]) -> usize {
+    // The bytes of each live send, taken out of its slot for the call.
+    let mut bufs: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
+    let mut pushed = 0u32;
+    for (i, e) in chunk.iter().enumerate() {
+        let mut state = e.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let SlotState::Queued(bytes) = std::mem::replace(&mut *state, SlotState::Gone) else {
+            bufs.push(None); // cancelled: its socket may be closed already
+            continue;
+        };
+        drop(state);
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        let sqe = opcode::Send::new(types::Fd(e.fd), bytes.as_ptr(), len)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(i as u64);
+        bufs.push(Some(bytes));
+        // SAFETY: the buffer lives in `bufs` until every submitted entry
+        // has completed (`submit_and_wait` below, and non-blocking sends
+        // complete inside the submission); the fd is open, as the future
+        // that owns its socket is alive (a dropped one marks its slot gone).
+        #[allow(unsafe_code)]
+        let ok = unsafe { ring.submission().push(&sqe).is_ok() };
+        if ok {
+            pushed += 1;
+        } else if let Some(bytes) = bufs[i].take() {
+            finish(&e.slot, Sent::Direct(bytes));
+        }
+    }
+    if pushed == 0 {
+        return 0;
+    }
+    let mut waited = ring.submit_and_wait(pushed as usize).is_ok();
+    let mut completed = 0u32;
+    loop {
+        for cqe in ring.completion() {
+            completed += 1;
+            let Ok(i) = usize::try_from(cqe.user_data()) else {
+                continue;
+            };
+            let (Some(e), Some(bytes)) = (chunk.get(i), bufs.get_mut(i).and_then(Option::take))
+            else {
+                continue;
+            };
+            let res = cqe.result();
+            let sent = if res >= 0 {
+                Sent::Written {
+                    bytes,
+                    written: usize::try_from(res).unwrap_or(0),
+                }
+            } else if res == -libc::EAGAIN || res == -libc::EINTR {
+                Sent::Written { bytes, written: 0 }
+            } else {
+                Sent::Failed
+            };
+            finish(&e.slot, sent);
+        }
+        if completed >= pushed || !waited {
+            break;
+        }
+        waited = ring.submit_and_wait((pushed - completed) as usize).is_ok();
+    }
+    completed as usize
+}
+
+fn finish(slot: &Slot, sent: Sent) {
+    *slot.state.lock().unwrap_or_else(|p| p.into_inner()) = SlotState::Done(sent);
+    if let Some(w) = slot.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        w.wake();
+    }
+}
+
+/// Sends `bytes` on the socket `fd` with the scope's batch, or answers
+/// `Direct` when there is no scope.
+pub fn send(fd: RawFd, bytes: Vec<u8>) -> Send {
+    Send {
+        fd,
+        bytes: Some(bytes),
+        slot: None,
+    }
+}
+
+pub struct Send {
+    fd: RawFd,
+    bytes: Option<Vec<u8>>,
+    slot: Option<Arc<Slot>>,
+}
+
+impl Future for Send {
+    type Output = Sent;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Sent> {
+        let me = self.get_mut();
+        if let Some(slot) = &me.slot {
+            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let SlotState::Done(_) = &*state {
+                let SlotState::Done(sent) = std::mem::replace(&mut *state, SlotState::Gone) else {
+                    return Poll::Ready(Sent::Failed);
+                };
+                return Poll::Ready(sent);
+            }
+            drop(state);
+            *slot.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let Some(bytes) = me.bytes.take() else {
+            return Poll::Ready(Sent::Failed);
+        };
+        let queued = BATCH.with_borrow_mut(|b| {
+            if b.depth == 0 || b.unavailable {
+                return Err(bytes);
+            }
+            if b.ring.is_none() {
+                match IoUring::new(RING_ENTRIES) {
+                    Ok(r) => b.ring = Some(r),
+                    Err(e) => {
+                        tracing::info!(error = %e, "io_uring unavailable: upstream sends go one by one");
+                        b.unavailable = true;
+                        return Err(bytes);
+                    }
+                }
+            }
+            let slot = Arc::new(Slot {
+                state: Mutex::new(SlotState::Queued(bytes)),
+                waker: Mutex::new(Some(cx.waker().clone())),
+            });
+            b.queued.push(Entry {
+                fd: me.fd,
+                slot: slot.clone(),
+            });
+            Ok(slot)
+        });
+        match queued {
+            Ok(slot) => {
+                me.slot = Some(slot);
+                Poll::Pending
+            }
+            Err(bytes) => Poll::Ready(Sent::Direct(bytes)),
+        }
+    }
+}
+
+impl Drop for Send {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            *slot.state.lock().unwrap_or_else(|p| p.into_inner()) = SlotState::Gone;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::task::{Context, Poll, Waker};
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{Scope, Sent, flush, send};
+
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::pin::Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_sends_go_out_together_and_a_dropped_one_never_does() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, mut a_peer) = pair(&listener).await;
+        let (b, mut b_peer) = pair(&listener).await;
+
+        // Outside a scope: the caller writes.
+        let mut direct = send(a.as_raw_fd(), b"x".to_vec());
+        assert!(matches!(poll_once(&mut direct), Poll::Ready(Sent::Direct(v)) if v == b"x"));
+
+        let scope = Scope::enter();
+        let mut to_a = send(a.as_raw_fd(), b"request a".to_vec());
+        let mut to_b = send(b.as_raw_fd(), b"request b".to_vec());
+        assert!(poll_once(&mut to_a).is_pending(), "queued, not written");
+        assert!(poll_once(&mut to_b).is_pending());
+        // The stream that owned `b` is dropped before the flush, and its
+        // socket with it.
+        drop(to_b);
+        drop(b);
+        assert_eq!(flush(), 1, "only the live send is submitted");
+        drop(scope);
+        match poll_once(&mut to_a) {
+            Poll::Ready(Sent::Written { bytes, written }) => {
+                assert_eq!(written, bytes.len());
+            }
+            _ => panic!("the send completed inside the flush (is io_uring available?)"),
+        }
+        let mut got = vec![0u8; 9];
+        a_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"request a");
+        let mut rest = Vec::new();
+        b_peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the dropped send wrote {rest:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_socket_is_written_in_part_without_blocking() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, mut a_peer) = pair(&listener).await;
+        socket2::SockRef::from(&a)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let big = vec![7u8; 2 << 20];
+        let scope = Scope::enter();
+        let mut to_a = send(a.as_raw_fd(), big.clone());
+        assert!(poll_once(&mut to_a).is_pending());
+        // The peer reads nothing yet: the send cannot complete, and the
+        // flush must come back anyway.
+        drop(scope);
+        let (bytes, written) = match poll_once(&mut to_a) {
+            Poll::Ready(Sent::Written { bytes, written }) => (bytes, written),
+            _ => panic!("the send completed inside the flush"),
+        };
+        assert!(
+            written < bytes.len(),
+            "{written} of {} written",
+            bytes.len()
+        );
+        // The caller writes the rest the usual way.
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut a = a;
+            a.write_all(&bytes[written..]).await.unwrap();
+        });
+        let mut got = Vec::with_capacity(big.len());
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < big.len() {
+            let n = a_peer.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.await.unwrap();
+        assert!(got == big);
+    }
+}
