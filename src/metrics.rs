@@ -200,6 +200,21 @@ impl Metrics {
             crate::splice::bytes_spliced()
         );
 
+        out.push_str("# HELP gatehouse_upstream_send_batches_total Submissions (one io_uring_enter each) that wrote queued upstream request heads.\n");
+        out.push_str("# TYPE gatehouse_upstream_send_batches_total counter\n");
+        let _ = writeln!(
+            out,
+            "gatehouse_upstream_send_batches_total {}",
+            crate::upstream::send_batch::submissions()
+        );
+        out.push_str("# HELP gatehouse_upstream_batched_sends_total Upstream request heads written through those submissions.\n");
+        out.push_str("# TYPE gatehouse_upstream_batched_sends_total counter\n");
+        let _ = writeln!(
+            out,
+            "gatehouse_upstream_batched_sends_total {}",
+            crate::upstream::send_batch::sends()
+        );
+
         out.push_str(
             "# HELP gatehouse_upstream_connect_seconds Time to establish upstream connections.\n",
         );

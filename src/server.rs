@@ -287,6 +287,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    // Upstream request heads go out once per scheduler round (see
+    // `send_batch`): only where every task runs on this one thread.
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        tokio::spawn(crate::upstream::send_batch::flusher());
+    }
     tokio::spawn(crate::http::park::watch(runtime.clone()));
     // Parked connections' keep-alive deadlines, kept to within a quarter second.
     let parking = runtime.clone();

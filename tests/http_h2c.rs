@@ -70,6 +70,36 @@ fn many_streams_on_one_connection_with_h2load() {
     );
 }
 
+/// On one worker, the request heads of many streams and of many HTTP/1.1
+/// connections go upstream in shared submissions (`upstream::send_batch`):
+/// fewer submissions than requests, every request answered.
+#[test]
+fn upstream_request_heads_go_out_in_batches_on_one_worker() {
+    let (backend, seen) = raw_http_backend(|_| ok_response("ok"));
+    let gh = Gatehouse::start(&http_config("workers = 1", "http.h2c = true", backend, ""));
+    let url = format!("http://{}/small", gh.addr("web"));
+    let h2 = Command::new("h2load")
+        .args(["-n", "2000", "-c", "4", "-m", "20", &url])
+        .output()
+        .expect("h2load is required (scripts/test.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&h2.stdout);
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    let h1 = Command::new("h2load")
+        .args(["--h1", "-n", "2000", "-c", "20", &url])
+        .output()
+        .expect("h2load");
+    let text = String::from_utf8_lossy(&h1.stdout);
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    assert_eq!(seen.lock().unwrap().len(), 4000);
+    let sends = gh.metric("gatehouse_upstream_batched_sends_total", &[]);
+    let batches = gh.metric("gatehouse_upstream_send_batches_total", &[]);
+    assert_eq!(sends, 4000, "every request head went through a batch");
+    assert!(
+        batches < sends / 2,
+        "{batches} submissions for {sends} sends: not batched"
+    );
+}
+
 #[test]
 fn idle_http2_connections_end_at_the_idle_deadline() {
     use std::io::{Read, Write};

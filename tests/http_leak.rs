@@ -318,8 +318,11 @@ fn assert_nothing_left(gh: &Gatehouse, baseline: usize, total: usize) -> String 
 fn ten_thousand_http_connections_leave_nothing_behind() {
     let rt = test_runtime();
     let upstream = rt.block_on(backend());
+    // One worker: the current-thread runtime, where upstream request heads
+    // go out in batches from the flusher task (`upstream::send_batch`), so
+    // its cancellations meet every fault below.
     let gh = Gatehouse::start(&http_config(
-        "limits.max_connections = 20000",
+        "workers = 1\nlimits.max_connections = 20000",
         "http.access_log = false",
         upstream,
         "policy.allow_upgrade = true\npolicy.response_header_timeout = \"300ms\"\npolicy.pool_idle_timeout = \"1s\"",
@@ -330,6 +333,7 @@ fn ten_thousand_http_connections_leave_nothing_behind() {
     // The abandoned downloads were spliced: every pipe came back and, once
     // unused for its time, was closed.
     assert!(gh.metric("gatehouse_spliced_bytes_total", &[]) > 0);
+    assert!(gh.metric("gatehouse_upstream_batched_sends_total", &[]) > 0);
     gh.wait_for("the splice pipes closed", Duration::from_secs(5), |g| {
         g.metric("gatehouse_splice_pipes", &[("state", "existing")]) == 0
     });
@@ -455,6 +459,8 @@ fn two_thousand_http2_connections_leave_nothing_behind() {
         0
     );
     let m = assert_nothing_left(&gh, baseline, H2_TOTAL);
+    // (Two workers: batches only within each HTTP/2 connection's poll.)
+    assert!(metric_sum(&m, "gatehouse_upstream_batched_sends_total", &[]) > 0);
     assert!(
         metric_sum(
             &m,

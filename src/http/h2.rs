@@ -5,8 +5,8 @@
 //! the connection itself. No task per stream: no spawn, no scheduling round
 //! through the runtime, and the connection's end drops what is left of its
 //! streams, which cancels their upstream requests. The upstream request
-//! heads its streams write in one poll go out together at its end
-//! (`upstream::send_batch`). Its deadlines: the
+//! heads its streams write in one poll go out together, at its end or with
+//! the scheduler round's (`upstream::send_batch`). Its deadlines: the
 //! handshake within the header read timeout; without an open stream for
 //! the keep-alive timeout, GOAWAY (`NO_ERROR`) and the close.
 //!
@@ -182,7 +182,7 @@ where
                     Poll::Pending => break,
                 }
             }
-            if accepted || crate::upstream::send_batch::flush() > 0 {
+            if accepted || crate::upstream::send_batch::flush_scope() > 0 {
                 continue;
             }
             // Keep-alive: a connection without streams for the keep-alive

@@ -426,9 +426,15 @@ pub fn simple_config(
     target: SocketAddr,
     route_extra: &str,
 ) -> String {
+    // Two workers (the multi-thread runtime) unless the test picks.
+    let workers = if top.contains("workers") {
+        ""
+    } else {
+        "workers = 2"
+    };
     format!(
         r#"admin.bind = "127.0.0.1:0"
-workers = 2
+{workers}
 {top}
 
 [[listeners]]
@@ -639,9 +645,15 @@ pub fn read_response(s: &mut impl Read) -> (String, Vec<u8>) {
 
 /// Config with one HTTP listener "web" and one route "app" to `target`.
 pub fn http_config(top: &str, http_extra: &str, target: SocketAddr, route_extra: &str) -> String {
+    // Two workers (the multi-thread runtime) unless the test picks.
+    let workers = if top.contains("workers") {
+        ""
+    } else {
+        "workers = 2"
+    };
     format!(
         r#"admin.bind = "127.0.0.1:0"
-workers = 2
+{workers}
 {top}
 
 [[listeners]]
