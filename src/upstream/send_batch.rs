@@ -73,14 +73,23 @@ enum SlotState {
     Gone,
 }
 
+/// A send's state, shared by its future and the queue (locked by one
+/// thread at a time, so never contended: the flush runs on the thread that
+/// polls the futures).
 struct Slot {
-    state: Mutex<SlotState>,
-    waker: Mutex<Option<Waker>>,
+    state: SlotState,
+    waker: Option<Waker>,
+}
+
+type SharedSlot = Arc<Mutex<Slot>>;
+
+fn lock(slot: &SharedSlot) -> std::sync::MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Entry {
     fd: RawFd,
-    slot: Arc<Slot>,
+    slot: SharedSlot,
 }
 
 #[derive(Default)]
@@ -180,9 +189,8 @@ fn flush() -> usize {
     let Some(r) = ring.as_mut() else {
         // (Queued only when a ring exists: not reached.)
         for e in &entries {
-            let mut state = e.slot.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let SlotState::Queued(bytes) = std::mem::replace(&mut *state, SlotState::Gone) {
-                drop(state);
+            let queued = std::mem::replace(&mut lock(&e.slot).state, SlotState::Gone);
+            if let SlotState::Queued(bytes) = queued {
                 finish(&e.slot, Sent::Direct(bytes));
             }
         }
@@ -205,12 +213,11 @@ fn submit(ring: &mut IoUring, chunk: &[Entry]) -> usize {
     let mut bufs: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
     let mut pushed = 0u32;
     for (i, e) in chunk.iter().enumerate() {
-        let mut state = e.slot.state.lock().unwrap_or_else(|p| p.into_inner());
-        let SlotState::Queued(bytes) = std::mem::replace(&mut *state, SlotState::Gone) else {
+        let queued = std::mem::replace(&mut lock(&e.slot).state, SlotState::Gone);
+        let SlotState::Queued(bytes) = queued else {
             bufs.push(None); // cancelled: its socket may be closed already
             continue;
         };
-        drop(state);
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let sqe = opcode::Send::new(types::Fd(e.fd), bytes.as_ptr(), len)
             .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
@@ -267,9 +274,13 @@ fn submit(ring: &mut IoUring, chunk: &[Entry]) -> usize {
     completed as usize
 }
 
-fn finish(slot: &Slot, sent: Sent) {
-    *slot.state.lock().unwrap_or_else(|p| p.into_inner()) = SlotState::Done(sent);
-    if let Some(w) = slot.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+fn finish(slot: &SharedSlot, sent: Sent) {
+    let waker = {
+        let mut slot = lock(slot);
+        slot.state = SlotState::Done(sent);
+        slot.waker.take()
+    };
+    if let Some(w) = waker {
         w.wake();
     }
 }
@@ -287,7 +298,7 @@ pub fn send(fd: RawFd, bytes: Vec<u8>) -> Send {
 pub struct Send {
     fd: RawFd,
     bytes: Option<Vec<u8>>,
-    slot: Option<Arc<Slot>>,
+    slot: Option<SharedSlot>,
 }
 
 impl Future for Send {
@@ -296,15 +307,17 @@ impl Future for Send {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Sent> {
         let me = self.get_mut();
         if let Some(slot) = &me.slot {
-            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let SlotState::Done(_) = &*state {
-                let SlotState::Done(sent) = std::mem::replace(&mut *state, SlotState::Gone) else {
+            let mut slot = lock(slot);
+            if let SlotState::Done(_) = &slot.state {
+                let SlotState::Done(sent) = std::mem::replace(&mut slot.state, SlotState::Gone)
+                else {
                     return Poll::Ready(Sent::Failed);
                 };
                 return Poll::Ready(sent);
             }
-            drop(state);
-            *slot.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+            if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                slot.waker = Some(cx.waker().clone());
+            }
             return Poll::Pending;
         }
         let Some(bytes) = me.bytes.take() else {
@@ -324,10 +337,10 @@ impl Future for Send {
                     }
                 }
             }
-            let slot = Arc::new(Slot {
-                state: Mutex::new(SlotState::Queued(bytes)),
-                waker: Mutex::new(Some(cx.waker().clone())),
-            });
+            let slot = Arc::new(Mutex::new(Slot {
+                state: SlotState::Queued(bytes),
+                waker: Some(cx.waker().clone()),
+            }));
             b.queued.push(Entry {
                 fd: me.fd,
                 slot: slot.clone(),
@@ -353,7 +366,7 @@ impl Future for Send {
 impl Drop for Send {
     fn drop(&mut self) {
         if let Some(slot) = &self.slot {
-            *slot.state.lock().unwrap_or_else(|p| p.into_inner()) = SlotState::Gone;
+            lock(slot).state = SlotState::Gone;
         }
     }
 }
