@@ -197,18 +197,43 @@ fn flush() -> usize {
         return entries.len();
     };
     let mut done = 0;
-    for chunk in entries.chunks(RING_ENTRIES as usize) {
-        done += submit(r, chunk);
+    let mut chunks = entries.chunks(RING_ENTRIES as usize);
+    for chunk in chunks.by_ref() {
+        match submit(r, chunk) {
+            Ok(n) => done += n,
+            Err(n) => {
+                // The kernel broke the contract (a send it did not finish):
+                // this thread gives its ring up, and writes directly from
+                // now on.
+                done += n;
+                tracing::warn!("io_uring left sends unfinished: upstream sends go one by one");
+                ring = None;
+                break;
+            }
+        }
     }
+    let rest: Vec<&Entry> = chunks.flatten().collect();
     BATCH.with_borrow_mut(|b| {
+        b.unavailable |= ring.is_none();
         b.ring = ring;
         // (A send queued while we were submitting would be one of ours:
         // none is, nothing polls in between.)
     });
+    for e in rest {
+        let queued = std::mem::replace(&mut lock(&e.slot).state, SlotState::Gone);
+        if let SlotState::Queued(bytes) = queued {
+            finish(&e.slot, Sent::Direct(bytes));
+            done += 1;
+        }
+    }
     done
 }
 
-fn submit(ring: &mut IoUring, chunk: &[Entry]) -> usize {
+/// Submits one chunk and hands each send its result. `Err` when a send did
+/// not complete within the submission (which non-blocking sends always
+/// do): its bytes are leaked, as the kernel may still read them, and its
+/// request fails; the ring must not be used again.
+fn submit(ring: &mut IoUring, chunk: &[Entry]) -> Result<usize, usize> {
     // The bytes of each live send, taken out of its slot for the call.
     let mut bufs: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
     let mut pushed = 0u32;
@@ -224,10 +249,10 @@ fn submit(ring: &mut IoUring, chunk: &[Entry]) -> usize {
             .build()
             .user_data(i as u64);
         bufs.push(Some(bytes));
-        // SAFETY: the buffer lives in `bufs` until every submitted entry
-        // has completed (`submit_and_wait` below, and non-blocking sends
-        // complete inside the submission); the fd is open, as the future
-        // that owns its socket is alive (a dropped one marks its slot gone).
+        // SAFETY: the buffer lives in `bufs` until its entry has completed
+        // (non-blocking sends complete inside the submission below), or
+        // is leaked if it has not; the fd is open, as the future that owns
+        // its socket is alive (a dropped one marks its slot gone first).
         #[allow(unsafe_code)]
         let ok = unsafe { ring.submission().push(&sqe).is_ok() };
         if ok {
@@ -237,41 +262,45 @@ fn submit(ring: &mut IoUring, chunk: &[Entry]) -> usize {
         }
     }
     if pushed == 0 {
-        return 0;
+        return Ok(0);
     }
     SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
     SENDS.fetch_add(u64::from(pushed), Ordering::Relaxed);
-    let mut waited = ring.submit_and_wait(pushed as usize).is_ok();
-    let mut completed = 0u32;
-    loop {
-        for cqe in ring.completion() {
-            completed += 1;
-            let Ok(i) = usize::try_from(cqe.user_data()) else {
-                continue;
-            };
-            let (Some(e), Some(bytes)) = (chunk.get(i), bufs.get_mut(i).and_then(Option::take))
-            else {
-                continue;
-            };
-            let res = cqe.result();
-            let sent = if res >= 0 {
-                Sent::Written {
-                    bytes,
-                    written: usize::try_from(res).unwrap_or(0),
-                }
-            } else if res == -libc::EAGAIN || res == -libc::EINTR {
-                Sent::Written { bytes, written: 0 }
-            } else {
-                Sent::Failed
-            };
-            finish(&e.slot, sent);
-        }
-        if completed >= pushed || !waited {
-            break;
-        }
-        waited = ring.submit_and_wait((pushed - completed) as usize).is_ok();
+    // Non-blocking sends complete inside the submission: their results are
+    // in the completion queue when it returns, and nothing is waited for.
+    let submitted = ring.submit();
+    let mut completed = 0usize;
+    for cqe in ring.completion() {
+        let Ok(i) = usize::try_from(cqe.user_data()) else {
+            continue;
+        };
+        let (Some(e), Some(bytes)) = (chunk.get(i), bufs.get_mut(i).and_then(Option::take)) else {
+            continue;
+        };
+        completed += 1;
+        let res = cqe.result();
+        let sent = if res >= 0 {
+            Sent::Written {
+                bytes,
+                written: usize::try_from(res).unwrap_or(0),
+            }
+        } else if res == -libc::EAGAIN || res == -libc::EINTR {
+            Sent::Written { bytes, written: 0 }
+        } else {
+            Sent::Failed
+        };
+        finish(&e.slot, sent);
     }
-    completed as usize
+    if completed == pushed as usize && submitted.is_ok() {
+        return Ok(completed);
+    }
+    for (e, bytes) in chunk.iter().zip(bufs.iter_mut()) {
+        if let Some(bytes) = bytes.take() {
+            std::mem::forget(bytes);
+            finish(&e.slot, Sent::Failed);
+        }
+    }
+    Err(completed)
 }
 
 fn finish(slot: &SharedSlot, sent: Sent) {
