@@ -106,6 +106,30 @@ struct Batch {
     flusher_woken: bool,
 }
 
+impl Batch {
+    /// Makes this thread's ring on first use (one file descriptor, kept
+    /// for the thread's life). False when io_uring is not to be had.
+    fn ring_ready(&mut self) -> bool {
+        if self.ring.is_some() {
+            return true;
+        }
+        if self.unavailable {
+            return false;
+        }
+        match IoUring::new(RING_ENTRIES) {
+            Ok(r) => {
+                self.ring = Some(r);
+                true
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "io_uring unavailable: upstream request heads are written one by one");
+                self.unavailable = true;
+                false
+            }
+        }
+    }
+}
+
 thread_local! {
     static BATCH: RefCell<Batch> = RefCell::new(Batch::default());
 }
@@ -152,6 +176,10 @@ pub async fn flusher() {
         }
     }
     let _registered = Registered;
+    // The ring is made now, with the runtime, not at the first request:
+    // the process's descriptors are steady from the start, and a system
+    // without io_uring says so at start-up.
+    BATCH.with_borrow_mut(Batch::ring_ready);
     std::future::poll_fn(|cx| {
         BATCH.with_borrow_mut(|b| {
             if !b.flusher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -356,15 +384,8 @@ impl Future for Send {
             if (b.depth == 0 && b.flusher.is_none()) || b.unavailable {
                 return Err(bytes);
             }
-            if b.ring.is_none() {
-                match IoUring::new(RING_ENTRIES) {
-                    Ok(r) => b.ring = Some(r),
-                    Err(e) => {
-                        tracing::info!(error = %e, "io_uring unavailable: upstream sends go one by one");
-                        b.unavailable = true;
-                        return Err(bytes);
-                    }
-                }
+            if !b.ring_ready() {
+                return Err(bytes);
             }
             let slot = Arc::new(Mutex::new(Slot {
                 state: SlotState::Queued(bytes),
