@@ -191,8 +191,20 @@ fn upstream_response_framings_reach_the_client_intact() {
 
 #[test]
 fn keep_alive_upstream_connections_are_reused_and_closed_ones_are_not_used() {
+    reused_and_closed_ones_not_used("");
+}
+
+/// The same on one worker, where request heads go out through the send
+/// batch (`upstream::send_batch`): a head written to a connection the
+/// upstream has closed fails like a direct write, and is sent again.
+#[test]
+fn on_one_worker_batched_request_heads_meet_closed_pooled_connections_the_same_way() {
+    reused_and_closed_ones_not_used("workers = 1");
+}
+
+fn reused_and_closed_ones_not_used(top: &str) {
     let (backend, accepted) = scripted_backend();
-    let gh = Gatehouse::start(&http_config("", "", backend, ""));
+    let gh = Gatehouse::start(&http_config(top, "", backend, ""));
     let web = gh.addr("web");
     for _ in 0..20 {
         assert_eq!(http_get(web, "/ok"), "ok");
@@ -215,5 +227,9 @@ fn keep_alive_upstream_connections_are_reused_and_closed_ones_are_not_used() {
         Duration::from_secs(5),
         |g| g.close_wait() == 0,
     );
+    if top.contains("workers = 1") {
+        // Every head went through the batch, the ones sent again included.
+        assert!(gh.metric("gatehouse_upstream_batched_sends_total", &[]) >= 70);
+    }
     gh.wait_empty(Duration::from_secs(5));
 }
