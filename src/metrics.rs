@@ -111,19 +111,21 @@ impl Metrics {
         let by_state = table.count_by_route_state();
         let live_bytes = table.live_bytes();
 
-        out.push_str(
-            "# HELP gatehouse_connections_accepted_total Connections accepted on all listeners.\n",
-        );
-        out.push_str("# TYPE gatehouse_connections_accepted_total counter\n");
-        let _ = writeln!(
-            out,
-            "gatehouse_connections_accepted_total {}",
-            self.accepted.load(Ordering::Relaxed)
+        render_single(
+            &mut out,
+            "gatehouse_connections_accepted_total",
+            "counter",
+            "Connections accepted on all listeners.",
+            self.accepted.load(Ordering::Relaxed),
         );
 
-        out.push_str("# HELP gatehouse_connections_live Entries in the connection table.\n");
-        out.push_str("# TYPE gatehouse_connections_live gauge\n");
-        let _ = writeln!(out, "gatehouse_connections_live {}", table.active());
+        render_single(
+            &mut out,
+            "gatehouse_connections_live",
+            "gauge",
+            "Entries in the connection table.",
+            table.active() as u64,
+        );
         out.push_str("# HELP gatehouse_connections_active Live connections by route and state.\n");
         out.push_str("# TYPE gatehouse_connections_active gauge\n");
         for slot in 0..self.routes.len() {
@@ -192,27 +194,27 @@ impl Metrics {
             "gatehouse_splice_pipes{{state=\"pooled\"}} {}",
             crate::splice::pipes_pooled()
         );
-        out.push_str("# HELP gatehouse_spliced_bytes_total Bytes moved with splice(2), never copied through the process (L4 forwarding and HTTP/1 response bodies).\n");
-        out.push_str("# TYPE gatehouse_spliced_bytes_total counter\n");
-        let _ = writeln!(
-            out,
-            "gatehouse_spliced_bytes_total {}",
-            crate::splice::bytes_spliced()
+        render_single(
+            &mut out,
+            "gatehouse_spliced_bytes_total",
+            "counter",
+            "Bytes moved with splice(2), never copied through the process (L4 forwarding and HTTP/1 response bodies).",
+            crate::splice::bytes_spliced(),
         );
 
-        out.push_str("# HELP gatehouse_upstream_send_batches_total Submissions (one io_uring_enter each) that wrote queued upstream request heads.\n");
-        out.push_str("# TYPE gatehouse_upstream_send_batches_total counter\n");
-        let _ = writeln!(
-            out,
-            "gatehouse_upstream_send_batches_total {}",
-            crate::upstream::send_batch::submissions()
+        render_single(
+            &mut out,
+            "gatehouse_upstream_send_batches_total",
+            "counter",
+            "Submissions (one io_uring_enter each) that wrote queued upstream request heads.",
+            crate::upstream::send_batch::submissions(),
         );
-        out.push_str("# HELP gatehouse_upstream_batched_sends_total Upstream request heads written through those submissions.\n");
-        out.push_str("# TYPE gatehouse_upstream_batched_sends_total counter\n");
-        let _ = writeln!(
-            out,
-            "gatehouse_upstream_batched_sends_total {}",
-            crate::upstream::send_batch::sends()
+        render_single(
+            &mut out,
+            "gatehouse_upstream_batched_sends_total",
+            "counter",
+            "Upstream request heads written through those submissions.",
+            crate::upstream::send_batch::sends(),
         );
 
         out.push_str(
@@ -290,6 +292,14 @@ impl Metrics {
             );
         }
     }
+}
+
+/// One metric without labels: its help, type and value.
+fn render_single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 fn render_histogram(out: &mut String, name: &str, label: &str, h: &Histogram) {

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -95,7 +96,6 @@ impl RawConn {
         request: Vec<u8>,
         head_request: bool,
     ) -> Result<ResponseHead, ExchangeError> {
-        use std::os::fd::AsRawFd;
         let rest = match super::send_batch::send(self.stream.as_raw_fd(), request).await {
             Sent::Direct(bytes) => Some((bytes, 0)),
             Sent::Written { bytes, written } if written < bytes.len() => Some((bytes, written)),

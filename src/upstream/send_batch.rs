@@ -14,8 +14,9 @@
 //! it the CPU at once, so it serves one request per wake-up and we pay a
 //! context switch for each. Written in one system call, the upstream finds
 //! them all at its next wake-up. In the bench's HTTP/2 scenario this took
-//! the proxy's context switches from 122 to 7 per 1,000 requests and its
-//! system calls from 2.3 to 1.2 per request.
+//! the proxy's context switches from 122 to 7 per 1,000 requests, and its
+//! system calls from 2.33 to 1.35 per request (with batches per HTTP/2
+//! connection; `docs/performance.md`).
 //!
 //! The rules:
 //! - Every send is non-blocking (`MSG_DONTWAIT`): it completes inside the
@@ -205,7 +206,7 @@ pub fn flush_scope() -> usize {
 /// Writes every queued send (one system call per `RING_ENTRIES`) and wakes
 /// their futures. Returns how many were written or failed.
 fn flush() -> usize {
-    let (entries, mut ring) = BATCH.with_borrow_mut(|b| {
+    let (mut entries, mut ring) = BATCH.with_borrow_mut(|b| {
         if b.queued.is_empty() {
             return (Vec::new(), None);
         }
@@ -214,46 +215,43 @@ fn flush() -> usize {
     if entries.is_empty() {
         return 0;
     }
-    let Some(r) = ring.as_mut() else {
-        // (Queued only when a ring exists: not reached.)
-        for e in &entries {
-            let queued = std::mem::replace(&mut lock(&e.slot).state, SlotState::Gone);
-            if let SlotState::Queued(bytes) = queued {
-                finish(&e.slot, Sent::Direct(bytes));
-            }
-        }
-        return entries.len();
-    };
     let mut done = 0;
     let mut chunks = entries.chunks(RING_ENTRIES as usize);
-    for chunk in chunks.by_ref() {
-        match submit(r, chunk) {
-            Ok(n) => done += n,
-            Err(n) => {
-                // The kernel broke the contract (a send it did not finish):
-                // this thread gives its ring up, and writes directly from
-                // now on.
-                done += n;
-                tracing::warn!("io_uring left sends unfinished: upstream sends go one by one");
-                ring = None;
-                break;
+    // (Sends are queued only once the ring exists.)
+    if let Some(r) = ring.as_mut() {
+        for chunk in chunks.by_ref() {
+            match submit(r, chunk) {
+                Ok(n) => done += n,
+                Err(n) => {
+                    // The kernel broke the contract (a send it did not
+                    // finish): this thread gives its ring up, and writes
+                    // directly from now on.
+                    done += n;
+                    tracing::warn!("io_uring left sends unfinished: upstream sends go one by one");
+                    ring = None;
+                    break;
+                }
             }
         }
     }
-    let rest: Vec<&Entry> = chunks.flatten().collect();
-    BATCH.with_borrow_mut(|b| {
-        b.unavailable |= ring.is_none();
-        b.ring = ring;
-        // (A send queued while we were submitting would be one of ours:
-        // none is, nothing polls in between.)
-    });
-    for e in rest {
+    // What was not submitted, its callers write.
+    for e in chunks.flatten() {
         let queued = std::mem::replace(&mut lock(&e.slot).state, SlotState::Gone);
         if let SlotState::Queued(bytes) = queued {
             finish(&e.slot, Sent::Direct(bytes));
             done += 1;
         }
     }
+    entries.clear();
+    BATCH.with_borrow_mut(|b| {
+        b.unavailable |= ring.is_none();
+        b.ring = ring;
+        // The queue's room is kept for the next round. (Nothing was queued
+        // meanwhile: nothing polls during a flush.)
+        if b.queued.is_empty() {
+            b.queued = entries;
+        }
+    });
     done
 }
 
@@ -365,12 +363,9 @@ impl Future for Send {
         let me = self.get_mut();
         if let Some(slot) = &me.slot {
             let mut slot = lock(slot);
-            if let SlotState::Done(_) = &slot.state {
-                let SlotState::Done(sent) = std::mem::replace(&mut slot.state, SlotState::Gone)
-                else {
-                    return Poll::Ready(Sent::Failed);
-                };
-                return Poll::Ready(sent);
+            match std::mem::replace(&mut slot.state, SlotState::Gone) {
+                SlotState::Done(sent) => return Poll::Ready(sent),
+                still => slot.state = still,
             }
             if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 slot.waker = Some(cx.waker().clone());
@@ -381,10 +376,7 @@ impl Future for Send {
             return Poll::Ready(Sent::Failed);
         };
         let queued = BATCH.with_borrow_mut(|b| {
-            if (b.depth == 0 && b.flusher.is_none()) || b.unavailable {
-                return Err(bytes);
-            }
-            if !b.ring_ready() {
+            if (b.depth == 0 && b.flusher.is_none()) || !b.ring_ready() {
                 return Err(bytes);
             }
             let slot = Arc::new(Mutex::new(Slot {
