@@ -144,6 +144,9 @@ fn server_name(data: &[u8]) -> Option<Option<String>> {
         let kind = list.u8()?;
         let name = list.vec(2)?;
         if kind == 0 {
+            // One trailing dot (a fully qualified name) is dropped; what is
+            // left must be a non-empty name of at most 253 bytes.
+            let name = name.strip_suffix(b".").unwrap_or(name);
             let valid = !name.is_empty()
                 && name.len() <= 253
                 && name
@@ -153,7 +156,7 @@ fn server_name(data: &[u8]) -> Option<Option<String>> {
                 return None;
             }
             let name = std::str::from_utf8(name).ok()?.to_ascii_lowercase();
-            return Some(Some(name.trim_end_matches('.').to_owned()));
+            return Some(Some(name));
         }
     }
     Some(None)
@@ -255,6 +258,62 @@ mod tests {
         let n = bad.len();
         bad[n - 3] = b'/'; // an invalid byte in the host name
         assert!(matches!(parse(&bad), Parsed::Invalid(_)));
+    }
+
+    /// Names of only dots, or longer than 253 bytes once one trailing dot
+    /// is dropped, are invalid; one trailing dot is accepted and dropped.
+    #[test]
+    fn server_name_bounds() {
+        for bad in [".", "..", "...."] {
+            let rec = hello_record(Some(bad), &[]);
+            assert!(matches!(parse(&rec), Parsed::Invalid(_)), "{bad:?}");
+        }
+        let long = format!("{}.", "a".repeat(254));
+        assert!(matches!(parse(&hello_record(Some(&long), &[])), Parsed::Invalid(_)));
+        let max = format!("{}.", "a".repeat(253));
+        let Parsed::Complete(h) = parse(&hello_record(Some(&max), &[])) else {
+            panic!("253-byte name with a trailing dot refused");
+        };
+        assert_eq!(h.sni.map(|n| n.len()), Some(253));
+        let Parsed::Complete(h) = parse(&hello_record(Some("A.test."), &[])) else {
+            panic!("fully qualified name refused");
+        };
+        assert_eq!(h.sni.as_deref(), Some("a.test"));
+    }
+
+    /// The input that the `client_hello` fuzz target found after eight
+    /// minutes: its reader once returned an empty server name for it.
+    #[test]
+    fn fuzz_regression_empty_name() {
+        const INPUT: &str = "FgMBABYBAAEAAQAAAAACABoBAAEA/0EAfwAlFgMBABYEAAENAQAAAAAAAAABuQEALUEAfyAlFgMBAAEAFgMBAQAAAAABGhYDAQAWAQABAAEAAAAAgniCgjCCggAlAAAAAgAKgoKCgoIAFgMBAQBvAAABGhYDAQAWAQABAP//9QAAAEAAAAASAACCggEWAgEAFgEAAQABAAAAAAAAGgAWAQABAAEAAAAAAS5BARoWAwEAFgEDAQD///UAAABAAAAAEgAAfyAlFgMBAAEAFgMBAQAAAAABFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhoWA5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXggEVAQABAP8AAAAAAAqCgoKC/0EAw8PDw8PDw8PDLy8ALwAA";
+        let data = base64_decode(INPUT);
+        if let Parsed::Complete(h) = parse(&data) {
+            if let Some(name) = h.sni {
+                assert!(!name.is_empty() && name.len() <= 253, "{name:?}");
+            }
+        }
+    }
+
+    fn base64_decode(s: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(4) {
+            let mut acc = 0u32;
+            for (i, &c) in chunk.iter().enumerate() {
+                acc |= u32::from(val(c)) << (18 - 6 * i);
+            }
+            for i in 0..chunk.len().saturating_sub(1) {
+                out.push((acc >> (16 - 8 * i)) as u8);
+            }
+        }
+        out
     }
 
     #[test]
