@@ -20,14 +20,73 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
 pub fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
     let h = req.headers();
     let mut hosts = h.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => Err("more than one Host"),
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err("more than one Host"),
         // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400.
         (None, None) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
-            Err("HTTP/1.1 request without Host")
+            return Err("HTTP/1.1 request without Host");
         }
-        _ => Ok(()),
+        (host, _) => host,
+    };
+    // RFC 9112 §3.2: an invalid Host value gets 400; so does an invalid
+    // authority in an absolute-form target or HTTP/2's `:authority`.
+    if host.is_some_and(|v| !valid_authority(v.as_bytes())) {
+        return Err("invalid Host");
     }
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| !valid_authority(a.as_str().as_bytes()))
+    {
+        return Err("invalid authority in the target");
+    }
+    Ok(())
+}
+
+/// An authority as a request may name it (RFC 3986 §3.2, without
+/// userinfo): `host [":" port]`, the host an IPv6 literal in brackets or a
+/// non-empty reg-name of unreserved characters and sub-delims, the port at
+/// most 65535. Percent-encoded bytes are refused: no DNS name has them,
+/// and a decoded CR LF must never reach a header. (The same rule as
+/// nginx and HAProxy apply: what could be read two ways is refused.)
+pub fn valid_authority(v: &[u8]) -> bool {
+    let (host_ok, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = memchr::memchr(b']', rest) else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&rest[..end])
+            .ok()
+            .is_some_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+        let port = match &rest[end + 1..] {
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            _ => return false,
+        };
+        (literal, port)
+    } else {
+        let (host, port) = match memchr::memrchr(b':', v) {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        };
+        let reg_name = !host.is_empty()
+            && host.iter().all(|&b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'-' | b'.' | b'_' | b'~')
+                    || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')')
+                    || matches!(b, b'*' | b'+' | b',' | b';' | b'=')
+            });
+        (reg_name, port)
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && (p.is_empty()
+                || std::str::from_utf8(p)
+                    .ok()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .is_some())
+    });
+    host_ok && port_ok
 }
 
 fn check_framing<B>(req: &Request<B>) -> Result<(), &'static str> {
@@ -197,6 +256,14 @@ impl SetFields {
         self.fields.push((name, Some(value)));
     }
 
+    /// Sets `name`, replacing an entry of that name set before.
+    pub fn replace(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.fields.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v = Some(value),
+            None => self.set(name, value),
+        }
+    }
+
     pub fn remove(&mut self, name: HeaderName) {
         self.fields.push((name, None));
     }
@@ -359,6 +426,42 @@ pub fn add_via(h: &mut HeaderMap, version: Version) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn authority_grammar() {
+        for good in [
+            "a",
+            "www.example.test",
+            "www.example.test:8080",
+            "App.Test:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "under_score.test",
+        ] {
+            assert!(valid_authority(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "evil.com@www.example.test",
+            "www.example.test/../x",
+            "%0d%0aSet-Cookie:x",
+            "a\\b",
+            "a:99999",
+            "a:8x",
+            "a:1:2",
+            "[::1",
+            "[::1]x",
+            "[nothex]",
+            "a\"b",
+            "a?b",
+            "a#b",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad:?}");
+        }
+    }
     use super::*;
 
     #[test]

@@ -192,7 +192,13 @@ impl Handler {
     // (The `Ok` side is the larger one: boxing the answer would save nothing.)
     #[allow(clippy::result_large_err)]
     fn prepare(&self, req: Request<ReqBody>) -> Result<Outbound<'_>, Response<Body>> {
-        let host = request_host(&req);
+        let checked = match req.body() {
+            ReqBody::H2(_) => headers::check_request(&req),
+            // Our HTTP/1 parser applied the framing rules already.
+            ReqBody::H1(_) | ReqBody::Empty => headers::check_host(&req),
+        };
+        // (An invalid Host is never reflected: not even in the log.)
+        let host = checked.is_ok().then(|| request_host(&req)).flatten();
         let mut log = RequestLog::new(
             self.rt.table.metrics().clone(),
             self.http.access_log,
@@ -208,11 +214,6 @@ impl Handler {
         if req.method() == http::Method::CONNECT {
             return Err(self.fail(log, RequestEnd::MethodNotAllowed));
         }
-        let checked = match req.body() {
-            ReqBody::H2(_) => headers::check_request(&req),
-            // Our HTTP/1 parser applied the framing rules already.
-            ReqBody::H1(_) | ReqBody::Empty => headers::check_host(&req),
-        };
         if let Err(why) = checked {
             tracing::debug!(conn = self.conn_id, why, "bad request");
             return Err(self.fail(log, RequestEnd::BadRequest));
@@ -353,7 +354,10 @@ impl Handler {
             headers::via_field(headers, parts.version, &mut set);
         }
         // HTTP/2 (and absolute-form) requests carry the host in the target;
-        // upstream, over HTTP/1.1, it goes in Host.
+        // upstream, over HTTP/1.1, it goes in Host. An HTTP/1.0 request
+        // without either gets the target's authority when its target is
+        // chosen (`missing_host`).
+        let missing_host = host_value.is_none();
         if !headers.contains_key(header::HOST) {
             if let Some(authority) = host_value {
                 set.set(header::HOST, authority);
@@ -367,6 +371,7 @@ impl Handler {
             head: UpstreamHead {
                 req: Request::from_parts(parts, ()),
                 set,
+                missing_host,
             },
             body,
             upgrade,
@@ -472,6 +477,11 @@ impl Handler {
         let bodiless = body.is_none();
         loop {
             let pool = &pools[route.next_target(forward.targets.len())];
+            if head.missing_host {
+                if let Ok(v) = HeaderValue::from_str(pool.target()) {
+                    head.set.replace(header::HOST, v);
+                }
+            }
             // Boxed: waiting for a pool slot is rare and its state is large; keeping
             // it out of the request future keeps that future cheap to move.
             // (An idle connection of ours at hand needs no future at all.)
@@ -599,6 +609,8 @@ type Exchanged = Result<(Response<UpstreamInner>, Option<PooledConn>), RequestEn
 struct UpstreamHead {
     req: Request<()>,
     set: headers::SetFields,
+    /// The client named no host (HTTP/1.0): `Host` is the target's.
+    missing_host: bool,
 }
 
 /// A request on its way upstream: what the wait for its response needs.

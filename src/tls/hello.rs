@@ -145,10 +145,12 @@ fn server_name(data: &[u8]) -> Option<Option<String>> {
         let name = list.vec(2)?;
         if kind == 0 {
             // One trailing dot (a fully qualified name) is dropped; what is
-            // left must be a non-empty name of at most 253 bytes.
+            // left must be a name of at most 253 bytes in labels of 1 to 63.
             let name = name.strip_suffix(b".").unwrap_or(name);
-            let valid = !name.is_empty()
-                && name.len() <= 253
+            let valid = name.len() <= 253
+                && name
+                    .split(|&b| b == b'.')
+                    .all(|label| !label.is_empty() && label.len() <= 63)
                 && name
                     .iter()
                     .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
@@ -260,17 +262,25 @@ mod tests {
         assert!(matches!(parse(&bad), Parsed::Invalid(_)));
     }
 
-    /// Names of only dots, or longer than 253 bytes once one trailing dot
-    /// is dropped, are invalid; one trailing dot is accepted and dropped.
+    /// Names with an empty label, a label over 63 bytes, or longer than 253
+    /// bytes once one trailing dot is dropped, are invalid; one trailing
+    /// dot is accepted and dropped.
     #[test]
     fn server_name_bounds() {
-        for bad in [".", "..", "...."] {
+        for bad in [".", "..", "....", ".a.test", "a..test"] {
             let rec = hello_record(Some(bad), &[]);
             assert!(matches!(parse(&rec), Parsed::Invalid(_)), "{bad:?}");
         }
-        let long = format!("{}.", "a".repeat(254));
-        assert!(matches!(parse(&hello_record(Some(&long), &[])), Parsed::Invalid(_)));
-        let max = format!("{}.", "a".repeat(253));
+        let label = "a".repeat(63);
+        let long = format!("{label}.{label}.{label}.{label}.");
+        let long_label = format!("{}.test", "a".repeat(64));
+        for bad in [long, long_label] {
+            assert!(matches!(
+                parse(&hello_record(Some(&bad), &[])),
+                Parsed::Invalid(_)
+            ));
+        }
+        let max = format!("{label}.{label}.{label}.{}.", "a".repeat(61));
         let Parsed::Complete(h) = parse(&hello_record(Some(&max), &[])) else {
             panic!("253-byte name with a trailing dot refused");
         };

@@ -137,6 +137,11 @@ impl TargetPool {
         })
     }
 
+    /// The target as configured (`host:port`).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
     pub fn idle_count(&self) -> usize {
         lock(&self.idle).len() + usize::from(lock(&self.shared).is_some())
     }
