@@ -98,6 +98,11 @@ pub struct HttpPolicy {
     pub pool_max_connections: usize,
     pub pool_idle_timeout: Duration,
     pub pool_wait_timeout: Duration,
+    /// Send requests that cannot be retried (non-idempotent methods) on
+    /// reused idle connections too. Off by default: such a request goes on
+    /// a new connection, so that an upstream closing an idle connection
+    /// as the request arrives cannot lose it (HAProxy's `http-reuse safe`).
+    pub pool_reuse_non_idempotent: bool,
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
@@ -333,6 +338,9 @@ impl Ctx<'_> {
                 .is_some_and(|b| *b.get_ref()),
             allow_domain_fronting: p
                 .and_then(|p| p.allow_domain_fronting.as_ref())
+                .is_some_and(|b| *b.get_ref()),
+            pool_reuse_non_idempotent: p
+                .and_then(|p| p.pool_reuse_non_idempotent.as_ref())
                 .is_some_and(|b| *b.get_ref()),
             response_header_timeout: dur(
                 self,

@@ -209,4 +209,5 @@ pub struct RawPolicy {
     pub pool_idle_timeout: Option<S<Scalar>>,
     pub pool_wait_timeout: Option<S<Scalar>>,
     pub allow_domain_fronting: Option<S<bool>>,
+    pub pool_reuse_non_idempotent: Option<S<bool>>,
 }

@@ -475,6 +475,9 @@ impl Handler {
         let pools = &self.rt.pools[route.index];
         let policy = &route.config.policy;
         let bodiless = body.is_none();
+        // A request that cannot be retried never goes on a reused
+        // connection the upstream may be closing (`checkout`).
+        let fresh = !policy.http.pool_reuse_non_idempotent && !head.req.method().is_idempotent();
         loop {
             let pool = &pools[route.next_target(forward.targets.len())];
             if head.missing_host {
@@ -485,9 +488,14 @@ impl Handler {
             // Boxed: waiting for a pool slot is rare and its state is large; keeping
             // it out of the request future keeps that future cheap to move.
             // (An idle connection of ours at hand needs no future at all.)
-            let (mut conn, connect_time) = match pool.take_idle_raw(bodiless) {
+            let idle = if fresh {
+                None
+            } else {
+                pool.take_idle_raw(bodiless)
+            };
+            let (mut conn, connect_time) = match idle {
                 Some(conn) => (conn, None),
-                None => Box::pin(pool.checkout(policy.connect_timeout, bodiless)).await?,
+                None => Box::pin(pool.checkout(policy.connect_timeout, bodiless, fresh)).await?,
             };
             log.upstream = Some(conn.peer);
             if let Some(t) = connect_time {
@@ -574,6 +582,11 @@ impl Handler {
             let uri = std::mem::take(request.uri_mut());
             *request.uri_mut() = origin_form(uri);
         }
+        // A bodiless idempotent request on a reused connection may go again
+        // if the upstream closes the connection before answering: hyper
+        // gives back only what it did not send, so keep its head.
+        let again = (bodiless && conn.reused && request.method().is_idempotent())
+            .then(|| copy_head(&request));
         let mut e = match timeout(response_timeout, conn.sender.try_send_request(request)).await {
             Err(_) => return Some(Err(RequestEnd::UpstreamResponseTimeout)),
             Ok(Ok(resp)) => return Some(Ok((resp.map(UpstreamInner::Left), Some(conn)))),
@@ -592,10 +605,24 @@ impl Handler {
                 }
                 None
             }
+            None if e.error().is_incomplete_message() && again.is_some() => {
+                head.req = again?;
+                None
+            }
             _ if e.error().is_parse() => Some(Err(RequestEnd::UpstreamProtocolError)),
             _ => Some(Err(RequestEnd::UpstreamReset)),
         }
     }
+}
+
+/// A request's head without its body or extensions, to send it again.
+fn copy_head<B>(req: &Request<B>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// How the upstream exchange ended: its response (with the connection,

@@ -285,16 +285,22 @@ impl TargetPool {
     /// An idle connection if one is usable, else a new one (waiting at most
     /// the pool's wait timeout for a slot, then the connect timeout).
     /// `raw_ok`: the request can go on one of our own connections.
+    /// `fresh`: the request cannot be retried, so it goes on a new
+    /// connection (an idle one may be closing as it arrives); the
+    /// connection is pooled after its response like any other. (Shared
+    /// HTTP/2 connections are not concerned: a stream the upstream did not
+    /// process is refused, not lost.)
     pub async fn checkout(
         self: &Arc<Self>,
         connect_timeout: Duration,
         raw_ok: bool,
+        fresh: bool,
     ) -> Result<(PooledConn, Option<Duration>), RequestEnd> {
         if self.upstream.http2 {
             return self.checkout_h2(connect_timeout).await;
         }
         let raw = self.wants_raw(raw_ok);
-        loop {
+        while !fresh {
             // One of ours when it fits (released by another request since
             // the caller last looked, or after a stale one below).
             if let Some(conn) = self.take_idle_raw(raw_ok) {
