@@ -28,6 +28,11 @@ pub struct HttpListener {
     /// How long a connection may wait between requests (HTTP/1.1
     /// keep-alive), or stay without an open stream (HTTP/2: then GOAWAY).
     pub keepalive_timeout: Duration,
+    /// How long a response may make no progress toward the client (its
+    /// socket full, or its HTTP/2 stream without window): then the
+    /// request ends with `client_send_timeout` and its upstream
+    /// connection is closed (HTTP/2: the stream is reset).
+    pub send_timeout: Duration,
     pub max_requests_per_connection: Option<u64>,
     /// Peers whose X-Forwarded-* / Forwarded headers are kept and appended to.
     pub trusted_proxies: Vec<IpNet>,
@@ -103,6 +108,10 @@ pub struct HttpPolicy {
     /// a new connection, so that an upstream closing an idle connection
     /// as the request arrives cannot lose it (HAProxy's `http-reuse safe`).
     pub pool_reuse_non_idempotent: bool,
+    /// Upstream connections of one target that one client address may
+    /// hold at once (in use, not idle); beyond it its requests get 503
+    /// `limit_client_share`. Default: half of `pool_max_connections`.
+    pub pool_max_per_client: usize,
 }
 
 pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
@@ -112,6 +121,7 @@ impl Ctx<'_> {
         &mut self,
         raw: Option<&RawHttpListener>,
         field: &dyn Fn(&str) -> String,
+        send_timeout: Duration,
     ) -> HttpListener {
         let mut l = HttpListener {
             max_header_bytes: 16 * 1024,
@@ -123,6 +133,7 @@ impl Ctx<'_> {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(75),
+            send_timeout,
             max_requests_per_connection: None,
             trusted_proxies: Vec::new(),
             forwarded: false,
@@ -186,6 +197,10 @@ impl Ctx<'_> {
                 &field("http.keepalive_timeout"),
                 l.keepalive_timeout,
             );
+        }
+        if let Some(v) = &r.send_timeout {
+            l.send_timeout =
+                self.required_duration(Some(v), &field("http.send_timeout"), l.send_timeout);
         }
         if let Some(v) = &r.max_requests_per_connection {
             l.max_requests_per_connection =
@@ -326,6 +341,18 @@ impl Ctx<'_> {
             v.and_then(|v| cx.count(v, &field(name), 1 << 20))
                 .map_or(default, |n| n as usize)
         };
+        let pool_max_connections = cnt(
+            self,
+            get(|p| &p.pool_max_connections),
+            "policy.pool_max_connections",
+            1024,
+        );
+        let pool_max_per_client = cnt(
+            self,
+            get(|p| &p.pool_max_per_client),
+            "policy.pool_max_per_client",
+            pool_max_connections.div_ceil(2),
+        );
         HttpPolicy {
             max_body_size: get(|p| &p.max_body_size)
                 .and_then(|v| self.size(v, &field("policy.max_body_size")))
@@ -366,12 +393,8 @@ impl Ctx<'_> {
                 None,
             ),
             pool_max_idle: cnt(self, get(|p| &p.pool_max_idle), "policy.pool_max_idle", 64),
-            pool_max_connections: cnt(
-                self,
-                get(|p| &p.pool_max_connections),
-                "policy.pool_max_connections",
-                1024,
-            ),
+            pool_max_connections,
+            pool_max_per_client,
             pool_idle_timeout: dur(
                 self,
                 get(|p| &p.pool_idle_timeout),

@@ -65,6 +65,9 @@ pub struct Timeouts {
     pub shutdown_drain: Duration,
     /// Default for reading a ClientHello and completing a TLS handshake.
     pub tls_handshake: Duration,
+    /// Default for how long a response may make no progress toward the
+    /// client (a full socket, an HTTP/2 stream without window).
+    pub client_send: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -517,6 +520,11 @@ impl Ctx<'_> {
                 "timeouts.tls_handshake",
                 Duration::from_secs(10),
             ),
+            client_send: self.required_duration(
+                t.and_then(|t| t.client_send.as_ref()),
+                "timeouts.client_send",
+                Duration::from_secs(60),
+            ),
         };
 
         let l = raw.limits.as_ref();
@@ -630,7 +638,13 @@ impl Ctx<'_> {
                 );
             }
             let http = http
-                .map(|()| std::sync::Arc::new(self.http_listener(rl_ref.http.as_ref(), &field)));
+                .map(|()| {
+                    std::sync::Arc::new(self.http_listener(
+                        rl_ref.http.as_ref(),
+                        &field,
+                        timeouts.client_send,
+                    ))
+                });
             listener_is_http.push(http.is_some());
             listener_is_tls.push(tls.is_some());
             if let Some(bind) = bind {

@@ -101,6 +101,7 @@ pub struct RawTimeouts {
     pub max_lifetime: Option<S<Scalar>>,
     pub shutdown_drain: Option<S<Scalar>>,
     pub tls_handshake: Option<S<Scalar>>,
+    pub client_send: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +136,7 @@ pub struct RawHttpListener {
     pub max_headers: Option<S<Scalar>>,
     pub header_read_timeout: Option<S<Scalar>>,
     pub keepalive_timeout: Option<S<Scalar>>,
+    pub send_timeout: Option<S<Scalar>>,
     pub max_requests_per_connection: Option<S<Scalar>>,
     pub trusted_proxies: Option<S<Vec<S<String>>>>,
     pub forwarded: Option<S<bool>>,
@@ -210,4 +212,5 @@ pub struct RawPolicy {
     pub pool_wait_timeout: Option<S<Scalar>>,
     pub allow_domain_fronting: Option<S<bool>>,
     pub pool_reuse_non_idempotent: Option<S<bool>>,
+    pub pool_max_per_client: Option<S<Scalar>>,
 }

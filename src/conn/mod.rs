@@ -138,10 +138,15 @@ pub enum EndReason {
     UpstreamTlsHandshakeFailed,
     /// The owning task ended without a reason (a bug).
     Internal,
+    /// A response made no progress toward the client (full socket, no
+    /// HTTP/2 window) for the send timeout.
+    ClientSendTimeout,
+    /// The upstream sent nothing of a response body for its idle timeout.
+    UpstreamBodyTimeout,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 28] = [
+    pub const ALL: [EndReason; 30] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -170,6 +175,8 @@ impl EndReason {
         EndReason::UpstreamTlsVerifyFailed,
         EndReason::UpstreamTlsHandshakeFailed,
         EndReason::Internal,
+        EndReason::ClientSendTimeout,
+        EndReason::UpstreamBodyTimeout,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -203,6 +210,8 @@ impl EndReason {
             EndReason::UpstreamTlsVerifyFailed => "upstream_tls_verify_failed",
             EndReason::UpstreamTlsHandshakeFailed => "upstream_tls_handshake_failed",
             EndReason::Internal => "internal_error",
+            EndReason::ClientSendTimeout => "client_send_timeout",
+            EndReason::UpstreamBodyTimeout => "upstream_body_timeout",
         }
     }
 
@@ -237,6 +246,8 @@ impl EndReason {
             EndReason::UpstreamTlsVerifyFailed => Side::Upstream,
             EndReason::UpstreamTlsHandshakeFailed => Side::Upstream,
             EndReason::Internal => Side::Proxy,
+            EndReason::ClientSendTimeout => Side::Client,
+            EndReason::UpstreamBodyTimeout => Side::Upstream,
         }
     }
 }

@@ -307,6 +307,18 @@ impl UpstreamBody {
     }
 }
 
+impl Body {
+    /// Records why a response was cut on the client's side, when it is
+    /// an upstream's (the request's record is the body's).
+    pub fn end_as(&mut self, end: RequestEnd) {
+        if let Body::Upstream(u) = self {
+            if !u.log.finished {
+                u.log.end = end;
+            }
+        }
+    }
+}
+
 /// A body at least this large still to come is spliced, not copied.
 pub const SPLICE_MIN: u64 = 32 * 1024;
 
@@ -315,6 +327,8 @@ pub const SPLICE_MIN: u64 = 32 * 1024;
 pub enum SpliceFailed {
     /// The client reset or closed its connection: the response is cut.
     Client,
+    /// The client's socket took nothing for the send timeout.
+    ClientSendTimeout,
     /// The upstream reset, closed or went idle mid-body, or the request's
     /// deadline passed: the client's response is cut (the reason is in
     /// the access log).
@@ -334,6 +348,7 @@ impl UpstreamBody {
     pub async fn splice_to(
         &mut self,
         dst: &TcpStream,
+        send_limit: Duration,
         mut written: impl FnMut(u64),
     ) -> Option<Result<(), SpliceFailed>> {
         let UpstreamBody {
@@ -384,11 +399,15 @@ impl UpstreamBody {
                     written(n as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // (A timer only when the client's socket is full.)
                     tokio::select! {
                         r = dst.writable() => if r.is_err() {
                             break RequestEnd::ClientAborted;
                         },
                         () = deadline_passed() => break RequestEnd::RequestTimeout,
+                        () = tokio::time::sleep(send_limit) => {
+                            break RequestEnd::ClientSendTimeout;
+                        }
                     }
                 }
                 Err(_) => break RequestEnd::ClientAborted,
@@ -404,6 +423,11 @@ impl UpstreamBody {
             RequestEnd::ClientAborted => {
                 raw.abandon(); // half-read: never back to the pool
                 Err(SpliceFailed::Client) // (logged as aborted on drop)
+            }
+            RequestEnd::ClientSendTimeout => {
+                raw.abandon();
+                log.end = end;
+                Err(SpliceFailed::ClientSendTimeout)
             }
             end => {
                 raw.abandon();

@@ -40,10 +40,14 @@ pub enum RequestEnd {
     MisdirectedRequest,
     /// The request head or its header count is over the listener's limit.
     HeadersTooLarge,
+    /// The response made no progress toward the client for the send timeout.
+    ClientSendTimeout,
+    /// The client already holds its share of the target's connections.
+    LimitClientShare,
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 25] = [
+    pub const ALL: [RequestEnd; 27] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::LimitRoute,
@@ -69,6 +73,8 @@ impl RequestEnd {
         RequestEnd::UpstreamTlsHandshakeFailed,
         RequestEnd::MisdirectedRequest,
         RequestEnd::HeadersTooLarge,
+        RequestEnd::ClientSendTimeout,
+        RequestEnd::LimitClientShare,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +104,8 @@ impl RequestEnd {
             RequestEnd::UpstreamTlsHandshakeFailed => "upstream_tls_handshake_failed",
             RequestEnd::MisdirectedRequest => "misdirected_request",
             RequestEnd::HeadersTooLarge => "headers_too_large",
+            RequestEnd::ClientSendTimeout => "client_send_timeout",
+            RequestEnd::LimitClientShare => "limit_client_share",
         }
     }
 
@@ -116,7 +124,9 @@ impl RequestEnd {
             | RequestEnd::ClientBodyTimeout
             | RequestEnd::ClientAborted
             | RequestEnd::MisdirectedRequest
-            | RequestEnd::HeadersTooLarge => Side::Client,
+            | RequestEnd::HeadersTooLarge
+            | RequestEnd::ClientSendTimeout
+            | RequestEnd::LimitClientShare => Side::Client,
             _ => Side::Upstream,
         }
     }
@@ -131,9 +141,9 @@ impl RequestEnd {
             RequestEnd::UriTooLong => StatusCode::URI_TOO_LONG,
             RequestEnd::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestEnd::LengthRequired => StatusCode::LENGTH_REQUIRED,
-            RequestEnd::ClientBodyTimeout | RequestEnd::ClientAborted => {
-                StatusCode::REQUEST_TIMEOUT
-            }
+            RequestEnd::ClientBodyTimeout
+            | RequestEnd::ClientAborted
+            | RequestEnd::ClientSendTimeout => StatusCode::REQUEST_TIMEOUT,
             RequestEnd::UpstreamRefused
             | RequestEnd::UpstreamConnectError
             | RequestEnd::UpstreamUnresolved
@@ -144,9 +154,10 @@ impl RequestEnd {
             | RequestEnd::UpstreamTlsHandshakeFailed => StatusCode::BAD_GATEWAY,
             RequestEnd::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             RequestEnd::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            RequestEnd::UpstreamPoolExhausted | RequestEnd::LimitRoute | RequestEnd::Shutdown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            RequestEnd::UpstreamPoolExhausted
+            | RequestEnd::LimitRoute
+            | RequestEnd::LimitClientShare
+            | RequestEnd::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             RequestEnd::UpstreamConnectTimeout
             | RequestEnd::UpstreamResponseTimeout
             | RequestEnd::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,

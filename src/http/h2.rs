@@ -36,6 +36,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 
 use super::body::{Body, BodyError, ReqBody};
+use super::error::RequestEnd;
 use super::headers;
 use super::proxy::{ExtendedConnect, Handler};
 use super::tunnel::Tunnel;
@@ -312,7 +313,7 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
         }
     }
     match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(send) if !end => send_body(body, send).await,
+        Ok(send) if !end => send_body(body, send, handler.send_timeout()).await,
         Ok(_) => {}
         Err(e) => {
             tracing::debug!(error = %e, "HTTP/2 response refused");
@@ -489,7 +490,11 @@ fn bodiless(status: StatusCode) -> bool {
 /// waits for the stream to have send capacity (one byte is asked for: `send_data` raises
 /// the claim to the frame's length; asking for more before the frame
 /// exists could hold back the connection's window from other streams).
-async fn send_body(body: Body, mut send: SendStream<Bytes>) {
+/// A stream that gets no capacity for `send_limit` (the client gives no
+/// window, or its connection takes nothing) is reset (`CANCEL`) and its
+/// request ends with `client_send_timeout`: the upstream connection
+/// closes with the body; the client connection lives on.
+async fn send_body(body: Body, mut send: SendStream<Bytes>, send_limit: Duration) {
     let mut body = std::pin::pin!(body);
     loop {
         let frame = poll_fn(|cx| {
@@ -517,8 +522,16 @@ async fn send_body(body: Body, mut send: SendStream<Bytes>) {
                 let end = body.is_end_stream();
                 // The last frame goes at once: it is the only one that can
                 // wait beyond the window, and nothing follows it.
-                if !end && !data.is_empty() && !wait_capacity(&mut send).await {
-                    return;
+                if !end && !data.is_empty() {
+                    match wait_capacity(&mut send, send_limit).await {
+                        Capacity::Ready => {}
+                        Capacity::Closed => return,
+                        Capacity::TimedOut => {
+                            body.as_mut().get_mut().end_as(RequestEnd::ClientSendTimeout);
+                            send.send_reset(Reason::CANCEL);
+                            return;
+                        }
+                    }
                 }
                 if send.send_data(data, end).is_err() || end {
                     return;
@@ -535,11 +548,29 @@ async fn send_body(body: Body, mut send: SendStream<Bytes>) {
     }
 }
 
-/// Waits until the stream may send again; `false` if it closed or was reset.
-async fn wait_capacity(send: &mut SendStream<Bytes>) -> bool {
-    poll_fn(|cx| poll_send_capacity(send, 1, cx))
-        .await
-        .is_some()
+enum Capacity {
+    Ready,
+    /// The stream closed or was reset.
+    Closed,
+    /// None came within the send limit.
+    TimedOut,
+}
+
+/// Waits until the stream may send again, at most `limit`. (A timer only
+/// when the stream has no capacity at once.)
+async fn wait_capacity(send: &mut SendStream<Bytes>, limit: Duration) -> Capacity {
+    let mut wait = std::pin::pin!(poll_fn(|cx| poll_send_capacity(send, 1, cx)));
+    let ready = match poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
+        Poll::Ready(r) => r,
+        Poll::Pending => match tokio::time::timeout(limit, wait).await {
+            Ok(r) => r,
+            Err(_) => return Capacity::TimedOut,
+        },
+    };
+    match ready {
+        Some(_) => Capacity::Ready,
+        None => Capacity::Closed,
+    }
 }
 
 /// The stream's send capacity, asking for `want` bytes when it has none;

@@ -134,6 +134,11 @@ impl Handler {
         }
     }
 
+    /// How long a response may make no progress toward the client.
+    pub fn send_timeout(&self) -> std::time::Duration {
+        self.http.send_timeout
+    }
+
     pub fn shutdown(&self) -> &crate::server::ShutdownSignal {
         &self.rt.shutdown
     }
@@ -488,6 +493,9 @@ impl Handler {
             // Boxed: waiting for a pool slot is rare and its state is large; keeping
             // it out of the request future keeps that future cheap to move.
             // (An idle connection of ours at hand needs no future at all.)
+            // The client's share of the target's connections, claimed
+            // before one is taken (fairness: `ClientShares`).
+            let share = pool.claim(self.info.client.ip())?;
             let idle = if fresh {
                 None
             } else {
@@ -497,6 +505,7 @@ impl Handler {
                 Some(conn) => (conn, None),
                 None => Box::pin(pool.checkout(policy.connect_timeout, bodiless, fresh)).await?,
             };
+            conn.share = share;
             log.upstream = Some(conn.peer);
             if let Some(t) = connect_time {
                 self.rt

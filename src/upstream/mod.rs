@@ -17,7 +17,8 @@
 pub mod h1;
 pub mod send_batch;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,8 @@ impl Sender {
 
 pub struct TargetPool {
     target: String,
+    /// Connections in use per client address (`ClientShares`).
+    shares: Arc<ClientShares>,
     upstream: Upstream,
     idle: Mutex<Vec<IdleConn>>,
     /// The shared HTTP/2 connection, when the route speaks HTTP/2.
@@ -115,6 +118,9 @@ pub struct PooledConn {
     pub sender: Sender,
     pub peer: SocketAddr,
     pub reused: bool,
+    /// The client's claim on the target's connections, released with
+    /// the connection (back to the pool or closed).
+    pub share: Option<ShareClaim>,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<TargetPool>,
 }
@@ -127,6 +133,7 @@ impl TargetPool {
     pub fn new(target: String, policy: &HttpPolicy, upstream: Upstream) -> Arc<TargetPool> {
         Arc::new(TargetPool {
             target,
+            shares: Arc::new(ClientShares::new(policy.pool_max_per_client)),
             upstream,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
@@ -135,6 +142,19 @@ impl TargetPool {
             idle_timeout: policy.pool_idle_timeout,
             wait_timeout: policy.pool_wait_timeout,
         })
+    }
+
+    /// A claim for `client` on one of this target's connections, or
+    /// `LimitClientShare` when it holds its share already. Shared HTTP/2
+    /// connections hold no slot per request: no claim.
+    pub fn claim(&self, client: IpAddr) -> Result<Option<ShareClaim>, RequestEnd> {
+        if self.upstream.http2 {
+            return Ok(None);
+        }
+        self.shares
+            .claim(client)
+            .map(Some)
+            .ok_or(RequestEnd::LimitClientShare)
     }
 
     /// The target as configured (`host:port`).
@@ -206,6 +226,7 @@ impl TargetPool {
                 sender: taken.sender,
                 peer: taken.peer,
                 reused: true,
+                share: None,
                 permit: Some(taken.permit),
                 pool: self.clone(),
             });
@@ -224,6 +245,7 @@ impl TargetPool {
                     sender: Sender::H2(s.sender.clone()),
                     peer: s.peer,
                     reused: true,
+                    share: None,
                     permit: None,
                     pool: self.clone(),
                 };
@@ -245,6 +267,7 @@ impl TargetPool {
             sender,
             peer,
             reused: false,
+            share: None,
             permit: None,
             pool: self.clone(),
         };
@@ -357,6 +380,7 @@ impl TargetPool {
                 sender,
                 peer,
                 reused: true,
+                share: None,
                 permit: Some(permit),
                 pool: self.clone(),
             };
@@ -368,6 +392,7 @@ impl TargetPool {
                 sender,
                 peer,
                 reused: false,
+                share: None,
                 permit: Some(permit),
                 pool: self.clone(),
             },
@@ -460,5 +485,89 @@ impl PooledConn {
                 since: Instant::now(),
             });
         }
+    }
+}
+
+/// Buckets of `ClientShares`: a fixed table, so that memory stays bounded
+/// whatever the number of client addresses.
+const SHARE_BUCKETS: usize = 4096;
+
+/// How many of a target's connections each client address holds (in use:
+/// checked out for a request), so that a few clients that stop reading
+/// cannot take every connection of a route from everyone else. Addresses
+/// are hashed into `SHARE_BUCKETS` counters; two that share a bucket share
+/// its count (an IPv6 client is counted by its /64).
+pub struct ClientShares {
+    buckets: Box<[AtomicU32]>,
+    max: u32,
+}
+
+impl ClientShares {
+    pub fn new(max: usize) -> ClientShares {
+        ClientShares {
+            buckets: (0..SHARE_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn bucket(ip: IpAddr) -> usize {
+        let key = match ip {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => u64::from(u32::from(v4)),
+                None => (v6.to_bits() >> 64) as u64,
+            },
+        };
+        // Fibonacci hashing: the top bits of a multiplication.
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARE_BUCKETS.trailing_zeros())) as usize
+    }
+
+    fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<ShareClaim> {
+        let bucket = Self::bucket(ip);
+        let count = &self.buckets[bucket];
+        if count.fetch_add(1, Ordering::Relaxed) >= self.max {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ShareClaim {
+            shares: self.clone(),
+            bucket,
+        })
+    }
+
+    /// Connections held by `ip`'s bucket now.
+    pub fn held(&self, ip: IpAddr) -> u32 {
+        self.buckets[Self::bucket(ip)].load(Ordering::Relaxed)
+    }
+}
+
+/// One connection held for a client address; dropping it gives it back.
+pub struct ShareClaim {
+    shares: Arc<ClientShares>,
+    bucket: usize,
+}
+
+impl Drop for ShareClaim {
+    fn drop(&mut self) {
+        self.shares.buckets[self.bucket].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_holds_at_most_its_share() {
+        let shares = Arc::new(ClientShares::new(3));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<_> = (0..3).filter_map(|_| shares.claim(a)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(shares.claim(a).is_none(), "a fourth connection for a");
+        assert!(shares.claim(b).is_some(), "another address is not limited by a");
+        drop(held);
+        assert_eq!(shares.held(a), 0);
+        assert!(shares.claim(a).is_some());
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod head;
+pub mod paced;
 
 use std::future::Future;
 use std::io;
@@ -362,7 +363,15 @@ async fn exchange<S: ConnIo>(
     keep_alive &= pump.complete();
     keep_alive &= !shutdown.is_draining();
     let status = resp.status();
-    if let Err(reason) = write_response(io, resp, head_request, version, &mut keep_alive).await {
+    let written = write_response(
+        io,
+        resp,
+        head_request,
+        version,
+        &mut keep_alive,
+        cfg.send_timeout,
+    );
+    if let Err(reason) = written.await {
         return Exchange::End(reason);
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -400,8 +409,13 @@ async fn watch_client<S: ConnIo>(io: &mut S, buf: &mut BytesMut, limit: usize) -
 async fn refuse<S: ConnIo>(io: &mut S, end: RequestEnd, cfg: &HttpListener) {
     let resp = respond(end, cfg.server_header.as_deref());
     let mut keep_alive = false;
-    let _ = write_response(io, resp, false, Version::HTTP_11, &mut keep_alive).await;
-    let _ = io.shutdown().await;
+    let limit = cfg.send_timeout;
+    if write_response(io, resp, false, Version::HTTP_11, &mut keep_alive, limit)
+        .await
+        .is_ok()
+    {
+        let _ = timeout_at(Instant::now() + limit, io.shutdown()).await;
+    }
 }
 
 /// Polls a future once, without waiting.
@@ -417,14 +431,33 @@ fn poll_now<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
 /// written, and flushed, before the next is read: memory stays at one frame).
 /// After the head, the rest of a large upstream body may instead move by
 /// splice(2), never entering the process (`UpstreamBody::splice_to`).
+/// Every write must make progress within `send_limit`, or the response
+/// ends with `client_send_timeout` (`paced`).
 async fn write_response<S: ConnIo>(
     io: &mut S,
     resp: Response<Body>,
     head_request: bool,
     version: Version,
     keep_alive: &mut bool,
+    send_limit: std::time::Duration,
 ) -> Result<(), EndReason> {
-    let (mut parts, mut body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let mut out = paced::Paced::new(io, send_limit);
+    let written = write_parts(&mut out, parts, &mut body, head_request, version, keep_alive).await;
+    if written == Err(EndReason::ClientSendTimeout) {
+        body.end_as(RequestEnd::ClientSendTimeout);
+    }
+    written
+}
+
+async fn write_parts<S: ConnIo>(
+    io: &mut paced::Paced<'_, S>,
+    mut parts: http::response::Parts,
+    body: &mut Body,
+    head_request: bool,
+    version: Version,
+    keep_alive: &mut bool,
+) -> Result<(), EndReason> {
     let exact = body.size_hint().exact();
     let mut out = Vec::with_capacity(256);
     let framing = head::encode_response(
@@ -436,7 +469,10 @@ async fn write_response<S: ConnIo>(
         version,
         keep_alive,
     );
-    let write_err = |_| EndReason::ClientReset;
+    let write_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::TimedOut => EndReason::ClientSendTimeout,
+        _ => EndReason::ClientReset,
+    };
     if framing == ResponseFraming::None {
         io.write_all(&out).await.map_err(write_err)?;
         return io.flush().await.map_err(write_err);
@@ -444,14 +480,19 @@ async fn write_response<S: ConnIo>(
     let mut head = Some(out);
     loop {
         // After the head, a large upstream body may move by splice(2).
+        let conn = io.get_ref();
         if let (None, ResponseFraming::Length, Body::Upstream(upstream), Some(tcp)) =
-            (&head, framing, &mut body, io.tcp())
+            (&head, framing, &mut *body, conn.tcp())
         {
-            let spliced = upstream.splice_to(tcp, |n| io.count_down(n)).await;
+            let limit = io.limit();
+            let spliced = upstream.splice_to(tcp, limit, |n| conn.count_down(n)).await;
             match spliced {
                 None => {}
                 Some(Ok(())) => return Ok(()),
                 Some(Err(SpliceFailed::Client)) => return Err(EndReason::ClientReset),
+                Some(Err(SpliceFailed::ClientSendTimeout)) => {
+                    return Err(EndReason::ClientSendTimeout);
+                }
                 Some(Err(SpliceFailed::Upstream)) => {
                     *keep_alive = false;
                     return Err(EndReason::UpstreamReset);
