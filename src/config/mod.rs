@@ -637,14 +637,13 @@ impl Ctx<'_> {
                     "[listeners.http] needs protocol = \"http\" or \"https\"",
                 );
             }
-            let http = http
-                .map(|()| {
-                    std::sync::Arc::new(self.http_listener(
-                        rl_ref.http.as_ref(),
-                        &field,
-                        timeouts.client_send,
-                    ))
-                });
+            let http = http.map(|()| {
+                std::sync::Arc::new(self.http_listener(
+                    rl_ref.http.as_ref(),
+                    &field,
+                    timeouts.client_send,
+                ))
+            });
             listener_is_http.push(http.is_some());
             listener_is_tls.push(tls.is_some());
             if let Some(bind) = bind {

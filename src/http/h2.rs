@@ -527,7 +527,9 @@ async fn send_body(body: Body, mut send: SendStream<Bytes>, send_limit: Duration
                         Capacity::Ready => {}
                         Capacity::Closed => return,
                         Capacity::TimedOut => {
-                            body.as_mut().get_mut().end_as(RequestEnd::ClientSendTimeout);
+                            body.as_mut()
+                                .get_mut()
+                                .end_as(RequestEnd::ClientSendTimeout);
                             send.send_reset(Reason::CANCEL);
                             return;
                         }

@@ -565,7 +565,10 @@ mod tests {
         let held: Vec<_> = (0..3).filter_map(|_| shares.claim(a)).collect();
         assert_eq!(held.len(), 3);
         assert!(shares.claim(a).is_none(), "a fourth connection for a");
-        assert!(shares.claim(b).is_some(), "another address is not limited by a");
+        assert!(
+            shares.claim(b).is_some(),
+            "another address is not limited by a"
+        );
         drop(held);
         assert_eq!(shares.held(a), 0);
         assert!(shares.claim(a).is_some());

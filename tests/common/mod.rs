@@ -272,9 +272,12 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
             found = true;
         }
     }
-    // Series of closed connections appear only once a reason has occurred.
+    // Series of ended connections and requests appear only once a reason
+    // has occurred.
     assert!(
-        found || name == "gatehouse_connections_closed_total",
+        found
+            || name == "gatehouse_connections_closed_total"
+            || name == "gatehouse_http_request_end_total",
         "no sample of {name} {labels:?} in:\n{text}"
     );
     sum

@@ -443,7 +443,15 @@ async fn write_response<S: ConnIo>(
 ) -> Result<(), EndReason> {
     let (parts, mut body) = resp.into_parts();
     let mut out = paced::Paced::new(io, send_limit);
-    let written = write_parts(&mut out, parts, &mut body, head_request, version, keep_alive).await;
+    let written = write_parts(
+        &mut out,
+        parts,
+        &mut body,
+        head_request,
+        version,
+        keep_alive,
+    )
+    .await;
     if written == Err(EndReason::ClientSendTimeout) {
         body.end_as(RequestEnd::ClientSendTimeout);
     }

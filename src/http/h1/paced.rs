@@ -51,11 +51,16 @@ impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
                 }
                 t
             }
-            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         self.armed = true;
         ready!(timer.as_mut().poll(cx));
-        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client send timeout"))
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client send timeout",
+        ))
     }
 
     fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {

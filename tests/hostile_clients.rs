@@ -1,0 +1,244 @@
+//! Hostile clients against the real binary, each while a good client keeps
+//! requesting the same route: clients that stop reading (HTTP/1 non-readers
+//! and HTTP/2 streams with a zero window) hold at most their share of the
+//! route's upstream connections, and only until the send deadline; the good
+//! client keeps being served at its usual latency. Bounded in time and count.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Attackers' address (the good client uses 127.0.0.1).
+const ATTACKER: &str = "127.0.0.2";
+/// The route's pool: small, so that the attack would exhaust it.
+const POOL: usize = 64;
+/// Upstream connections one client address may hold: the default share.
+const SHARE: u64 = POOL as u64 / 2;
+const BIG: u64 = 256 << 20;
+
+/// A backend: `/big` answers a body far larger than any socket buffer,
+/// written until the connection fails; anything else a short answer.
+fn backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                while let Some(req) = read_request(&mut s) {
+                    if req.request_line().starts_with("GET /big") {
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                        if s.write_all(head.as_bytes()).is_err() {
+                            return;
+                        }
+                        let chunk = vec![b'x'; 64 * 1024];
+                        while s.write_all(&chunk).is_ok() {}
+                        return;
+                    }
+                    if s.write_all(&ok_response("ok")).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn config(backend: SocketAddr, h2c: bool) -> String {
+    http_config(
+        "[timeouts]\nclient_send = \"2s\"",
+        if h2c { "http.h2c = true" } else { "" },
+        backend,
+        &format!("policy.pool_max_connections = {POOL}\npolicy.pool_wait_timeout = \"1s\""),
+    )
+}
+
+/// One good request on a new connection: its latency, or `None` if it
+/// did not get a 200 with its body.
+fn good_request(web: SocketAddr) -> Option<Duration> {
+    let started = Instant::now();
+    let (head, body) = raw_exchange(
+        web,
+        b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    (head.starts_with("HTTP/1.1 200") && body == b"ok").then(|| started.elapsed())
+}
+
+/// The good client: requests one after another until `stop`; returns the
+/// latencies of those that succeeded and the number that failed.
+fn good_client(
+    web: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(Vec<Duration>, usize)> {
+    thread::spawn(move || {
+        let (mut ok, mut failed) = (Vec::new(), 0);
+        while !stop.load(Ordering::Relaxed) {
+            match good_request(web) {
+                Some(t) => ok.push(t),
+                None => failed += 1,
+            }
+        }
+        (ok, failed)
+    })
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+fn request_ends(gh: &Gatehouse, reason: &str) -> u64 {
+    gh.metric("gatehouse_http_request_end_total", &[("reason", reason)])
+}
+
+/// What both forms of the attack must show: the good client served
+/// throughout at its usual latency, each attacker request that got an
+/// upstream connection ended at the send deadline, the others refused
+/// with their share used, and nothing left behind.
+fn assert_survived(
+    gh: &Gatehouse,
+    baseline: Duration,
+    good: (Vec<Duration>, usize),
+    attackers: u64,
+) {
+    let (ok, failed) = good;
+    let total = ok.len() + failed;
+    assert!(total >= 50, "the good client made only {total} requests");
+    assert!(
+        failed * 100 <= total,
+        "the good client failed {failed} of {total} requests"
+    );
+    let tail = p99(ok);
+    assert!(
+        tail <= baseline * 5 + Duration::from_millis(100),
+        "good client's p99 {tail:?} under attack, {baseline:?} before"
+    );
+    assert_eq!(request_ends(gh, "client_send_timeout"), SHARE);
+    assert_eq!(request_ends(gh, "limit_client_share"), attackers - SHARE);
+    gh.wait_for("requests in flight to end", Duration::from_secs(10), |gh| {
+        gh.metric("gatehouse_http_requests_in_flight", &[]) == 0
+    });
+    assert_eq!(gh.close_wait(), 0);
+}
+
+fn baseline(web: SocketAddr) -> Duration {
+    let lat: Vec<Duration> = (0..100).map(|_| good_request(web).unwrap()).collect();
+    p99(lat)
+}
+
+#[test]
+fn http1_clients_that_stop_reading_hold_only_their_share_until_the_send_deadline() {
+    let gh = Gatehouse::start(&config(backend(), false));
+    let web = gh.addr("web");
+    let before = baseline(web);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(web, stop.clone());
+    let attackers = 80u64;
+    let held: Vec<TcpStream> = (0..attackers)
+        .map(|_| {
+            let mut s = connect_from(ATTACKER, web);
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+            s // never read
+        })
+        .collect();
+    // Every attacker request has its upstream connection or its 503.
+    gh.wait_for(
+        "attackers to be served or refused",
+        Duration::from_secs(10),
+        |gh| request_ends(gh, "limit_client_share") == attackers - SHARE,
+    );
+    // ... and those served end at the send deadline.
+    gh.wait_for("the send deadline", Duration::from_secs(10), |gh| {
+        request_ends(gh, "client_send_timeout") == SHARE
+    });
+    stop.store(true, Ordering::Relaxed);
+    let good = good.join().unwrap();
+    assert_survived(&gh, before, good, attackers);
+    drop(held);
+    let closed = gh.metric(
+        "gatehouse_connections_closed_total",
+        &[("reason", "client_send_timeout")],
+    );
+    assert_eq!(closed, SHARE, "connections ended by the send deadline");
+}
+
+#[test]
+fn http2_streams_without_window_hold_only_their_share_until_the_send_deadline() {
+    let gh = Gatehouse::start(&config(backend(), true));
+    let web = gh.addr("web");
+    let before = baseline(web);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(web, stop.clone());
+    let rt = test_runtime();
+    // Two connections of 40 streams each, SETTINGS_INITIAL_WINDOW_SIZE = 0,
+    // never a WINDOW_UPDATE.
+    let attackers = 80u64;
+    let resets = rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::from_std({
+                let s = connect_from(ATTACKER, web);
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .unwrap();
+            let (client, conn) = h2::client::Builder::new()
+                .initial_window_size(0)
+                .handshake::<_, bytes::Bytes>(tcp)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            conns.push(client);
+        }
+        let mut streams = Vec::new();
+        for i in 0..attackers as usize {
+            let mut client = conns[i % 2].clone().ready().await.unwrap();
+            let req = http::Request::get(format!("http://a/big?{i}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            streams.push(tokio::spawn(async move {
+                let resp = resp.await.unwrap();
+                if resp.status() != 200 {
+                    return (resp.status().as_u16(), None);
+                }
+                // The body never gets window: the stream is reset.
+                let mut body = resp.into_body();
+                let err = loop {
+                    match body.data().await {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => break Some(e.reason()),
+                        None => break None,
+                    }
+                };
+                (200, err.flatten())
+            }));
+        }
+        let mut resets = 0;
+        let mut refused = 0;
+        for s in streams {
+            match s.await.unwrap() {
+                (200, Some(h2::Reason::CANCEL)) => resets += 1,
+                (503, None) => refused += 1,
+                other => panic!("attacker stream ended {other:?}"),
+            }
+        }
+        assert_eq!(refused, attackers - SHARE);
+        resets
+    });
+    assert_eq!(resets, SHARE, "streams reset at the send deadline");
+    stop.store(true, Ordering::Relaxed);
+    let good = good.join().unwrap();
+    assert_survived(&gh, before, good, attackers);
+}
