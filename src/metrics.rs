@@ -97,9 +97,12 @@ impl Metrics {
         self.routes.get(slot).unwrap_or(&self.routes[0])
     }
 
+    /// The `route` label: a route's name, or `none` for what no route
+    /// took (a connection refused before routing, a request without a
+    /// route); never empty.
     fn label(&self, slot: usize) -> &str {
         if slot == 0 {
-            ""
+            "none"
         } else {
             &self.route_names[slot - 1]
         }

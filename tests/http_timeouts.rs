@@ -145,7 +145,8 @@ fn exhausted_pool_is_503_after_the_wait_timeout() {
         "",
         "",
         backend,
-        "policy.pool_max_connections = 1\npolicy.pool_wait_timeout = \"400ms\"\npolicy.response_header_timeout = \"5s\"",
+        // (One client takes the whole pool here: no share smaller than it.)
+        "policy.pool_max_connections = 1\npolicy.pool_max_per_client = 2\npolicy.pool_wait_timeout = \"400ms\"\npolicy.response_header_timeout = \"5s\"",
     ));
     let addr = gh.addr("web");
     // The first request holds the only upstream connection.

@@ -673,6 +673,9 @@ impl Ctx<'_> {
             let name = self.string(&r.name, &field("name")).unwrap_or_default();
             if name.is_empty() {
                 self.err(&r.name.span(), &field("name"), "must not be empty");
+            } else if name == "none" {
+                // (The metrics' label for what no route took.)
+                self.err(&r.name.span(), &field("name"), "\"none\" is reserved");
             } else if route_names.contains(&name) {
                 self.err(
                     &r.name.span(),

@@ -143,10 +143,13 @@ pub enum EndReason {
     ClientSendTimeout,
     /// The upstream sent nothing of a response body for its idle timeout.
     UpstreamBodyTimeout,
+    /// An HTTP request's total deadline (`policy.request_timeout`) passed
+    /// mid-response.
+    RequestTimeout,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 30] = [
+    pub const ALL: [EndReason; 31] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -177,6 +180,7 @@ impl EndReason {
         EndReason::Internal,
         EndReason::ClientSendTimeout,
         EndReason::UpstreamBodyTimeout,
+        EndReason::RequestTimeout,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -212,6 +216,7 @@ impl EndReason {
             EndReason::Internal => "internal_error",
             EndReason::ClientSendTimeout => "client_send_timeout",
             EndReason::UpstreamBodyTimeout => "upstream_body_timeout",
+            EndReason::RequestTimeout => "request_timeout",
         }
     }
 
@@ -248,6 +253,7 @@ impl EndReason {
             EndReason::Internal => Side::Proxy,
             EndReason::ClientSendTimeout => Side::Client,
             EndReason::UpstreamBodyTimeout => Side::Upstream,
+            EndReason::RequestTimeout => Side::Proxy,
         }
     }
 }

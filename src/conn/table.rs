@@ -40,6 +40,23 @@ pub struct ConnEntry {
     details: Mutex<Details>,
 }
 
+impl ConnEntry {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Shows the route and upstream of an HTTP request on the connection
+    /// (the request in flight, or the last one); its connection metrics
+    /// go to that route too.
+    pub fn show_request(&self, index: usize, name: &Arc<str>, upstream: SocketAddr) {
+        let mut d = lock(&self.details);
+        if d.route.as_ref().is_none_or(|r| r.0 != index) {
+            d.route = Some((index, name.clone()));
+        }
+        d.upstream = Some(upstream);
+    }
+}
+
 /// Kept small: an idle connection's memory is mostly its entry.
 #[derive(Default, Clone)]
 struct Details {
@@ -357,7 +374,11 @@ impl Drop for ConnGuard {
                 }
             }
         }
-        let stats = table.metrics.route_or_none(self.route);
+        // (An HTTP connection counts under its last request's route.)
+        let route = self
+            .route
+            .or_else(|| lock(&self.entry.details).route.as_ref().map(|r| r.0));
+        let stats = table.metrics.route_or_none(route);
         if self.route_slot_taken {
             stats.active.fetch_sub(1, Ordering::AcqRel);
         }

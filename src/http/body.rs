@@ -308,6 +308,20 @@ impl UpstreamBody {
 }
 
 impl Body {
+    /// Why an upstream body that failed mid-response cut it, in the
+    /// connection's words: the same reason the request's record has.
+    pub fn failure(&self) -> crate::conn::EndReason {
+        use crate::conn::EndReason;
+        match self {
+            Body::Upstream(u) => match u.log.end {
+                RequestEnd::UpstreamBodyTimeout => EndReason::UpstreamBodyTimeout,
+                RequestEnd::RequestTimeout => EndReason::RequestTimeout,
+                _ => EndReason::UpstreamReset,
+            },
+            _ => EndReason::UpstreamReset,
+        }
+    }
+
     /// Records why a response was cut on the client's side, when it is
     /// an upstream's (the request's record is the body's).
     pub fn end_as(&mut self, end: RequestEnd) {

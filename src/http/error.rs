@@ -44,10 +44,13 @@ pub enum RequestEnd {
     ClientSendTimeout,
     /// The client already holds its share of the target's connections.
     LimitClientShare,
+    /// The client sent part of a request head, then nothing until the
+    /// header read timeout.
+    ClientHeaderTimeout,
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 27] = [
+    pub const ALL: [RequestEnd; 28] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::LimitRoute,
@@ -75,6 +78,7 @@ impl RequestEnd {
         RequestEnd::HeadersTooLarge,
         RequestEnd::ClientSendTimeout,
         RequestEnd::LimitClientShare,
+        RequestEnd::ClientHeaderTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +110,7 @@ impl RequestEnd {
             RequestEnd::HeadersTooLarge => "headers_too_large",
             RequestEnd::ClientSendTimeout => "client_send_timeout",
             RequestEnd::LimitClientShare => "limit_client_share",
+            RequestEnd::ClientHeaderTimeout => "client_header_timeout",
         }
     }
 
@@ -126,7 +131,8 @@ impl RequestEnd {
             | RequestEnd::MisdirectedRequest
             | RequestEnd::HeadersTooLarge
             | RequestEnd::ClientSendTimeout
-            | RequestEnd::LimitClientShare => Side::Client,
+            | RequestEnd::LimitClientShare
+            | RequestEnd::ClientHeaderTimeout => Side::Client,
             _ => Side::Upstream,
         }
     }
@@ -143,7 +149,8 @@ impl RequestEnd {
             RequestEnd::LengthRequired => StatusCode::LENGTH_REQUIRED,
             RequestEnd::ClientBodyTimeout
             | RequestEnd::ClientAborted
-            | RequestEnd::ClientSendTimeout => StatusCode::REQUEST_TIMEOUT,
+            | RequestEnd::ClientSendTimeout
+            | RequestEnd::ClientHeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             RequestEnd::UpstreamRefused
             | RequestEnd::UpstreamConnectError
             | RequestEnd::UpstreamUnresolved
@@ -177,6 +184,7 @@ impl RequestEnd {
                 | RequestEnd::BodyTooLarge
                 | RequestEnd::LengthRequired
                 | RequestEnd::ClientBodyTimeout
+                | RequestEnd::ClientHeaderTimeout
         )
     }
 }

@@ -103,7 +103,7 @@ where
         listener.index,
         cfg.clone(),
         info,
-        guard.id(),
+        guard.entry_arc(),
     ));
     if !h2 {
         return serve_h1(io, handler, cfg, None, guard, rt).await;

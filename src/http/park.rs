@@ -350,7 +350,7 @@ fn resume(c: ParkedConn, rt: &Arc<Runtime>) {
             listener.index,
             cfg.clone(),
             info,
-            guard.id(),
+            guard.entry_arc(),
         ));
         let io = Prefixed::new(stream, Vec::new(), guard.entry_arc());
         let served = super::serve_h1(io, handler, cfg, Some((served, deadline)), &guard, &rt).await;

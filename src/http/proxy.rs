@@ -21,6 +21,7 @@ use super::headers::{self, ForwardedFor};
 use super::log::RequestLog;
 use super::tunnel::Tunnel;
 use crate::config::{HttpListener, RouteAction};
+use crate::conn::ConnEntry;
 use crate::routing::{self, RequestView, Route, RouteInput};
 use crate::server::Runtime;
 use crate::upstream::{PooledConn, Sender, h1};
@@ -65,6 +66,9 @@ pub struct Handler {
     http: Arc<HttpListener>,
     info: ConnInfo,
     conn_id: u64,
+    /// The connection's table entry: shows the route and upstream of the
+    /// request in flight, or of the last one.
+    entry: Arc<ConnEntry>,
     requests: AtomicU64,
     trusted_peer: bool,
     /// The client address as an `X-Forwarded-For` value.
@@ -85,7 +89,7 @@ impl Handler {
         listener_index: usize,
         http: Arc<HttpListener>,
         info: ConnInfo,
-        conn_id: u64,
+        entry: Arc<ConnEntry>,
     ) -> Handler {
         let trusted_peer = http
             .trusted_proxies
@@ -97,7 +101,8 @@ impl Handler {
             listener_index,
             http,
             info,
-            conn_id,
+            conn_id: entry.id(),
+            entry,
             requests: AtomicU64::new(0),
             trusted_peer,
             client_value,
@@ -507,6 +512,7 @@ impl Handler {
             };
             conn.share = share;
             log.upstream = Some(conn.peer);
+            self.entry.show_request(route.index, &route.name, conn.peer);
             if let Some(t) = connect_time {
                 self.rt
                     .table

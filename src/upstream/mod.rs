@@ -323,11 +323,33 @@ impl TargetPool {
             return self.checkout_h2(connect_timeout).await;
         }
         let raw = self.wants_raw(raw_ok);
-        while !fresh {
+        if !fresh {
+            if let Some(conn) = self.reuse_idle(raw_ok).await {
+                return Ok((conn, None));
+            }
+        }
+        let (sender, peer, permit, took) = self.open(connect_timeout, raw).await?;
+        Ok((
+            PooledConn {
+                sender,
+                peer,
+                reused: false,
+                share: None,
+                permit: Some(permit),
+                pool: self.clone(),
+            },
+            Some(took),
+        ))
+    }
+
+    /// An idle connection that can take the request, if there is one.
+    async fn reuse_idle(self: &Arc<Self>, raw_ok: bool) -> Option<PooledConn> {
+        let raw = self.wants_raw(raw_ok);
+        loop {
             // One of ours when it fits (released by another request since
             // the caller last looked, or after a stale one below).
             if let Some(conn) = self.take_idle_raw(raw_ok) {
-                return Ok((conn, None));
+                return Some(conn);
             }
             let taken = {
                 let mut idle = lock(&self.idle);
@@ -342,7 +364,7 @@ impl TargetPool {
                 };
                 match ready().or(idle.len().checked_sub(1)) {
                     Some(pos) => idle.remove(pos),
-                    None => break,
+                    None => return None,
                 }
             };
             let IdleConn {
@@ -384,20 +406,8 @@ impl TargetPool {
                 permit: Some(permit),
                 pool: self.clone(),
             };
-            return Ok((conn, None));
+            return Some(conn);
         }
-        let (sender, peer, permit, took) = self.open(connect_timeout, raw).await?;
-        Ok((
-            PooledConn {
-                sender,
-                peer,
-                reused: false,
-                share: None,
-                permit: Some(permit),
-                pool: self.clone(),
-            },
-            Some(took),
-        ))
     }
 
     async fn connect(&self, raw: bool) -> Result<(Sender, SocketAddr), RequestEnd> {

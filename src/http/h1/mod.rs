@@ -277,9 +277,15 @@ async fn request<S: ConnIo>(
         };
         match read {
             Err(_) if buf.is_empty() && served > 0 => return Exchange::End(EndReason::IdleTimeout),
-            Err(_) => return Exchange::End(EndReason::ClientHeaderTimeout),
-            Ok(Ok(0)) if buf.is_empty() => return Exchange::End(EndReason::ClientClosed),
-            Ok(Ok(0)) => return Exchange::End(EndReason::ClientProtocolError),
+            Err(_) if buf.is_empty() => return Exchange::End(EndReason::ClientHeaderTimeout),
+            // Part of a head came, then nothing: 408, as HAProxy answers
+            // (nothing of a response was sent yet), then the close.
+            Err(_) => {
+                refuse(io, RequestEnd::ClientHeaderTimeout, cfg).await;
+                return Exchange::End(EndReason::ClientHeaderTimeout);
+            }
+            // Closed mid-head: the client left, it broke no rule.
+            Ok(Ok(0)) => return Exchange::End(EndReason::ClientClosed),
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return Exchange::End(EndReason::ClientReset),
         }
@@ -503,7 +509,7 @@ async fn write_parts<S: ConnIo>(
                 }
                 Some(Err(SpliceFailed::Upstream)) => {
                     *keep_alive = false;
-                    return Err(EndReason::UpstreamReset);
+                    return Err(body.failure());
                 }
             }
         }
@@ -538,7 +544,7 @@ async fn write_parts<S: ConnIo>(
                 if !prefix.is_empty() {
                     let _ = io.write_all(&prefix).await;
                 }
-                return Err(EndReason::UpstreamReset);
+                return Err(body.failure());
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
