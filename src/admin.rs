@@ -20,8 +20,32 @@ use crate::server::Runtime;
 
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 
+/// A descriptor held in reserve for the admin listener: when the process
+/// is out of descriptors, it is given up so that the operator's request
+/// can be accepted, then taken again.
+fn reserve_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+type Reserve = Arc<std::sync::Mutex<Option<std::fs::File>>>;
+
+fn take_reserve(r: &Reserve) -> Option<std::fs::File> {
+    r.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+fn refill_reserve(r: &Reserve) {
+    let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+    if r.is_none() {
+        *r = reserve_fd();
+    }
+}
+
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    // (Shared with the connections' tasks: one that ends frees a
+    // descriptor, which the reserve takes back at once.)
+    let reserve = Arc::new(std::sync::Mutex::new(reserve_fd()));
+    let mut backoff = crate::listener::AcceptBackoff::default();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -29,11 +53,19 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let out_of_fds = [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE]
+                    .iter()
+                    .any(|n| e.raw_os_error() == Some(n.raw_os_error()));
+                if out_of_fds && take_reserve(&reserve).is_some() {
+                    continue; // a descriptor is free now: accept again
+                }
+                backoff.failed("admin", &e).await;
                 continue;
             }
         };
+        backoff.succeeded();
+        refill_reserve(&reserve);
+        let reserve = reserve.clone();
         let rt = rt.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -45,6 +77,7 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+            refill_reserve(&reserve);
             drop(permit);
         });
     }

@@ -10,6 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
 use crate::conn::EndReason;
+use crate::conn::log_limit::{Admit, LogLimit};
 use crate::server::{ListenerRt, Runtime};
 
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -26,10 +27,90 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Descriptors kept out of the data listeners' reach: the admin listener
+/// and its connections, listening sockets, epoll and io_uring, files.
+pub const FD_RESERVE: u64 = 256;
+
+/// Raises the soft descriptor limit to the hard one, and returns how many
+/// live connections the data listeners may take: `max_connections`, or
+/// fewer when the descriptors could not serve that many — each connection
+/// takes two (client and upstream) and `FD_RESERVE` stay free (as HAProxy
+/// derives `maxconn` from the limit). Accepting stops at the cap instead
+/// of failing on `EMFILE`, and the admin listener stays reachable. (Splice
+/// pipes are not counted: a pipe that cannot be made leaves its bytes to
+/// be copied.)
+pub fn fd_budget(max_connections: u32) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+            limit = raised;
+        }
+    }
+    let configured = max_connections as usize;
+    let Some(nofile) = limit.current else {
+        return configured; // unlimited
+    };
+    let room = (nofile.saturating_sub(FD_RESERVE) / 2).max(1);
+    let budget = usize::try_from(room).unwrap_or(usize::MAX);
+    if budget < configured {
+        tracing::info!(
+            max_connections = configured,
+            nofile,
+            lowered_to = budget,
+            "limits.max_connections lowered to what the file descriptor limit allows"
+        );
+    }
+    configured.min(budget)
+}
+
+/// How an accept loop deals with failures (`EMFILE`, `ENFILE`, `ENOBUFS`):
+/// it backs off, doubling from 10 ms to 1 s while they last (the pending
+/// connection stays in the kernel's queue), and logs at most
+/// `log_limit::BURST` lines per window with a count of the others.
+pub struct AcceptBackoff {
+    delay: Duration,
+    log: LogLimit<1>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff {
+            delay: Duration::ZERO,
+            log: LogLimit::default(),
+        }
+    }
+}
+
+impl AcceptBackoff {
+    pub async fn failed(&mut self, listener: &str, e: &std::io::Error) {
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if let Admit::Write { suppressed } = self.log.admit(0) {
+            tracing::warn!(
+                listener,
+                error = %e,
+                suppressed,
+                retry_ms = self.delay.as_millis() as u64,
+                "accept failed"
+            );
+        }
+        tokio::time::sleep(self.delay).await;
+    }
+
+    pub fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
 pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Arc<Runtime>) {
-    let max = runtime.config.limits.max_connections as usize;
+    let max = runtime.max_connections;
     let draining = runtime.shutdown.draining();
     tokio::pin!(draining);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -39,13 +120,11 @@ pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Ar
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning;
-                // the pending connection stays in the kernel's queue.
-                tracing::warn!(listener = &*rt.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                backoff.failed(&rt.name, &e).await;
                 continue;
             }
         };
+        backoff.succeeded();
         let guard = runtime.table.register(rt.name.clone(), peer);
         if runtime.table.active() > max {
             guard.finish(EndReason::LimitGlobal);

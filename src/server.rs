@@ -172,6 +172,9 @@ pub struct Runtime {
     pub tls: TlsRt,
     /// Idle keep-alive HTTP/1 connections waiting without a task.
     pub parking: crate::http::park::ParkingLot,
+    /// Live connections the data listeners take: `limits.max_connections`,
+    /// lowered to what the descriptor limit allows (`listener::fd_budget`).
+    pub max_connections: usize,
 }
 
 impl Runtime {
@@ -209,7 +212,9 @@ impl Runtime {
                     .collect()
             })
             .collect();
+        let max_connections = crate::listener::fd_budget(config.limits.max_connections);
         Runtime {
+            max_connections,
             http_order: crate::routing::http_order(&routes),
             routes,
             pools,

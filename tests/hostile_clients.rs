@@ -242,3 +242,97 @@ fn http2_streams_without_window_hold_only_their_share_until_the_send_deadline() 
     let good = good.join().unwrap();
     assert_survived(&gh, before, good, attackers);
 }
+
+fn log_lines(gh: &Gatehouse, needle: &str) -> usize {
+    gh.log_text().lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn a_flood_of_invalid_proxy_headers_logs_a_few_lines_and_counts_them_all() {
+    let gh = Gatehouse::start(&simple_config(
+        "",
+        "proxy_protocol.trusted = [\"127.0.0.0/8\"]",
+        echo_backend(),
+        "",
+    ));
+    let flood = 300;
+    for _ in 0..flood {
+        let mut s = TcpStream::connect(gh.addr("in")).unwrap();
+        let _ = s.write_all(b"GARBAGE GARBAGE\r\n");
+        let _ = wait_closed(&mut s, Duration::from_secs(5));
+    }
+    gh.wait_closed_count("proxy_header_invalid", flood);
+    let lines = log_lines(&gh, "\"reason\":\"proxy_header_invalid\"");
+    assert!(
+        lines <= gatehouse::conn::log_limit::BURST as usize,
+        "{lines} log lines for {flood} invalid headers"
+    );
+    // The first line of the next window says how many were left out.
+    gh.wait_for("the suppression summary", Duration::from_secs(15), |gh| {
+        let mut s = TcpStream::connect(gh.addr("in")).unwrap();
+        let _ = s.write_all(b"GARBAGE\r\n");
+        let _ = wait_closed(&mut s, Duration::from_secs(5));
+        gh.log_text().contains("similar suppressed")
+    });
+    let summary = gh
+        .log_text()
+        .lines()
+        .find(|l| l.contains("similar suppressed"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .unwrap();
+    assert_eq!(summary["reason"], "proxy_header_invalid");
+    assert!(summary["suppressed"].as_u64().unwrap() >= flood - 10);
+}
+
+#[test]
+fn the_descriptor_limit_caps_connections_and_the_admin_listener_stays_reachable() {
+    // (256 descriptors are kept back; two per connection.)
+    let gh = Gatehouse::start_with_nofile(&http_config("", "", backend(), ""), 512);
+    assert!(
+        gh.log_text().contains("\"lowered_to\":128"),
+        "{}",
+        gh.log_text()
+    );
+    let web = gh.addr("web");
+    // Past the cap: refused at once, everything else keeps working.
+    let held: Vec<TcpStream> = (0..150).map(|_| TcpStream::connect(web).unwrap()).collect();
+    gh.wait_closed_count("limit_global", 22);
+    for _ in 0..10 {
+        gh.get("/healthz");
+    }
+    drop(held);
+    gh.wait_empty(Duration::from_secs(10));
+
+    // Out of descriptors all the same (the limit lowered under it): the
+    // data listener backs off and logs a few lines; the admin listener
+    // answers, from its reserved descriptor.
+    let tight = gh.fd_count() + 4;
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", gh.pid()))
+        .arg(format!("--nofile={tight}:{tight}"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let waiting: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(web).unwrap()).collect();
+    gh.wait_for("accept failures", Duration::from_secs(10), |gh| {
+        log_lines(gh, "accept failed") > 0
+    });
+    for _ in 0..20 {
+        gh.get("/healthz");
+    }
+    // At most a burst of lines per listener and window.
+    for listener in ["web", "admin"] {
+        let failures = gh
+            .log_text()
+            .lines()
+            .filter(|l| {
+                l.contains("accept failed") && l.contains(&format!("\"listener\":\"{listener}\""))
+            })
+            .count();
+        assert!(
+            failures <= gatehouse::conn::log_limit::BURST as usize,
+            "{failures} accept-failure lines for {listener}"
+        );
+    }
+    drop(waiting);
+}

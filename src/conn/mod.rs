@@ -2,6 +2,7 @@
 //! through, the reasons it can end (each with the side to blame), and the
 //! connection table whose entries are guards owned by the connection's task.
 
+pub mod log_limit;
 mod table;
 
 pub use table::{ConnEntry, ConnGuard, ConnSnapshot, ConnTable};

@@ -12,7 +12,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::{ConnState, EndReason};
+use super::log_limit::{self, Admit, LogLimit};
+use super::{ConnState, EndReason, Side};
 use crate::metrics::Metrics;
 use crate::proxy_protocol::Tlv;
 
@@ -23,6 +24,8 @@ pub struct ConnTable {
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     metrics: Arc<Metrics>,
     emptied: Notify,
+    /// Info lines of client-caused endings, per reason (`log_limit`).
+    log_limit: LogLimit<{ EndReason::COUNT }>,
 }
 
 /// One live connection. Fields that change on the hot path are atomics; the
@@ -133,6 +136,7 @@ impl ConnTable {
             per_ip: Mutex::new(HashMap::new()),
             metrics,
             emptied: Notify::new(),
+            log_limit: LogLimit::default(),
         })
     }
 
@@ -422,10 +426,29 @@ impl ConnGuard {
                 )
             };
         }
-        if reason.is_notable() {
-            end_event!(tracing::Level::INFO);
-        } else {
+        if !reason.is_notable() {
             end_event!(tracing::Level::DEBUG);
+            return;
+        }
+        // What a flood of hostile clients multiplies is rate-limited.
+        if reason.side() != Side::Client {
+            end_event!(tracing::Level::INFO);
+            return;
+        }
+        match self.table.log_limit.admit(reason.index()) {
+            Admit::Write { suppressed } => {
+                if suppressed > 0 {
+                    tracing::info!(
+                        reason = reason.as_str(),
+                        side = reason.side().as_str(),
+                        suppressed,
+                        "connection closed: {suppressed} similar suppressed in the last {} s",
+                        log_limit::WINDOW.as_secs()
+                    );
+                }
+                end_event!(tracing::Level::INFO);
+            }
+            Admit::Suppress => end_event!(tracing::Level::DEBUG),
         }
     }
 }

@@ -30,10 +30,27 @@ impl Gatehouse {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gatehouse {
+        Self::start_with(config, env, None)
+    }
+
+    /// Starts Gatehouse with its descriptor limit (soft and hard) set to
+    /// `nofile`, through util-linux's `prlimit`.
+    pub fn start_with_nofile(config: &str, nofile: u64) -> Gatehouse {
+        Self::start_with(config, &[], Some(nofile))
+    }
+
+    fn start_with(config: &str, env: &[(&str, &str)], nofile: Option<u64>) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gatehouse.toml");
         std::fs::write(&path, config).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(["run", "--config"])
             .arg(&path)
             .args(["--log-format", "json"]);
