@@ -11,7 +11,9 @@
 //! others ask the same of the system for the same reason).
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use libmimalloc_sys as mi;
 
@@ -79,11 +81,37 @@ unsafe impl GlobalAlloc for Mimalloc {
     }
 }
 
-/// Returns free pages to the system now (`mi_collect(true)`). Called when
-/// the process has just gone quiet (connections parked, few active): under
-/// load it would purge pages that are reused at once.
-#[allow(unsafe_code)]
+/// Asks every worker to return its free pages to the system, and does so
+/// for the calling thread now. Called when the process has just gone
+/// quiet (connections parked, or a flood's connections ended): under load
+/// it would purge pages that are reused at once. mimalloc's heaps are per
+/// thread and a thread can only collect its own, so each worker does it in
+/// `on_worker_park`, the next time it runs out of work.
 pub fn release_free_pages() {
+    RELEASE_EPOCH.fetch_add(1, Ordering::Relaxed);
+    collect();
+}
+
+/// Bumped by each `release_free_pages`.
+static RELEASE_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The epoch this thread last collected at.
+    static COLLECTED_AT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The runtime's park hook: a worker about to wait for work collects its
+/// heap once per `release_free_pages` (an atomic load otherwise).
+pub fn on_worker_park() {
+    let epoch = RELEASE_EPOCH.load(Ordering::Relaxed);
+    if COLLECTED_AT.with(Cell::get) != epoch {
+        collect();
+    }
+}
+
+#[allow(unsafe_code)]
+fn collect() {
+    COLLECTED_AT.with(|c| c.set(RELEASE_EPOCH.load(Ordering::Relaxed)));
     // SAFETY: `mi_collect` has no preconditions; it walks the calling
     // thread's heap (and abandoned ones) and purges its free pages.
     unsafe { libmimalloc_sys::mi_collect(true) }

@@ -101,6 +101,9 @@ fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
     };
     let runtime = builder
         .enable_all()
+        // Each worker hands its free pages back when it next goes idle
+        // after the process asked for it (`alloc::release_free_pages`).
+        .on_thread_park(gatehouse::alloc::on_worker_park)
         .build()
         .context("building the async runtime")?;
     let result = runtime.block_on(gatehouse::server::run(config));

@@ -232,6 +232,20 @@ impl Runtime {
     }
 }
 
+/// Connections that must have ended (with at most half of the most live
+/// left) before memory is given back on that account.
+const RELEASE_AFTER_ENDED: usize = 256;
+
+/// Wakes parked workers with empty tasks, so that each passes through its
+/// park hook again (`alloc::on_worker_park`) soon.
+fn wake_workers(workers: usize) {
+    if workers > 1 {
+        for _ in 0..2 * workers {
+            tokio::spawn(async {});
+        }
+    }
+}
+
 /// Runs until a signal has been handled and the drain is over.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
@@ -305,15 +319,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::http::park::SWEEP_EVERY);
         let mut parked_before = 0;
+        // The most live connections since memory was last given back.
+        let mut high = 0;
         loop {
             tick.tick().await;
             parking.parking.sweep();
-            // Gone quiet (more parked, few still active): give the memory
-            // their tasks and buffers held back to the system.
+            // Gone quiet — more parked and few still active, or most of
+            // a crowd (a flood) gone — : give the memory their tasks and
+            // buffers held back to the system.
             let parked = parking.parking.len();
-            let active = parking.table.active().saturating_sub(parked);
-            if parked > parked_before && active < 16 {
+            let live = parking.table.active();
+            let active = live.saturating_sub(parked);
+            high = high.max(live);
+            let crowd_gone = high >= live + RELEASE_AFTER_ENDED && live <= high / 2;
+            if (parked > parked_before && active < 16) || crowd_gone {
                 crate::alloc::release_free_pages();
+                wake_workers(parking.config.workers);
+                high = live;
             }
             parked_before = parked;
         }

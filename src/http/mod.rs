@@ -69,14 +69,19 @@ pub async fn serve(
 pub enum Served<S> {
     End(EndReason),
     Park(h1::Parked<S>),
+    /// Upgraded after a `101`: its tunnel is to run (`finish`), with the
+    /// HTTP loop's state already gone.
+    Upgrade(Box<h1::Upgrade<S>>),
 }
 
-impl<S> Served<S> {
-    /// For streams that are never parked (TLS).
-    pub fn reason(self) -> EndReason {
+impl<S: h1::ConnIo> Served<S> {
+    /// For streams that are never parked (TLS): runs an upgraded
+    /// connection's tunnel, and returns how the connection ended.
+    pub async fn finish(self, guard: &ConnGuard, shutdown: &ShutdownSignal) -> EndReason {
         match self {
             Served::End(r) => r,
             Served::Park(_) => EndReason::Internal,
+            Served::Upgrade(u) => Box::pin(tunnel::run_h1(*u, guard, shutdown)).await,
         }
     }
 }
@@ -129,6 +134,7 @@ pub async fn serve_h1<S: h1::ConnIo>(
     tokio::pin!(conn);
     match drive(conn, &rt.shutdown, idle, |_| {}).await {
         Driven::Done(h1::H1End::End(reason)) => Served::End(reason),
+        Driven::Done(h1::H1End::Upgrade(u)) => Served::Upgrade(u),
         Driven::Done(h1::H1End::Park(mut p)) => {
             // The connection has been idle for `PARK_AFTER`: the global idle
             // deadline keeps running while it is parked.

@@ -277,7 +277,14 @@ fn wake_ready(rt: &Arc<Runtime>) -> rustix::io::Result<()> {
 
 /// Where a served connection goes next: its end is recorded, or it is
 /// parked until its next request.
-pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, rt: Arc<Runtime>) {
+/// An upgraded connection's tunnel runs here, after the HTTP loop's
+/// state is gone.
+pub async fn settle(
+    served: Served<Io>,
+    guard: ConnGuard,
+    listener: Arc<ListenerRt>,
+    rt: Arc<Runtime>,
+) {
     let Parked {
         io,
         handler,
@@ -285,6 +292,10 @@ pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, r
         deadline,
     } = match served {
         Served::End(reason) => return guard.finish(reason),
+        Served::Upgrade(u) => {
+            let reason = Box::pin(super::tunnel::run_h1(*u, &guard, &rt.shutdown)).await;
+            return guard.finish(reason);
+        }
         Served::Park(p) => p,
     };
     if rt.shutdown.is_draining() {
@@ -354,6 +365,6 @@ fn resume(c: ParkedConn, rt: &Arc<Runtime>) {
         ));
         let io = Prefixed::new(stream, Vec::new(), guard.entry_arc());
         let served = super::serve_h1(io, handler, cfg, Some((served, deadline)), &guard, &rt).await;
-        settle(served, guard, listener, rt);
+        settle(served, guard, listener, rt).await;
     });
 }

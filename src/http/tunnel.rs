@@ -11,11 +11,14 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
-use crate::conn::EndReason;
+use super::h1::{ConnIo, Replay};
+use crate::conn::{ConnGuard, EndReason};
+use crate::l4::pump;
 use crate::server::ShutdownSignal;
 
 #[derive(Clone)]
@@ -93,23 +96,87 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
     }
 }
 
-/// Runs the tunnel between the client connection (handed over by the
-/// HTTP/1 loop after writing the 101) and the upstream's upgraded one.
-pub async fn run<C>(tunnel: Tunnel, client: C, shutdown: &ShutdownSignal) -> EndReason
+/// The upstream's upgraded connection, once hyper hands it over (right
+/// after the 101; the wait is bounded anyway, by the tunnel's idle deadline).
+async fn handover(tunnel: &mut Tunnel) -> Result<Upgraded, EndReason> {
+    let wait = tunnel.idle.unwrap_or(Duration::from_secs(30));
+    match tokio::time::timeout(wait, &mut tunnel.upstream).await {
+        Ok(Ok(u)) => Ok(u),
+        Ok(Err(_)) => Err(EndReason::UpstreamReset),
+        Err(_) => Err(EndReason::IdleTimeout),
+    }
+}
+
+/// Runs an HTTP/1.1 upgrade's tunnel: the client connection handed over
+/// by the HTTP/1 loop after writing the 101 (`early`: bytes it sent right
+/// after its request), and the upstream's upgraded one. When both are
+/// plain TCP, the L4 pump moves the bytes: no buffer is held while the
+/// tunnel is idle, and the upstream socket is ours again (hyper's
+/// connection state is gone). Otherwise (TLS on either side) they are copied.
+pub async fn run_h1<S: ConnIo>(
+    upgrade: super::h1::Upgrade<S>,
+    guard: &ConnGuard,
+    shutdown: &ShutdownSignal,
+) -> EndReason {
+    let super::h1::Upgrade {
+        mut tunnel,
+        early,
+        io,
+    } = upgrade;
+    let upstream = match handover(&mut tunnel).await {
+        Ok(u) => u,
+        Err(reason) => return reason,
+    };
+    // (`parkable`: plain TCP with no replayed bytes left in the wrapper.)
+    let upstream = match (io.tcp(), io.parkable()) {
+        (Some(client), true) => match upstream.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let upstream = parts.io.into_inner();
+                // Only the bytes owed are kept: the buffers they were read
+                // into (the loop's, hyper's) go now, not with the tunnel.
+                let (first_up, first_down) = (early.to_vec(), parts.read_buf.to_vec());
+                drop((early, parts.read_buf));
+                let deadlines = pump::Deadlines {
+                    idle: tunnel.idle,
+                    max_lifetime: tunnel.max_lifetime,
+                    started: Instant::now(),
+                };
+                return pump::run(
+                    client, &upstream, first_up, first_down, guard, deadlines, false, shutdown,
+                )
+                .await;
+            }
+            Err(upgraded) => upgraded,
+        },
+        _ => upstream,
+    };
+    let client = Replay::new(early, io);
+    // Boxed: the copy path's state stays out of the pump's.
+    Box::pin(copy(&tunnel, upstream, client, shutdown)).await
+}
+
+/// Runs the tunnel between a client stream and the upstream's upgraded
+/// connection (an HTTP/2 extended CONNECT's: the stream is the client).
+pub async fn run<C>(mut tunnel: Tunnel, client: C, shutdown: &ShutdownSignal) -> EndReason
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    // hyper hands the upstream connection over right after the 101; bound
-    // the wait anyway, by the tunnel's own idle deadline.
-    let handover = tokio::time::timeout(
-        tunnel.idle.unwrap_or(Duration::from_secs(30)),
-        tunnel.upstream,
-    );
-    let upstream = match handover.await {
-        Ok(Ok(u)) => u,
-        Ok(Err(_)) => return EndReason::UpstreamReset,
-        Err(_) => return EndReason::IdleTimeout,
-    };
+    match handover(&mut tunnel).await {
+        Ok(upstream) => copy(&tunnel, upstream, client, shutdown).await,
+        Err(reason) => reason,
+    }
+}
+
+/// Copies both ways (8 KiB buffers each way, held for the tunnel's life).
+async fn copy<C>(
+    tunnel: &Tunnel,
+    upstream: Upgraded,
+    client: C,
+    shutdown: &ShutdownSignal,
+) -> EndReason
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let last = AtomicU64::new(0);
     let (first_eof, failed) = (AtomicU8::new(0), AtomicU8::new(0));

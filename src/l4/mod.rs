@@ -4,7 +4,7 @@
 //! and returns exactly one `EndReason`. Both sockets are closed before the
 //! table entry (the `ConnGuard`) is dropped.
 
-mod pump;
+pub(crate) mod pump;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -35,7 +35,7 @@ pub async fn serve(
             // connection's task. (An idle HTTP connection leaves this task
             // for good when it is parked.)
             let served = Box::pin(serve_http(*h, &mut guard, &listener, &rt)).await;
-            crate::http::park::settle(served, guard, listener, rt);
+            crate::http::park::settle(served, guard, listener, rt).await;
         }
     }
 }
@@ -285,6 +285,7 @@ async fn run(
             &client,
             &upstream,
             first_up,
+            Vec::new(),
             guard,
             limits,
             refuse_proxy_signature,
@@ -338,7 +339,8 @@ async fn serve_https(
     guard.set_state(ConnState::Established);
     crate::http::serve_io(stream, h2, info, guard, listener, rt)
         .await
-        .reason()
+        .finish(guard, &rt.shutdown)
+        .await
 }
 
 /// A `tls` listener's route that terminates: handshake with the client,

@@ -112,10 +112,19 @@ pub struct Parked<S> {
     pub deadline: Instant,
 }
 
+/// A connection upgraded after a `101`, handed over to run its tunnel.
+pub struct Upgrade<S> {
+    pub tunnel: super::tunnel::Tunnel,
+    /// Bytes the client sent right after its request.
+    pub early: BytesMut,
+    pub io: S,
+}
+
 /// How the HTTP/1 loop let go of its connection.
 pub enum H1End<S> {
     End(EndReason),
     Park(Parked<S>),
+    Upgrade(Box<Upgrade<S>>),
 }
 
 /// Serves requests on `io` until the connection ends (returns why) or
@@ -202,11 +211,13 @@ pub async fn serve<S: ConnIo>(
             Exchange::End(reason) => return H1End::End(reason),
             Exchange::Upgrade(tunnel) => {
                 guard.set_state(ConnState::Upgraded);
-                let client = Replay {
-                    prefix: std::mem::take(&mut buf),
-                    inner: io,
-                };
-                return H1End::End(Box::pin(super::tunnel::run(tunnel, client, shutdown)).await);
+                // The loop's state (and the handler) end here: the tunnel
+                // runs on its own, after them (`tunnel::run_h1`).
+                return H1End::Upgrade(Box::new(Upgrade {
+                    tunnel,
+                    early: std::mem::take(&mut buf),
+                    io,
+                }));
             }
         };
         if !keep_alive {
@@ -589,6 +600,12 @@ async fn write_parts<S: ConnIo>(
 pub struct Replay<S> {
     prefix: BytesMut,
     inner: S,
+}
+
+impl<S> Replay<S> {
+    pub fn new(prefix: BytesMut, inner: S) -> Replay<S> {
+        Replay { prefix, inner }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {

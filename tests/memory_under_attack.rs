@@ -1,0 +1,167 @@
+//! Memory under attack, measured on the real binary: an idle WebSocket
+//! holds no buffers (a couple of KiB at most), and after a flood of
+//! slowloris connections ends, the memory it took goes back to the system,
+//! with several workers as with one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap())
+        })
+        .unwrap()
+}
+
+/// A WebSocket backend: answers each upgrade with 101 and keeps the
+/// connection, silent.
+fn ws_backend() -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let kept2 = kept.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            if read_request(&mut s).is_none() {
+                continue;
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            );
+            kept2.lock().unwrap().push(s);
+        }
+    });
+    (addr, kept)
+}
+
+fn open_websocket(web: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(web).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+#[test]
+fn an_idle_websocket_costs_at_most_two_kib() {
+    let (backend, _kept) = ws_backend();
+    let gh = Gatehouse::start(&http_config(
+        "limits.max_connections = 20000",
+        "http.access_log = false",
+        backend,
+        "policy.allow_upgrade = true",
+    ));
+    let web = gh.addr("web");
+    // Warm up: pools, timers and the allocator's first pages.
+    let mut held: Vec<TcpStream> = (0..200).map(|_| open_websocket(web)).collect();
+    // One echo proves the tunnel moves bytes, then everything idles.
+    let n = 2000;
+    thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(gh.pid());
+    held.extend((0..n).map(|_| open_websocket(web)));
+    // Settled: every tunnel established and idle.
+    gh.wait_for("tunnels upgraded", Duration::from_secs(10), |gh| {
+        gh.metric("gatehouse_connections_active", &[("state", "upgraded")]) == n + 200
+    });
+    thread::sleep(Duration::from_millis(300));
+    let after = rss_kib(gh.pid());
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    eprintln!("idle WebSocket: {per:.0} bytes each ({before} -> {after} KiB)");
+    assert!(per <= 2048.0, "an idle WebSocket costs {per:.0} bytes");
+    drop(held);
+}
+
+/// RSS within 25 % of its value before a flood, waited for at most 30 s
+/// after the flood's last connection ended.
+fn assert_memory_returns(gh: &Gatehouse, before: u64, peak: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let limit = before + before / 4;
+    loop {
+        let now = rss_kib(gh.pid());
+        if now <= limit {
+            eprintln!("RSS before {before} KiB, peak {peak} KiB, after {now} KiB");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS still {now} KiB 30 s after the flood (before {before} KiB, peak {peak} KiB)"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Four rounds of 5,000 slowloris connections (half a head each, then
+/// nothing), each round cut at the header deadline.
+fn slowloris_rounds(workers: &str) {
+    let (backend, _kept) = ws_backend();
+    let gh = Gatehouse::start(&http_config(
+        &format!("{workers}\nlimits.max_connections = 20000"),
+        "http.header_read_timeout = \"1s\"\nhttp.access_log = false",
+        backend,
+        "",
+    ));
+    let web = gh.addr("web");
+    // A few ordinary requests first: the steady state's memory.
+    for _ in 0..50 {
+        let _ = raw_exchange(
+            web,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+    }
+    thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(gh.pid());
+    let mut peak = before;
+    for round in 1..=4u64 {
+        let held: Vec<TcpStream> = (0..5000)
+            .map(|_| {
+                let mut s = TcpStream::connect(web).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                    .unwrap();
+                s
+            })
+            .collect();
+        peak = peak.max(rss_kib(gh.pid()));
+        gh.wait_for("the round cut", Duration::from_secs(20), |gh| {
+            gh.closed("client_header_timeout") >= round * 5000
+        });
+        drop(held);
+    }
+    gh.wait_empty(Duration::from_secs(10));
+    assert_memory_returns(&gh, before, peak);
+}
+
+#[test]
+fn memory_taken_by_a_slowloris_flood_is_given_back_with_one_worker() {
+    slowloris_rounds("workers = 1");
+}
+
+#[test]
+fn memory_taken_by_a_slowloris_flood_is_given_back_with_several_workers() {
+    slowloris_rounds("workers = 2");
+}
