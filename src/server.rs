@@ -236,6 +236,10 @@ impl Runtime {
 /// left) before memory is given back on that account.
 const RELEASE_AFTER_ENDED: usize = 256;
 
+/// Sweeps (a quarter second apart) that give memory back after a crowd is
+/// gone.
+const RELEASE_SWEEPS: u32 = 8;
+
 /// Wakes parked workers with empty tasks, so that each passes through its
 /// park hook again (`alloc::on_worker_park`) soon.
 fn wake_workers(workers: usize) {
@@ -321,6 +325,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let mut parked_before = 0;
         // The most live connections since memory was last given back.
         let mut high = 0;
+        // Sweeps left that give memory back again: a crowd's last
+        // connections end, and are freed (possibly on other workers), over
+        // a while, not all at the sweep that noticed.
+        let mut again = 0u32;
         loop {
             tick.tick().await;
             parking.parking.sweep();
@@ -332,10 +340,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let active = live.saturating_sub(parked);
             high = high.max(live);
             let crowd_gone = high >= live + RELEASE_AFTER_ENDED && live <= high / 2;
-            if (parked > parked_before && active < 16) || crowd_gone {
+            if crowd_gone {
+                again = RELEASE_SWEEPS;
+                high = live;
+            }
+            if (parked > parked_before && active < 16) || again > 0 {
                 crate::alloc::release_free_pages();
                 wake_workers(parking.config.workers);
-                high = live;
+                again = again.saturating_sub(1);
             }
             parked_before = parked;
         }

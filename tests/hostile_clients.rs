@@ -336,3 +336,41 @@ fn the_descriptor_limit_caps_connections_and_the_admin_listener_stays_reachable(
     }
     drop(waiting);
 }
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Rapid reset: streams reset in the same read as their HEADERS are never
+/// started (h2 drops them before they are accepted, counting them against
+/// `too_many_resets`), so nothing of them goes upstream.
+#[test]
+fn http2_streams_reset_with_their_headers_never_reach_the_upstream() {
+    let (backend, seen) = raw_http_backend(|_| ok_response("ok"));
+    let gh = Gatehouse::start(&http_config("", "http.h2c = true", backend, ""));
+    // The preface, SETTINGS, then per stream HEADERS (GET http://a/, HPACK
+    // static indexes) and at once RST_STREAM (CANCEL), all in one write.
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(0x4, 0, 0, &[]));
+    let block = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    let streams = 15u32;
+    for i in 0..streams {
+        let id = 1 + 2 * i;
+        bytes.extend(h2_frame(0x1, 0x5, id, &block)); // END_STREAM | END_HEADERS
+        bytes.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    // One request that stays, to know the others were read before it.
+    bytes.extend(h2_frame(0x1, 0x5, 1 + 2 * streams, &block));
+    let mut s = TcpStream::connect(gh.addr("web")).unwrap();
+    s.write_all(&bytes).unwrap();
+    gh.wait_for("the request that stayed", Duration::from_secs(5), |_| {
+        !seen.lock().unwrap().is_empty()
+    });
+    assert_eq!(seen.lock().unwrap().len(), 1, "reset streams went upstream");
+    drop(s);
+}

@@ -81,7 +81,10 @@ impl<S: h1::ConnIo> Served<S> {
         match self {
             Served::End(r) => r,
             Served::Park(_) => EndReason::Internal,
-            Served::Upgrade(u) => Box::pin(tunnel::run_h1(*u, guard, shutdown)).await,
+            Served::Upgrade(u) => {
+                let u = *u; // (its box goes now, not with the tunnel)
+                Box::pin(tunnel::run_h1(u, guard, shutdown)).await
+            }
         }
     }
 }

@@ -293,7 +293,8 @@ pub async fn settle(
     } = match served {
         Served::End(reason) => return guard.finish(reason),
         Served::Upgrade(u) => {
-            let reason = Box::pin(super::tunnel::run_h1(*u, &guard, &rt.shutdown)).await;
+            let u = *u; // (its box goes now, not with the tunnel)
+            let reason = Box::pin(super::tunnel::run_h1(u, &guard, &rt.shutdown)).await;
             return guard.finish(reason);
         }
         Served::Park(p) => p,
