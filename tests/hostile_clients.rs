@@ -117,6 +117,10 @@ fn assert_survived(
         "the good client failed {failed} of {total} requests"
     );
     let tail = p99(ok);
+    eprintln!(
+        "good client: {} of {total} succeeded, p99 {tail:?} (before the attack {baseline:?})",
+        total - failed
+    );
     assert!(
         tail <= baseline * 5 + Duration::from_millis(100),
         "good client's p99 {tail:?} under attack, {baseline:?} before"

@@ -275,16 +275,21 @@ fn wake_ready(rt: &Arc<Runtime>) -> rustix::io::Result<()> {
     }
 }
 
-/// Where a served connection goes next: its end is recorded, or it is
-/// parked until its next request.
-/// An upgraded connection's tunnel runs here, after the HTTP loop's
-/// state is gone.
-pub async fn settle(
-    served: Served<Io>,
-    guard: ConnGuard,
-    listener: Arc<ListenerRt>,
-    rt: Arc<Runtime>,
-) {
+/// An upgraded connection's tunnel runs in a task of its own, whose
+/// future is only the tunnel's: the connection's first task, sized for
+/// every state a connection goes through, ends (as a parked connection's
+/// does), and so does the HTTP loop's state.
+fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runtime>) {
+    let u = *u; // (its box goes now, not with the tunnel)
+    tokio::spawn(async move {
+        let reason = super::tunnel::run_h1(u, &guard, &rt.shutdown).await;
+        guard.finish(reason);
+    });
+}
+
+/// Where a served connection goes next: its end is recorded, its tunnel
+/// is run (upgraded), or it is parked until its next request.
+pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, rt: Arc<Runtime>) {
     let Parked {
         io,
         handler,
@@ -292,11 +297,7 @@ pub async fn settle(
         deadline,
     } = match served {
         Served::End(reason) => return guard.finish(reason),
-        Served::Upgrade(u) => {
-            let u = *u; // (its box goes now, not with the tunnel)
-            let reason = Box::pin(super::tunnel::run_h1(u, &guard, &rt.shutdown)).await;
-            return guard.finish(reason);
-        }
+        Served::Upgrade(u) => return spawn_upgraded(u, guard, rt),
         Served::Park(p) => p,
     };
     if rt.shutdown.is_draining() {
@@ -366,6 +367,6 @@ fn resume(c: ParkedConn, rt: &Arc<Runtime>) {
         ));
         let io = Prefixed::new(stream, Vec::new(), guard.entry_arc());
         let served = super::serve_h1(io, handler, cfg, Some((served, deadline)), &guard, &rt).await;
-        settle(served, guard, listener, rt).await;
+        settle(served, guard, listener, rt);
     });
 }

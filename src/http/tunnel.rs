@@ -136,13 +136,23 @@ pub async fn run_h1<S: ConnIo>(
                 // into (the loop's, hyper's) go now, not with the tunnel.
                 let (first_up, first_down) = (early.to_vec(), parts.read_buf.to_vec());
                 drop((early, parts.read_buf));
+                // What the upstream sent right after its 101 goes first
+                // (usually nothing, at most what one read brought).
+                let wait = tunnel.idle.unwrap_or(Duration::from_secs(30));
+                let owed = write_owed(client, &first_down, &guard.entry().bytes_down);
+                match tokio::time::timeout(wait, owed).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return EndReason::ClientReset,
+                    Err(_) => return EndReason::ClientSendTimeout,
+                }
+                drop(first_down);
                 let deadlines = pump::Deadlines {
                     idle: tunnel.idle,
                     max_lifetime: tunnel.max_lifetime,
                     started: Instant::now(),
                 };
                 return pump::run(
-                    client, &upstream, first_up, first_down, guard, deadlines, false, shutdown,
+                    client, &upstream, first_up, guard, deadlines, false, shutdown,
                 )
                 .await;
             }
@@ -153,6 +163,22 @@ pub async fn run_h1<S: ConnIo>(
     let client = Replay::new(early, io);
     // Boxed: the copy path's state stays out of the pump's.
     Box::pin(copy(&tunnel, upstream, client, shutdown)).await
+}
+
+/// Writes all of `bytes` to a client socket, counted into `sent`.
+async fn write_owed(client: &TcpStream, mut bytes: &[u8], sent: &AtomicU64) -> io::Result<()> {
+    while !bytes.is_empty() {
+        client.writable().await?;
+        match client.try_write(bytes) {
+            Ok(n) => {
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+                bytes = &bytes[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Runs the tunnel between a client stream and the upstream's upgraded

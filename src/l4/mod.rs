@@ -33,9 +33,10 @@ pub async fn serve(
         Step::Http(h) => {
             // Boxed: the HTTP connection's state is not part of an L4
             // connection's task. (An idle HTTP connection leaves this task
-            // for good when it is parked.)
+            // for good when it is parked; an upgraded one, for a task of
+            // its own.)
             let served = Box::pin(serve_http(*h, &mut guard, &listener, &rt)).await;
-            crate::http::park::settle(served, guard, listener, rt).await;
+            crate::http::park::settle(served, guard, listener, rt);
         }
     }
 }
@@ -285,7 +286,6 @@ async fn run(
             &client,
             &upstream,
             first_up,
-            Vec::new(),
             guard,
             limits,
             refuse_proxy_signature,

@@ -260,16 +260,10 @@ impl Activity {
     }
 }
 
-/// Moves bytes between `client` and `upstream` until the connection ends.
-/// `first_up` / `first_down`: bytes owed to each side before anything read
-/// from the other (a PROXY header and early client bytes; what an upgraded
-/// HTTP upstream sent right after its `101`).
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: &TcpStream,
     upstream: &TcpStream,
     first_up: Vec<u8>,
-    first_down: Vec<u8>,
     guard: &ConnGuard,
     deadlines: Deadlines,
     refuse_proxy_signature: bool,
@@ -296,14 +290,7 @@ pub async fn run(
         splice,
     };
     let mut down = Direction {
-        state: if first_down.is_empty() {
-            DirState::Waiting
-        } else {
-            DirState::Prefix {
-                data: first_down,
-                start: 0,
-            }
-        },
+        state: DirState::Waiting,
         bytes: &entry.bytes_down,
         refuse_proxy_signature: false,
         splice,
