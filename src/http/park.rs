@@ -279,8 +279,7 @@ fn wake_ready(rt: &Arc<Runtime>) -> rustix::io::Result<()> {
 /// future is only the tunnel's: the connection's first task, sized for
 /// every state a connection goes through, ends (as a parked connection's
 /// does), and so does the HTTP loop's state.
-fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runtime>) {
-    let u = *u; // (its box goes now, not with the tunnel)
+fn spawn_upgraded(u: super::h1::Upgrade<Io>, guard: ConnGuard, rt: Arc<Runtime>) {
     tokio::spawn(async move {
         let reason = super::tunnel::run_h1(u, &guard, &rt.shutdown).await;
         guard.finish(reason);
@@ -297,7 +296,7 @@ pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, r
         deadline,
     } = match served {
         Served::End(reason) => return guard.finish(reason),
-        Served::Upgrade(u) => return spawn_upgraded(u, guard, rt),
+        Served::Upgrade(u) => return spawn_upgraded(*u, guard, rt),
         Served::Park(p) => p,
     };
     if rt.shutdown.is_draining() {
