@@ -53,10 +53,7 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                let out_of_fds = [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE]
-                    .iter()
-                    .any(|n| e.raw_os_error() == Some(n.raw_os_error()));
-                if out_of_fds && take_reserve(&reserve).is_some() {
+                if crate::listener::out_of_fds(&e) && take_reserve(&reserve).is_some() {
                     continue; // a descriptor is free now: accept again
                 }
                 backoff.failed("admin", &e).await;

@@ -3,7 +3,9 @@
 //! against the global limit, and handed to its own task in `l4`.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -68,6 +70,25 @@ pub fn fd_budget(max_connections: u32) -> usize {
     configured.min(budget)
 }
 
+/// The lowest descriptor number a data listener's accepted connection may
+/// not have: the limit less `FD_RESERVE` (descriptors are numbered lowest
+/// free first, so a connection numbered above it means the reserve is
+/// being eaten into: it is closed at once, `limit_global`). Read again
+/// whenever an accept fails for want of descriptors, so that a limit
+/// lowered under the running process is seen.
+pub fn fd_ceiling() -> u64 {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(n) => n.saturating_sub(FD_RESERVE),
+        None => u64::MAX,
+    }
+}
+
+pub fn out_of_fds(e: &std::io::Error) -> bool {
+    [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE]
+        .iter()
+        .any(|n| e.raw_os_error() == Some(n.raw_os_error()))
+}
+
 /// How an accept loop deals with failures (`EMFILE`, `ENFILE`, `ENOBUFS`):
 /// it backs off, doubling from 10 ms to 1 s while they last (the pending
 /// connection stays in the kernel's queue), and logs at most
@@ -120,13 +141,17 @@ pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Ar
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
+                if out_of_fds(&e) {
+                    runtime.fd_ceiling.store(fd_ceiling(), Ordering::Relaxed);
+                }
                 backoff.failed(&rt.name, &e).await;
                 continue;
             }
         };
         backoff.succeeded();
         let guard = runtime.table.register(rt.name.clone(), peer);
-        if runtime.table.active() > max {
+        let fd = stream.as_raw_fd() as u64;
+        if runtime.table.active() > max || fd >= runtime.fd_ceiling.load(Ordering::Relaxed) {
             guard.finish(EndReason::LimitGlobal);
             drop(stream);
             continue;

@@ -175,6 +175,10 @@ pub struct Runtime {
     /// Live connections the data listeners take: `limits.max_connections`,
     /// lowered to what the descriptor limit allows (`listener::fd_budget`).
     pub max_connections: usize,
+    /// Accepted connections numbered at or above it are closed at once:
+    /// the descriptors above it are kept for the admin listener and the
+    /// process (`listener::fd_ceiling`).
+    pub fd_ceiling: std::sync::atomic::AtomicU64,
 }
 
 impl Runtime {
@@ -215,6 +219,7 @@ impl Runtime {
         let max_connections = crate::listener::fd_budget(config.limits.max_connections);
         Runtime {
             max_connections,
+            fd_ceiling: crate::listener::fd_ceiling().into(),
             http_order: crate::routing::http_order(&routes),
             routes,
             pools,
@@ -306,6 +311,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tick.tick().await;
             crate::splice::trim();
             housekeeping.reap_pools();
+            // (A descriptor limit changed under the process is seen.)
+            housekeeping.fd_ceiling.store(
+                crate::listener::fd_ceiling(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             housekeeping.tls.certs.reload_changed();
         }
     });
