@@ -143,6 +143,7 @@ fn http1_clients_that_stop_reading_hold_only_their_share_until_the_send_deadline
     let gh = Gatehouse::start(&config(backend(), false));
     let web = gh.addr("web");
     let before = baseline(web);
+    let rss_before = gh.rss_kib();
 
     let stop = Arc::new(AtomicBool::new(false));
     let good = good_client(web, stop.clone());
@@ -161,6 +162,7 @@ fn http1_clients_that_stop_reading_hold_only_their_share_until_the_send_deadline
         Duration::from_secs(10),
         |gh| request_ends(gh, "limit_client_share") == attackers - SHARE,
     );
+    let rss_peak = gh.rss_kib();
     // ... and those served end at the send deadline.
     gh.wait_for("the send deadline", Duration::from_secs(10), |gh| {
         request_ends(gh, "client_send_timeout") == SHARE
@@ -168,6 +170,10 @@ fn http1_clients_that_stop_reading_hold_only_their_share_until_the_send_deadline
     stop.store(true, Ordering::Relaxed);
     let good = good.join().unwrap();
     assert_survived(&gh, before, good, attackers);
+    eprintln!(
+        "memory: {rss_before} KiB before, {rss_peak} KiB under attack, {} KiB after",
+        gh.rss_kib()
+    );
     drop(held);
     let closed = gh.metric(
         "gatehouse_connections_closed_total",
@@ -181,6 +187,7 @@ fn http2_streams_without_window_hold_only_their_share_until_the_send_deadline() 
     let gh = Gatehouse::start(&config(backend(), true));
     let web = gh.addr("web");
     let before = baseline(web);
+    let rss_before = gh.rss_kib();
 
     let stop = Arc::new(AtomicBool::new(false));
     let good = good_client(web, stop.clone());
@@ -188,7 +195,7 @@ fn http2_streams_without_window_hold_only_their_share_until_the_send_deadline() 
     // Two connections of 40 streams each, SETTINGS_INITIAL_WINDOW_SIZE = 0,
     // never a WINDOW_UPDATE.
     let attackers = 80u64;
-    let resets = rt.block_on(async {
+    let (resets, rss_peak) = rt.block_on(async {
         let mut conns = Vec::new();
         for _ in 0..2 {
             let tcp = tokio::net::TcpStream::from_std({
@@ -239,12 +246,16 @@ fn http2_streams_without_window_hold_only_their_share_until_the_send_deadline() 
             }
         }
         assert_eq!(refused, attackers - SHARE);
-        resets
+        (resets, gh.rss_kib())
     });
     assert_eq!(resets, SHARE, "streams reset at the send deadline");
     stop.store(true, Ordering::Relaxed);
     let good = good.join().unwrap();
     assert_survived(&gh, before, good, attackers);
+    eprintln!(
+        "memory: {rss_before} KiB before, {rss_peak} KiB under attack, {} KiB after",
+        gh.rss_kib()
+    );
 }
 
 fn log_lines(gh: &Gatehouse, needle: &str) -> usize {

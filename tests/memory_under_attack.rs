@@ -13,17 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap())
-        })
-        .unwrap()
-}
-
 /// A WebSocket backend: answers each upgrade with 101 and keeps the
 /// connection, silent.
 fn ws_backend() -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
@@ -86,14 +75,14 @@ fn an_idle_websocket_holds_no_buffers() {
     let mut held: Vec<TcpStream> = (0..200).map(|_| open_websocket(web)).collect();
     let n = 2000;
     thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(gh.pid());
+    let before = gh.rss_kib();
     held.extend((0..n).map(|_| open_websocket(web)));
     // Settled: every tunnel established and idle.
     gh.wait_for("tunnels upgraded", Duration::from_secs(10), |gh| {
         gh.metric("gatehouse_connections_active", &[("state", "upgraded")]) == n + 200
     });
     thread::sleep(Duration::from_millis(300));
-    let after = rss_kib(gh.pid());
+    let after = gh.rss_kib();
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
     eprintln!("idle WebSocket: {per:.0} bytes each ({before} -> {after} KiB)");
     assert!(
@@ -109,7 +98,7 @@ fn assert_memory_returns(gh: &Gatehouse, before: u64, peak: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let limit = before + before / 4;
     loop {
-        let now = rss_kib(gh.pid());
+        let now = gh.rss_kib();
         if now <= limit {
             eprintln!("RSS before {before} KiB, peak {peak} KiB, after {now} KiB");
             return;
@@ -141,7 +130,7 @@ fn slowloris_rounds(workers: &str) {
         );
     }
     thread::sleep(Duration::from_millis(500));
-    let before = rss_kib(gh.pid());
+    let before = gh.rss_kib();
     let mut peak = before;
     for round in 1..=4u64 {
         let held: Vec<TcpStream> = (0..5000)
@@ -152,7 +141,7 @@ fn slowloris_rounds(workers: &str) {
                 s
             })
             .collect();
-        peak = peak.max(rss_kib(gh.pid()));
+        peak = peak.max(gh.rss_kib());
         gh.wait_for("the round cut", Duration::from_secs(20), |gh| {
             gh.closed("client_header_timeout") >= round * 5000
         });
