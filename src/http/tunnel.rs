@@ -112,12 +112,58 @@ async fn handover(tunnel: &mut Tunnel) -> Result<Upgraded, EndReason> {
 /// after its request), and the upstream's upgraded one. When both are
 /// plain TCP, the L4 pump moves the bytes: no buffer is held while the
 /// tunnel is idle, and the upstream socket is ours again (hyper's
-/// connection state is gone). Otherwise (TLS on either side) they are copied.
+/// connection state is gone). Otherwise (TLS on either side) they are
+/// copied. The hand-over and the copy are boxed, so that an idle tunnel's
+/// future is the pump's and little more.
 pub async fn run_h1<S: ConnIo>(
     upgrade: super::h1::Upgrade<S>,
     guard: &ConnGuard,
     shutdown: &ShutdownSignal,
 ) -> EndReason {
+    match Box::pin(prepare(upgrade, guard)).await {
+        Prepared::Pump {
+            io,
+            upstream,
+            first_up,
+            deadlines,
+        } => match io.tcp() {
+            Some(client) => {
+                pump::run(client, &upstream, first_up, guard, deadlines, false, shutdown).await
+            }
+            None => EndReason::Internal,
+        },
+        Prepared::Copy {
+            tunnel,
+            upstream,
+            client,
+        } => Box::pin(copy(&tunnel, upstream, client, shutdown)).await,
+        Prepared::Ended(reason) => reason,
+    }
+}
+
+/// An upgraded connection, ready for its tunnel.
+enum Prepared<S> {
+    /// Plain TCP both ways: the L4 pump.
+    Pump {
+        io: S,
+        upstream: TcpStream,
+        /// Bytes the client sent right after its request.
+        first_up: Vec<u8>,
+        deadlines: pump::Deadlines,
+    },
+    /// TLS on either side: copied both ways.
+    Copy {
+        tunnel: Tunnel,
+        upstream: Upgraded,
+        client: Replay<S>,
+    },
+    Ended(EndReason),
+}
+
+/// The hand-over: the upstream's upgraded connection, and, for the pump,
+/// what the upstream sent right after its 101 written to the client first
+/// (usually nothing, at most what one read brought).
+async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuard) -> Prepared<S> {
     let super::h1::Upgrade {
         mut tunnel,
         early,
@@ -125,44 +171,40 @@ pub async fn run_h1<S: ConnIo>(
     } = upgrade;
     let upstream = match handover(&mut tunnel).await {
         Ok(u) => u,
-        Err(reason) => return reason,
+        Err(reason) => return Prepared::Ended(reason),
     };
     // (`parkable`: plain TCP with no replayed bytes left in the wrapper.)
     let upstream = match (io.tcp(), io.parkable()) {
         (Some(client), true) => match upstream.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let upstream = parts.io.into_inner();
-                // Only the bytes owed are kept: the buffers they were read
-                // into (the loop's, hyper's) go now, not with the tunnel.
-                let (first_up, first_down) = (early.to_vec(), parts.read_buf.to_vec());
-                drop((early, parts.read_buf));
-                // What the upstream sent right after its 101 goes first
-                // (usually nothing, at most what one read brought).
                 let wait = tunnel.idle.unwrap_or(Duration::from_secs(30));
-                let owed = write_owed(client, &first_down, &guard.entry().bytes_down);
+                let owed = write_owed(client, &parts.read_buf, &guard.entry().bytes_down);
                 match tokio::time::timeout(wait, owed).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return EndReason::ClientReset,
-                    Err(_) => return EndReason::ClientSendTimeout,
+                    Ok(Err(_)) => return Prepared::Ended(EndReason::ClientReset),
+                    Err(_) => return Prepared::Ended(EndReason::ClientSendTimeout),
                 }
-                drop(first_down);
-                let deadlines = pump::Deadlines {
-                    idle: tunnel.idle,
-                    max_lifetime: tunnel.max_lifetime,
-                    started: Instant::now(),
+                return Prepared::Pump {
+                    io,
+                    upstream: parts.io.into_inner(),
+                    // Only the bytes owed are kept: the loop's buffer goes.
+                    first_up: early.to_vec(),
+                    deadlines: pump::Deadlines {
+                        idle: tunnel.idle,
+                        max_lifetime: tunnel.max_lifetime,
+                        started: Instant::now(),
+                    },
                 };
-                return pump::run(
-                    client, &upstream, first_up, guard, deadlines, false, shutdown,
-                )
-                .await;
             }
             Err(upgraded) => upgraded,
         },
         _ => upstream,
     };
-    let client = Replay::new(early, io);
-    // Boxed: the copy path's state stays out of the pump's.
-    Box::pin(copy(&tunnel, upstream, client, shutdown)).await
+    Prepared::Copy {
+        tunnel,
+        upstream,
+        client: Replay::new(early, io),
+    }
 }
 
 /// Writes all of `bytes` to a client socket, counted into `sent`.
