@@ -113,14 +113,17 @@ fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
 
 /// `RUST_LOG`, when set, overrides the configured level.
 fn init_logging(level: &str, format: LogFormat) {
-    // rustls warns about what peers send (an IP address as SNI, say): one
-    // line per handshake would let any client flood the log. Its errors
-    // are kept; our own end reasons say what failed.
-    let level = if level.contains("rustls") {
-        level.to_owned()
-    } else {
-        format!("{level},rustls=error")
-    };
+    // rustls warns about what peers send (an IP address as SNI, say), and
+    // h2 about what clients do (a rapid-reset flood reaching its limit, on
+    // every such connection): one line per connection would let any client
+    // flood the log. Their errors are kept; our own end reasons say what
+    // failed, and the metrics count it.
+    let mut level = level.to_owned();
+    for noisy in ["rustls", "h2"] {
+        if !level.contains(noisy) {
+            level.push_str(&format!(",{noisy}=error"));
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()

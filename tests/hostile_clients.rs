@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -398,4 +398,28 @@ fn http2_streams_reset_with_their_headers_never_reach_the_upstream() {
     });
     assert_eq!(seen.lock().unwrap().len(), 1, "reset streams went upstream");
     drop(s);
+
+    // Past 20 such streams the connection gets GOAWAY (ENHANCE_YOUR_CALM)
+    // and ends `client_protocol_error`, quietly: no log line per connection.
+    for _ in 0..5 {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(h2_frame(0x4, 0, 0, &[]));
+        for i in 0..40u32 {
+            bytes.extend(h2_frame(0x1, 0x5, 1 + 2 * i, &block));
+            bytes.extend(h2_frame(0x3, 0, 1 + 2 * i, &8u32.to_be_bytes()));
+        }
+        let mut s = TcpStream::connect(gh.addr("web")).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        // A GOAWAY frame (type 7) whose error code is ENHANCE_YOUR_CALM (0xb).
+        let goaway = got
+            .windows(17)
+            .any(|f| f[3] == 7 && f[4] == 0 && f[13..17] == [0, 0, 0, 0xb]);
+        assert!(goaway, "no GOAWAY: {got:?}");
+    }
+    gh.wait_closed_count("client_protocol_error", 5);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let log = gh.log_text();
+    assert!(!log.contains("\"WARN\""), "{log}");
 }

@@ -128,7 +128,10 @@ pub async fn run_h1<S: ConnIo>(
             deadlines,
         } => match io.tcp() {
             Some(client) => {
-                pump::run(client, &upstream, first_up, guard, deadlines, false, shutdown).await
+                pump::run(
+                    client, &upstream, first_up, guard, deadlines, false, shutdown,
+                )
+                .await
             }
             None => EndReason::Internal,
         },
