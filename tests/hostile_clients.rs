@@ -138,15 +138,53 @@ fn baseline(web: SocketAddr) -> Duration {
     p99(lat)
 }
 
+/// A route under attack while a good client keeps requesting it.
+struct Attack {
+    gh: Gatehouse,
+    web: SocketAddr,
+    /// The good client's p99 before the attack.
+    baseline: Duration,
+    rss_before: u64,
+    stop: Arc<AtomicBool>,
+    good: thread::JoinHandle<(Vec<Duration>, usize)>,
+}
+
+impl Attack {
+    fn start(h2c: bool) -> Attack {
+        let gh = Gatehouse::start(&config(backend(), h2c));
+        let web = gh.addr("web");
+        let baseline = baseline(web);
+        let rss_before = gh.rss_kib();
+        let stop = Arc::new(AtomicBool::new(false));
+        let good = good_client(web, stop.clone());
+        Attack {
+            gh,
+            web,
+            baseline,
+            rss_before,
+            stop,
+            good,
+        }
+    }
+
+    /// Stops the good client and checks what the attack left.
+    fn finish(self, attackers: u64, rss_peak: u64) -> Gatehouse {
+        self.stop.store(true, Ordering::Relaxed);
+        let good = self.good.join().unwrap();
+        assert_survived(&self.gh, self.baseline, good, attackers);
+        eprintln!(
+            "memory: {} KiB before, {rss_peak} KiB under attack, {} KiB after",
+            self.rss_before,
+            self.gh.rss_kib()
+        );
+        self.gh
+    }
+}
+
 #[test]
 fn http1_clients_that_stop_reading_hold_only_their_share_until_the_send_deadline() {
-    let gh = Gatehouse::start(&config(backend(), false));
-    let web = gh.addr("web");
-    let before = baseline(web);
-    let rss_before = gh.rss_kib();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = good_client(web, stop.clone());
+    let attack = Attack::start(false);
+    let (gh, web) = (&attack.gh, attack.web);
     let attackers = 80u64;
     let held: Vec<TcpStream> = (0..attackers)
         .map(|_| {
@@ -167,13 +205,7 @@ fn http1_clients_that_stop_reading_hold_only_their_share_until_the_send_deadline
     gh.wait_for("the send deadline", Duration::from_secs(10), |gh| {
         request_ends(gh, "client_send_timeout") == SHARE
     });
-    stop.store(true, Ordering::Relaxed);
-    let good = good.join().unwrap();
-    assert_survived(&gh, before, good, attackers);
-    eprintln!(
-        "memory: {rss_before} KiB before, {rss_peak} KiB under attack, {} KiB after",
-        gh.rss_kib()
-    );
+    let gh = attack.finish(attackers, rss_peak);
     drop(held);
     let closed = gh.metric(
         "gatehouse_connections_closed_total",
@@ -184,13 +216,8 @@ fn http1_clients_that_stop_reading_hold_only_their_share_until_the_send_deadline
 
 #[test]
 fn http2_streams_without_window_hold_only_their_share_until_the_send_deadline() {
-    let gh = Gatehouse::start(&config(backend(), true));
-    let web = gh.addr("web");
-    let before = baseline(web);
-    let rss_before = gh.rss_kib();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = good_client(web, stop.clone());
+    let attack = Attack::start(true);
+    let (gh, web) = (&attack.gh, attack.web);
     let rt = test_runtime();
     // Two connections of 40 streams each, SETTINGS_INITIAL_WINDOW_SIZE = 0,
     // never a WINDOW_UPDATE.
@@ -249,13 +276,7 @@ fn http2_streams_without_window_hold_only_their_share_until_the_send_deadline() 
         (resets, gh.rss_kib())
     });
     assert_eq!(resets, SHARE, "streams reset at the send deadline");
-    stop.store(true, Ordering::Relaxed);
-    let good = good.join().unwrap();
-    assert_survived(&gh, before, good, attackers);
-    eprintln!(
-        "memory: {rss_before} KiB before, {rss_peak} KiB under attack, {} KiB after",
-        gh.rss_kib()
-    );
+    attack.finish(attackers, rss_peak);
 }
 
 fn log_lines(gh: &Gatehouse, needle: &str) -> usize {
