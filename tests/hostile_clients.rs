@@ -273,6 +273,14 @@ fn http2_streams_without_window_hold_only_their_share_until_the_send_deadline() 
             }
         }
         assert_eq!(refused, attackers - SHARE);
+        // The connections live on: a request that needs no window (a
+        // HEAD) is served on each.
+        for client in &conns {
+            let mut client = client.clone().ready().await.unwrap();
+            let req = http::Request::head("http://a/ok").body(()).unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            assert_eq!(resp.await.unwrap().status(), 200);
+        }
         (resets, gh.rss_kib())
     });
     assert_eq!(resets, SHARE, "streams reset at the send deadline");
