@@ -33,15 +33,21 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// and its connections, listening sockets, epoll and io_uring, files.
 pub const FD_RESERVE: u64 = 256;
 
+/// Live connections when `limits.max_connections` is not set (and the
+/// descriptor limit allows it).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+
 /// Raises the soft descriptor limit to the hard one, and returns how many
-/// live connections the data listeners may take: `max_connections`, or
-/// fewer when the descriptors could not serve that many — each connection
-/// takes two (client and upstream) and `FD_RESERVE` stay free (as HAProxy
-/// derives `maxconn` from the limit). Accepting stops at the cap instead
-/// of failing on `EMFILE`, and the admin listener stays reachable. (Splice
-/// pipes are not counted: a pipe that cannot be made leaves its bytes to
-/// be copied.)
-pub fn fd_budget(max_connections: u32) -> usize {
+/// live connections the data listeners may take. Set in the config, that
+/// many (with a line saying so when the descriptors could not serve them
+/// all: connections past `fd_ceiling` are refused then). Not set, as
+/// HAProxy derives `maxconn`: `DEFAULT_MAX_CONNECTIONS`, or fewer when the
+/// descriptors could not serve that many — each connection may take two
+/// (client and upstream) and `FD_RESERVE` stay free. Accepting stops at
+/// the cap instead of failing on `EMFILE`, and the admin listener stays
+/// reachable. (Splice pipes are not counted: a pipe that cannot be made
+/// leaves its bytes to be copied.)
+pub fn fd_budget(max_connections: Option<u32>) -> usize {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
@@ -53,21 +59,31 @@ pub fn fd_budget(max_connections: u32) -> usize {
             limit = raised;
         }
     }
-    let configured = max_connections as usize;
+    let wanted = max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) as usize;
     let Some(nofile) = limit.current else {
-        return configured; // unlimited
+        return wanted; // unlimited
     };
     let room = (nofile.saturating_sub(FD_RESERVE) / 2).max(1);
     let budget = usize::try_from(room).unwrap_or(usize::MAX);
-    if budget < configured {
-        tracing::info!(
-            max_connections = configured,
-            nofile,
-            lowered_to = budget,
-            "limits.max_connections lowered to what the file descriptor limit allows"
-        );
+    if budget >= wanted {
+        return wanted;
     }
-    configured.min(budget)
+    if max_connections.is_some() {
+        tracing::info!(
+            max_connections = wanted,
+            nofile,
+            "limits.max_connections is more than the file descriptor limit serves at two per connection; connections past descriptor {} are refused",
+            nofile.saturating_sub(FD_RESERVE)
+        );
+        return wanted;
+    }
+    tracing::info!(
+        max_connections = wanted,
+        nofile,
+        lowered_to = budget,
+        "max_connections lowered to what the file descriptor limit allows"
+    );
+    budget
 }
 
 /// The lowest descriptor number a data listener's accepted connection may

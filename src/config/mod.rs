@@ -72,7 +72,9 @@ pub struct Timeouts {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub max_connections: u32,
+    /// `None`: not set, so 10,000 or what the descriptor limit allows
+    /// (`listener::fd_budget`).
+    pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
     /// Pipes for zero-copy forwarding (two FDs each); 0 turns splicing off.
     pub splice_pipes: usize,
@@ -532,7 +534,7 @@ impl Ctx<'_> {
             max_connections: l
                 .and_then(|l| l.max_connections.as_ref())
                 .and_then(|v| self.count(v, "limits.max_connections", u32::MAX as u64))
-                .map_or(10_000, |n| n as u32),
+                .map(|n| n as u32),
             max_connections_per_ip: l
                 .and_then(|l| l.max_connections_per_ip.as_ref())
                 .and_then(|v| self.count(v, "limits.max_connections_per_ip", u32::MAX as u64))
