@@ -333,8 +333,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::http::park::SWEEP_EVERY);
         let mut parked_before = 0;
-        // The most live connections since memory was last given back.
+        // The most live connections since memory was last given back, the
+        // number live then, and at the last sweep.
         let mut high = 0;
+        let mut settled = 0;
+        let mut live_before = 0;
         // Sweeps left that give memory back again: a crowd's last
         // connections end, and are freed (possibly on other workers), over
         // a while, not all at the sweep that noticed.
@@ -342,18 +345,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         loop {
             tick.tick().await;
             parking.parking.sweep();
-            // Gone quiet — more parked and few still active, or most of
-            // a crowd (a flood) gone — : give the memory their tasks and
+            // Gone quiet — more parked and few still active, most of a
+            // crowd (a flood) gone, or a crowd arrived and settled (its
+            // set-up's buffers freed) — : give the memory their tasks and
             // buffers held back to the system.
             let parked = parking.parking.len();
             let live = parking.table.active();
             let active = live.saturating_sub(parked);
             high = high.max(live);
             let crowd_gone = high >= live + RELEASE_AFTER_ENDED && live <= high / 2;
-            if crowd_gone {
+            let crowd_settled = live >= settled + RELEASE_AFTER_ENDED && live == live_before;
+            if crowd_gone || crowd_settled {
                 again = RELEASE_SWEEPS;
                 high = live;
+                settled = live;
             }
+            settled = settled.min(live);
+            live_before = live;
             if (parked > parked_before && active < 16) || again > 0 {
                 crate::alloc::release_free_pages();
                 wake_workers(parking.config.workers);

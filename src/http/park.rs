@@ -275,14 +275,28 @@ fn wake_ready(rt: &Arc<Runtime>) -> rustix::io::Result<()> {
     }
 }
 
-/// An upgraded connection's tunnel runs in a task of its own, whose
-/// future is only the tunnel's: the connection's first task, sized for
-/// every state a connection goes through, ends (as a parked connection's
-/// does), and so does the HTTP loop's state.
-fn spawn_upgraded(u: super::h1::Upgrade<Io>, guard: ConnGuard, rt: Arc<Runtime>) {
+/// An upgraded connection's tunnel runs in tasks of its own: the
+/// connection's first task, sized for every state a connection goes
+/// through, ends (as a parked connection's does), and so does the HTTP
+/// loop's state. One task takes the hand-over; the pump, which an idle
+/// tunnel is, runs in another, whose future is only the pump's and the
+/// two sockets.
+fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runtime>) {
+    use super::tunnel::{Prepared, prepare};
     tokio::spawn(async move {
-        let reason = super::tunnel::run_h1(u, &guard, &rt.shutdown).await;
-        guard.finish(reason);
+        match prepare(*u, &guard).await {
+            Prepared::Pump(tunnel) => {
+                tokio::spawn(async move {
+                    let reason = tunnel.run(&guard, &rt.shutdown).await;
+                    guard.finish(reason);
+                });
+            }
+            Prepared::Copy(tunnel) => {
+                let reason = Box::pin(tunnel.run(&rt.shutdown)).await;
+                guard.finish(reason);
+            }
+            Prepared::Ended(reason) => guard.finish(reason),
+        }
     });
 }
 
@@ -296,7 +310,7 @@ pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, r
         deadline,
     } = match served {
         Served::End(reason) => return guard.finish(reason),
-        Served::Upgrade(u) => return spawn_upgraded(*u, guard, rt),
+        Served::Upgrade(u) => return spawn_upgraded(u, guard, rt),
         Served::Park(p) => p,
     };
     if rt.shutdown.is_draining() {

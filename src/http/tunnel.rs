@@ -113,20 +113,48 @@ async fn handover(tunnel: &mut Tunnel) -> Result<Upgraded, EndReason> {
 /// plain TCP, the L4 pump moves the bytes: no buffer is held while the
 /// tunnel is idle, and the upstream socket is ours again (hyper's
 /// connection state is gone). Otherwise (TLS on either side) they are
-/// copied. The hand-over and the copy are boxed, so that an idle tunnel's
-/// future is the pump's and little more.
+/// copied. (A plain-TCP connection's tunnel runs in a task of its own
+/// instead: `http::park::spawn_upgraded`.)
 pub async fn run_h1<S: ConnIo>(
     upgrade: super::h1::Upgrade<S>,
     guard: &ConnGuard,
     shutdown: &ShutdownSignal,
 ) -> EndReason {
     match Box::pin(prepare(upgrade, guard)).await {
-        Prepared::Pump {
+        Prepared::Pump(p) => p.run(guard, shutdown).await,
+        Prepared::Copy(c) => Box::pin(c.run(shutdown)).await,
+        Prepared::Ended(reason) => reason,
+    }
+}
+
+/// An upgraded connection, ready for its tunnel.
+pub enum Prepared<S> {
+    /// Plain TCP both ways: the L4 pump.
+    Pump(PumpTunnel<S>),
+    /// TLS on either side: copied both ways.
+    Copy(CopyTunnel<S>),
+    Ended(EndReason),
+}
+
+pub struct PumpTunnel<S> {
+    io: S,
+    upstream: TcpStream,
+    /// Bytes the client sent right after its request.
+    first_up: Vec<u8>,
+    deadlines: pump::Deadlines,
+}
+
+impl<S: ConnIo> PumpTunnel<S> {
+    /// The tunnel until it ends: its future is the pump's and the two
+    /// sockets.
+    pub async fn run(self, guard: &ConnGuard, shutdown: &ShutdownSignal) -> EndReason {
+        let PumpTunnel {
             io,
             upstream,
             first_up,
             deadlines,
-        } => match io.tcp() {
+        } = self;
+        match io.tcp() {
             Some(client) => {
                 pump::run(
                     client, &upstream, first_up, guard, deadlines, false, shutdown,
@@ -134,39 +162,26 @@ pub async fn run_h1<S: ConnIo>(
                 .await
             }
             None => EndReason::Internal,
-        },
-        Prepared::Copy {
-            tunnel,
-            upstream,
-            client,
-        } => Box::pin(copy(&tunnel, upstream, client, shutdown)).await,
-        Prepared::Ended(reason) => reason,
+        }
     }
 }
 
-/// An upgraded connection, ready for its tunnel.
-enum Prepared<S> {
-    /// Plain TCP both ways: the L4 pump.
-    Pump {
-        io: S,
-        upstream: TcpStream,
-        /// Bytes the client sent right after its request.
-        first_up: Vec<u8>,
-        deadlines: pump::Deadlines,
-    },
-    /// TLS on either side: copied both ways.
-    Copy {
-        tunnel: Tunnel,
-        upstream: Upgraded,
-        client: Replay<S>,
-    },
-    Ended(EndReason),
+pub struct CopyTunnel<S> {
+    tunnel: Tunnel,
+    upstream: Upgraded,
+    client: Replay<S>,
+}
+
+impl<S: ConnIo> CopyTunnel<S> {
+    pub async fn run(self, shutdown: &ShutdownSignal) -> EndReason {
+        copy(&self.tunnel, self.upstream, self.client, shutdown).await
+    }
 }
 
 /// The hand-over: the upstream's upgraded connection, and, for the pump,
 /// what the upstream sent right after its 101 written to the client first
 /// (usually nothing, at most what one read brought).
-async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuard) -> Prepared<S> {
+pub async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuard) -> Prepared<S> {
     let super::h1::Upgrade {
         mut tunnel,
         early,
@@ -187,7 +202,7 @@ async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuard) -
                     Ok(Err(_)) => return Prepared::Ended(EndReason::ClientReset),
                     Err(_) => return Prepared::Ended(EndReason::ClientSendTimeout),
                 }
-                return Prepared::Pump {
+                return Prepared::Pump(PumpTunnel {
                     io,
                     upstream: parts.io.into_inner(),
                     // Only the bytes owed are kept: the loop's buffer goes.
@@ -197,17 +212,17 @@ async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuard) -
                         max_lifetime: tunnel.max_lifetime,
                         started: Instant::now(),
                     },
-                };
+                });
             }
             Err(upgraded) => upgraded,
         },
         _ => upstream,
     };
-    Prepared::Copy {
+    Prepared::Copy(CopyTunnel {
         tunnel,
         upstream,
         client: Replay::new(early, io),
-    }
+    })
 }
 
 /// Writes all of `bytes` to a client socket, counted into `sent`.
