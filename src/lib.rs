@@ -18,5 +18,6 @@ pub mod proxy_protocol;
 pub mod routing;
 pub mod server;
 pub mod splice;
+pub mod sys;
 pub mod tls;
 pub mod upstream;

@@ -16,7 +16,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::event::epoll;
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -210,11 +209,8 @@ impl ParkingLot {
 
 /// The lot's epoll set registered with tokio's reactor, which reports when
 /// it has events.
-#[allow(unsafe_code)]
 fn register(epoll: Arc<OwnedFd>) -> std::io::Result<AsyncFd<Arc<OwnedFd>>> {
-    // SAFETY: the `AsyncFd` owns an `Arc` of the `OwnedFd`, so the
-    // descriptor stays open, and the same, for the `AsyncFd`'s whole life.
-    unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE) }.map_err(Into::into)
+    crate::sys::register_fd(epoll)
 }
 
 /// The lot's watcher: waits for its epoll set to have events, and gives

@@ -37,7 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use io_uring::{IoUring, opcode, types};
+use io_uring::IoUring;
+
+use crate::sys::RingSend;
 
 /// Sends submitted per `io_uring_enter`.
 const RING_ENTRIES: u32 = 64;
@@ -257,76 +259,61 @@ fn flush() -> usize {
 
 /// Submits one chunk and hands each send its result. `Err` when a send did
 /// not complete within the submission (which non-blocking sends always
-/// do): its bytes are leaked, as the kernel may still read them, and its
-/// request fails; the ring must not be used again.
+/// do): its bytes are leaked, as the kernel may still read them
+/// (`sys::send_all`), and its request fails; the ring must not be used
+/// again.
 fn submit(ring: &mut IoUring, chunk: &[Entry]) -> Result<usize, usize> {
-    // The bytes of each live send, taken out of its slot for the call.
-    let mut bufs: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
-    let mut pushed = 0u32;
-    for (i, e) in chunk.iter().enumerate() {
-        let queued = std::mem::replace(&mut lock(&e.slot).state, SlotState::Gone);
-        let SlotState::Queued(bytes) = queued else {
-            bufs.push(None); // cancelled: its socket may be closed already
-            continue;
-        };
-        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        let sqe = opcode::Send::new(types::Fd(e.fd), bytes.as_ptr(), len)
-            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(i as u64);
-        bufs.push(Some(bytes));
-        // SAFETY: the buffer lives in `bufs` until its entry has completed
-        // (non-blocking sends complete inside the submission below), or
-        // is leaked if it has not; the fd is open, as the future that owns
-        // its socket is alive (a dropped one marks its slot gone first).
-        #[allow(unsafe_code)]
-        let ok = unsafe { ring.submission().push(&sqe).is_ok() };
-        if ok {
-            pushed += 1;
-        } else if let Some(bytes) = bufs[i].take() {
-            finish(&e.slot, Sent::Direct(bytes));
-        }
-    }
-    if pushed == 0 {
+    // The bytes of each live send, taken out of its slot for the call (a
+    // cancelled one's socket may be closed already: it is skipped). Each
+    // fd is open: the future that owns its socket is alive (a dropped one
+    // marks its slot gone first).
+    let sends: Vec<Option<(RawFd, Vec<u8>)>> = chunk
+        .iter()
+        .map(
+            |e| match std::mem::replace(&mut lock(&e.slot).state, SlotState::Gone) {
+                SlotState::Queued(bytes) => Some((e.fd, bytes)),
+                _ => None,
+            },
+        )
+        .collect();
+    let asked = sends.iter().filter(|s| s.is_some()).count();
+    if asked == 0 {
         return Ok(0);
     }
-    SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
-    SENDS.fetch_add(u64::from(pushed), Ordering::Relaxed);
-    // Non-blocking sends complete inside the submission: their results are
-    // in the completion queue when it returns, and nothing is waited for.
-    let submitted = ring.submit();
-    let mut completed = 0usize;
-    for cqe in ring.completion() {
-        let Ok(i) = usize::try_from(cqe.user_data()) else {
-            continue;
-        };
-        let (Some(e), Some(bytes)) = (chunk.get(i), bufs.get_mut(i).and_then(Option::take)) else {
-            continue;
-        };
-        completed += 1;
-        let res = cqe.result();
-        let sent = if res >= 0 {
-            Sent::Written {
-                bytes,
-                written: usize::try_from(res).unwrap_or(0),
+    let results = crate::sys::send_all(ring, sends);
+    let (mut completed, mut lost) = (0usize, false);
+    let mut pushed = 0u64;
+    for (e, result) in chunk.iter().zip(results) {
+        let sent = match result {
+            RingSend::Skipped => continue,
+            RingSend::NotQueued(bytes) => Sent::Direct(bytes),
+            RingSend::Done { bytes, result } => {
+                pushed += 1;
+                completed += 1;
+                if result >= 0 {
+                    Sent::Written {
+                        bytes,
+                        written: usize::try_from(result).unwrap_or(0),
+                    }
+                } else if result == -libc::EAGAIN || result == -libc::EINTR {
+                    Sent::Written { bytes, written: 0 }
+                } else {
+                    Sent::Failed
+                }
             }
-        } else if res == -libc::EAGAIN || res == -libc::EINTR {
-            Sent::Written { bytes, written: 0 }
-        } else {
-            Sent::Failed
+            RingSend::Lost => {
+                pushed += 1;
+                lost = true;
+                Sent::Failed
+            }
         };
         finish(&e.slot, sent);
     }
-    if completed == pushed as usize && submitted.is_ok() {
-        return Ok(completed);
+    if pushed > 0 {
+        SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
+        SENDS.fetch_add(pushed, Ordering::Relaxed);
     }
-    for (e, bytes) in chunk.iter().zip(bufs.iter_mut()) {
-        if let Some(bytes) = bytes.take() {
-            std::mem::forget(bytes);
-            finish(&e.slot, Sent::Failed);
-        }
-    }
-    Err(completed)
+    if lost { Err(completed) } else { Ok(completed) }
 }
 
 fn finish(slot: &SharedSlot, sent: Sent) {
