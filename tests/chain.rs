@@ -1,4 +1,4 @@
-//! Acceptance 6: proxy chains. Gatehouse A sends PROXY v2 to Gatehouse B,
+//! Proxy chains. Gatehouse A sends PROXY v2 to Gatehouse B,
 //! which accepts it and tells the backend the real client; disconnects
 //! (including while B is still connecting) empty both tables. The same chain
 //! with HAProxy outside (`send-proxy-v2`) and inside (`accept-proxy`).

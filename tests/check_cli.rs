@@ -1,4 +1,4 @@
-//! Acceptance 9: `gatehouse check` accepts good configs and rejects each
+//! `gatehouse check` accepts good configs and rejects each
 //! class of bad config with a message naming the file and line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;

@@ -1,4 +1,4 @@
-//! Acceptance 1 of the HTTP issue: malformed or ambiguous requests are
+//! Request smuggling: malformed or ambiguous requests are
 //! refused with 400 and the connection closed; the backend never sees a
 //! second (smuggled) request. Raw sockets, so nothing normalizes the bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

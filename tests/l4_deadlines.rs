@@ -1,4 +1,4 @@
-//! Acceptance 2 and 3: unreachable and refused backends, idle timeout and
+//! Unreachable and refused backends, idle timeout and
 //! max lifetime, each ending with its reason and an empty table.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;

@@ -1,4 +1,4 @@
-//! Acceptance 4: the global, per-route and per-client-address limits reject
+//! The global, per-route and per-client-address limits reject
 //! with their reasons, and the counters say so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;

@@ -1,4 +1,4 @@
-//! Acceptance 1: bytes through a route are identical for payloads from 1 byte
+//! Bytes through a route are identical for payloads from 1 byte
 //! to 64 MiB in both directions at once, and half-close works.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;

@@ -1,4 +1,4 @@
-//! Acceptance 7: 10,000 connections mixing normal transfers, client aborts
+//! 10,000 connections mixing normal transfers, client aborts
 //! (RST and FIN) mid-stream, backends resetting, unreachable and refused
 //! backends, half-closes and idle timeouts. Afterwards the Gatehouse process
 //! has its baseline FD count, no socket in CLOSE_WAIT, an empty table, and

@@ -1,4 +1,4 @@
-//! Acceptance 5: PROXY v1/v2 from trusted sources show the original client in
+//! PROXY v1/v2 from trusted sources show the original client in
 //! /connections and in the header sent upstream; untrusted, malformed,
 //! truncated, oversized and missing headers end with the right reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,4 +1,4 @@
-//! Acceptance 8: on SIGTERM new connections are refused, an in-flight
+//! On SIGTERM new connections are refused, an in-flight
 //! transfer completes within the drain deadline, the rest are closed at the
 //! deadline with reason `shutdown`, and the exit code is 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
