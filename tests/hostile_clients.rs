@@ -364,7 +364,12 @@ fn the_descriptor_limit_caps_connections_and_the_admin_listener_stays_reachable(
     gh.wait_for("accept failures", Duration::from_secs(10), |gh| {
         log_lines(gh, "accept failed") > 0
     });
-    thread::sleep(Duration::from_secs(2)); // (the back-off at work)
+    // The back-off at work: retries a second apart, after ten doublings.
+    gh.wait_for("the longest back-off", Duration::from_secs(10), |gh| {
+        gh.log_text()
+            .lines()
+            .any(|l| l.contains("\"listener\":\"web\"") && l.contains("\"retry_ms\":1000"))
+    });
     for listener in ["web", "admin"] {
         let failures = gh
             .log_text()

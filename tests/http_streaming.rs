@@ -17,23 +17,12 @@ use common::*;
 
 const GIB: u64 = 1 << 30;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap())
-        })
-        .unwrap()
-}
-
 /// Samples the RSS of `pid` until `stop`; returns the maximum seen.
 fn watch_rss(pid: u32, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
         let mut max = 0;
         while !stop.load(Ordering::Relaxed) {
-            max = max.max(rss_kib(pid));
+            max = max.max(rss_kib_of(pid));
             thread::sleep(Duration::from_millis(50));
         }
         max

@@ -74,14 +74,17 @@ fn an_idle_websocket_holds_no_buffers() {
     // Warm up: pools, timers and the allocator's first pages.
     let mut held: Vec<TcpStream> = (0..200).map(|_| open_websocket(web)).collect();
     let n = 2000;
-    thread::sleep(Duration::from_millis(300));
+    let upgraded =
+        |gh: &Gatehouse| gh.metric("gatehouse_connections_active", &[("state", "upgraded")]);
+    gh.wait_for("the first tunnels", Duration::from_secs(10), |gh| {
+        upgraded(gh) == 200
+    });
     let before = gh.rss_kib();
     held.extend((0..n).map(|_| open_websocket(web)));
     // Settled: every tunnel established and idle.
     gh.wait_for("tunnels upgraded", Duration::from_secs(10), |gh| {
-        gh.metric("gatehouse_connections_active", &[("state", "upgraded")]) == n + 200
+        upgraded(gh) == n + 200
     });
-    thread::sleep(Duration::from_millis(300));
     let after = gh.rss_kib();
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
     eprintln!("idle WebSocket: {per:.0} bytes each ({before} -> {after} KiB)");
@@ -129,7 +132,7 @@ fn slowloris_rounds(workers: &str) {
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         );
     }
-    thread::sleep(Duration::from_millis(500));
+    gh.wait_empty(Duration::from_secs(5));
     let before = gh.rss_kib();
     let mut peak = before;
     for round in 1..=4u64 {

@@ -276,10 +276,6 @@ fn submit(ring: &mut IoUring, chunk: &[Entry]) -> Result<usize, usize> {
             },
         )
         .collect();
-    let asked = sends.iter().filter(|s| s.is_some()).count();
-    if asked == 0 {
-        return Ok(0);
-    }
     let results = crate::sys::send_all(ring, sends);
     let (mut completed, mut lost) = (0usize, false);
     let mut pushed = 0u64;

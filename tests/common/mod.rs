@@ -177,14 +177,7 @@ impl Gatehouse {
 
     /// The process's resident memory (VmRSS), in KiB.
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap())
-            })
-            .unwrap()
+        rss_kib_of(self.pid())
     }
 
     pub fn fd_count(&self) -> usize {
@@ -281,6 +274,18 @@ pub fn close_wait_of(pid: u32) -> usize {
         }
     }
     n
+}
+
+/// The resident memory (VmRSS) of process `pid`, in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap())
+        })
+        .unwrap()
 }
 
 /// Panics when no sample matches, so a renamed or missing metric cannot pass as 0.
