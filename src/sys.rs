@@ -142,22 +142,17 @@ pub fn send_all(ring: &mut IoUring, sends: Vec<Option<(RawFd, Vec<u8>)>>) -> Vec
     if pushed == 0 {
         return out;
     }
-    let submitted = ring.submit().is_ok();
-    let mut completed = vec![false; out.len()];
+    // (A failed submission leaves sends without completions: `Lost`.)
+    let _ = ring.submit();
     for cqe in ring.completion() {
-        let Some(i) = usize::try_from(cqe.user_data())
-            .ok()
-            .filter(|&i| i < out.len())
-        else {
-            continue;
-        };
-        if let RingSend::Done { result, .. } = &mut out[i] {
+        let i = usize::try_from(cqe.user_data()).unwrap_or(usize::MAX);
+        if let Some(RingSend::Done { result, .. }) = out.get_mut(i) {
             *result = cqe.result();
-            completed[i] = true;
         }
     }
-    for (send, done) in out.iter_mut().zip(completed) {
-        if matches!(send, RingSend::Done { .. }) && (!done || !submitted) {
+    // (`i32::MIN` marks a send without its completion: no errno is that.)
+    for send in &mut out {
+        if matches!(send, RingSend::Done { result, .. } if *result == i32::MIN) {
             if let RingSend::Done { bytes, .. } = std::mem::replace(send, RingSend::Lost) {
                 std::mem::forget(bytes);
             }
