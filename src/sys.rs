@@ -93,6 +93,15 @@ pub fn register_fd(fd: Arc<OwnedFd>) -> std::io::Result<AsyncFd<Arc<OwnedFd>>> {
     unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(Into::into)
 }
 
+/// A descriptor of our own (a duplicate of a socket, to watch it apart
+/// from the registration it is read with) registered with tokio's reactor
+/// for readability.
+pub fn register_owned_fd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `AsyncFd` owns the `OwnedFd`, so the descriptor stays
+    // open, and the same, for the `AsyncFd`'s whole life.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(Into::into)
+}
+
 /// What became of one send of `send_all`.
 pub enum RingSend {
     /// Nothing was asked (the input was `None`).

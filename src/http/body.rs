@@ -322,6 +322,28 @@ impl Body {
         }
     }
 
+    /// Ready once the upstream connection this body reads from has ended
+    /// its side (and given up its pool slot: `RawBody::poll_upstream_ended`).
+    /// Pending for bodies without one of our own connections.
+    pub fn poll_upstream_ended(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Body::Upstream(u) => match &mut u.inner {
+                Either::Right(raw) => raw.poll_upstream_ended(cx),
+                Either::Left(_) => Poll::Pending,
+            },
+            Body::Boxed(_) => Poll::Pending,
+        }
+    }
+
+    /// The client takes bytes again: stop watching the upstream.
+    pub fn unwatch(&mut self) {
+        if let Body::Upstream(u) = self {
+            if let Either::Right(raw) = &mut u.inner {
+                raw.unwatch();
+            }
+        }
+    }
+
     /// Records why a response was cut on the client's side, when it is
     /// an upstream's (the request's record is the body's).
     pub fn end_as(&mut self, end: RequestEnd) {
@@ -332,6 +354,11 @@ impl Body {
         }
     }
 }
+
+/// A write to the client stalled this long starts watching the upstream
+/// for the end of its side (`Body::poll_upstream_ended`): a slot held by a
+/// response the upstream has finished with is given up within about this.
+pub const WATCH_UPSTREAM_AFTER: Duration = Duration::from_secs(1);
 
 /// A body at least this large still to come is spliced, not copied.
 pub const SPLICE_MIN: u64 = 32 * 1024;
@@ -375,13 +402,16 @@ impl UpstreamBody {
         else {
             return None;
         };
-        let (src, mut left) = raw.splice_source().filter(|&(_, n)| n >= SPLICE_MIN)?;
+        let (_, mut left) = raw.splice_source().filter(|&(_, n)| n >= SPLICE_MIN)?;
         let mut lease = Lease::take()?;
         let mut deadline_passed = async || match deadline.as_mut() {
             Some(d) => d.as_mut().await,
             None => std::future::pending().await,
         };
         let end = loop {
+            let Some(src) = raw.stream() else {
+                break RequestEnd::UpstreamReset;
+            };
             if lease.in_pipe() == 0 {
                 if left == 0 {
                     break RequestEnd::Ok;
@@ -414,14 +444,28 @@ impl UpstreamBody {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // (A timer only when the client's socket is full.)
-                    tokio::select! {
-                        r = dst.writable() => if r.is_err() {
-                            break RequestEnd::ClientAborted;
-                        },
-                        () = deadline_passed() => break RequestEnd::RequestTimeout,
-                        () = tokio::time::sleep(send_limit) => {
+                    let stalled = Instant::now();
+                    let mut watching = send_limit > WATCH_UPSTREAM_AFTER;
+                    let moved = loop {
+                        tokio::select! {
+                            r = dst.writable() => break r.is_ok(),
+                            () = deadline_passed() => break false,
+                            () = tokio::time::sleep_until(stalled + send_limit) => break false,
+                            () = async {
+                                tokio::time::sleep_until(stalled + WATCH_UPSTREAM_AFTER).await;
+                                std::future::poll_fn(|cx| raw.poll_upstream_ended(cx)).await;
+                            }, if watching => watching = false,
+                        }
+                    };
+                    raw.unwatch();
+                    if !moved {
+                        if deadline.as_ref().is_some_and(|d| d.is_elapsed()) {
+                            break RequestEnd::RequestTimeout;
+                        }
+                        if stalled.elapsed() >= send_limit {
                             break RequestEnd::ClientSendTimeout;
                         }
+                        break RequestEnd::ClientAborted;
                     }
                 }
                 Err(_) => break RequestEnd::ClientAborted,

@@ -35,7 +35,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 
-use super::body::{Body, BodyError, ReqBody};
+use super::body::{Body, BodyError, ReqBody, WATCH_UPSTREAM_AFTER};
 use super::error::RequestEnd;
 use super::headers;
 use super::proxy::{ExtendedConnect, Handler};
@@ -523,7 +523,7 @@ async fn send_body(body: Body, mut send: SendStream<Bytes>, send_limit: Duration
                 // The last frame goes at once: it is the only one that can
                 // wait beyond the window, and nothing follows it.
                 if !end && !data.is_empty() {
-                    match wait_capacity(&mut send, send_limit).await {
+                    match wait_capacity(&mut send, send_limit, body.as_mut().get_mut()).await {
                         Capacity::Ready => {}
                         Capacity::Closed => return,
                         Capacity::TimedOut => {
@@ -559,15 +559,33 @@ enum Capacity {
 }
 
 /// Waits until the stream may send again, at most `limit`. (A timer only
-/// when the stream has no capacity at once.)
-async fn wait_capacity(send: &mut SendStream<Bytes>, limit: Duration) -> Capacity {
+/// when the stream has no capacity at once.) A wait that lasts
+/// `WATCH_UPSTREAM_AFTER` watches the upstream connection `body` reads
+/// from meanwhile: if the upstream ends its side, the connection gives up
+/// its pool slot at once (`Body::poll_upstream_ended`).
+async fn wait_capacity(send: &mut SendStream<Bytes>, limit: Duration, body: &mut Body) -> Capacity {
     let mut wait = std::pin::pin!(poll_fn(|cx| poll_send_capacity(send, 1, cx)));
     let ready = match poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
         Poll::Ready(r) => r,
-        Poll::Pending => match tokio::time::timeout(limit, wait).await {
-            Ok(r) => r,
-            Err(_) => return Capacity::TimedOut,
-        },
+        Poll::Pending => {
+            let since = tokio::time::Instant::now();
+            let mut watching = limit > WATCH_UPSTREAM_AFTER;
+            let ready = loop {
+                tokio::select! {
+                    r = wait.as_mut() => break Some(r),
+                    () = tokio::time::sleep_until(since + limit) => break None,
+                    () = async {
+                        tokio::time::sleep_until(since + WATCH_UPSTREAM_AFTER).await;
+                        poll_fn(|cx| body.poll_upstream_ended(cx)).await;
+                    }, if watching => watching = false,
+                }
+            };
+            body.unwatch();
+            match ready {
+                Some(r) => r,
+                None => return Capacity::TimedOut,
+            }
+        }
     };
     match ready {
         Some(_) => Capacity::Ready,

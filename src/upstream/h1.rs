@@ -12,7 +12,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -288,6 +289,9 @@ pub struct RawBody {
     conn: Option<PooledConn>,
     decoder: Decoder,
     keep_alive: bool,
+    /// While the client takes nothing: a second registration of the
+    /// upstream socket, to see the upstream end its side (`poll_upstream_ended`).
+    watch: Option<Box<AsyncFd<OwnedFd>>>,
 }
 
 impl RawBody {
@@ -296,6 +300,7 @@ impl RawBody {
             conn: Some(conn),
             decoder,
             keep_alive,
+            watch: None,
         };
         if body.decoder.is_done() {
             body.finish();
@@ -343,6 +348,71 @@ impl RawBody {
             self.decoder.skip(left);
         }
         self.finish();
+    }
+
+    /// Ready once the upstream has ended its side (FIN or reset) while
+    /// the response waits on a client that takes nothing: the connection
+    /// then gives up its pool slot and the client's share (`let_go`), and
+    /// the bytes already here still go to the client. Pending forever
+    /// after that, or when nothing is held. Called only while a write to
+    /// the client is stalled: the watch is a second registration of the
+    /// socket (a duplicated descriptor), whose readiness can be cleared
+    /// without touching the one the body is read with; it lives until
+    /// the write moves again.
+    pub fn poll_upstream_ended(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(conn) = self.conn.as_mut().filter(|c| c.holds_slot()) else {
+            return Poll::Pending;
+        };
+        let Sender::Raw(raw) = &conn.sender else {
+            return Poll::Pending;
+        };
+        if self.watch.is_none() {
+            let registered = raw
+                .stream
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(crate::sys::register_owned_fd);
+            match registered {
+                Ok(w) => self.watch = Some(Box::new(w)),
+                Err(_) => return Poll::Pending, // no descriptor to spare: not watched
+            }
+        }
+        let Some(watch) = self.watch.as_ref() else {
+            return Poll::Pending;
+        };
+        loop {
+            match ready!(watch.poll_read_ready(cx)) {
+                Ok(mut ready) => {
+                    let r = ready.ready();
+                    if r.is_read_closed() || r.is_error() {
+                        break;
+                    }
+                    // Bytes arrived, nothing more: wait for the next event.
+                    ready.clear_ready();
+                }
+                Err(_) => break,
+            }
+        }
+        self.watch = None;
+        self.keep_alive = false;
+        conn.let_go();
+        Poll::Ready(())
+    }
+
+    /// The write to the client moved again: the watch is not needed.
+    pub fn unwatch(&mut self) {
+        self.watch = None;
+    }
+
+    /// The upstream socket, while the body reads from it.
+    pub fn stream(&self) -> Option<&TcpStream> {
+        match self.conn.as_ref() {
+            Some(PooledConn {
+                sender: Sender::Raw(raw),
+                ..
+            }) => Some(&raw.stream),
+            _ => None,
+        }
     }
 
     /// The body cannot be read to its end: the connection closes.

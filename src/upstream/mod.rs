@@ -478,6 +478,20 @@ impl TargetPool {
 }
 
 impl PooledConn {
+    /// The upstream ended its side while the response still waits on the
+    /// client: the connection gives up its slot and the client's share at
+    /// once, and closes when its body is done (it never goes back to the
+    /// pool).
+    pub fn let_go(&mut self) {
+        self.permit = None;
+        self.share = None;
+    }
+
+    /// The connection holds a slot of its pool (HTTP/2's shared one does not).
+    pub fn holds_slot(&self) -> bool {
+        self.permit.is_some()
+    }
+
     /// Gives a connection whose response was read completely back to the pool.
     pub fn release(self) {
         let (sender, Some(permit)) = (self.sender, self.permit) else {

@@ -569,12 +569,12 @@ async fn write_parts<S: ConnIo>(
                         let mut size = prefix;
                         size.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                         let mut out = bytes::Bytes::from(size).chain(data).chain(&b"\r\n"[..]);
-                        io.write_all_buf(&mut out).await.map_err(write_err)?;
+                        io.write_all_watching(body, &mut out).await
                     } else {
                         let mut out = bytes::Bytes::from(prefix).chain(data);
-                        io.write_all_buf(&mut out).await.map_err(write_err)?;
+                        io.write_all_watching(body, &mut out).await
                     }
-                    io.flush().await.map_err(write_err)?;
+                    .map_err(write_err)?;
                 }
                 Err(frame) => {
                     if let (Ok(trailers), ResponseFraming::Chunked) =

@@ -4,14 +4,20 @@
 //! with `TimedOut`, which the connection loop turns into
 //! `client_send_timeout`. The timer is armed only when a write finds the
 //! socket full, so a client that reads costs no timer at all.
+//! A stall that lasts `WATCH_UPSTREAM_AFTER` is reported (`stalled_long`),
+//! so that the writer can start watching its upstream meanwhile.
 
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Buf;
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
+
+use crate::http::body::{Body, WATCH_UPSTREAM_AFTER};
 
 pub struct Paced<'a, S> {
     io: &'a mut S,
@@ -20,6 +26,10 @@ pub struct Paced<'a, S> {
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer runs: no write has moved bytes since it was set.
     armed: bool,
+    /// When the stall began, while `armed`.
+    since: Instant,
+    /// The stall has lasted `WATCH_UPSTREAM_AFTER`.
+    long: bool,
 }
 
 impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
@@ -29,7 +39,15 @@ impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
             limit,
             timer: None,
             armed: false,
+            since: Instant::now(),
+            long: false,
         }
+    }
+
+    /// No write has moved bytes for `WATCH_UPSTREAM_AFTER` (and the send
+    /// deadline has not passed yet).
+    pub fn stalled_long(&self) -> bool {
+        self.armed && self.long
     }
 
     pub fn get_ref(&self) -> &S {
@@ -43,24 +61,98 @@ impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
     /// The write is pending: arm the deadline if it is not running, and
     /// fail once it passes.
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let deadline = Instant::now() + self.limit;
+        if !self.armed {
+            self.since = Instant::now();
+            self.long = false;
+        }
+        let deadline = self.since + self.limit;
+        // The timer wakes first when the stall turns long, then at the deadline.
+        let checkpoint = if self.long || WATCH_UPSTREAM_AFTER >= self.limit {
+            deadline
+        } else {
+            self.since + WATCH_UPSTREAM_AFTER
+        };
         let timer = match &mut self.timer {
             Some(t) => {
                 if !self.armed {
-                    t.as_mut().reset(deadline);
+                    t.as_mut().reset(checkpoint);
                 }
                 t
             }
             None => self
                 .timer
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                .insert(Box::pin(tokio::time::sleep_until(checkpoint))),
         };
         self.armed = true;
         ready!(timer.as_mut().poll(cx));
+        if Instant::now() < deadline {
+            self.long = true;
+            timer.as_mut().reset(deadline);
+            ready!(timer.as_mut().poll(cx));
+        }
         Poll::Ready(io::Error::new(
             io::ErrorKind::TimedOut,
             "client send timeout",
         ))
+    }
+
+    /// Writes and flushes all of `out`. While the client has taken nothing
+    /// for `WATCH_UPSTREAM_AFTER`, the upstream connection `body` reads
+    /// from is watched: if the upstream ends its side meanwhile, the
+    /// connection gives up its pool slot at once (`Body::poll_upstream_ended`),
+    /// and its bytes still go to the client.
+    pub async fn write_all_watching(
+        &mut self,
+        body: &mut Body,
+        out: &mut impl Buf,
+    ) -> io::Result<()>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let mut watched = false;
+        let mut flushed = false;
+        let r = poll_fn(|cx| {
+            let r = self.poll_write_all(cx, out, &mut flushed);
+            if r.is_pending() && self.stalled_long() {
+                watched = true;
+                let _ = body.poll_upstream_ended(cx);
+            }
+            r
+        })
+        .await;
+        if watched {
+            body.unwatch();
+        }
+        r
+    }
+
+    fn poll_write_all(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut impl Buf,
+        flushed: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        while out.has_remaining() {
+            let n = if self.io.is_write_vectored() {
+                let mut slices = [io::IoSlice::new(&[]); 4];
+                let count = out.chunks_vectored(&mut slices);
+                ready!(Pin::new(&mut *self).poll_write_vectored(cx, &slices[..count]))?
+            } else {
+                ready!(Pin::new(&mut *self).poll_write(cx, out.chunk()))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            out.advance(n);
+        }
+        if !*flushed {
+            ready!(Pin::new(&mut *self).poll_flush(cx))?;
+            *flushed = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
@@ -68,6 +160,7 @@ impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
             Poll::Pending => self.stalled(cx).map(Err),
             done => {
                 self.armed = false;
+                self.long = false;
                 done
             }
         }
