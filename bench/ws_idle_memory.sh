@@ -65,7 +65,7 @@ measure() {  # name pid port
   before=$(rss "$2")
   python3 "$HERE/bench/tools/ws_idle.py" clients --port "$3" -n "$N" >"$RUN/idle.$1" 2>&1 & local idle=$!
   for _ in $(seq 1200); do grep -qs READY "$RUN/idle.$1" && break; sleep 0.1; done
-  sleep 1
+  sleep 3  # idle: longer than Gatehouse's parking delay for tunnels (2 s)
   after=$(rss "$2")
   echo "$1: $(grep -o 'ok=[0-9]* failed=[0-9]*' "$RUN/idle.$1"), RSS ${before} -> ${after} KiB, $(awk -v a="$after" -v b="$before" -v n="$N" 'BEGIN{printf "%.2f", (a-b)/n}') KiB per idle WebSocket"
   kill "$idle"; wait "$idle" 2>/dev/null || true

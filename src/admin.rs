@@ -106,7 +106,7 @@ fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let mut text = rt.table.metrics().render(&rt.table);
             rt.tls.certs.render_metrics(&mut text);
             text.push_str(&format!(
-                "# HELP gatehouse_http_parked_connections Idle keep-alive HTTP/1 connections waiting without a task.\n# TYPE gatehouse_http_parked_connections gauge\ngatehouse_http_parked_connections {}\n",
+                "# HELP gatehouse_http_parked_connections Idle connections waiting without a task: HTTP/1 keep-alive connections and upgraded tunnels.\n# TYPE gatehouse_http_parked_connections gauge\ngatehouse_http_parked_connections {}\n",
                 rt.parking.len()
             ));
             if let Some(acme) = &rt.tls.acme {

@@ -82,6 +82,11 @@ impl ShutdownSignal {
         self.phase() >= Phase::Draining as u8
     }
 
+    /// The drain is over: every connection ends now.
+    pub fn is_closing(&self) -> bool {
+        self.phase() >= Phase::Closing as u8
+    }
+
     pub fn draining(&self) -> Reached<'_> {
         self.reached(Phase::Draining)
     }
@@ -375,7 +380,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(live = table.active(), drain = ?config.timeouts.shutdown_drain, "shutdown: draining");
     shutdown.advance(Phase::Draining);
     // Parked keep-alive connections have nothing in flight: they end now.
-    runtime.parking.close_all();
+    // (Parked tunnels are live connections: they end with the drain.)
+    runtime.parking.close_all(false);
     for task in accept_tasks {
         let _ = task.await;
     }
@@ -389,6 +395,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     shutdown.advance(Phase::Closing);
+    runtime.parking.close_all(true);
     if tokio::time::timeout(std::time::Duration::from_secs(5), table.wait_empty())
         .await
         .is_err()

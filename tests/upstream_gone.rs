@@ -206,15 +206,12 @@ fn an_http2_stream_without_window_lets_its_slot_go_when_the_upstream_finished() 
         let resp = resp.await.unwrap();
         assert_eq!(resp.status(), 200);
         let gh = &gh;
-        let good = {
-            let web = web;
-            tokio::task::spawn_blocking(move || {
-                raw_exchange(
-                    web,
-                    b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-                )
-            })
-        };
+        let good = tokio::task::spawn_blocking(move || {
+            raw_exchange(
+                web,
+                b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+        });
         let (head, body) = good.await.unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "good client got {head}");
         assert_eq!(body, b"ok");

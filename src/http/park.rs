@@ -11,6 +11,13 @@
 //! and the table guard travels with it. The housekeeping sweep ends parked
 //! connections past their deadline (`idle_timeout`); the drain at shutdown
 //! ends them all (`shutdown`).
+//!
+//! An upgraded connection's tunnel over plain TCP parks the same way after
+//! `TUNNEL_PARK_AFTER` without a byte either way: both sockets wait in the
+//! set under one slot, the first event on either resumes the pump in a new
+//! task. A parked tunnel keeps its idle timeout and max lifetime (the
+//! sweep), and is a live connection for the drain: it ends at the drain's
+//! end, not its start.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,14 +30,20 @@ use tokio::time::Instant;
 use super::Served;
 use super::h1::Parked;
 use super::proxy::{ConnInfo, Handler};
+use super::tunnel::PumpTunnel;
 use crate::conn::{ConnGuard, EndReason};
 use crate::io::Prefixed;
+use crate::l4::pump;
 use crate::server::{ListenerRt, Runtime};
 
 type Io = Prefixed<TcpStream>;
 
 /// How often parked connections' deadlines are checked.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// An upgraded connection's tunnel (plain TCP both sides) idle this long,
+/// nothing in flight, is parked: both sockets wait in the lot.
+pub const TUNNEL_PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Readiness events taken from the lot's epoll set per system call.
 const EVENTS_PER_WAIT: usize = 256;
@@ -57,7 +70,50 @@ struct Lot {
 #[derive(Default)]
 struct Slot {
     generation: u32,
-    conn: Option<ParkedConn>,
+    conn: Option<Occupant>,
+}
+
+enum Occupant {
+    Http(ParkedConn),
+    /// (Boxed: a keep-alive connection's slot stays small.)
+    Tunnel(Box<ParkedTunnel>),
+}
+
+/// An upgraded connection's tunnel, idle: both plain-TCP sockets wait in
+/// the lot's epoll set; the first byte (or close) either way resumes it.
+struct ParkedTunnel {
+    client: std::net::TcpStream,
+    upstream: std::net::TcpStream,
+    deadlines: pump::Deadlines,
+    /// When the idle timeout and the max lifetime end it, if they do.
+    idle_end: Option<Instant>,
+    lifetime_end: Option<Instant>,
+    guard: ConnGuard,
+}
+
+impl Occupant {
+    /// Why it ends now, if its deadline has passed.
+    fn expired(&self, now: Instant) -> Option<EndReason> {
+        match self {
+            Occupant::Http(c) => (c.deadline <= now).then_some(EndReason::IdleTimeout),
+            Occupant::Tunnel(t) => {
+                if t.lifetime_end.is_some_and(|e| e <= now) {
+                    Some(EndReason::MaxLifetime)
+                } else if t.idle_end.is_some_and(|e| e <= now) {
+                    Some(EndReason::IdleTimeout)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn finish(self, reason: EndReason) {
+        match self {
+            Occupant::Http(c) => c.guard.finish(reason),
+            Occupant::Tunnel(t) => t.guard.finish(reason),
+        }
+    }
 }
 
 struct ParkedConn {
@@ -92,7 +148,7 @@ impl Default for ParkingLot {
 }
 
 impl Lot {
-    fn take(&mut self, index: usize) -> Option<ParkedConn> {
+    fn take(&mut self, index: usize) -> Option<Occupant> {
         let conn = self.slots.get_mut(index)?.conn.take()?;
         self.free.push(index as u32);
         self.parked -= 1;
@@ -115,19 +171,17 @@ impl ParkingLot {
         self.len() == 0
     }
 
-    /// Ends parked connections past their keep-alive deadline.
+    /// Ends parked connections past their deadline (keep-alive; a tunnel's
+    /// idle timeout or max lifetime).
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut ended = Vec::new();
         {
             let mut lot = lock(&self.lot);
             for i in 0..lot.slots.len() {
-                if lot.slots[i]
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.deadline <= now)
-                {
-                    ended.extend(lot.take(i));
+                let expired = lot.slots[i].conn.as_ref().and_then(|c| c.expired(now));
+                if let Some(reason) = expired {
+                    ended.extend(lot.take(i).map(|c| (c, reason)));
                 }
                 if lot.slots.is_empty() {
                     break;
@@ -135,30 +189,39 @@ impl ParkingLot {
             }
         }
         // Closed outside the lock: closing a socket takes time.
-        for c in ended {
-            c.guard.finish(EndReason::IdleTimeout);
+        for (c, reason) in ended {
+            c.finish(reason);
         }
     }
 
-    /// Ends every parked connection (the drain at shutdown: idle keep-alive
-    /// connections have nothing in flight to finish).
-    pub fn close_all(&self) {
-        let slots = {
+    /// Ends every parked keep-alive connection (the drain at shutdown: they
+    /// have nothing in flight to finish); with `tunnels`, parked tunnels
+    /// too (the drain's end: they end as live connections do).
+    pub fn close_all(&self, tunnels: bool) {
+        let ended: Vec<Occupant> = {
             // (The generation stays: events already taken from the epoll
             // set must not match slots filled later.)
             let mut lot = lock(&self.lot);
-            lot.free = Vec::new();
-            lot.parked = 0;
-            std::mem::take(&mut lot.slots)
+            let mut ended = Vec::new();
+            for i in 0..lot.slots.len() {
+                let http = matches!(lot.slots[i].conn, Some(Occupant::Http(_)));
+                if http || tunnels {
+                    ended.extend(lot.take(i));
+                }
+                if lot.slots.is_empty() {
+                    break;
+                }
+            }
+            ended
         };
-        for c in slots.into_iter().filter_map(|s| s.conn) {
-            c.guard.finish(EndReason::Shutdown);
+        for c in ended {
+            c.finish(EndReason::Shutdown);
         }
     }
 
-    /// Puts `conn` in a slot and its socket in the epoll set; gives it back
-    /// when that cannot be done.
-    fn park(&self, conn: ParkedConn) -> Result<(), ParkedConn> {
+    /// Puts `conn` in a slot and its sockets in the epoll set; gives it
+    /// back when that cannot be done.
+    fn park(&self, conn: Occupant) -> Result<(), Occupant> {
         let Some(epoll) = &self.epoll else {
             return Err(conn);
         };
@@ -177,7 +240,15 @@ impl ParkingLot {
         let interest =
             epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
         let data = epoll::EventData::new_u64(key(index as u32, generation));
-        if epoll::add(epoll, &conn.socket, data, interest).is_err() {
+        let added = match &conn {
+            Occupant::Http(c) => epoll::add(epoll, &c.socket, data, interest),
+            Occupant::Tunnel(t) => epoll::add(epoll, &t.client, data, interest).and_then(|()| {
+                epoll::add(epoll, &t.upstream, data, interest).inspect_err(|_| {
+                    let _ = epoll::delete(epoll, &t.client);
+                })
+            }),
+        };
+        if added.is_err() {
             lot.free.push(index as u32);
             return Err(conn);
         }
@@ -189,7 +260,7 @@ impl ParkingLot {
     }
 
     /// Takes the connections the events name (those still parked).
-    fn take_woken(&self, events: &[epoll::Event]) -> Vec<ParkedConn> {
+    fn take_woken(&self, events: &[epoll::Event]) -> Vec<Occupant> {
         let mut lot = lock(&self.lot);
         let mut woken = Vec::with_capacity(events.len());
         for ev in events {
@@ -234,7 +305,7 @@ pub async fn watch(rt: Arc<Runtime>) {
             Ok(()) => ready.clear_ready(),
             Err(e) => {
                 tracing::error!(error = %e, "parking lot: epoll_wait failed; closing parked connections");
-                rt.parking.close_all();
+                rt.parking.close_all(true);
                 return;
             }
         }
@@ -263,7 +334,10 @@ fn wake_ready(rt: &Arc<Runtime>) -> rustix::io::Result<()> {
             Err(e) => return Err(e),
         }
         for conn in rt.parking.take_woken(&events) {
-            resume(conn, rt);
+            match conn {
+                Occupant::Http(c) => resume(c, rt),
+                Occupant::Tunnel(t) => resume_tunnel(*t, rt.clone()),
+            }
         }
         if events.len() < EVENTS_PER_WAIT {
             return Ok(());
@@ -282,10 +356,7 @@ fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runt
     tokio::spawn(async move {
         match prepare(*u, &guard).await {
             Prepared::Pump(tunnel) => {
-                tokio::spawn(async move {
-                    let reason = tunnel.run(&guard, &rt.shutdown).await;
-                    guard.finish(reason);
-                });
+                tokio::spawn(run_tunnel(tunnel, guard, rt));
             }
             Prepared::Copy(tunnel) => {
                 let reason = Box::pin(tunnel.run(&rt.shutdown)).await;
@@ -293,6 +364,77 @@ fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runt
             }
             Prepared::Ended(reason) => guard.finish(reason),
         }
+    });
+}
+
+/// A plain-TCP tunnel's pump, until the tunnel ends or has been idle for
+/// `TUNNEL_PARK_AFTER`: then it is parked.
+async fn run_tunnel(tunnel: PumpTunnel<Io>, guard: ConnGuard, rt: Arc<Runtime>) {
+    let idle = match tunnel
+        .run_parking(&guard, &rt.shutdown, TUNNEL_PARK_AFTER)
+        .await
+    {
+        Ok(reason) => return guard.finish(reason),
+        Err(idle) => idle,
+    };
+    if rt.shutdown.is_closing() {
+        return guard.finish(EndReason::Shutdown);
+    }
+    let (client, upstream, deadlines) = idle.into_parts();
+    let (Ok(client), Ok(upstream)) = (client.into_std(), upstream.into_std()) else {
+        return guard.finish(EndReason::Internal);
+    };
+    let now = Instant::now();
+    let std_now = std::time::Instant::now();
+    let tunnel = ParkedTunnel {
+        // The pump parks only after `TUNNEL_PARK_AFTER` without a byte: the
+        // idle deadline counts from then.
+        idle_end: deadlines
+            .idle
+            .map(|d| now + d.saturating_sub(TUNNEL_PARK_AFTER)),
+        lifetime_end: deadlines
+            .max_lifetime
+            .map(|d| now + (deadlines.started + d).saturating_duration_since(std_now)),
+        client,
+        upstream,
+        deadlines,
+        guard,
+    };
+    if let Err(conn) = rt.parking.park(Occupant::Tunnel(Box::new(tunnel))) {
+        if let Occupant::Tunnel(t) = conn {
+            resume_tunnel(*t, rt.clone());
+        }
+        return;
+    }
+    // A drain that reached its end meanwhile has emptied the lot already:
+    // this one too.
+    if rt.shutdown.is_closing() {
+        rt.parking.close_all(true);
+    }
+}
+
+/// A task again for a parked tunnel whose client or upstream sent
+/// something (or left).
+fn resume_tunnel(t: ParkedTunnel, rt: Arc<Runtime>) {
+    tokio::spawn(async move {
+        let ParkedTunnel {
+            client,
+            upstream,
+            deadlines,
+            guard,
+            ..
+        } = t;
+        if let Some(epoll) = &rt.parking.epoll {
+            let _ = epoll::delete(epoll, &client);
+            let _ = epoll::delete(epoll, &upstream);
+        }
+        let (Ok(client), Ok(upstream)) =
+            (TcpStream::from_std(client), TcpStream::from_std(upstream))
+        else {
+            return guard.finish(EndReason::Internal);
+        };
+        let tunnel = PumpTunnel::from_parts(client, upstream, deadlines, &guard);
+        run_tunnel(tunnel, guard, rt).await;
     });
 }
 
@@ -326,12 +468,15 @@ pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, r
         guard,
         listener,
     };
-    if let Err(conn) = rt.parking.park(conn) {
-        return resume(conn, &rt);
+    if let Err(conn) = rt.parking.park(Occupant::Http(conn)) {
+        if let Occupant::Http(c) = conn {
+            resume(c, &rt);
+        }
+        return;
     }
     // A drain that began meanwhile has emptied the lot already: this one too.
     if rt.shutdown.is_draining() {
-        rt.parking.close_all();
+        rt.parking.close_all(false);
     }
 }
 

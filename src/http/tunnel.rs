@@ -154,14 +154,68 @@ impl<S: ConnIo> PumpTunnel<S> {
             first_up,
             deadlines,
         } = self;
-        match io.tcp() {
-            Some(client) => {
-                pump::run(
-                    client, &upstream, first_up, guard, deadlines, false, shutdown,
-                )
-                .await
-            }
-            None => EndReason::Internal,
+        let Some(client) = io.tcp() else {
+            return EndReason::Internal;
+        };
+        let parts = pump::Parts {
+            client,
+            upstream: &upstream,
+            first_up,
+            refuse_proxy_signature: false,
+        };
+        match pump::run_parking(parts, guard, deadlines, shutdown).await {
+            pump::Stopped::Ended(reason) => reason,
+            pump::Stopped::Idle => EndReason::Internal, // (never: no park_after)
+        }
+    }
+}
+
+impl PumpTunnel<crate::io::Prefixed<TcpStream>> {
+    /// The tunnel until it ends (`Ok`), or until nothing has moved either
+    /// way for `park_after` with nothing in flight: then it is given back
+    /// (`Err`), to wait in the parking lot (`http::park`).
+    pub async fn run_parking(
+        mut self,
+        guard: &ConnGuard,
+        shutdown: &ShutdownSignal,
+        park_after: Duration,
+    ) -> Result<EndReason, Self> {
+        let Some(client) = self.io.tcp() else {
+            return Ok(EndReason::Internal);
+        };
+        let parts = pump::Parts {
+            client,
+            upstream: &self.upstream,
+            first_up: std::mem::take(&mut self.first_up),
+            refuse_proxy_signature: false,
+        };
+        let deadlines = pump::Deadlines {
+            park_after: Some(park_after),
+            ..self.deadlines
+        };
+        match pump::run_parking(parts, guard, deadlines, shutdown).await {
+            pump::Stopped::Ended(reason) => Ok(reason),
+            pump::Stopped::Idle => Err(self),
+        }
+    }
+
+    /// The two sockets and the deadlines, to be parked.
+    pub fn into_parts(self) -> (TcpStream, TcpStream, pump::Deadlines) {
+        (self.io.into_inner(), self.upstream, self.deadlines)
+    }
+
+    /// A parked tunnel's sockets, back in tokio's hands.
+    pub fn from_parts(
+        client: TcpStream,
+        upstream: TcpStream,
+        deadlines: pump::Deadlines,
+        guard: &ConnGuard,
+    ) -> Self {
+        PumpTunnel {
+            io: crate::io::Prefixed::new(client, Vec::new(), guard.entry_arc()),
+            upstream,
+            first_up: Vec::new(),
+            deadlines,
         }
     }
 }
@@ -211,6 +265,7 @@ pub async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuar
                         idle: tunnel.idle,
                         max_lifetime: tunnel.max_lifetime,
                         started: Instant::now(),
+                        park_after: None,
                     },
                 });
             }

@@ -280,19 +280,18 @@ async fn run(
         idle: policy.idle_timeout,
         max_lifetime: policy.max_lifetime,
         started: guard.entry().started(),
+        park_after: None,
     };
-    Step::End(
-        pump::run(
-            &client,
-            &upstream,
-            first_up,
-            guard,
-            limits,
-            refuse_proxy_signature,
-            &rt.shutdown,
-        )
-        .await,
-    )
+    let parts = pump::Parts {
+        client: &client,
+        upstream: &upstream,
+        first_up,
+        refuse_proxy_signature,
+    };
+    match pump::run_parking(parts, guard, limits, &rt.shutdown).await {
+        pump::Stopped::Ended(reason) => Step::End(reason),
+        pump::Stopped::Idle => Step::End(EndReason::Internal), // (never: no park_after)
+    }
 }
 
 /// PROXY v2 TLVs describing a TLS connection: the server name

@@ -8,6 +8,9 @@
 //! EOF on one side is passed on as a write shutdown to the other; the
 //! connection ends when both directions are done, on any error (a reset on
 //! one side resets the other), or at the idle, lifetime or shutdown deadline.
+//! `run_parking` may also stop it idle (`Stopped::Idle`): nothing moved
+//! either way for its `park_after`, nothing in flight, both directions
+//! open; its caller then parks the two sockets (`http::park`).
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
@@ -50,10 +53,14 @@ fn give_buffer(buf: Box<[u8]>) {
     });
 }
 
+#[derive(Clone, Copy)]
 pub struct Deadlines {
     pub idle: Option<Duration>,
     pub max_lifetime: Option<Duration>,
     pub started: Instant,
+    /// Stop idle (`Stopped::Idle`) after this long without a byte either
+    /// way, so that the caller parks the sockets; `None`: never.
+    pub park_after: Option<Duration>,
 }
 
 /// Where one direction (source → destination) stands.
@@ -260,15 +267,56 @@ impl Activity {
     }
 }
 
-pub async fn run(
-    client: &TcpStream,
-    upstream: &TcpStream,
+/// How a pump that may park stopped.
+pub enum Stopped {
+    Ended(EndReason),
+    /// No byte moved either way for the pump's `park_after`, nothing in
+    /// flight and both directions open: the caller may park the sockets.
+    Idle,
+}
+
+/// What `run_parking` moves bytes between, and when it may stop idle.
+pub struct Parts<'a> {
+    pub client: &'a TcpStream,
+    pub upstream: &'a TcpStream,
+    pub first_up: Vec<u8>,
+    pub refuse_proxy_signature: bool,
+}
+
+/// Moves bytes until the connection ends, or, with `deadlines.park_after`,
+/// until nothing has moved for that long (`Stopped::Idle`).
+/// (A plain function: the future holds the parts once, not also as one
+/// argument; an idle L4 connection's task is mostly this future.)
+pub fn run_parking<'a>(
+    parts: Parts<'a>,
+    guard: &'a ConnGuard,
+    deadlines: Deadlines,
+    shutdown: &'a ShutdownSignal,
+) -> impl Future<Output = Stopped> + 'a {
+    let Parts {
+        client,
+        upstream,
+        first_up,
+        refuse_proxy_signature,
+    } = parts;
+    pump(
+        (client, upstream),
+        first_up,
+        guard,
+        deadlines,
+        refuse_proxy_signature,
+        shutdown,
+    )
+}
+
+async fn pump(
+    (client, upstream): (&TcpStream, &TcpStream),
     first_up: Vec<u8>,
     guard: &ConnGuard,
     deadlines: Deadlines,
     refuse_proxy_signature: bool,
     shutdown: &ShutdownSignal,
-) -> EndReason {
+) -> Stopped {
     let entry = guard.entry();
     let activity = Activity {
         started: deadlines.started,
@@ -296,24 +344,31 @@ pub async fn run(
         splice,
     };
 
-    // One timer serves both the idle deadline and the lifetime deadline.
-    let lifetime_end = deadlines.max_lifetime.map(|d| deadlines.started + d);
+    // One timer serves the idle deadline, the lifetime deadline and the
+    // moment to park.
+    // (Computed where needed rather than held: an idle connection's task is
+    // mostly this future.)
+    let lifetime_end = |d: &Deadlines| d.max_lifetime.map(|l| d.started + l);
+    let far = || Instant::now() + Duration::from_secs(86400 * 365);
     let next_deadline = |activity: &Activity| -> Option<Instant> {
         let idle_end = deadlines.idle.map(|d| activity.last() + d);
-        match (idle_end, lifetime_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // (Not parked at its time, bytes being in flight: checked again later.)
+        let park_at = deadlines
+            .park_after
+            .map(|d| (activity.last() + d).max(Instant::now() + d / 4));
+        [idle_end, lifetime_end(&deadlines), park_at]
+            .into_iter()
+            .flatten()
+            .min()
     };
-    let far = Instant::now() + Duration::from_secs(86400 * 365);
     let mut timer = pin!(sleep_until(TokioInstant::from_std(
-        next_deadline(&activity).unwrap_or(far)
+        next_deadline(&activity).unwrap_or_else(far)
     )));
     let mut closing = pin!(shutdown.closing());
     let mut first_eof = None;
     let mut draining = false;
 
-    let reason = poll_fn(|cx| {
+    let stopped = poll_fn(|cx| {
         let up_done = matches!(up.state, DirState::Done);
         let down_done = matches!(down.state, DirState::Done);
         if !up_done {
@@ -322,9 +377,15 @@ pub async fn run(
                     DirEnd::Eof => {
                         first_eof.get_or_insert(EndReason::ClientClosed);
                     }
-                    DirEnd::ReadFailed => return Poll::Ready(EndReason::ClientReset),
-                    DirEnd::WriteFailed => return Poll::Ready(EndReason::UpstreamReset),
-                    DirEnd::ProxySignature => return Poll::Ready(EndReason::ProxyHeaderUntrusted),
+                    DirEnd::ReadFailed => {
+                        return Poll::Ready(Stopped::Ended(EndReason::ClientReset));
+                    }
+                    DirEnd::WriteFailed => {
+                        return Poll::Ready(Stopped::Ended(EndReason::UpstreamReset));
+                    }
+                    DirEnd::ProxySignature => {
+                        return Poll::Ready(Stopped::Ended(EndReason::ProxyHeaderUntrusted));
+                    }
                 }
             }
         }
@@ -335,9 +396,11 @@ pub async fn run(
                         first_eof.get_or_insert(EndReason::UpstreamClosed);
                     }
                     DirEnd::ReadFailed | DirEnd::ProxySignature => {
-                        return Poll::Ready(EndReason::UpstreamReset);
+                        return Poll::Ready(Stopped::Ended(EndReason::UpstreamReset));
                     }
-                    DirEnd::WriteFailed => return Poll::Ready(EndReason::ClientReset),
+                    DirEnd::WriteFailed => {
+                        return Poll::Ready(Stopped::Ended(EndReason::ClientReset));
+                    }
                 }
             }
         }
@@ -345,7 +408,9 @@ pub async fn run(
             matches!(up.state, DirState::Done),
             matches!(down.state, DirState::Done),
         ) {
-            (true, true) => return Poll::Ready(first_eof.unwrap_or(EndReason::ClientClosed)),
+            (true, true) => {
+                return Poll::Ready(Stopped::Ended(first_eof.unwrap_or(EndReason::ClientClosed)));
+            }
             (false, false) => {}
             _ if !draining => {
                 draining = true;
@@ -355,29 +420,44 @@ pub async fn run(
         }
         while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            if lifetime_end.is_some_and(|end| end <= now) {
-                return Poll::Ready(EndReason::MaxLifetime);
+            if lifetime_end(&deadlines).is_some_and(|end| end <= now) {
+                return Poll::Ready(Stopped::Ended(EndReason::MaxLifetime));
+            }
+            if deadlines.idle.is_some_and(|d| activity.last() + d <= now) {
+                return Poll::Ready(Stopped::Ended(EndReason::IdleTimeout));
+            }
+            let quiet = deadlines
+                .park_after
+                .is_some_and(|d| activity.last() + d <= now);
+            if quiet
+                && !draining
+                && matches!(
+                    (&up.state, &down.state),
+                    (DirState::Waiting, DirState::Waiting)
+                )
+            {
+                return Poll::Ready(Stopped::Idle);
             }
             match next_deadline(&activity) {
-                Some(d) if d <= now => return Poll::Ready(EndReason::IdleTimeout),
+                Some(d) if d <= now => return Poll::Ready(Stopped::Ended(EndReason::IdleTimeout)),
                 Some(d) => timer.as_mut().reset(TokioInstant::from_std(d)),
-                None => timer.as_mut().reset(TokioInstant::from_std(far)),
+                None => timer.as_mut().reset(TokioInstant::from_std(far())),
             }
         }
         if closing.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(EndReason::Shutdown);
+            return Poll::Ready(Stopped::Ended(EndReason::Shutdown));
         }
         Poll::Pending
     })
     .await;
 
     // Pass a reset on: the other side sees RST, not an orderly FIN.
-    match reason {
-        EndReason::ClientReset => abort(upstream),
-        EndReason::UpstreamReset => abort(client),
+    match stopped {
+        Stopped::Ended(EndReason::ClientReset) => abort(upstream),
+        Stopped::Ended(EndReason::UpstreamReset) => abort(client),
         _ => {}
     }
-    reason
+    stopped
 }
 
 /// Makes the coming close send RST instead of FIN.

@@ -380,18 +380,14 @@ impl RawBody {
         let Some(watch) = self.watch.as_ref() else {
             return Poll::Pending;
         };
-        loop {
-            match ready!(watch.poll_read_ready(cx)) {
-                Ok(mut ready) => {
-                    let r = ready.ready();
-                    if r.is_read_closed() || r.is_error() {
-                        break;
-                    }
-                    // Bytes arrived, nothing more: wait for the next event.
-                    ready.clear_ready();
-                }
-                Err(_) => break,
+        // (An error on the registration ends the watch as the upstream's end would.)
+        while let Ok(mut ready) = ready!(watch.poll_read_ready(cx)) {
+            let r = ready.ready();
+            if r.is_read_closed() || r.is_error() {
+                break;
             }
+            // Bytes arrived, nothing more: wait for the next event.
+            ready.clear_ready();
         }
         self.watch = None;
         self.keep_alive = false;
