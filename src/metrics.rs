@@ -220,6 +220,13 @@ impl Metrics {
             crate::upstream::send_batch::sends(),
         );
 
+        let (kept, closed) = crate::upstream::abandoned_counts();
+        out.push_str(&format!(
+            "# HELP gatehouse_upstream_abandoned_total Upstream requests whose client went away before the response head (a reset HTTP/2 stream, a closed connection), by what became of their connection: kept (unused, or its response drained) or closed.\n\
+             # TYPE gatehouse_upstream_abandoned_total counter\n\
+             gatehouse_upstream_abandoned_total{{connection=\"kept\"}} {kept}\n\
+             gatehouse_upstream_abandoned_total{{connection=\"closed\"}} {closed}\n"
+        ));
         out.push_str(
             "# HELP gatehouse_upstream_connect_seconds Time to establish upstream connections.\n",
         );

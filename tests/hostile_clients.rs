@@ -457,3 +457,81 @@ fn http2_streams_reset_with_their_headers_never_reach_the_upstream() {
     let log = gh.log_text();
     assert!(!log.contains("\"WARN\""), "{log}");
 }
+
+/// HTTP/2 streams reset after they started (their request already sent
+/// upstream) cost no upstream connection: the connection waits out the
+/// response it owes, discards it, and serves the next request. Each
+/// stream here is reset once the backend holds its request, and answered
+/// only once Gatehouse has dropped the stream; the next starts once the
+/// connection is counted as kept.
+#[test]
+fn http2_streams_reset_after_they_started_keep_their_upstream_connection() {
+    use std::sync::mpsc;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let (seen_tx, seen) = mpsc::channel::<()>();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let accepted2 = accepted.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            accepted2.fetch_add(1, Ordering::Relaxed);
+            let (seen_tx, go_rx) = (seen_tx.clone(), go_rx.clone());
+            thread::spawn(move || {
+                while read_request(&mut s).is_some() {
+                    let _ = seen_tx.send(());
+                    let _ = go_rx.lock().unwrap().recv();
+                    if s.write_all(&ok_response("ok")).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gh = Gatehouse::start(&http_config("", "http.h2c = true", backend, ""));
+    let web = gh.addr("web");
+    let rt = test_runtime();
+    let streams = 10u64;
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(web).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        for i in 0..streams {
+            let mut client = client.clone().ready().await.unwrap();
+            let req = http::Request::get("http://a/slow").body(()).unwrap();
+            let (_resp, mut send) = client.send_request(req, true).unwrap();
+            tokio::task::block_in_place(|| seen.recv_timeout(Duration::from_secs(5)).unwrap());
+            send.send_reset(h2::Reason::CANCEL);
+            tokio::task::block_in_place(|| {
+                gh.wait_for("the reset stream dropped", Duration::from_secs(5), |gh| {
+                    request_ends(gh, "client_aborted") == i + 1
+                })
+            });
+            go.send(()).unwrap();
+            // Its response drained, the connection is back in the pool.
+            tokio::task::block_in_place(|| {
+                gh.wait_for("the connection kept", Duration::from_secs(5), |gh| {
+                    gh.metric(
+                        "gatehouse_upstream_abandoned_total",
+                        &[("connection", "kept")],
+                    ) == i + 1
+                })
+            });
+        }
+        // The connection still serves: a last request answered in full.
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get("http://a/last").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        tokio::task::block_in_place(|| seen.recv_timeout(Duration::from_secs(5)).unwrap());
+        go.send(()).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+    });
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "upstream connections opened for {streams} reset streams and one more request"
+    );
+}

@@ -523,24 +523,32 @@ impl Handler {
                 log.connect = Some(t);
             }
             let reused = conn.reused;
-            if let Sender::Raw(raw) = &mut conn.sender {
+            if matches!(conn.sender, Sender::Raw(_)) {
+                let mut exchanging = Exchanging(Some(conn));
                 let encoded = h1::encode_request(&head.req, &head.set);
                 let head_request = head.req.method() == http::Method::HEAD;
                 let deadline = tokio::time::Instant::now() + policy.http.response_header_timeout;
                 let mut timer = self.response_timer(deadline);
                 let exchange = tokio::select! {
                     biased;
-                    r = raw.exchange(encoded, head_request) => Ok(r),
+                    r = exchanging.exchange(encoded, head_request) => Ok(r),
                     () = timer.as_mut() => Err(()),
                 };
                 self.keep_response_timer(timer);
                 match exchange {
-                    Err(()) => return Err(RequestEnd::UpstreamResponseTimeout),
+                    Err(()) => {
+                        exchanging.close(); // slow: not drained
+                        return Err(RequestEnd::UpstreamResponseTimeout);
+                    }
                     Ok(Ok(h)) => {
+                        let Some(conn) = exchanging.0.take() else {
+                            return Err(RequestEnd::UpstreamReset); // (never: just exchanged)
+                        };
                         let body = h1::RawBody::new(conn, h.decoder, h.keep_alive);
                         return Ok((h.response.map(|()| UpstreamInner::Right(body)), None));
                     }
                     Ok(Err(e)) => {
+                        exchanging.close();
                         tracing::debug!(conn = self.conn_id, error = ?e, reused, "upstream request failed");
                         match e {
                             // Closed while idle, before anything came back:
@@ -817,6 +825,40 @@ fn uri_len(uri: &Uri) -> usize {
     let authority = uri.authority().map_or(0, |a| a.as_str().len());
     let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
     pq + authority + scheme
+}
+
+/// A connection of ours in mid-exchange. Dropped with its request (the
+/// client went away: a reset HTTP/2 stream, a closed connection) before
+/// the response head was read, it is settled rather than closed: back to
+/// the pool if nothing was sent, after its response is drained if the
+/// request was (`PooledConn::settle_abandoned`). A flood of streams reset
+/// right after they start so costs no upstream connections.
+struct Exchanging(Option<PooledConn>);
+
+impl Exchanging {
+    async fn exchange(
+        &mut self,
+        request: Vec<u8>,
+        head_request: bool,
+    ) -> Result<h1::ResponseHead, h1::ExchangeError> {
+        match self.0.as_mut().map(|c| &mut c.sender) {
+            Some(Sender::Raw(raw)) => raw.exchange(request, head_request).await,
+            _ => Err(h1::ExchangeError::Reset), // (never: made for ours only)
+        }
+    }
+
+    /// The exchange failed: the connection closes.
+    fn close(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Exchanging {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.settle_abandoned();
+        }
+    }
 }
 
 #[cfg(test)]

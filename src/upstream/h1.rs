@@ -8,7 +8,10 @@
 //! 204 and 304; chunked when Transfer-Encoding ends in chunked; else by a
 //! valid Content-Length; else until the upstream closes. A connection goes
 //! back to the pool only when its response was read exactly to its end,
-//! the upstream keeps it alive, and nothing more arrived after it.
+//! the upstream keeps it alive, and nothing more arrived after it. A
+//! request dropped in mid-exchange leaves its connection knowing what it
+//! owes (`Pending`): nothing, or a response that `drain` reads and discards
+//! (bounded in bytes and time) so that the connection can serve another.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -40,6 +43,48 @@ const MAX_HEADERS: usize = 128;
 pub struct RawConn {
     stream: TcpStream,
     buf: BytesMut,
+    /// Where its last request stands, for when that request is dropped
+    /// (its client went away) before its response head was read.
+    pending: Pending,
+}
+
+/// What a connection owes, seen from a request dropped in mid-exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing: no request on it, or one whose bytes never left.
+    Clean,
+    /// A request was written whole; its response has not been read.
+    Response { head_request: bool },
+    /// Anything else (part of a request written, a response half read, a
+    /// failure): the connection cannot serve another request.
+    Unknown,
+}
+
+/// The most a dropped request's response may bring for its connection to
+/// be kept (`RawConn::drain`), and how long it may take.
+const DRAIN_MAX: usize = 64 * 1024;
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The send of a request head, as the exchange awaits it: dropped with the
+/// exchange, the connection is clean if no byte left, owes the response if
+/// all of them did.
+struct Sending<'a> {
+    send: super::send_batch::Send,
+    pending: &'a mut Pending,
+    head_request: bool,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        use super::send_batch::Progress;
+        *self.pending = match self.send.progress() {
+            Progress::Unsent => Pending::Clean,
+            Progress::Whole => Pending::Response {
+                head_request: self.head_request,
+            },
+            Progress::Partial => Pending::Unknown,
+        };
+    }
 }
 
 /// Why an exchange on a connection failed.
@@ -67,6 +112,7 @@ impl RawConn {
         RawConn {
             stream,
             buf: BytesMut::new(),
+            pending: Pending::Clean,
         }
     }
 
@@ -97,17 +143,88 @@ impl RawConn {
         request: Vec<u8>,
         head_request: bool,
     ) -> Result<ResponseHead, ExchangeError> {
-        let rest = match super::send_batch::send(self.stream.as_raw_fd(), request).await {
+        self.pending = Pending::Unknown;
+        let mut sending = Sending {
+            send: super::send_batch::send(self.stream.as_raw_fd(), request),
+            pending: &mut self.pending,
+            head_request,
+        };
+        let rest = match (&mut sending.send).await {
             Sent::Direct(bytes) => Some((bytes, 0)),
             Sent::Written { bytes, written } if written < bytes.len() => Some((bytes, written)),
             Sent::Written { .. } => None,
             Sent::Failed => return Err(ExchangeError::ClosedEarly),
         };
+        drop(sending);
+        self.pending = Pending::Unknown;
         if let Some((bytes, from)) = rest {
-            if self.stream.write_all(&bytes[from..]).await.is_err() {
-                return Err(ExchangeError::ClosedEarly);
+            if from == 0 {
+                // (Direct: dropped before this write, nothing has left.)
+                self.pending = Pending::Clean;
+            }
+            let mut written = from;
+            while written < bytes.len() {
+                match self.stream.write(&bytes[written..]).await {
+                    Ok(0) | Err(_) => return Err(ExchangeError::ClosedEarly),
+                    Ok(n) => {
+                        written += n;
+                        self.pending = Pending::Unknown;
+                    }
+                }
             }
         }
+        self.pending = Pending::Response { head_request };
+        let result = self.read_head(head_request).await;
+        self.pending = match result {
+            Ok(_) => Pending::Clean,
+            Err(_) => Pending::Unknown,
+        };
+        result
+    }
+
+    /// Where the last request stands (see `Pending`).
+    pub fn pending(&self) -> Pending {
+        self.pending
+    }
+
+    /// Reads and discards the response to a request whose client went
+    /// away, so that the connection can serve another: true when it can
+    /// (a complete response of at most `DRAIN_MAX` bytes within
+    /// `DRAIN_WITHIN`, the connection kept alive). A stream reset by its
+    /// client right after it started so costs no upstream connection.
+    pub async fn drain(&mut self, head_request: bool) -> bool {
+        let drained = tokio::time::timeout(DRAIN_WITHIN, async {
+            let head = self.read_head(head_request).await.ok()?;
+            let mut decoder = head.decoder;
+            let mut read = 0usize;
+            while !decoder.is_done() {
+                match decoder.advance(&mut self.buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) if decoder.is_done() => break,
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+                if read > DRAIN_MAX || decoder.is_until_close() {
+                    return None;
+                }
+                self.buf.reserve(4096);
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => read += n,
+                }
+            }
+            (head.keep_alive && self.buf.is_empty()).then_some(())
+        })
+        .await;
+        self.pending = match drained {
+            Ok(Some(())) => Pending::Clean,
+            _ => Pending::Unknown,
+        };
+        self.pending == Pending::Clean
+    }
+
+    /// Reads the final response's head (1xx interim responses skipped).
+    async fn read_head(&mut self, head_request: bool) -> Result<ResponseHead, ExchangeError> {
         let mut first = true;
         loop {
             let len = loop {

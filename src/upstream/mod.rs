@@ -4,8 +4,12 @@
 //! TLS when the route says so (verified, with SNI), HTTP/1.1 or HTTP/2.
 //! An HTTP/1.1 connection goes back to the pool only from
 //! `PooledConn::release`, which the response body calls after its last
-//! byte; anything else (an error, a client that went away, an upgrade)
-//! drops it, which closes it. An HTTP/2 connection is shared by every
+//! byte; anything else (an error, a client that went away mid-body, an
+//! upgrade) drops it, which closes it. One of ours whose request goes away
+//! before its response head is settled instead (`settle_abandoned`): kept
+//! if nothing was sent, or after its response is drained; and one of ours
+//! being connected when its request goes away is pooled (`open_detached`).
+//! An HTTP/2 connection is shared by every
 //! request to the target (one slot); a request that goes away resets only
 //! its stream.
 //!
@@ -18,7 +22,7 @@ pub mod h1;
 pub mod send_batch;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -282,18 +286,72 @@ impl TargetPool {
         connect_timeout: Duration,
         raw: bool,
     ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), RequestEnd> {
-        let permit =
-            match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await
-            {
-                Ok(Ok(p)) => p,
-                _ => return Err(RequestEnd::UpstreamPoolExhausted),
-            };
+        let permit = self.slot().await?;
         let started = Instant::now();
         // Boxed: the connect's state is large and needed only here.
         let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect(raw)))
             .await
             .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
         Ok((sender, peer, permit, started.elapsed()))
+    }
+
+    /// A slot for a new connection, waiting at most the pool's wait timeout.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, RequestEnd> {
+        match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(RequestEnd::UpstreamPoolExhausted),
+        }
+    }
+
+    /// A new connection of ours (`open` for a raw one), connected by a task
+    /// of its own: a request that goes away while it connects (an HTTP/2
+    /// stream reset as soon as it started) leaves the connection to the
+    /// pool, idle, instead of closing it unused.
+    async fn open_detached(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+    ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), RequestEnd> {
+        let permit = self.slot().await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let connected = tokio::time::timeout(connect_timeout, pool.connect(true))
+                .await
+                .unwrap_or(Err(RequestEnd::UpstreamConnectTimeout));
+            let (sender, peer) = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    drop(permit);
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            if let Err(Ok((sender, peer, permit, _))) =
+                tx.send(Ok((sender, peer, permit, started.elapsed())))
+            {
+                abandoned(true);
+                pool.keep_idle(sender, peer, permit);
+            }
+        });
+        rx.await.unwrap_or(Err(RequestEnd::UpstreamConnectError))
+    }
+
+    /// Keeps a connection that can serve another request, if the pool has
+    /// room for one more idle; else it closes.
+    fn keep_idle(&self, sender: Sender, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.max_idle {
+            idle.push(IdleConn {
+                sender,
+                permit,
+                peer,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// The scheme requests to this target carry (HTTP/2 needs one).
@@ -328,7 +386,11 @@ impl TargetPool {
                 return Ok((conn, None));
             }
         }
-        let (sender, peer, permit, took) = self.open(connect_timeout, raw).await?;
+        let (sender, peer, permit, took) = if raw {
+            self.open_detached(connect_timeout).await?
+        } else {
+            self.open(connect_timeout, raw).await?
+        };
         Ok((
             PooledConn {
                 sender,
@@ -492,24 +554,68 @@ impl PooledConn {
         self.permit.is_some()
     }
 
+    /// Its request was dropped before the response head was read (see
+    /// `h1::Pending`): back to the pool if nothing was sent; if the request
+    /// was, a task of its own drains the response first (bounded in bytes
+    /// and time), holding the pool slot meanwhile; otherwise it closes.
+    pub fn settle_abandoned(mut self) {
+        let Sender::Raw(raw) = &self.sender else {
+            return;
+        };
+        match raw.pending() {
+            h1::Pending::Clean => {
+                abandoned(true);
+                self.release();
+            }
+            h1::Pending::Response { head_request } => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return abandoned(false);
+                };
+                self.share = None; // the client is gone: its share is free
+                rt.spawn(async move {
+                    if let Sender::Raw(raw) = &mut self.sender {
+                        let kept = raw.drain(head_request).await;
+                        abandoned(kept);
+                        if kept {
+                            self.release();
+                        }
+                    }
+                });
+            }
+            h1::Pending::Unknown => abandoned(false),
+        }
+    }
+
     /// Gives a connection whose response was read completely back to the pool.
     pub fn release(self) {
         let (sender, Some(permit)) = (self.sender, self.permit) else {
             return; // HTTP/2: the shared connection stays with the pool
         };
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = lock(&self.pool.idle);
-        if idle.len() < self.pool.max_idle {
-            idle.push(IdleConn {
-                sender,
-                permit,
-                peer: self.peer,
-                since: Instant::now(),
-            });
-        }
+        self.pool.keep_idle(sender, self.peer, permit);
     }
+}
+
+/// Requests dropped in mid-exchange (their client went away) whose
+/// connection was kept (returned unused, drained, or connected for no one
+/// and pooled), and those whose connection closed (process-wide).
+static ABANDONED_KEPT: AtomicU64 = AtomicU64::new(0);
+static ABANDONED_CLOSED: AtomicU64 = AtomicU64::new(0);
+
+fn abandoned(kept: bool) {
+    let counter = if kept {
+        &ABANDONED_KEPT
+    } else {
+        &ABANDONED_CLOSED
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// (kept, closed): see `ABANDONED_KEPT`.
+pub fn abandoned_counts() -> (u64, u64) {
+    (
+        ABANDONED_KEPT.load(Ordering::Relaxed),
+        ABANDONED_CLOSED.load(Ordering::Relaxed),
+    )
 }
 
 /// Buckets of `ClientShares`: a fixed table, so that memory stays bounded

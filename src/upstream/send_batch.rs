@@ -388,6 +388,38 @@ impl Future for Send {
     }
 }
 
+/// How far a send got, seen when its future is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing has gone to the socket, nor will: never polled, or still
+    /// queued (dropping it now takes it out of the batch).
+    Unsent,
+    /// All of it is in the socket.
+    Whole,
+    /// Part of it, or unknown.
+    Partial,
+}
+
+impl Send {
+    pub fn progress(&self) -> Progress {
+        let Some(slot) = &self.slot else {
+            return if self.bytes.is_some() {
+                Progress::Unsent
+            } else {
+                Progress::Partial
+            };
+        };
+        match &lock(slot).state {
+            SlotState::Queued(_) => Progress::Unsent,
+            SlotState::Done(Sent::Written { bytes, written }) if *written == bytes.len() => {
+                Progress::Whole
+            }
+            SlotState::Done(Sent::Written { written: 0, .. }) => Progress::Unsent,
+            _ => Progress::Partial,
+        }
+    }
+}
+
 impl Drop for Send {
     fn drop(&mut self) {
         if let Some(slot) = &self.slot {
