@@ -43,8 +43,8 @@ fn backend() -> SocketAddr {
                         let _ = s.write_all(&pattern(FINITE, 7));
                         return; // closed: the FIN follows the body
                     }
-                    if line.starts_with("GET /reset") {
-                        let chunked = line.starts_with("GET /reset-chunked");
+                    if line.contains(" /reset") {
+                        let chunked = line.contains(" /reset-chunked");
                         let head: &[u8] = if chunked {
                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                         } else {
@@ -87,6 +87,13 @@ fn start() -> Gatehouse {
 /// A client that asks for `path` and reads nothing, with a small receive
 /// buffer so that the proxy's writes stall soon.
 fn stalled_client(web: SocketAddr, path: &str) -> TcpStream {
+    stalled_request(
+        web,
+        &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+fn stalled_request(web: SocketAddr, request: &str) -> TcpStream {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap(); // before the handshake: a small window
@@ -99,11 +106,7 @@ fn stalled_client(web: SocketAddr, path: &str) -> TcpStream {
     .unwrap();
     sock.connect(&web.into()).unwrap();
     let mut s: TcpStream = sock.into();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
     s
 }
 
@@ -167,6 +170,20 @@ fn a_copied_response_the_upstream_reset_lets_its_slot_go() {
     let gh = start();
     let web = gh.addr("web");
     let s = stalled_client(web, "/reset-chunked");
+    assert_good_client_served(&gh, web);
+    assert_cut(&gh, s);
+}
+
+/// A request with a body goes through hyper's client: its connection is
+/// watched the same way.
+#[test]
+fn a_response_to_a_request_with_a_body_lets_its_slot_go_when_the_upstream_reset() {
+    let gh = start();
+    let web = gh.addr("web");
+    let s = stalled_request(
+        web,
+        "POST /reset HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
     assert_good_client_served(&gh, web);
     assert_cut(&gh, s);
 }

@@ -280,6 +280,8 @@ pub struct UpstreamBody {
     /// The upstream connection, returned to its pool at end of stream.
     conn: Option<PooledConn>,
     log: RequestLog,
+    /// For hyper's connections (`conn`): see `Body::poll_upstream_ended`.
+    watch: crate::upstream::shared_io::EndWatch,
 }
 
 impl UpstreamBody {
@@ -296,6 +298,7 @@ impl UpstreamBody {
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             conn,
             log,
+            watch: Default::default(),
         }
     }
 
@@ -329,7 +332,20 @@ impl Body {
         match self {
             Body::Upstream(u) => match &mut u.inner {
                 Either::Right(raw) => raw.poll_upstream_ended(cx),
-                Either::Left(_) => Poll::Pending,
+                Either::Left(_) => {
+                    let Some(conn) = u.conn.as_mut().filter(|c| c.holds_slot()) else {
+                        return Poll::Pending;
+                    };
+                    let crate::upstream::Sender::H1(_, socket) = &conn.sender else {
+                        return Poll::Pending;
+                    };
+                    let Some(socket) = socket.upgrade() else {
+                        return Poll::Pending; // (closed: the body fails on its own)
+                    };
+                    ready!(u.watch.poll_ended(cx, &socket));
+                    conn.let_go();
+                    Poll::Ready(())
+                }
             },
             Body::Boxed(_) => Poll::Pending,
         }
@@ -338,6 +354,7 @@ impl Body {
     /// The client takes bytes again: stop watching the upstream.
     pub fn unwatch(&mut self) {
         if let Body::Upstream(u) = self {
+            u.watch.clear();
             if let Either::Right(raw) = &mut u.inner {
                 raw.unwatch();
             }

@@ -16,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::upstream::shared_io::SharedIo;
+
 use super::h1::{ConnIo, Replay};
 use crate::conn::{ConnGuard, EndReason};
 use crate::l4::pump;
@@ -247,7 +249,7 @@ pub async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuar
     };
     // (`parkable`: plain TCP with no replayed bytes left in the wrapper.)
     let upstream = match (io.tcp(), io.parkable()) {
-        (Some(client), true) => match upstream.downcast::<TokioIo<TcpStream>>() {
+        (Some(client), true) => match upstream.downcast::<TokioIo<SharedIo>>() {
             Ok(parts) => {
                 let wait = tunnel.idle.unwrap_or(Duration::from_secs(30));
                 let owed = write_owed(client, &parts.read_buf, &guard.entry().bytes_down);
@@ -256,9 +258,12 @@ pub async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuar
                     Ok(Err(_)) => return Prepared::Ended(EndReason::ClientReset),
                     Err(_) => return Prepared::Ended(EndReason::ClientSendTimeout),
                 }
+                let Some(upstream) = parts.io.into_inner().into_stream() else {
+                    return Prepared::Ended(EndReason::Internal); // (never: no watch on an upgrade)
+                };
                 return Prepared::Pump(PumpTunnel {
                     io,
-                    upstream: parts.io.into_inner(),
+                    upstream,
                     // Only the bytes owed are kept: the loop's buffer goes.
                     first_up: early.to_vec(),
                     deadlines: pump::Deadlines {

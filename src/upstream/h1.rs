@@ -15,7 +15,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -23,7 +23,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -406,9 +405,9 @@ pub struct RawBody {
     conn: Option<PooledConn>,
     decoder: Decoder,
     keep_alive: bool,
-    /// While the client takes nothing: a second registration of the
-    /// upstream socket, to see the upstream end its side (`poll_upstream_ended`).
-    watch: Option<Box<AsyncFd<OwnedFd>>>,
+    /// While the client takes nothing: to see the upstream end its side
+    /// (`poll_upstream_ended`).
+    watch: super::shared_io::EndWatch,
 }
 
 impl RawBody {
@@ -417,7 +416,7 @@ impl RawBody {
             conn: Some(conn),
             decoder,
             keep_alive,
-            watch: None,
+            watch: Default::default(),
         };
         if body.decoder.is_done() {
             body.finish();
@@ -483,30 +482,7 @@ impl RawBody {
         let Sender::Raw(raw) = &conn.sender else {
             return Poll::Pending;
         };
-        if self.watch.is_none() {
-            let registered = raw
-                .stream
-                .as_fd()
-                .try_clone_to_owned()
-                .and_then(crate::sys::register_owned_fd);
-            match registered {
-                Ok(w) => self.watch = Some(Box::new(w)),
-                Err(_) => return Poll::Pending, // no descriptor to spare: not watched
-            }
-        }
-        let Some(watch) = self.watch.as_ref() else {
-            return Poll::Pending;
-        };
-        // (An error on the registration ends the watch as the upstream's end would.)
-        while let Ok(mut ready) = ready!(watch.poll_read_ready(cx)) {
-            let r = ready.ready();
-            if r.is_read_closed() || r.is_error() {
-                break;
-            }
-            // Bytes arrived, nothing more: wait for the next event.
-            ready.clear_ready();
-        }
-        self.watch = None;
+        ready!(self.watch.poll_ended(cx, &raw.stream));
         self.keep_alive = false;
         conn.let_go();
         Poll::Ready(())
@@ -514,7 +490,7 @@ impl RawBody {
 
     /// The write to the client moved again: the watch is not needed.
     pub fn unwatch(&mut self) {
-        self.watch = None;
+        self.watch.clear();
     }
 
     /// The upstream socket, while the body reads from it.

@@ -20,6 +20,7 @@
 
 pub mod h1;
 pub mod send_batch;
+pub mod shared_io;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -57,7 +58,9 @@ impl Upstream {
 
 /// A request sender on an HTTP/1.1 or HTTP/2 connection.
 pub enum Sender {
-    H1(http1::SendRequest<Body>),
+    /// hyper's HTTP/1.1 client, and its socket (plain TCP, under TLS or
+    /// not) for watching (`shared_io`).
+    H1(http1::SendRequest<Body>, std::sync::Weak<TcpStream>),
     H2(http2::SendRequest<Body>),
     /// A connection our own HTTP/1.1 client reads and writes in place.
     Raw(h1::RawConn),
@@ -66,7 +69,7 @@ pub enum Sender {
 impl Sender {
     pub fn is_closed(&self) -> bool {
         match self {
-            Sender::H1(s) => s.is_closed(),
+            Sender::H1(s, _) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
             Sender::Raw(c) => c.is_stale(),
         }
@@ -81,7 +84,7 @@ impl Sender {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H1(s, _) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
             Sender::Raw(_) => unreachable!("raw connections are driven by `h1::RawConn`"),
         }
@@ -422,7 +425,7 @@ impl TargetPool {
                 // I/O task to run), else any.
                 let ready = || {
                     idle.iter()
-                        .rposition(|c| matches!(&c.sender, Sender::H1(s) if s.is_ready()))
+                        .rposition(|c| matches!(&c.sender, Sender::H1(s, _) if s.is_ready()))
                 };
                 match ready().or(idle.len().checked_sub(1)) {
                     Some(pos) => idle.remove(pos),
@@ -442,13 +445,13 @@ impl TargetPool {
                 Sender::Raw(c) if raw => Sender::Raw(c),
                 // One of ours, for a request hyper's client carries.
                 Sender::Raw(c) => match c.into_stream() {
-                    Some(stream) => match self.handshake(stream).await {
+                    Some(stream) => match self.handshake_tcp(stream).await {
                         Ok(s) => s,
                         Err(_) => continue,
                     },
                     None => continue,
                 },
-                Sender::H1(mut s) => {
+                Sender::H1(mut s, socket) => {
                     if !s.is_ready()
                         && !tokio::time::timeout(Duration::from_millis(100), s.ready())
                             .await
@@ -456,7 +459,7 @@ impl TargetPool {
                     {
                         continue;
                     }
-                    Sender::H1(s)
+                    Sender::H1(s, socket)
                 }
                 Sender::H2(_) => continue,
             };
@@ -490,8 +493,9 @@ impl TargetPool {
             if raw {
                 return Ok((Sender::Raw(h1::RawConn::new(stream)), addr));
             }
-            return Ok((self.handshake(stream).await?, addr));
+            return Ok((self.handshake_tcp(stream).await?, addr));
         };
+        let (stream, socket) = shared_io::SharedIo::new(stream);
         let name = settings::server_name(tls, &self.target);
         let stream = tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, stream)
@@ -503,13 +507,23 @@ impl TargetPool {
                     UpstreamTlsFailure::Handshake => RequestEnd::UpstreamTlsHandshakeFailed,
                 }
             })?;
-        Ok((self.handshake(stream).await?, addr))
+        Ok((self.handshake(stream, socket).await?, addr))
+    }
+
+    /// `handshake` on a plain TCP connection.
+    async fn handshake_tcp(&self, stream: TcpStream) -> Result<Sender, RequestEnd> {
+        let (io, socket) = shared_io::SharedIo::new(stream);
+        self.handshake(io, socket).await
     }
 
     /// The HTTP handshake on a connected stream; its I/O then runs in its
     /// own task, which ends (closing the socket) when every sender is
     /// dropped or the upstream closes.
-    async fn handshake<S>(&self, stream: S) -> Result<Sender, RequestEnd>
+    async fn handshake<S>(
+        &self,
+        stream: S,
+        socket: std::sync::Weak<TcpStream>,
+    ) -> Result<Sender, RequestEnd>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -535,7 +549,7 @@ impl TargetPool {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok(Sender::H1(sender))
+        Ok(Sender::H1(sender, socket))
     }
 }
 
