@@ -1,4 +1,4 @@
-//! The `gatehouse` command line: `run`, `check`, `--version`.
+//! The `gatehouse` command line: `run`, `check`, `completions`, `--version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,20 +18,40 @@ struct Cli {
     command: Command,
 }
 
+/// Where the config is read from, unless given.
+const DEFAULT_CONFIG: &str = "/etc/gatehouse/gatehouse.toml";
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The config file (TOML).
+    #[arg(long, short, env = "GATEHOUSE_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
     Run {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Log format; overrides `log.format` in the config.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
     },
-    /// Validate a config file: exit 0 when valid, 1 with every error otherwise.
+    /// Validate a config file (and load the certificates it names): exit 0
+    /// when valid, 1 with every error otherwise.
     Check {
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The config file, as a plain argument (the same as --config).
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a completion script for a shell, to be sourced or installed
+    /// (for example: gatehouse completions bash > /etc/bash_completion.d/gatehouse).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -45,28 +65,67 @@ fn main() -> ExitCode {
     gatehouse::alloc::disable_huge_pages();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match check(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} listeners, {} routes)",
-                    config.display(),
-                    c.listeners.len(),
-                    c.routes.len()
-                );
-                ExitCode::SUCCESS
+        Command::Check { file, config } => {
+            let path = file.unwrap_or(config.config);
+            match check(&path) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({}, {})",
+                        path.display(),
+                        count(c.listeners.len(), "listener"),
+                        count(c.routes.len(), "route")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e:#}");
-                ExitCode::FAILURE
+        }
+        Command::Run { config, log_format } => {
+            let json = matches!(log_format, Some(LogFormatArg::Json));
+            match run(config.config, log_format) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    fatal(&format!("{e:#}"), json);
+                    ExitCode::FAILURE
+                }
             }
-        },
-        Command::Run { config, log_format } => match run(config, log_format) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("gatehouse: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gatehouse",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// "1 listener", "2 routes".
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// A fatal error on standard error: a log event once logging is set up
+/// (JSON or text, as the log), or before that (the config could not be
+/// read) one JSON event with `--log-format json`, else a plain line.
+fn fatal(message: &str, json: bool) {
+    if !tracing::dispatcher::has_been_set() && json {
+        init_logging("error", LogFormat::Json);
+    }
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("gatehouse: {message}");
     }
 }
 
@@ -129,8 +188,9 @@ fn init_logging(level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
-    }
+    // (Set once: a second call, for a fatal error, keeps the first.)
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
 }

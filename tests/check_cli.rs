@@ -180,3 +180,95 @@ fn version_flag() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+fn gatehouse(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("GATEHOUSE_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check FILE`, `check --config FILE` and `check` with $GATEHOUSE_CONFIG
+/// read the same file; the summary counts in words.
+#[test]
+fn the_config_is_found_as_an_argument_an_option_or_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, OK).unwrap();
+    let p = path.to_str().unwrap();
+    let expected = format!("{p}: ok (1 listener, 1 route)\n");
+    for (args, env) in [
+        (vec!["check", p], vec![]),
+        (vec!["check", "--config", p], vec![]),
+        (vec!["check"], vec![("GATEHOUSE_CONFIG", p)]),
+    ] {
+        let (ok, stdout, stderr) = gatehouse(&args, &env);
+        assert!(ok, "{args:?}: {stderr}");
+        assert_eq!(stdout, expected, "{args:?}");
+    }
+    // Without either, the default path is read (and named when missing).
+    let (ok, _, stderr) = gatehouse(&["check"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("/etc/gatehouse/gatehouse.toml"), "{stderr}");
+    let (_, _, help) = gatehouse(&["run", "--help"], &[]);
+    assert!(help.is_empty());
+    let (ok, help, _) = gatehouse(&["run", "--help"], &[]);
+    assert!(ok);
+    assert!(help.contains("The config file (TOML)"), "{help}");
+    assert!(help.contains("GATEHOUSE_CONFIG"), "{help}");
+}
+
+/// A config that cannot be read is said once, in the log's format.
+#[test]
+fn a_missing_config_is_one_clear_error_in_the_log_format() {
+    let (ok, _, stderr) = gatehouse(&["run", "--config", "/nonexistent/g.toml"], &[]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    let (ok, _, stderr) = gatehouse(
+        &[
+            "run",
+            "--config",
+            "/nonexistent/g.toml",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(line["level"], "ERROR");
+    let message = line["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot read config file /nonexistent/g.toml"),
+        "{message}"
+    );
+}
+
+#[test]
+fn completion_scripts_for_the_usual_shells() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef gatehouse"),
+        ("fish", "complete -c gatehouse"),
+    ] {
+        let (ok, script, stderr) = gatehouse(&["completions", shell], &[]);
+        assert!(ok, "{shell}: {stderr}");
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("check") && script.contains("log-format"),
+            "{shell}"
+        );
+    }
+}

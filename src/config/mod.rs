@@ -232,20 +232,18 @@ impl fmt::Display for ConfigErrors {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // (`error`, not `source`: the message says it once.)
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{0}")]
     Invalid(#[from] ConfigErrors),
 }
 
 /// Reads, parses and validates a config file, substituting environment variables.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     let lookup = |name: &str| std::env::var(name).ok();
     Ok(parse(&path.display().to_string(), &text, &lookup)?)
