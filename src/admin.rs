@@ -1,4 +1,5 @@
-//! The admin listener (separate bind, default 127.0.0.1:9901): `GET /healthz`,
+//! The admin listener (separate bind, default 127.0.0.1:9901): `GET /` (the
+//! list of endpoints), `GET /healthz`,
 //! `GET /connections` (the live connection table as JSON) and `GET /metrics`
 //! (Prometheus text), `POST /tls/reload` (read every certificate from disk
 //! again; a file that fails keeps its previous certificate). Bounded like the data plane: a cap on concurrent admin
@@ -19,6 +20,14 @@ use tokio::sync::Semaphore;
 use crate::server::Runtime;
 
 const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// `GET /`: what the admin API offers.
+const INDEX: &str = "Gatehouse admin API\n\
+GET  /              this list\n\
+GET  /healthz       liveness: 200 \"ok\"\n\
+GET  /connections   the live connection table (JSON)\n\
+GET  /metrics       Prometheus metrics (text format 0.0.4)\n\
+POST /tls/reload    read every certificate from disk again (JSON: what was reloaded)\n";
 
 /// A descriptor held in reserve for the admin listener: when the process
 /// is out of descriptors, it is given up so that the operator's request
@@ -94,6 +103,7 @@ fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
         );
     }
     match req.uri().path() {
+        "/" => reply(StatusCode::OK, "text/plain", INDEX.into()),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/connections" => {
             let body = serde_json::json!({

@@ -138,6 +138,9 @@ impl Metrics {
                     continue;
                 }
                 let n = by_state.get(&(route, state)).copied().unwrap_or(0);
+                if slot == 0 && n == 0 {
+                    continue; // (`none`: a series only while it counts something)
+                }
                 let _ = writeln!(
                     out,
                     "gatehouse_connections_active{{route=\"{}\",state=\"{}\"}} {n}",

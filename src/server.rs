@@ -278,10 +278,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls,
     ));
 
-    let mut accept_tasks = Vec::new();
-    for (index, lc) in config.listeners.iter().enumerate() {
+    // Everything is bound before anything is announced or served: a port
+    // taken (the admin's too) stops the start with nothing said listening.
+    let mut bound = Vec::new();
+    for lc in &config.listeners {
         let socket = crate::listener::bind(lc.bind, lc.backlog)
             .with_context(|| format!("listener {:?}: cannot bind {}", lc.name, lc.bind))?;
+        bound.push(socket);
+    }
+    let admin = match config.admin {
+        Some(bind) => Some(
+            tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("admin: cannot bind {bind}"))?,
+        ),
+        None => None,
+    };
+    let mut accept_tasks = Vec::new();
+    for ((index, lc), socket) in config.listeners.iter().enumerate().zip(bound) {
         let addr: SocketAddr = socket.local_addr()?;
         tracing::info!(listener = %lc.name, addr = %addr, "listening");
         let rt = Arc::new(ListenerRt {
@@ -296,11 +310,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             runtime.clone(),
         )));
     }
-
-    if let Some(bind) = config.admin {
-        let admin = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("admin: cannot bind {bind}"))?;
+    if let Some(admin) = admin {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(crate::admin::serve(admin, runtime.clone()));
     }
