@@ -121,3 +121,100 @@ fn shutdown_finishes_the_request_in_flight_and_closes_idle_keep_alive() {
     assert!(status.success());
     assert!(start.elapsed() < Duration::from_secs(3));
 }
+
+fn access_lines(gh: &Gatehouse) -> Vec<serde_json::Value> {
+    gh.log_text()
+        .lines()
+        .filter(|l| l.contains("\"gatehouse::access\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Durations at most to the microsecond; a normal end blames no side; a
+/// request that failed to reach its upstream still names it.
+#[test]
+fn access_log_lines_are_easy_to_read() {
+    let (backend, _) = raw_http_backend(|_| ok_response("ok"));
+    let gh = Gatehouse::start(&http_config("", "", backend, ""));
+    let (head, _) = raw_exchange(
+        gh.addr("web"),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"));
+    let refused = refused_addr();
+    let gh502 = Gatehouse::start(&http_config("", "", refused.addr, ""));
+    let (head, _) = raw_exchange(
+        gh502.addr("web"),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    for gh in [&gh, &gh502] {
+        gh.wait_for("the access line", Duration::from_secs(3), |g| {
+            !access_lines(g).is_empty()
+        });
+    }
+    let ok = &access_lines(&gh)[0];
+    assert_eq!(ok["reason"], "ok");
+    assert!(ok.get("side").is_none(), "{ok}");
+    for field in ["connect_ms", "headers_ms", "total_ms"] {
+        assert!(ok[field].as_f64().is_some(), "{field} missing: {ok}");
+        let text = ok[field].to_string();
+        let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 3, "{field} = {text}");
+    }
+    let failed = &access_lines(&gh502)[0];
+    assert_eq!(failed["status"], 502);
+    assert_eq!(failed["side"], "upstream");
+    assert_eq!(failed["upstream"], refused.addr.to_string());
+}
+
+/// An upgraded connection writes its 101 as a request, then, at its end,
+/// a line with the tunnel's totals and why it ended.
+#[test]
+fn an_upgraded_connection_is_logged_at_its_end_with_its_totals() {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        read_request(&mut s).unwrap();
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).unwrap();
+        s.write_all(b"7 bytes").unwrap();
+        // Closed: the upstream ends the tunnel.
+    });
+    let gh = Gatehouse::start(&http_config("", "", backend, "policy.allow_upgrade = true"));
+    let mut c = TcpStream::connect(gh.addr("web")).unwrap();
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    c.write_all(b"hello").unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"7 bytes");
+    drop(c);
+    gh.wait_for("the tunnel's line", Duration::from_secs(5), |g| {
+        access_lines(g).len() == 2
+    });
+    let lines = access_lines(&gh);
+    assert_eq!(lines[0]["status"], 101);
+    let end = &lines[1];
+    assert_eq!(end["message"], "upgraded connection closed", "{end}");
+    assert_eq!(end["route"], "app");
+    assert_eq!(end["upstream"], backend.to_string());
+    assert_eq!(end["reason"], "upstream_closed");
+    // The whole connection: the request head and "hello" up, the 101 and
+    // "7 bytes" down.
+    assert!(end["bytes_up"].as_u64().unwrap() > 5, "{end}");
+    assert!(end["bytes_down"].as_u64().unwrap() > 7, "{end}");
+}

@@ -65,6 +65,9 @@ impl ConnEntry {
 struct Details {
     route: Option<(usize, Arc<str>)>,
     upstream: Option<SocketAddr>,
+    /// An upgraded connection whose end goes to the access log (its
+    /// listener logs requests): its totals and end reason.
+    log_tunnel: bool,
     /// What only some connections have (a PROXY header, TLS).
     extra: Option<Box<Extra>>,
 }
@@ -292,6 +295,12 @@ impl ConnGuard {
         self.entry.clone()
     }
 
+    /// The connection was upgraded (its 101 logged as a request): its end
+    /// is logged too, with the tunnel's totals and end reason.
+    pub fn log_tunnel_end(&self) {
+        lock(&self.entry.details).log_tunnel = true;
+    }
+
     pub fn set_state(&self, state: ConnState) {
         let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
         if old != state as u8 {
@@ -365,9 +374,14 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         let reason = self.end.unwrap_or(EndReason::Internal);
-        self.entry
+        let was = self
+            .entry
             .state
-            .store(ConnState::Closed as u8, Ordering::Relaxed);
+            .swap(ConnState::Closed as u8, Ordering::Relaxed);
+        // (An upgraded tunnel half closed is `draining`.)
+        if was == ConnState::Upgraded as u8 || was == ConnState::Draining as u8 {
+            self.log_tunnel(reason);
+        }
         let table = &self.table;
         if let Some(ip) = self.ip_slot.take() {
             let mut map = lock(&table.per_ip);
@@ -406,6 +420,28 @@ impl Drop for ConnGuard {
 }
 
 impl ConnGuard {
+    /// The access-log line of an upgraded connection's end (a WebSocket):
+    /// its route, upstream, bytes each way over its whole life, duration
+    /// and why it ended.
+    fn log_tunnel(&self, reason: EndReason) {
+        let d = lock(&self.entry.details);
+        if !d.log_tunnel {
+            return;
+        }
+        tracing::info!(
+            target: "gatehouse::access",
+            conn = self.entry.id,
+            route = d.route.as_ref().map(|r| &*r.1),
+            upstream = d.upstream.map(|u| u.to_string()),
+            bytes_up = self.entry.bytes_up.load(Ordering::Relaxed),
+            bytes_down = self.entry.bytes_down.load(Ordering::Relaxed),
+            total_ms = self.entry.started.elapsed().as_micros() as f64 / 1000.0,
+            reason = reason.as_str(),
+            side = reason.side().as_str(),
+            "upgraded connection closed"
+        );
+    }
+
     fn log_end(&self, reason: EndReason) {
         let d = lock(&self.entry.details);
         macro_rules! end_event {

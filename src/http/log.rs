@@ -90,6 +90,11 @@ impl RequestLog {
     }
 }
 
+/// Milliseconds, to the microsecond.
+fn ms(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
 impl Drop for RequestLog {
     fn drop(&mut self) {
         let total = self.started.elapsed();
@@ -123,11 +128,12 @@ impl Drop for RequestLog {
                 bytes_up = self.bytes_up,
                 bytes_down = self.bytes_down,
                 upstream = self.upstream.map(|u| u.to_string()),
-                connect_ms = self.connect.map(|d| d.as_secs_f64() * 1e3),
-                headers_ms = self.headers_received.map(|d| d.as_secs_f64() * 1e3),
-                total_ms = total.as_secs_f64() * 1e3,
+                connect_ms = self.connect.map(ms),
+                headers_ms = self.headers_received.map(ms),
+                total_ms = ms(total),
                 reason = self.end.as_str(),
-                side = self.end.side().as_str(),
+                // (A normal end blames no one.)
+                side = (self.end != RequestEnd::Ok).then(|| self.end.side().as_str()),
                 "request"
             );
         }

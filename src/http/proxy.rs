@@ -500,6 +500,11 @@ impl Handler {
             // (An idle connection of ours at hand needs no future at all.)
             // The client's share of the target's connections, claimed
             // before one is taken (fairness: `ClientShares`).
+            // The line of a request that fails before a connection names
+            // the target all the same (when it is an address).
+            if log.upstream.is_none() {
+                log.upstream = pool.target().parse().ok();
+            }
             let share = pool.claim(self.info.client.ip())?;
             let idle = if fresh {
                 None

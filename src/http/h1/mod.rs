@@ -211,6 +211,9 @@ pub async fn serve<S: ConnIo>(
             Exchange::End(reason) => return H1End::End(reason),
             Exchange::Upgrade(tunnel) => {
                 guard.set_state(ConnState::Upgraded);
+                if cfg.access_log {
+                    guard.log_tunnel_end();
+                }
                 // The loop's state (and the handler) end here: the tunnel
                 // runs on its own, after them (`tunnel::run_h1`).
                 return H1End::Upgrade(Box::new(Upgrade {
