@@ -183,8 +183,9 @@ fn init_logging(level: &str, format: LogFormat) {
             level.push_str(&format!(",{noisy}=error"));
         }
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let wanted = std::env::var("RUST_LOG").unwrap_or(level);
+    let (wanted, clamped) = clamp_levels(&wanted, tracing::level_filters::STATIC_MAX_LEVEL);
+    let filter = tracing_subscriber::EnvFilter::new(wanted);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -193,4 +194,66 @@ fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
+    if clamped {
+        tracing::warn!(
+            "debug and trace events were asked for (RUST_LOG or log.level), but a release \
+             build leaves them out; a debug build (cargo build) has them"
+        );
+    }
+}
+
+/// A filter with every debug or trace level lowered to `info` when the
+/// build's `max` leaves those events out (a release build), and whether it
+/// was. (tracing-subscriber would otherwise print its own advice about
+/// crate features, in colour, even into a file.)
+fn clamp_levels(filter: &str, max: tracing::level_filters::LevelFilter) -> (String, bool) {
+    if max >= tracing::level_filters::LevelFilter::DEBUG {
+        return (filter.to_owned(), false);
+    }
+    let mut clamped = false;
+    let parts: Vec<String> = filter
+        .split(',')
+        .map(|part| {
+            let (target, level) = match part.rsplit_once('=') {
+                Some((t, l)) if !l.contains(['}', ']']) => (Some(t), l),
+                Some(_) => return part.to_owned(),
+                None => (None, part),
+            };
+            if !matches!(
+                level.trim().to_ascii_lowercase().as_str(),
+                "debug" | "trace"
+            ) {
+                return part.to_owned();
+            }
+            clamped = true;
+            match target {
+                Some(t) => format!("{t}=info"),
+                None => "info".to_owned(),
+            }
+        })
+        .collect();
+    (parts.join(","), clamped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clamp_levels;
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn debug_levels_are_lowered_only_where_the_build_has_none() {
+        let f = "debug,h2=error,gatehouse::access=TRACE,x[span{a=1}]";
+        assert_eq!(
+            clamp_levels(f, LevelFilter::INFO),
+            (
+                "info,h2=error,gatehouse::access=info,x[span{a=1}]".to_owned(),
+                true
+            )
+        );
+        assert_eq!(clamp_levels(f, LevelFilter::TRACE), (f.to_owned(), false));
+        assert_eq!(
+            clamp_levels("info,rustls=error", LevelFilter::INFO),
+            ("info,rustls=error".to_owned(), false)
+        );
+    }
 }
