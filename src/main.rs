@@ -1,4 +1,4 @@
-//! The `gatehouse` command line: `run`, `check`, `completions`, `--version`.
+//! The `gatehouse` command line: `run`, `check`, `proxy`, `completions`, `--version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,26 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Proxy at once, without a config file: every request (or, with
+    /// --tcp, every connection) arriving at --from goes to the --to
+    /// addresses, in turn. Built on the same config model as `run`.
+    Proxy {
+        /// Where to listen: HOST:PORT, or :PORT for every interface.
+        #[arg(long, value_name = "ADDR")]
+        from: String,
+        /// Where to forward (HOST:PORT); repeat for several, used in turn.
+        #[arg(long, value_name = "ADDR", required = true)]
+        to: Vec<String>,
+        /// Forward TCP connections (L4) instead of HTTP requests.
+        #[arg(long)]
+        tcp: bool,
+        /// The admin endpoint (/metrics, /connections, …).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Log format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
     /// Print a completion script for a shell, to be sourced or installed
     /// (for example: gatehouse completions bash > /etc/bash_completion.d/gatehouse).
     Completions {
@@ -86,6 +106,36 @@ fn main() -> ExitCode {
         Command::Run { config, log_format } => {
             let json = matches!(log_format, Some(LogFormatArg::Json));
             match run(config.config, log_format) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    fatal(&format!("{e:#}"), json);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Proxy {
+            from,
+            to,
+            tcp,
+            admin,
+            log_format,
+        } => {
+            let json = matches!(log_format, Some(LogFormatArg::Json));
+            let text = proxy_config(&from, &to, tcp, &admin);
+            let result = match config::parse("gatehouse proxy", &text, &|_| None) {
+                Ok(c) => {
+                    println!(
+                        "gatehouse proxy: {} {} → {} (admin: http://{}/)",
+                        if tcp { "tcp" } else { "http" },
+                        listen_addr(&from),
+                        to.join(", "),
+                        admin
+                    );
+                    serve(c, "gatehouse proxy".into(), log_format)
+                }
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     fatal(&format!("{e:#}"), json);
@@ -136,19 +186,51 @@ fn check(path: &std::path::Path) -> anyhow::Result<config::Config> {
     Ok(c)
 }
 
+/// `:PORT` is every interface, as Caddy reads it.
+fn listen_addr(from: &str) -> String {
+    match from.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => from.to_owned(),
+    }
+}
+
+/// The config `gatehouse proxy` stands for: one listener, one route.
+/// (Values are TOML strings: the config's own validation checks them.)
+fn proxy_config(from: &str, to: &[String], tcp: bool, admin: &str) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let targets: Vec<String> = to.iter().map(|t| quote(t)).collect();
+    format!(
+        "admin.bind = {}\n[[listeners]]\nname = \"proxy\"\nbind = {}\nprotocol = \"{}\"\n\
+         [[routes]]\nname = \"proxy\"\naction.forward = [{}]\n",
+        quote(admin),
+        quote(&listen_addr(from)),
+        if tcp { "tcp" } else { "http" },
+        targets.join(", ")
+    )
+}
+
 fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
     let config = match config::load(&path) {
         Ok(c) => c,
         Err(LoadError::Invalid(errors)) => anyhow::bail!("invalid config:\n{errors}"),
         Err(e) => return Err(e.into()),
     };
+    serve(config, path.display().to_string(), log_format)
+}
+
+/// Runs the proxy on a loaded config until it is told to stop.
+fn serve(
+    config: config::Config,
+    source: String,
+    log_format: Option<LogFormatArg>,
+) -> anyhow::Result<()> {
     let format = match log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,
         Some(LogFormatArg::Text) => LogFormat::Text,
         None => config.log.format,
     };
     init_logging(&config.log.level, format);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), workers = config.workers, "starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, workers = config.workers, "starting");
     // One worker: a current-thread runtime, with no cross-thread
     // scheduling to pay for. More: tokio's work-stealing scheduler.
     let mut builder = if config.workers == 1 {
