@@ -217,6 +217,11 @@ upstream = {{ tls = true, ca = "{ca}", server_name = "backend.internal" }}
         "no request reached it"
     );
     gh.wait_log("upstream_tls_verify_failed", Duration::from_secs(2));
+    // The verifier's reason, at info level and on the connection's entry.
+    gh.wait_log("unknown issuer", Duration::from_secs(2));
+    let conns = gh.connections();
+    let why = conns["connections"][0]["upstream_error"].as_str().unwrap();
+    assert!(why.contains("unknown issuer"), "{conns}");
     assert_eq!(
         gh.metric(
             "gatehouse_http_request_end_total",
@@ -471,4 +476,47 @@ action.forward = ["{backend}"]
         let second = tls_connect(web, "a.test", client).unwrap();
         assert_eq!(second.conn.handshake_kind(), Some(expect), "{setting:?}");
     }
+}
+
+/// A self-signed CA certificate (`CA:TRUE`, as `openssl req -x509` makes)
+/// used as both the upstream's certificate and the route's CA is refused,
+/// and the log says why in words.
+#[test]
+fn a_ca_certificate_served_as_the_upstreams_own_is_explained() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let pki = Pki::new("ca");
+    let (a_cert, a_key) = pki.issue("a", &["a.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = CertificateParams::new(vec!["backend.internal".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("up.crt"), dir.path().join("up.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (backend, _) = tls_http_backend(&cert_path, &key_path);
+    let gh = Gatehouse::start(&https_config(
+        &pki,
+        &cert_entry(&a_cert, &a_key, ""),
+        &format!(
+            r#"[[routes]]
+name = "internal"
+match.listener = "web"
+action.forward = ["{backend}"]
+upstream = {{ tls = true, ca = "{}", server_name = "backend.internal" }}
+"#,
+            cert_path.display()
+        ),
+    ));
+    let mut s = tls_connect(gh.addr("web"), "a.test", pki.client(&[])).unwrap();
+    let (head, _) = get(&mut s, "a.test", "/");
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    gh.wait_log("CA:TRUE", Duration::from_secs(2));
+    let line = gh
+        .log_text()
+        .lines()
+        .find(|l| l.contains("upstream TLS handshake failed"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
 }

@@ -48,6 +48,11 @@ impl ConnEntry {
         self.id
     }
 
+    /// Shows why an upstream TLS handshake for the connection failed.
+    pub fn show_upstream_error(&self, why: std::sync::Arc<str>) {
+        lock(&self.details).extra().upstream_error = Some(why);
+    }
+
     /// Shows the route and upstream of an HTTP request on the connection
     /// (the request in flight, or the last one); its connection metrics
     /// go to that route too.
@@ -79,6 +84,8 @@ struct Extra {
     tlvs: Vec<Tlv>,
     /// The TLS server name the client asked for (TLS listeners).
     sni: Option<Box<str>>,
+    /// Why the last upstream TLS handshake for it failed.
+    upstream_error: Option<std::sync::Arc<str>>,
 }
 
 impl Details {
@@ -116,6 +123,9 @@ pub struct ConnSnapshot {
     pub proxy_tlvs: Vec<TlvSnapshot>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// Why the last upstream TLS handshake for it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -257,6 +267,11 @@ impl ConnEntry {
                 .extra
                 .as_ref()
                 .and_then(|e| e.sni.as_deref())
+                .map(str::to_owned),
+            upstream_error: d
+                .extra
+                .as_ref()
+                .and_then(|e| e.upstream_error.as_deref())
                 .map(str::to_owned),
         }
     }

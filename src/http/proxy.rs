@@ -513,7 +513,21 @@ impl Handler {
             };
             let (mut conn, connect_time) = match idle {
                 Some(conn) => (conn, None),
-                None => Box::pin(pool.checkout(policy.connect_timeout, bodiless, fresh)).await?,
+                None => {
+                    match Box::pin(pool.checkout(policy.connect_timeout, bodiless, fresh)).await {
+                        Ok(c) => c,
+                        Err(
+                            end @ (RequestEnd::UpstreamTlsVerifyFailed
+                            | RequestEnd::UpstreamTlsHandshakeFailed),
+                        ) => {
+                            if let Some(why) = pool.last_tls_error() {
+                                self.entry.show_upstream_error(why);
+                            }
+                            return Err(end);
+                        }
+                        Err(end) => return Err(end),
+                    }
+                }
             };
             conn.share = share;
             log.upstream = Some(conn.peer);

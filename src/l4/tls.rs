@@ -117,7 +117,7 @@ pub async fn connect_upstream(
         Err(_) => Err(EndReason::UpstreamConnectTimeout),
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {
-            tracing::debug!(target, error = %e, "upstream TLS handshake failed");
+            tracing::info!(target, error = %settings::describe_upstream(&e), "upstream TLS handshake failed");
             Err(match settings::classify_upstream(&e) {
                 UpstreamTlsFailure::Verify => EndReason::UpstreamTlsVerifyFailed,
                 UpstreamTlsFailure::Handshake => EndReason::UpstreamTlsHandshakeFailed,

@@ -149,6 +149,56 @@ pub fn classify_upstream(e: &std::io::Error) -> UpstreamTlsFailure {
     }
 }
 
+/// Why an upstream TLS handshake failed, in words an operator can act on
+/// (the verifier's reason when the certificate was refused).
+pub fn describe_upstream(e: &std::io::Error) -> String {
+    use rustls::CertificateError as C;
+    let Some(err) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return e.to_string();
+    };
+    let rustls::Error::InvalidCertificate(cert) = err else {
+        return err.to_string();
+    };
+    let why = match cert {
+        C::Expired | C::ExpiredContext { .. } => "the certificate has expired".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "the certificate is not valid yet".to_owned()
+        }
+        C::UnknownIssuer => {
+            "unknown issuer: not signed by a CA the route trusts (upstream.ca)".to_owned()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+            "name mismatch: the certificate is not for the name asked (upstream.server_name, else the target's host){}",
+            match cert {
+                C::NotValidForNameContext {
+                    expected,
+                    presented,
+                } => {
+                    format!(": expected {expected:?}, presented {presented:?}")
+                }
+                _ => String::new(),
+            }
+        ),
+        C::BadSignature => "bad signature".to_owned(),
+        C::Revoked => "the certificate is revoked".to_owned(),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "the certificate is not for TLS servers (extended key usage)".to_owned()
+        }
+        other => {
+            let text = format!("{other:?}");
+            if text.contains("CaUsedAsEndEntity") {
+                "a CA certificate (CA:TRUE) was presented as the server's own: the server needs a leaf certificate signed by that CA".to_owned()
+            } else {
+                format!("invalid certificate: {text}")
+            }
+        }
+    };
+    format!("certificate refused: {why}")
+}
+
 /// The identity of a verified client certificate: its first DNS name, else
 /// its subject's common name.
 pub fn client_identity(der: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {

@@ -100,6 +100,9 @@ pub struct TargetPool {
     /// The shared HTTP/2 connection, when the route speaks HTTP/2.
     shared: Mutex<Option<SharedH2>>,
     slots: Arc<Semaphore>,
+    /// Why the last TLS handshake with this target failed (shown on the
+    /// connection whose request it failed: `/connections`).
+    last_tls_error: Mutex<Option<Arc<str>>>,
     max_idle: usize,
     idle_timeout: Duration,
     wait_timeout: Duration,
@@ -145,6 +148,7 @@ impl TargetPool {
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             slots: Arc::new(Semaphore::new(policy.pool_max_connections)),
+            last_tls_error: Mutex::new(None),
             max_idle: policy.pool_max_idle,
             idle_timeout: policy.pool_idle_timeout,
             wait_timeout: policy.pool_wait_timeout,
@@ -357,6 +361,11 @@ impl TargetPool {
         }
     }
 
+    /// Why the last TLS handshake with this target failed.
+    pub fn last_tls_error(&self) -> Option<Arc<str>> {
+        lock(&self.last_tls_error).clone()
+    }
+
     /// The scheme requests to this target carry (HTTP/2 needs one).
     pub fn scheme(&self) -> &'static str {
         if self.upstream.tls.is_some() {
@@ -501,7 +510,9 @@ impl TargetPool {
             .connect(name, stream)
             .await
             .map_err(|e| {
-                tracing::debug!(target = %self.target, error = %e, "upstream TLS handshake failed");
+                let detail: Arc<str> = settings::describe_upstream(&e).into();
+                tracing::info!(target = %self.target, error = %detail, "upstream TLS handshake failed");
+                *lock(&self.last_tls_error) = Some(detail);
                 match settings::classify_upstream(&e) {
                     UpstreamTlsFailure::Verify => RequestEnd::UpstreamTlsVerifyFailed,
                     UpstreamTlsFailure::Handshake => RequestEnd::UpstreamTlsHandshakeFailed,
