@@ -322,8 +322,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let housekeeping = runtime.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::splice::IDLE_PIPE_TTL / 2);
+        let mut ticks = 0u64;
         loop {
             tick.tick().await;
+            ticks += 1;
+            // The internal issuer's certificates, renewed days before their
+            // end: looked at every few minutes.
+            if ticks.is_multiple_of(300) {
+                housekeeping.tls.certs.renew_internal();
+            }
             crate::splice::trim();
             housekeeping.reap_pools();
             // (A descriptor limit changed under the process is seen.)

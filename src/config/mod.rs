@@ -41,6 +41,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub certificates: Vec<CertificateConfig>,
     pub acme: Option<AcmeConfig>,
+    /// Where the local CA (`issuer = "internal"`) keeps its files.
+    pub internal_ca: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -915,6 +917,7 @@ impl Ctx<'_> {
 
         let certificates = self.certificates(&raw.certificates);
         let acme = raw.acme.as_ref().and_then(|a| self.acme(a));
+        let internal_ca = self.internal_ca(raw.internal_ca.as_ref());
         if let Some(span) = needs_certificate {
             if certificates.is_empty() {
                 self.err(
@@ -946,6 +949,7 @@ impl Ctx<'_> {
             routes,
             certificates,
             acme,
+            internal_ca,
         }
     }
 }

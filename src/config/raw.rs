@@ -31,6 +31,13 @@ pub struct RawConfig {
     #[serde(default)]
     pub certificates: Vec<S<RawCertificate>>,
     pub acme: Option<S<RawAcme>>,
+    pub internal_ca: Option<S<RawInternalCa>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInternalCa {
+    pub storage: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +47,7 @@ pub struct RawCertificate {
     pub cert: Option<S<String>>,
     pub key: Option<S<String>>,
     pub auto: Option<S<bool>>,
+    pub issuer: Option<S<String>>,
     pub default: Option<S<bool>>,
 }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawAcme, RawCertificate, RawTlsListener, RawUpstream, S};
+use super::raw::{RawAcme, RawCertificate, RawInternalCa, RawTlsListener, RawUpstream, S};
 use super::{Ctx, HostMatch};
 
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub enum CertSource {
     },
     /// Obtained and renewed through `[acme]`.
     Acme,
+    /// Issued and renewed by the local CA (`issuer = "internal"`, kept under
+    /// `[internal_ca] storage`).
+    Internal,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +160,30 @@ impl Ctx<'_> {
         Some(PathBuf::from(s))
     }
 
+    /// Where the local CA and the certificates it issues are kept:
+    /// `[internal_ca] storage`, else `$XDG_DATA_HOME/gatehouse/pki`, else
+    /// `$HOME/.local/share/gatehouse/pki`, else `/var/lib/gatehouse/pki`.
+    pub(super) fn internal_ca(&mut self, raw: Option<&S<RawInternalCa>>) -> PathBuf {
+        if let Some(p) = raw
+            .and_then(|r| r.get_ref().storage.as_ref())
+            .and_then(|s| self.path(s, "internal_ca.storage"))
+        {
+            return p;
+        }
+        let data = (self.env)("XDG_DATA_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                (self.env)("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(|h| PathBuf::from(h).join(".local/share"))
+            });
+        match data {
+            Some(d) => d.join("gatehouse/pki"),
+            None => PathBuf::from("/var/lib/gatehouse/pki"),
+        }
+    }
+
     pub(super) fn certificates(&mut self, raw: &[S<RawCertificate>]) -> Vec<CertificateConfig> {
         let mut out = Vec::new();
         let mut defaults = 0;
@@ -181,7 +208,38 @@ impl Ctx<'_> {
                     );
                 }
             }
-            let source = if auto {
+            let internal = match &c.issuer {
+                None => false,
+                Some(v) => match self.string(v, &field("issuer")).as_deref() {
+                    Some("internal") => true,
+                    Some(_) => {
+                        self.err(
+                            &v.span(),
+                            &field("issuer"),
+                            "the only issuer is \"internal\" (a local CA); for ACME, auto = true",
+                        );
+                        false
+                    }
+                    None => false,
+                },
+            };
+            let source = if internal {
+                if auto || c.cert.is_some() || c.key.is_some() {
+                    self.err(
+                        &rc.span(),
+                        &field("issuer"),
+                        "issuer = \"internal\" makes the certificate: leave out cert, key and auto",
+                    );
+                }
+                if hosts.is_empty() {
+                    self.err(
+                        &rc.span(),
+                        &field("hosts"),
+                        "issuer = \"internal\" needs the host names to certify",
+                    );
+                }
+                Some(CertSource::Internal)
+            } else if auto {
                 if c.cert.is_some() || c.key.is_some() {
                     self.err(
                         &rc.span(),
@@ -216,7 +274,7 @@ impl Ctx<'_> {
                         self.err(
                             &rc.span(),
                             &field("cert"),
-                            "give cert and key (PEM files), or auto = true",
+                            "give cert and key (PEM files), auto = true (ACME) or issuer = \"internal\"",
                         );
                         None
                     }

@@ -20,6 +20,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::internal::{self, InternalCa};
 use crate::config::{CertSource, CertificateConfig, HostMatch};
 
 /// The ALPN protocol of TLS-ALPN-01 challenge handshakes (RFC 8737).
@@ -79,6 +80,8 @@ pub struct CertStore {
     challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// The local CA, when a certificate has `issuer = "internal"`.
+    internal: Option<Arc<Mutex<InternalCa>>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -87,6 +90,17 @@ impl fmt::Debug for CertStore {
             .field("slots", &self.slots.len())
             .finish()
     }
+}
+
+/// The names of host matches, as certificate names (`*.example.test`).
+fn host_names(hosts: &[HostMatch]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| match h {
+            HostMatch::Exact(h) => h.clone(),
+            HostMatch::Wildcard(h) => format!("*{h}"),
+        })
+        .collect()
 }
 
 /// The crypto provider every TLS config uses (aws-lc-rs).
@@ -100,8 +114,14 @@ impl CertStore {
     pub fn load(
         configs: &[CertificateConfig],
         acme_storage: Option<&Path>,
+        internal_storage: &Path,
     ) -> Result<CertStore, CertError> {
         let provider = provider();
+        let internal = configs
+            .iter()
+            .any(|c| matches!(c.source, CertSource::Internal))
+            .then(|| InternalCa::open(internal_storage))
+            .transpose()?;
         let mut slots = Vec::new();
         for c in configs {
             let paths = match &c.source {
@@ -110,15 +130,24 @@ impl CertStore {
                     let dir = acme_storage.unwrap_or(Path::new("."));
                     acme_paths(dir, &c.label)
                 }
+                CertSource::Internal => InternalCa::paths(internal_storage, &c.label),
             };
             let slot = Slot {
                 config: c.clone(),
                 paths,
                 current: RwLock::new(None),
             };
-            match load_pair(&provider, &slot.paths.0, &slot.paths.1, &c.hosts) {
+            let mut loaded = load_pair(&provider, &slot.paths.0, &slot.paths.1, &c.hosts);
+            if let Some(ca) = &internal {
+                let stale = loaded.as_ref().map_or(true, |l| internal::due(l.not_after));
+                if matches!(c.source, CertSource::Internal) && stale {
+                    ca.issue(&c.label, &host_names(&c.hosts))?;
+                    loaded = load_pair(&provider, &slot.paths.0, &slot.paths.1, &c.hosts);
+                }
+            }
+            match loaded {
                 Ok(l) => slot.set(l),
-                Err(e) if matches!(c.source, CertSource::Files { .. }) => return Err(e),
+                Err(e) if !matches!(c.source, CertSource::Acme) => return Err(e),
                 Err(_) => {} // ACME has not issued it yet
             }
             slots.push(slot);
@@ -129,7 +158,35 @@ impl CertStore {
             challenges: Mutex::new(HashMap::new()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            internal: internal.map(|ca| Arc::new(Mutex::new(ca))),
         })
+    }
+
+    /// Renews the internal issuer's certificates due for it (`RENEW_BEFORE`
+    /// their end); returns how many. Called periodically.
+    pub fn renew_internal(&self) -> usize {
+        let Some(ca) = &self.internal else {
+            return 0;
+        };
+        let mut renewed = 0;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if !matches!(slot.config.source, CertSource::Internal)
+                || slot.current().is_some_and(|l| !internal::due(l.not_after))
+            {
+                continue;
+            }
+            let issued = ca
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .issue(&slot.config.label, &host_names(&slot.config.hosts));
+            match issued.and_then(|_| self.install(i)) {
+                Ok(()) => renewed += 1,
+                Err(e) => {
+                    tracing::warn!(certificate = %slot.config.label, error = %e, "internal CA: renewal failed; the current certificate stays")
+                }
+            }
+        }
+        renewed
     }
 
     pub fn provider(&self) -> &Arc<CryptoProvider> {

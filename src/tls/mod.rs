@@ -1,12 +1,13 @@
 //! TLS on both sides of the proxy: reading a ClientHello without consuming
 //! it (`hello`), the certificate store that serves a certificate per SNI and
 //! reloads it from disk (`certs`), the listener's rustls server settings and
-//! the verified client settings towards upstreams (`settings`), and ACME
-//! (`acme`).
+//! the verified client settings towards upstreams (`settings`), ACME
+//! (`acme`) and the local CA of `issuer = "internal"` (`internal`).
 
 pub mod acme;
 pub mod certs;
 pub mod hello;
+pub mod internal;
 pub mod settings;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ impl TlsRt {
         let certs = Arc::new(CertStore::load(
             &config.certificates,
             config.acme.as_ref().map(|a| a.storage.as_path()),
+            &config.internal_ca,
         )?);
         let servers = config
             .listeners

@@ -127,6 +127,21 @@ impl Pki {
     }
 }
 
+/// A client that trusts the CA certificate in the PEM file `ca`.
+pub fn client_trusting(ca: &Path) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 pub type ClientStream = StreamOwned<ClientConnection, TcpStream>;
 
 /// Connects and completes a TLS handshake with `sni`.
