@@ -58,8 +58,15 @@ enum Command {
         #[arg(long, value_name = "ADDR", required = true)]
         to: Vec<String>,
         /// Forward TCP connections (L4) instead of HTTP requests.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tls")]
         tcp: bool,
+        /// Serve HTTPS with a certificate from the local CA ("internal"),
+        /// for localhost and --host names.
+        #[arg(long, value_name = "ISSUER", value_parser = ["internal"])]
+        tls: Option<String>,
+        /// Names the certificate is for (with --tls; default: localhost).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
         /// The admin endpoint (/metrics, /connections, …).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
         admin: String,
@@ -117,16 +124,24 @@ fn main() -> ExitCode {
             from,
             to,
             tcp,
+            tls,
+            hosts,
             admin,
             log_format,
         } => {
             let json = matches!(log_format, Some(LogFormatArg::Json));
-            let text = proxy_config(&from, &to, tcp, &admin);
-            let result = match config::parse("gatehouse proxy", &text, &|_| None) {
+            let protocol = match (tcp, tls.is_some()) {
+                (true, _) => "tcp",
+                (false, true) => "https",
+                (false, false) => "http",
+            };
+            let text = proxy_config(&from, &to, protocol, &hosts, &admin);
+            let env = |name: &str| std::env::var(name).ok();
+            let result = match config::parse("gatehouse proxy", &text, &env) {
                 Ok(c) => {
                     println!(
                         "gatehouse proxy: {} {} → {} (admin: http://{}/)",
-                        if tcp { "tcp" } else { "http" },
+                        protocol,
                         listen_addr(&from),
                         to.join(", "),
                         admin
@@ -194,19 +209,37 @@ fn listen_addr(from: &str) -> String {
     }
 }
 
-/// The config `gatehouse proxy` stands for: one listener, one route.
+/// The config `gatehouse proxy` stands for: one listener, one route, and
+/// for HTTPS a certificate from the internal issuer (the default one).
 /// (Values are TOML strings: the config's own validation checks them.)
-fn proxy_config(from: &str, to: &[String], tcp: bool, admin: &str) -> String {
+fn proxy_config(
+    from: &str,
+    to: &[String],
+    protocol: &str,
+    hosts: &[String],
+    admin: &str,
+) -> String {
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    let targets: Vec<String> = to.iter().map(|t| quote(t)).collect();
-    format!(
-        "admin.bind = {}\n[[listeners]]\nname = \"proxy\"\nbind = {}\nprotocol = \"{}\"\n\
+    let list = |v: &[String]| v.iter().map(|t| quote(t)).collect::<Vec<_>>().join(", ");
+    let mut text = format!("admin.bind = {}\n", quote(admin));
+    if protocol == "https" {
+        let hosts = if hosts.is_empty() {
+            vec!["localhost".to_owned()]
+        } else {
+            hosts.to_vec()
+        };
+        text.push_str(&format!(
+            "[[certificates]]\nhosts = [{}]\nissuer = \"internal\"\ndefault = true\n",
+            list(&hosts)
+        ));
+    }
+    text.push_str(&format!(
+        "[[listeners]]\nname = \"proxy\"\nbind = {}\nprotocol = \"{protocol}\"\n\
          [[routes]]\nname = \"proxy\"\naction.forward = [{}]\n",
-        quote(admin),
         quote(&listen_addr(from)),
-        if tcp { "tcp" } else { "http" },
-        targets.join(", ")
-    )
+        list(to)
+    ));
+    text
 }
 
 fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::*;
@@ -12,7 +13,15 @@ use common::*;
 /// Starts `gatehouse proxy` with `args`; returns it, its stdout line and
 /// the address its listener is bound to (from its JSON log).
 fn start(args: &[&str]) -> (Child, String, SocketAddr) {
-    let mut child = Command::new(BIN)
+    start_with(args, &[])
+}
+
+fn start_with(args: &[&str], env: &[(&str, &Path)]) -> (Child, String, SocketAddr) {
+    let mut cmd = Command::new(BIN);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .arg("proxy")
         .args(args)
         .args(["--admin", "127.0.0.1:0", "--log-format", "json"])
@@ -65,6 +74,43 @@ fn a_tcp_proxy_from_the_command_line() {
     let mut got = [0u8; 4];
     c.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"ping");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `--tls internal`: HTTPS at once, with a certificate from the local CA
+/// (kept under $XDG_DATA_HOME here), which a client that trusts it verifies.
+#[test]
+fn an_https_proxy_with_a_certificate_from_the_internal_ca() {
+    let (backend, _) = raw_http_backend(|_| ok_response("hello"));
+    let data = tempfile::tempdir().unwrap();
+    let to = backend.to_string();
+    let (mut child, banner, addr) = start_with(
+        &[
+            "--from",
+            "127.0.0.1:0",
+            "--to",
+            &to,
+            "--tls",
+            "internal",
+            "--host",
+            "app.test",
+        ],
+        &[("XDG_DATA_HOME", data.path())],
+    );
+    assert!(banner.starts_with("gatehouse proxy: https"), "{banner}");
+    let ca = data.path().join("gatehouse/pki/ca.crt");
+    let mut s =
+        common::tls::tls_connect(addr, "app.test", common::tls::client_trusting(&ca)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
