@@ -96,6 +96,9 @@ fn main() -> ExitCode {
             let path = file.unwrap_or(config.config);
             match check(&path) {
                 Ok(c) => {
+                    for w in &c.warnings {
+                        eprintln!("warning: {w}");
+                    }
                     println!(
                         "{}: ok ({}, {})",
                         path.display(),
@@ -264,6 +267,9 @@ fn serve(
     };
     init_logging(&config.log.level, format);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, workers = config.workers, "starting");
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
     // One worker: a current-thread runtime, with no cross-thread
     // scheduling to pay for. More: tokio's work-stealing scheduler.
     let mut builder = if config.workers == 1 {

@@ -272,3 +272,60 @@ fn completion_scripts_for_the_usual_shells() {
         );
     }
 }
+
+/// What is valid but likely a mistake is said, with its line, and the
+/// check still passes: a listener no route takes, a route an earlier one
+/// always takes first, a setting that does nothing where it is written.
+#[test]
+fn likely_mistakes_are_warnings() {
+    let text = r#"[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:0"
+[[listeners]]
+name = "spare"
+bind = "127.0.0.1:0"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+[[routes]]
+name = "all"
+match.listener = "tcp"
+action.forward = ["127.0.0.1:9"]
+[[routes]]
+name = "never"
+match = { listener = "tcp", port = 5000 }
+action.forward = ["127.0.0.1:9"]
+policy.allow_upgrade = true
+[[routes]]
+name = "site"
+match = { listener = "web", path_prefix = "/a" }
+action.forward = ["127.0.0.1:9"]
+[[routes]]
+name = "site-again"
+match = { listener = "web", path_prefix = "/a" }
+action.forward = ["127.0.0.1:9"]
+[[routes]]
+name = "root"
+match.listener = "web"
+action.forward = ["127.0.0.1:9"]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let (ok, stdout, stderr) = gatehouse(&["check", path.to_str().unwrap()], &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ok (3 listeners, 5 routes)"), "{stdout}");
+    let stderr = stderr.replace(&path.display().to_string(), "c.toml");
+    let expected = [
+        "warning: c.toml:4: listeners[1]: no route takes listener \"spare\"",
+        "warning: c.toml:15: routes[1]: route \"never\" never matches: route \"all\" (routes[0]) takes everything it would",
+        "warning: c.toml:19: routes[1].policy.allow_upgrade: has no effect: the route's listener does not speak HTTP",
+        "warning: c.toml:24: routes[3]: route \"site-again\" never matches: route \"site\" (routes[2])",
+    ];
+    for w in expected {
+        assert!(stderr.contains(w), "missing {w:?} in:\n{stderr}");
+    }
+    // The catch-all HTTP route after more specific ones is fine: no more.
+    assert_eq!(stderr.lines().count(), expected.len(), "{stderr}");
+}

@@ -7,6 +7,7 @@
 mod duration;
 mod env;
 mod http;
+mod lint;
 mod raw;
 mod size;
 mod tls;
@@ -43,6 +44,8 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     /// Where the local CA (`issuer = "internal"`) keeps its files.
     pub internal_ca: std::path::PathBuf,
+    /// What is valid but likely not meant (`lint`).
+    pub warnings: Vec<ConfigError>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,8 +275,12 @@ pub fn parse(
             return Err(ConfigErrors(cx.errors));
         }
     };
-    let config = cx.validate(raw);
+    let mut config = cx.validate(raw);
     if cx.errors.is_empty() {
+        // (The raw form again, for the warnings' lines: validation took it.)
+        if let Ok(raw) = toml::from_str::<RawConfig>(text) {
+            config.warnings = cx.lint(&raw, &config);
+        }
         Ok(config)
     } else {
         cx.errors.sort_by_key(|e| e.line);
@@ -950,6 +957,7 @@ impl Ctx<'_> {
             certificates,
             acme,
             internal_ca,
+            warnings: Vec::new(),
         }
     }
 }
