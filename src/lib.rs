@@ -3,7 +3,8 @@
 //! Data plane: `listener` (accept, global limits) → `l4` (one owner task per
 //! connection: PROXY header, routing, connect, byte pump) with `conn` (states,
 //! end reasons, the connection table). Control plane: `config`, `admin`,
-//! `metrics`, `server` (start-up and graceful shutdown).
+//! `metrics`, `notify` (readiness for systemd), `server` (start-up and
+//! graceful shutdown).
 
 pub mod admin;
 pub mod alloc;
@@ -14,6 +15,7 @@ pub mod io;
 pub mod l4;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod proxy_protocol;
 pub mod routing;
 pub mod server;

@@ -314,6 +314,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(crate::admin::serve(admin, runtime.clone()));
     }
+    crate::notify::notify("READY=1");
 
     if let Some(acme) = runtime.tls.acme.clone() {
         tokio::spawn(acme.run());
@@ -395,6 +396,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     signals.recv().await;
     tracing::info!(live = table.active(), drain = ?config.timeouts.shutdown_drain, "shutdown: draining");
+    crate::notify::notify("STOPPING=1");
     shutdown.advance(Phase::Draining);
     // Parked keep-alive connections have nothing in flight: they end now.
     // (Parked tunnels are live connections: they end with the drain.)

@@ -1,6 +1,7 @@
-//! The admin listener as an operator meets it: `/` lists the endpoints,
-//! the metrics carry no empty series for what no route took, and a port
-//! that cannot be bound stops the start before anything is announced.
+//! Gatehouse as an operator meets it: `/` lists the admin endpoints, the
+//! metrics carry no empty series for what no route took, a port that
+//! cannot be bound stops the start before anything is announced, and a
+//! service manager is told when Gatehouse is ready and when it stops.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
@@ -65,4 +66,27 @@ fn a_taken_admin_port_stops_the_start_before_anything_is_announced() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("admin: cannot bind"), "{stderr}");
     assert!(!stderr.contains("listening"), "{stderr}");
+}
+
+/// Under systemd (`Type=notify`): READY=1 once the listeners are bound,
+/// STOPPING=1 when the drain begins, on $NOTIFY_SOCKET.
+#[test]
+fn the_service_manager_is_told_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let gh = Gatehouse::start_with_env(
+        &http_config("", "", echo_backend(), ""),
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    std::net::TcpStream::connect(gh.addr("web")).unwrap();
+    let status = gh.terminate(std::time::Duration::from_secs(5));
+    assert!(status.success());
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
 }
