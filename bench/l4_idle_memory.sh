@@ -2,12 +2,12 @@
 # Memory per idle L4 connection: Gatehouse (examples/bench/tcp.toml) against
 # HAProxy in TCP mode, both in front of one nginx backend, on loopback.
 # Opens N keep-alive connections through each proxy with
-# ../shared/bench/tools/idle_conns.py (one small request each, then idle) and
+# bench/compare/tools/idle_conns.py (one small request each, then idle) and
 # reports (RSS after - RSS before) / N for the proxy process.
 #   usage: bench/l4_idle_memory.sh [N]     (default 10000; needs ulimit -n > 2N+500)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-TOOLS=${TOOLS:-$HERE/../shared/bench/tools}
+TOOLS=${TOOLS:-$HERE/bench/compare/tools}
 N=${1:-10000}
 BASE=${BASE_PORT:-18100}
 P_BACKEND=$BASE; P_HAPROXY=$((BASE + 1)); P_OURS=$((BASE + 2))
