@@ -329,3 +329,17 @@ action.forward = ["127.0.0.1:9"]
     // The catch-all HTTP route after more specific ones is fine: no more.
     assert_eq!(stderr.lines().count(), expected.len(), "{stderr}");
 }
+
+/// A certificate file that is not there is named with its line and field,
+/// and the entry it belongs to still counts: no misleading follow-on error.
+#[test]
+fn a_missing_certificate_file_is_named_with_its_line_and_field() {
+    let text = "[[certificates]]\ncert = \"/nonexistent/site.crt\"\nkey = \"/nonexistent/site.key\"\n[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n[[routes]]\nname = \"r\"\naction.forward = [\"127.0.0.1:9\"]\n";
+    let (ok, stderr) = check(text);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        "c.toml:2: certificates[0].cert: /nonexistent/site.crt: no such file\n\
+         c.toml:3: certificates[0].key: /nonexistent/site.key: no such file"
+    );
+}

@@ -926,7 +926,8 @@ impl Ctx<'_> {
         let acme = raw.acme.as_ref().and_then(|a| self.acme(a));
         let internal_ca = self.internal_ca(raw.internal_ca.as_ref());
         if let Some(span) = needs_certificate {
-            if certificates.is_empty() {
+            // (An entry with an error of its own is not missing: no follow-on.)
+            if raw.certificates.is_empty() {
                 self.err(
                     &span,
                     "certificates",

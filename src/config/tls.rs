@@ -184,6 +184,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// A path to a file that must be there and readable now (certificates,
+    /// keys, CAs): an error names it, with the line and field.
+    fn file(&mut self, v: &S<String>, field: &str) -> Option<PathBuf> {
+        let p = self.path(v, field)?;
+        if let Err(e) = std::fs::File::open(&p) {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_owned(),
+                std::io::ErrorKind::PermissionDenied => {
+                    "not readable (permission denied)".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            self.err(&v.span(), field, &format!("{}: {why}", p.display()));
+            return None;
+        }
+        Some(p)
+    }
+
     pub(super) fn certificates(&mut self, raw: &[S<RawCertificate>]) -> Vec<CertificateConfig> {
         let mut out = Vec::new();
         let mut defaults = 0;
@@ -265,8 +283,8 @@ impl Ctx<'_> {
             } else {
                 match (&c.cert, &c.key) {
                     (Some(cert), Some(key)) => {
-                        let cert = self.path(cert, &field("cert"));
-                        let key = self.path(key, &field("key"));
+                        let cert = self.file(cert, &field("cert"));
+                        let key = self.file(key, &field("key"));
                         cert.zip(key)
                             .map(|(cert, key)| CertSource::Files { cert, key })
                     }
@@ -336,7 +354,7 @@ impl Ctx<'_> {
             .unwrap_or_default();
         Some(AcmeConfig {
             directory,
-            ca: a.ca.as_ref().and_then(|c| self.path(c, "acme.ca")),
+            ca: a.ca.as_ref().and_then(|c| self.file(c, "acme.ca")),
             storage,
             contact,
             challenge,
@@ -405,7 +423,7 @@ impl Ctx<'_> {
                 .collect(),
         };
         let client_auth = t.client_ca.as_ref().and_then(|ca| {
-            let ca = self.path(ca, &field("tls.client_ca"))?;
+            let ca = self.file(ca, &field("tls.client_ca"))?;
             let required = match &t.client_auth {
                 None => true,
                 Some(v) => match self.string(v, &field("tls.client_auth")).as_deref() {
@@ -491,8 +509,8 @@ impl Ctx<'_> {
         }
         let client_cert = match (&u.client_cert, &u.client_key) {
             (Some(c), Some(k)) => self
-                .path(c, &field("upstream.client_cert"))
-                .zip(self.path(k, &field("upstream.client_key"))),
+                .file(c, &field("upstream.client_cert"))
+                .zip(self.file(k, &field("upstream.client_key"))),
             (None, None) => None,
             _ => {
                 self.err(
@@ -535,7 +553,7 @@ impl Ctx<'_> {
                 ca: u
                     .ca
                     .as_ref()
-                    .and_then(|c| self.path(c, &field("upstream.ca"))),
+                    .and_then(|c| self.file(c, &field("upstream.ca"))),
                 server_name,
                 client_cert,
             }),
