@@ -54,7 +54,7 @@ fn each_class_of_bad_config_names_its_line() {
         (
             "unknown field",
             format!("{OK}[limits]\nmax_conns = 3\n"),
-            "c.toml:8: unknown field `max_conns`",
+            "c.toml:8: limits.max_conns: unknown key `max_conns`: did you mean `max_connections`?",
         ),
         (
             "zero timeout",

@@ -10,6 +10,7 @@ mod http;
 mod lint;
 mod raw;
 mod size;
+mod syntax;
 mod tls;
 
 pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
@@ -270,8 +271,8 @@ pub fn parse(
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            let message = e.message().trim().to_owned();
-            cx.err(&span, "", &message);
+            let field = syntax::field_at(text, span.start);
+            cx.err(&span, &field, &syntax::message(e.message()));
             return Err(ConfigErrors(cx.errors));
         }
     };
