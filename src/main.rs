@@ -113,16 +113,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, log_format } => {
-            let json = matches!(log_format, Some(LogFormatArg::Json));
-            match run(config.config, log_format) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    fatal(&format!("{e:#}"), json);
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run { config, log_format } => exit(run(config.config, log_format), log_format),
         Command::Proxy {
             from,
             to,
@@ -132,7 +123,6 @@ fn main() -> ExitCode {
             admin,
             log_format,
         } => {
-            let json = matches!(log_format, Some(LogFormatArg::Json));
             let protocol = match (tcp, tls.is_some()) {
                 (true, _) => "tcp",
                 (false, true) => "https",
@@ -153,13 +143,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             };
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    fatal(&format!("{e:#}"), json);
-                    ExitCode::FAILURE
-                }
-            }
+            exit(result, log_format)
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -170,6 +154,20 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
             );
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The exit status of `run` or `proxy`; a failure said by `fatal`.
+fn exit(result: anyhow::Result<()>, log_format: Option<LogFormatArg>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            fatal(
+                &format!("{e:#}"),
+                matches!(log_format, Some(LogFormatArg::Json)),
+            );
+            ExitCode::FAILURE
         }
     }
 }

@@ -323,13 +323,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let housekeeping = runtime.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::splice::IDLE_PIPE_TTL / 2);
-        let mut ticks = 0u64;
+        let mut renewal_checked = tokio::time::Instant::now();
         loop {
             tick.tick().await;
-            ticks += 1;
             // The internal issuer's certificates, renewed days before their
             // end: looked at every few minutes.
-            if ticks.is_multiple_of(300) {
+            if renewal_checked.elapsed() >= crate::tls::internal::RENEW_CHECK_EVERY {
+                renewal_checked = tokio::time::Instant::now();
                 housekeeping.tls.certs.renew_internal();
             }
             crate::splice::trim();

@@ -68,7 +68,7 @@ pub enum PathMatch {
     Pattern(Vec<Segment>),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpMatch {
     pub hosts: Vec<HostMatch>,
     pub path: Option<PathMatch>,

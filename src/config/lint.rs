@@ -63,7 +63,7 @@ impl Ctx<'_> {
                 // L4 routes: the first that matches, in file order; HTTP
                 // routes: the most specific, ties in file order.
                 let shadowed = if http {
-                    format!("{:?}", earlier.matcher) == format!("{:?}", later.matcher)
+                    earlier.matcher == later.matcher
                 } else {
                     let m = &earlier.matcher;
                     m.port.is_none()

@@ -124,7 +124,7 @@ pub struct RouteConfig {
     pub upstream: UpstreamConfig,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteMatch {
     /// Index into `Config::listeners`; `None` matches every listener.
     pub listener: Option<usize>,

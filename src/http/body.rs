@@ -377,6 +377,31 @@ impl Body {
 /// response the upstream has finished with is given up within about this.
 pub const WATCH_UPSTREAM_AFTER: Duration = Duration::from_secs(1);
 
+/// Awaits `wait` for at most `limit`; once it has waited
+/// `WATCH_UPSTREAM_AFTER`, also polls `upstream_ended` (a body's
+/// `poll_upstream_ended`: the upstream's end gives up the connection's pool
+/// slot) and goes on waiting. `None`: the limit passed first. (The callers
+/// stop the watch, `unwatch`, once this returns.)
+pub async fn wait_watching<T>(
+    wait: impl Future<Output = T>,
+    limit: Duration,
+    mut upstream_ended: impl FnMut(&mut Context<'_>) -> Poll<()>,
+) -> Option<T> {
+    let since = Instant::now();
+    let mut wait = std::pin::pin!(wait);
+    let mut watching = limit > WATCH_UPSTREAM_AFTER;
+    loop {
+        tokio::select! {
+            r = wait.as_mut() => return Some(r),
+            () = tokio::time::sleep_until(since + limit) => return None,
+            () = async {
+                tokio::time::sleep_until(since + WATCH_UPSTREAM_AFTER).await;
+                std::future::poll_fn(&mut upstream_ended).await;
+            }, if watching => watching = false,
+        }
+    }
+}
+
 /// A body at least this large still to come is spliced, not copied.
 pub const SPLICE_MIN: u64 = 32 * 1024;
 
@@ -461,28 +486,20 @@ impl UpstreamBody {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // (A timer only when the client's socket is full.)
-                    let stalled = Instant::now();
-                    let mut watching = send_limit > WATCH_UPSTREAM_AFTER;
-                    let moved = loop {
+                    let writable = async {
                         tokio::select! {
-                            r = dst.writable() => break r.is_ok(),
-                            () = deadline_passed() => break false,
-                            () = tokio::time::sleep_until(stalled + send_limit) => break false,
-                            () = async {
-                                tokio::time::sleep_until(stalled + WATCH_UPSTREAM_AFTER).await;
-                                std::future::poll_fn(|cx| raw.poll_upstream_ended(cx)).await;
-                            }, if watching => watching = false,
+                            r = dst.writable() => Some(r.is_ok()),
+                            () = deadline_passed() => None,
                         }
                     };
+                    let waited =
+                        wait_watching(writable, send_limit, |cx| raw.poll_upstream_ended(cx)).await;
                     raw.unwatch();
-                    if !moved {
-                        if deadline.as_ref().is_some_and(|d| d.is_elapsed()) {
-                            break RequestEnd::RequestTimeout;
-                        }
-                        if stalled.elapsed() >= send_limit {
-                            break RequestEnd::ClientSendTimeout;
-                        }
-                        break RequestEnd::ClientAborted;
+                    match waited {
+                        Some(Some(true)) => {}
+                        Some(Some(false)) => break RequestEnd::ClientAborted,
+                        Some(None) => break RequestEnd::RequestTimeout,
+                        None => break RequestEnd::ClientSendTimeout,
                     }
                 }
                 Err(_) => break RequestEnd::ClientAborted,

@@ -35,7 +35,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 
-use super::body::{Body, BodyError, ReqBody, WATCH_UPSTREAM_AFTER};
+use super::body::{Body, BodyError, ReqBody, wait_watching};
 use super::error::RequestEnd;
 use super::headers;
 use super::proxy::{ExtendedConnect, Handler};
@@ -568,20 +568,10 @@ async fn wait_capacity(send: &mut SendStream<Bytes>, limit: Duration, body: &mut
     let ready = match poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
         Poll::Ready(r) => r,
         Poll::Pending => {
-            let since = tokio::time::Instant::now();
-            let mut watching = limit > WATCH_UPSTREAM_AFTER;
-            let ready = loop {
-                tokio::select! {
-                    r = wait.as_mut() => break Some(r),
-                    () = tokio::time::sleep_until(since + limit) => break None,
-                    () = async {
-                        tokio::time::sleep_until(since + WATCH_UPSTREAM_AFTER).await;
-                        poll_fn(|cx| body.poll_upstream_ended(cx)).await;
-                    }, if watching => watching = false,
-                }
-            };
+            let waited =
+                wait_watching(wait.as_mut(), limit, |cx| body.poll_upstream_ended(cx)).await;
             body.unwatch();
-            match ready {
+            match waited {
                 Some(r) => r,
                 None => return Capacity::TimedOut,
             }

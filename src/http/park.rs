@@ -370,10 +370,9 @@ fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runt
 /// A plain-TCP tunnel's pump, until the tunnel ends or has been idle for
 /// `TUNNEL_PARK_AFTER`: then it is parked.
 async fn run_tunnel(tunnel: PumpTunnel<Io>, guard: ConnGuard, rt: Arc<Runtime>) {
-    let idle = match tunnel
-        .run_parking(&guard, &rt.shutdown, TUNNEL_PARK_AFTER)
-        .await
-    {
+    // (Without the lot's epoll set, a tunnel stays in its task.)
+    let park_after = rt.parking.epoll.is_some().then_some(TUNNEL_PARK_AFTER);
+    let idle = match tunnel.run_parking(&guard, &rt.shutdown, park_after).await {
         Ok(reason) => return guard.finish(reason),
         Err(idle) => idle,
     };

@@ -490,6 +490,9 @@ impl Handler {
         let fresh = !policy.http.pool_reuse_non_idempotent && !head.req.method().is_idempotent();
         loop {
             let pool = &pools[route.next_target(forward.targets.len())];
+            // The line of a request that fails before a connection names
+            // the target all the same (when it is an address).
+            log.upstream = log.upstream.or(pool.addr());
             if head.missing_host {
                 if let Ok(v) = HeaderValue::from_str(pool.target()) {
                     head.set.replace(header::HOST, v);
@@ -500,11 +503,6 @@ impl Handler {
             // (An idle connection of ours at hand needs no future at all.)
             // The client's share of the target's connections, claimed
             // before one is taken (fairness: `ClientShares`).
-            // The line of a request that fails before a connection names
-            // the target all the same (when it is an address).
-            if log.upstream.is_none() {
-                log.upstream = pool.target().parse().ok();
-            }
             let share = pool.claim(self.info.client.ip())?;
             let idle = if fresh {
                 None

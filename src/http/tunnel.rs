@@ -174,13 +174,13 @@ impl<S: ConnIo> PumpTunnel<S> {
 
 impl PumpTunnel<crate::io::Prefixed<TcpStream>> {
     /// The tunnel until it ends (`Ok`), or until nothing has moved either
-    /// way for `park_after` with nothing in flight: then it is given back
+    /// way for `park_after` (if given) with nothing in flight: then it is given back
     /// (`Err`), to wait in the parking lot (`http::park`).
     pub async fn run_parking(
         mut self,
         guard: &ConnGuard,
         shutdown: &ShutdownSignal,
-        park_after: Duration,
+        park_after: Option<Duration>,
     ) -> Result<EndReason, Self> {
         let Some(client) = self.io.tcp() else {
             return Ok(EndReason::Internal);
@@ -192,7 +192,7 @@ impl PumpTunnel<crate::io::Prefixed<TcpStream>> {
             refuse_proxy_signature: false,
         };
         let deadlines = pump::Deadlines {
-            park_after: Some(park_after),
+            park_after,
             ..self.deadlines
         };
         match pump::run_parking(parts, guard, deadlines, shutdown).await {

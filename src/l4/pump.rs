@@ -429,8 +429,8 @@ async fn pump(
             let quiet = deadlines
                 .park_after
                 .is_some_and(|d| activity.last() + d <= now);
+            // (Both waiting: nothing in flight, neither direction done.)
             if quiet
-                && !draining
                 && matches!(
                     (&up.state, &down.state),
                     (DirState::Waiting, DirState::Waiting)
@@ -438,11 +438,10 @@ async fn pump(
             {
                 return Poll::Ready(Stopped::Idle);
             }
-            match next_deadline(&activity) {
-                Some(d) if d <= now => return Poll::Ready(Stopped::Ended(EndReason::IdleTimeout)),
-                Some(d) => timer.as_mut().reset(TokioInstant::from_std(d)),
-                None => timer.as_mut().reset(TokioInstant::from_std(far())),
-            }
+            // (Every deadline left is ahead: the idle and lifetime ones
+            // passed are handled above, and parking is put off.)
+            let next = next_deadline(&activity).unwrap_or_else(far);
+            timer.as_mut().reset(TokioInstant::from_std(next));
         }
         if closing.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Stopped::Ended(EndReason::Shutdown));

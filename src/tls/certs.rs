@@ -81,7 +81,7 @@ pub struct CertStore {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// The local CA, when a certificate has `issuer = "internal"`.
-    internal: Option<Arc<Mutex<InternalCa>>>,
+    internal: Option<InternalCa>,
 }
 
 impl fmt::Debug for CertStore {
@@ -158,7 +158,7 @@ impl CertStore {
             challenges: Mutex::new(HashMap::new()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
-            internal: internal.map(|ca| Arc::new(Mutex::new(ca))),
+            internal,
         })
     }
 
@@ -175,10 +175,7 @@ impl CertStore {
             {
                 continue;
             }
-            let issued = ca
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .issue(&slot.config.label, &host_names(&slot.config.hosts));
+            let issued = ca.issue(&slot.config.label, &host_names(&slot.config.hosts));
             match issued.and_then(|_| self.install(i)) {
                 Ok(()) => renewed += 1,
                 Err(e) => {

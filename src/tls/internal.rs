@@ -21,6 +21,8 @@ use super::certs::CertError;
 /// it is renewed.
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
 pub const RENEW_BEFORE: Duration = Duration::from_secs(3 * 86_400);
+/// How often the certificates are looked at for renewal.
+pub const RENEW_CHECK_EVERY: Duration = Duration::from_secs(300);
 /// How long the CA itself is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 const CA_NAME: &str = "Gatehouse local CA";

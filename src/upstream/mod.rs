@@ -103,6 +103,8 @@ pub struct TargetPool {
     /// Why the last TLS handshake with this target failed (shown on the
     /// connection whose request it failed: `/connections`).
     last_tls_error: Mutex<Option<Arc<str>>>,
+    /// The target, when it is an address (not a name to resolve).
+    addr: Option<SocketAddr>,
     max_idle: usize,
     idle_timeout: Duration,
     wait_timeout: Duration,
@@ -142,6 +144,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl TargetPool {
     pub fn new(target: String, policy: &HttpPolicy, upstream: Upstream) -> Arc<TargetPool> {
         Arc::new(TargetPool {
+            addr: target.parse().ok(),
             target,
             shares: Arc::new(ClientShares::new(policy.pool_max_per_client)),
             upstream,
@@ -361,6 +364,11 @@ impl TargetPool {
         }
     }
 
+    /// The target's address, when it is one (not a name to resolve).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
     /// Why the last TLS handshake with this target failed.
     pub fn last_tls_error(&self) -> Option<Arc<str>> {
         lock(&self.last_tls_error).clone()
@@ -485,9 +493,9 @@ impl TargetPool {
     }
 
     async fn connect(&self, raw: bool) -> Result<(Sender, SocketAddr), RequestEnd> {
-        let addr = match self.target.parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => tokio::net::lookup_host(self.target.as_str())
+        let addr = match self.addr {
+            Some(a) => a,
+            None => tokio::net::lookup_host(self.target.as_str())
                 .await
                 .ok()
                 .and_then(|mut a| a.next())

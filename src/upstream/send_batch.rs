@@ -414,7 +414,7 @@ impl Send {
             SlotState::Done(Sent::Written { bytes, written }) if *written == bytes.len() => {
                 Progress::Whole
             }
-            SlotState::Done(Sent::Written { written: 0, .. }) => Progress::Unsent,
+            SlotState::Done(Sent::Written { written: 0, .. } | Sent::Direct(_)) => Progress::Unsent,
             _ => Progress::Partial,
         }
     }

@@ -28,8 +28,6 @@ pub struct Paced<'a, S> {
     armed: bool,
     /// When the stall began, while `armed`.
     since: Instant,
-    /// The stall has lasted `WATCH_UPSTREAM_AFTER`.
-    long: bool,
 }
 
 impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
@@ -40,14 +38,13 @@ impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
             timer: None,
             armed: false,
             since: Instant::now(),
-            long: false,
         }
     }
 
     /// No write has moved bytes for `WATCH_UPSTREAM_AFTER` (and the send
     /// deadline has not passed yet).
     pub fn stalled_long(&self) -> bool {
-        self.armed && self.long
+        self.armed && self.since.elapsed() >= WATCH_UPSTREAM_AFTER
     }
 
     pub fn get_ref(&self) -> &S {
@@ -61,17 +58,14 @@ impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
     /// The write is pending: arm the deadline if it is not running, and
     /// fail once it passes.
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let now = Instant::now();
         if !self.armed {
-            self.since = Instant::now();
-            self.long = false;
+            self.since = now;
         }
         let deadline = self.since + self.limit;
-        // The timer wakes first when the stall turns long, then at the deadline.
-        let checkpoint = if self.long || WATCH_UPSTREAM_AFTER >= self.limit {
-            deadline
-        } else {
-            self.since + WATCH_UPSTREAM_AFTER
-        };
+        // The timer wakes first when the stall turns long (`stalled_long`),
+        // then at the deadline.
+        let checkpoint = (self.since + WATCH_UPSTREAM_AFTER).min(deadline);
         let timer = match &mut self.timer {
             Some(t) => {
                 if !self.armed {
@@ -86,7 +80,6 @@ impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
         self.armed = true;
         ready!(timer.as_mut().poll(cx));
         if Instant::now() < deadline {
-            self.long = true;
             timer.as_mut().reset(deadline);
             ready!(timer.as_mut().poll(cx));
         }
@@ -160,7 +153,6 @@ impl<'a, S: AsyncWrite + Unpin> Paced<'a, S> {
             Poll::Pending => self.stalled(cx).map(Err),
             done => {
                 self.armed = false;
-                self.long = false;
                 done
             }
         }
