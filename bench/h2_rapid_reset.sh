@@ -18,11 +18,8 @@ BIN=${GATEHOUSE_BIN:-$HERE/target/release/gatehouse}
 DURATION=${DURATION:-10}; PROCS=${PROCS:-2}
 BASE=${BASE_PORT:-18160}
 P_BACKEND=$BASE; P_HAPROXY=$((BASE + 1)); P_OURS=$((BASE + 2))
-ulimit -n "$(ulimit -Hn)"
-RUN=$(mktemp -d /tmp/gh-rr.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
-trap cleanup EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup rr
 
 cat >"$RUN/nginx.conf" <<CONF
 daemon off;
@@ -73,9 +70,7 @@ CONF
 nginx -c "$RUN/nginx.conf" & PIDS+=($!)
 haproxy -db -f "$RUN/haproxy.cfg" & PIDS+=($!); HAPROXY_PID=$!
 "$BIN" run --config "$RUN/gatehouse.toml" 2>"$RUN/gh.log" & PIDS+=($!); OURS_PID=$!
-for p in $P_BACKEND $P_HAPROXY $P_OURS; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $P_BACKEND $P_HAPROXY $P_OURS
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)

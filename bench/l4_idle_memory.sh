@@ -11,11 +11,8 @@ TOOLS=${TOOLS:-$HERE/bench/compare/tools}
 N=${1:-10000}
 BASE=${BASE_PORT:-18100}
 P_BACKEND=$BASE; P_HAPROXY=$((BASE + 1)); P_OURS=$((BASE + 2))
-ulimit -n "$(ulimit -Hn)"
-RUN=$(mktemp -d /tmp/gh-idle.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
-trap cleanup EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup idle
 
 cat >"$RUN/nginx.conf" <<CONF
 daemon off; master_process off; worker_rlimit_nofile 65536; pid $RUN/nginx.pid; error_log $RUN/nginx.err warn;
@@ -45,9 +42,7 @@ nginx -c "$RUN/nginx.conf" & PIDS+=($!)
 haproxy -db -f "$RUN/haproxy.cfg" & PIDS+=($!); HAPROXY_PID=$!
 LISTEN_ADDR=127.0.0.1:$P_OURS BACKEND_ADDR=127.0.0.1:$P_BACKEND WORKERS=1 \
   "$HERE/target/release/gatehouse" run --config "$HERE/examples/bench/tcp.toml" 2>"$RUN/gh.log" & PIDS+=($!); OURS_PID=$!
-for p in $P_BACKEND $P_HAPROXY $P_OURS; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $P_BACKEND $P_HAPROXY $P_OURS
 
 rss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 measure() {  # name pid port

@@ -20,11 +20,8 @@ REPS=${REPS:-3}; DURATION=${DURATION:-10s}; CONNS=${CONNS:-50}
 BASE=${BASE_PORT:-18140}
 P_OURS=$BASE; P_NGINX=$((BASE + 1)); P_HAPROXY=$((BASE + 2))
 LOADGEN_CPU=${LOADGEN_CPU:-0}; SERVER_CPU=${SERVER_CPU:-1}
-ulimit -n "$(ulimit -Hn)"
-RUN=$(mktemp -d /tmp/gh-tls.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
-trap cleanup EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup tls
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
@@ -84,9 +81,7 @@ start nginx nginx -c "$RUN/nginx.conf"
 start haproxy haproxy -f "$RUN/haproxy.cfg" -db
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
-for p in $P_OURS $P_NGINX $P_HAPROXY; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $P_OURS $P_NGINX $P_HAPROXY
 
 declare -A results capacity
 for rep in $(seq "$REPS"); do

@@ -11,11 +11,8 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-10000}
 BASE=${BASE_PORT:-18150}
 P_BACKEND=$BASE; P_HAPROXY=$((BASE + 1)); P_OURS=$((BASE + 2))
-ulimit -n "$(ulimit -Hn)"
-RUN=$(mktemp -d /tmp/gh-ws.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
-trap cleanup EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup ws
 
 cat >"$RUN/haproxy.cfg" <<CONF
 global
@@ -54,9 +51,7 @@ CONF
 python3 "$HERE/bench/tools/ws_idle.py" backend --port "$P_BACKEND" & PIDS+=($!)
 haproxy -db -f "$RUN/haproxy.cfg" & PIDS+=($!); HAPROXY_PID=$!
 ${GH_ENV:-} "$HERE/target/release/gatehouse" run --config "$RUN/gatehouse.toml" 2>"$RUN/gh.log" & PIDS+=($!); OURS_PID=$!
-for p in $P_BACKEND $P_HAPROXY $P_OURS; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-done
+wait_ports $P_BACKEND $P_HAPROXY $P_OURS
 
 rss() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 measure() {  # name pid port
