@@ -175,6 +175,61 @@ fn every_error_is_reported_at_once() {
 }
 
 #[test]
+fn every_reader_error_is_reported_at_once_with_the_checks_after_them() {
+    // Misspelt keys on lines 2 and 7, a wrong type on line 13, and a
+    // value that validation refuses on line 14: all four in one run.
+    let text = "[timeouts]\nconect = \"5s\"\n\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nprotocl = \"http\"\n\n[[routes]]\nname = \"r\"\nmatch.listener = \"a\"\naction.forward = [\"127.0.0.1:9000\"]\npolicy.max_connections = [1]\npolicy.idle_timeout = \"5 parsecs\"\n";
+    let (ok, stderr) = check(text);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(
+        lines[0].ends_with(":2: timeouts.conect: unknown key `conect`: did you mean `connect`? (known here: connect, proxy_header, idle, max_lifetime, shutdown_drain, tls_handshake, client_send)"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1]
+            .contains(":7: listeners[0].protocl: unknown key `protocl`: did you mean `protocol`?"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].contains(":13: routes[0].policy.max_connections: expected "),
+        "{stderr}"
+    );
+    assert!(
+        lines[3].contains(":14: routes[0].policy.idle_timeout: "),
+        "{stderr}"
+    );
+
+    // A table missing a required key is reported, and a route that names
+    // it is not then blamed for a listener it cannot find.
+    let text = "[[listeners]]\nname = \"a\"\n\n[[routes]]\nname = \"r\"\nmatch.listener = \"a\"\naction.forwrd = [\"127.0.0.1:9000\"]\n";
+    let (ok, stderr) = check(text);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains(":1: listeners[0]: `bind` is required here"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1]
+            .contains(":7: routes[0].action.forwrd: unknown key `forwrd`: did you mean `forward`?"),
+        "{stderr}"
+    );
+
+    // Syntax errors are all reported, and nothing after them.
+    let text = "[[listeners]]\nname = \"a\nbind = \n[[routes]]\nname = 5 6\n";
+    let (ok, stderr) = check(text);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(lines[0].contains(":2: listeners[0].name: "), "{stderr}");
+    assert!(lines[1].contains(":3: listeners[0].bind: "), "{stderr}");
+    assert!(lines[2].contains(":5: routes[0].name: "), "{stderr}");
+}
+
+#[test]
 fn version_flag() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());

@@ -267,14 +267,13 @@ pub fn parse(
         env,
         errors: Vec::new(),
     };
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            let field = syntax::field_at(text, span.start);
-            cx.err(&span, &field, &syntax::message(e.message()));
-            return Err(ConfigErrors(cx.errors));
-        }
+    let read = syntax::read_all(text);
+    for e in &read.errors {
+        cx.err(&e.span, &e.field, &e.message);
+    }
+    let Some(raw) = read.raw else {
+        cx.errors.sort_by_key(|e| e.line);
+        return Err(ConfigErrors(cx.errors));
     };
     let mut config = cx.validate(raw);
     if cx.errors.is_empty() {
