@@ -1,4 +1,4 @@
-//! The `gatehouse` command line: `run`, `check`, `proxy`, `completions`, `--version`.
+//! The `gatehouse` command line: `run`, `check`, `proxy`, `schema`, `completions`, `--version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +46,14 @@ enum Command {
         file: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArg,
+        /// Also print the effective config: every setting with the value
+        /// in force, defaults and ${VAR} substitutions included.
+        #[arg(long)]
+        print: bool,
     },
+    /// Print the JSON Schema of the config file, for editors (for example
+    /// with `#:schema ./gatehouse.schema.json` on a config's first line).
+    Schema,
     /// Proxy at once, without a config file: every request (or, with
     /// --tcp, every connection) arriving at --from goes to the --to
     /// addresses, in turn. Built on the same config model as `run`.
@@ -92,12 +99,20 @@ fn main() -> ExitCode {
     gatehouse::alloc::disable_huge_pages();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file, config } => {
+        Command::Check {
+            file,
+            config,
+            print,
+        } => {
             let path = file.unwrap_or(config.config);
             match check(&path) {
                 Ok(c) => {
                     for w in &c.warnings {
                         eprintln!("warning: {w}");
+                    }
+                    if print {
+                        print!("{}", config::print(&c));
+                        return ExitCode::SUCCESS;
                     }
                     println!(
                         "{}: ok ({}, {})",
@@ -144,6 +159,10 @@ fn main() -> ExitCode {
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             };
             exit(result, log_format)
+        }
+        Command::Schema => {
+            print!("{}", config::json_schema());
+            ExitCode::SUCCESS
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -397,3 +397,114 @@ fn a_missing_certificate_file_is_named_with_its_line_and_field() {
          c.toml:3: certificates[0].key: /nonexistent/site.key: no such file"
     );
 }
+
+/// `check --print` on `path`: the effective config, which `check` accepts
+/// and prints the same way again.
+fn print_round_trip(path: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let print = |p: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(["check", "--print"])
+            .arg(p)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", p.display());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = print(path);
+    let dir = tempfile::tempdir().unwrap();
+    let again = dir.path().join("printed.toml");
+    std::fs::write(&again, &first).unwrap();
+    assert_eq!(print(&again), first, "{}", path.display());
+    first
+}
+
+#[test]
+fn print_shows_the_effective_config_which_checks_again() {
+    let env = [
+        ("LISTEN_ADDR", "127.0.0.1:1"),
+        ("BACKEND_ADDR", "127.0.0.1:2"),
+    ];
+    for f in [
+        "examples/gatehouse.toml",
+        "examples/http.toml",
+        "examples/proxy-chain.toml",
+        "examples/bench/http.toml",
+        "examples/bench/tcp.toml",
+    ] {
+        print_round_trip(std::path::Path::new(f), &env);
+    }
+    let printed = print_round_trip(std::path::Path::new("examples/gatehouse.toml"), &env);
+    // Defaults filled in, and ${VAR} substituted.
+    for line in [
+        "[timeouts]\nconnect = \"5s\"\nproxy_header = \"5s\"\nidle = \"10m\"\nmax_lifetime = \"off\"\nshutdown_drain = \"30s\"",
+        "bind = \"127.0.0.1:1\"",
+        "forward = [\"127.0.0.1:2\"]",
+        "[admin]\nbind = \"127.0.0.1:9901\"",
+    ] {
+        assert!(printed.contains(line), "{line:?} not in:\n{printed}");
+    }
+
+    // TLS, matchers and actions of every kind.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let text = format!(
+        r#"
+internal_ca.storage = "{}"
+[[certificates]]
+hosts = ["localhost", "*.local.test"]
+issuer = "internal"
+default = true
+[[listeners]]
+name = "edge"
+bind = "127.0.0.1:0"
+protocol = "https"
+tls.min_version = "1.3"
+[[listeners]]
+name = "sni"
+bind = "127.0.0.1:0"
+protocol = "tls"
+proxy_protocol.trusted = ["127.0.0.0/8"]
+[[listeners]]
+name = "plain"
+bind = "127.0.0.1:0"
+protocol = "http"
+[[routes]]
+name = "users"
+match = {{ listener = "edge", path_pattern = "/users/{{id}}/{{*rest}}", methods = ["GET"], headers = {{ x-env = "prod" }}, headers_present = ["x-trace"] }}
+action.forward = ["127.0.0.1:9"]
+upstream = {{ tls = true, server_name = "users.internal", protocol = "http2" }}
+policy = {{ max_body_size = "1MiB", request_timeout = "1m30s", max_connections = 7 }}
+[[routes]]
+name = "pass"
+match = {{ listener = "sni", sni = ["mail.test"], client_cidrs = ["10.0.0.0/8"] }}
+tls = "passthrough"
+action = {{ forward = ["127.0.0.1:9"], send_proxy_protocol = "v2", pass_tlvs = true }}
+[[routes]]
+name = "up"
+match.listener = "plain"
+action = {{ redirect_https = true, redirect_port = 8443 }}
+"#,
+        ca.display()
+    );
+    let path = dir.path().join("all.toml");
+    std::fs::write(&path, text).unwrap();
+    let printed = print_round_trip(&path, &[]);
+    for line in [
+        "path_pattern = \"/users/{id}/{*rest}\"",
+        "headers_present = [\"x-trace\"]",
+        "hosts = [\"localhost\", \"*.local.test\"]",
+        "issuer = \"internal\"",
+        "min_version = \"1.3\"",
+        "alpn = [\"h2\", \"http/1.1\"]",
+        "tls = \"passthrough\"",
+        "send_proxy_protocol = \"v2\"",
+        "redirect_port = 8443",
+        "request_timeout = \"1m30s\"",
+        "max_body_size = 1048576",
+        "server_name = \"users.internal\"",
+    ] {
+        assert!(printed.contains(line), "{line:?} not in:\n{printed}");
+    }
+}

@@ -8,12 +8,14 @@ mod duration;
 mod env;
 mod http;
 mod lint;
+mod print;
 mod raw;
 mod size;
 mod syntax;
 mod tls;
 
 pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
+pub use print::print;
 pub use tls::{
     AcmeChallenge, AcmeConfig, CertSource, CertificateConfig, ClientAuth, TlsListener, TlsMode,
     TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTls, host_pattern,
@@ -243,6 +245,41 @@ pub enum LoadError {
     Read { path: String, error: std::io::Error },
     #[error("{0}")]
     Invalid(#[from] ConfigErrors),
+}
+
+/// The JSON Schema of the config file, for editors to complete and check
+/// `gatehouse.toml` with (`gatehouse schema`; kept as
+/// `docs/gatehouse.schema.json`).
+pub fn json_schema() -> String {
+    // (TOML has no null: an optional key is one that may be left out.)
+    let no_null = |schema: &mut schemars::Schema| {
+        let Some(obj) = schema.as_object_mut() else {
+            return;
+        };
+        let null = serde_json::json!({ "type": "null" });
+        if let Some(serde_json::Value::Array(any)) = obj.get_mut("anyOf") {
+            any.retain(|v| *v != null);
+            if let [serde_json::Value::Object(only)] = any.as_slice() {
+                let only = only.clone();
+                obj.remove("anyOf");
+                obj.extend(only);
+            }
+        }
+        if let Some(serde_json::Value::Array(types)) = obj.get_mut("type") {
+            types.retain(|t| t != "null");
+            if let [only] = types.as_slice() {
+                let only = only.clone();
+                obj.insert("type".into(), only);
+            }
+        }
+    };
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with_transform(schemars::transform::RecursiveTransform(no_null))
+        .into_generator();
+    let schema = generator.into_root_schema_for::<RawConfig>();
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// Reads, parses and validates a config file, substituting environment variables.

@@ -2,22 +2,67 @@
 //! value wrapped in `Spanned` so that validation can name the line it came from.
 //! Nothing here is trusted; `super::validate` turns it into the typed model.
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::ops::Range;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 /// A value that may be written as a number or as a string (so that
 /// `"${WORKERS}"` can stand where a number is expected).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Scalar {
     Int(i64),
     Str(String),
 }
 
-pub type S<T> = Spanned<T>;
+/// A value and the bytes of the file it was written at. (toml's `Spanned`,
+/// wrapped so that the config's JSON Schema describes the value alone.)
+#[derive(Debug, Clone)]
+pub struct S<T>(Spanned<T>);
 
-#[derive(Debug, Deserialize)]
+impl<T> S<T> {
+    pub fn get_ref(&self) -> &T {
+        self.0.get_ref()
+    }
+
+    pub fn span(&self) -> Range<usize> {
+        self.0.span()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for S<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Spanned::deserialize(d).map(S)
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for S<T> {
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+/// A Gatehouse config file (gatehouse.toml). Every string may use
+/// `${VAR}` and `${VAR:-default}`; numbers may be written as such strings
+/// too. The settings are described in docs/config.md.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Gatehouse configuration")]
 pub struct RawConfig {
     pub workers: Option<S<Scalar>>,
     pub admin: Option<RawAdmin>,
@@ -34,13 +79,13 @@ pub struct RawConfig {
     pub internal_ca: Option<S<RawInternalCa>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawInternalCa {
     pub storage: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertificate {
     pub hosts: Option<S<Vec<S<String>>>>,
@@ -51,7 +96,7 @@ pub struct RawCertificate {
     pub default: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAcme {
     pub directory: S<String>,
@@ -64,7 +109,7 @@ pub struct RawAcme {
     pub retry_max: Option<S<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTlsListener {
     pub min_version: Option<S<String>>,
@@ -75,7 +120,7 @@ pub struct RawTlsListener {
     pub session_resumption: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub tls: Option<S<bool>>,
@@ -86,21 +131,21 @@ pub struct RawUpstream {
     pub protocol: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub bind: Option<S<String>>,
     pub enabled: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub level: Option<S<String>>,
     pub format: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub connect: Option<S<Scalar>>,
@@ -112,7 +157,7 @@ pub struct RawTimeouts {
     pub client_send: Option<S<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_connections: Option<S<Scalar>>,
@@ -120,7 +165,7 @@ pub struct RawLimits {
     pub splice_pipes: Option<S<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: S<String>,
@@ -132,7 +177,7 @@ pub struct RawListener {
     pub tls: Option<S<RawTlsListener>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttpListener {
     pub max_header_bytes: Option<S<Scalar>>,
@@ -153,7 +198,7 @@ pub struct RawHttpListener {
     pub access_log: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAcceptProxy {
     pub trusted: S<Vec<S<String>>>,
@@ -161,7 +206,7 @@ pub struct RawAcceptProxy {
     pub timeout: Option<S<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: S<String>,
@@ -173,7 +218,7 @@ pub struct RawRoute {
     pub upstream: Option<S<RawUpstream>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub listener: Option<S<String>>,
@@ -190,7 +235,7 @@ pub struct RawMatch {
     pub client_identities: Option<S<Vec<S<String>>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAction {
     pub forward: Option<S<Vec<S<String>>>>,
@@ -200,7 +245,7 @@ pub struct RawAction {
     pub redirect_port: Option<S<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub connect_timeout: Option<S<Scalar>>,
