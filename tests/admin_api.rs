@@ -29,6 +29,25 @@ fn the_root_lists_the_endpoints() {
 }
 
 #[test]
+fn the_health_command_asks_the_admin_endpoint() {
+    let health = |admin: &str| {
+        Command::new(BIN)
+            .args(["health", "--admin", admin])
+            .output()
+            .unwrap()
+    };
+    let gh = Gatehouse::start(&http_config("", "", echo_backend(), ""));
+    let out = health(&gh.admin.to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An endpoint that is not there is a failure that says where it looked.
+    let gone = refused_addr();
+    let out = health(&gone.addr.to_string());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&gone.addr.to_string()), "{stderr}");
+}
+
+#[test]
 fn no_all_zero_series_for_what_no_route_took() {
     let gh = Gatehouse::start(&http_config("", "", echo_backend(), ""));
     let metrics = gh.get("/metrics");
