@@ -38,7 +38,11 @@ fn the_health_command_asks_the_admin_endpoint() {
     };
     let gh = Gatehouse::start(&http_config("", "", echo_backend(), ""));
     let out = health(&gh.admin.to_string());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // An endpoint that is not there is a failure that says where it looked.
     let gone = refused_addr();
     let out = health(&gone.addr.to_string());

@@ -373,6 +373,27 @@ fn websocket_over_http2_by_extended_connect() {
     // The idle tunnel's upstream connection was closed too.
     assert!(lines.next().unwrap().unwrap().starts_with("CLOSED"));
     gh.wait_empty(Duration::from_secs(3));
+    // Each tunnel's access-log line at its end: its route, upstream,
+    // totals (the large message each way) and why it ended.
+    let ends = |g: &Gatehouse| -> Vec<serde_json::Value> {
+        g.log_text()
+            .lines()
+            .filter(|l| l.contains("upgraded connection closed"))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    gh.wait_for("the tunnels' lines", Duration::from_secs(5), |g| {
+        ends(g).len() == 2
+    });
+    let ends = ends(&gh);
+    let chat = ends.iter().find(|e| e["route"] == "app").unwrap();
+    assert_eq!(chat["upstream"], ws_backend.to_string(), "{chat}");
+    assert_eq!(chat["reason"], "upstream_closed", "{chat}");
+    assert!(chat["bytes_up"].as_u64().unwrap() > 300_000, "{chat}");
+    assert!(chat["bytes_down"].as_u64().unwrap() > 300_000, "{chat}");
+    let quiet = ends.iter().find(|e| e["route"] == "quiet").unwrap();
+    assert_eq!(quiet["reason"], "idle_timeout", "{quiet}");
+    assert_eq!(quiet["bytes_up"], 0, "{quiet}");
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -393,8 +393,12 @@ async fn run_tunnel(
         unreleased: 0,
         recv_done: false,
     };
+    let started = std::time::Instant::now();
+    let log = tunnel.log.clone();
     let end = super::tunnel::run(tunnel, io, shutdown).await;
-    tracing::debug!(end = end.as_str(), "HTTP/2 tunnel ended");
+    if let Some(log) = log {
+        log.write(&end, started);
+    }
 }
 
 /// An HTTP/2 stream as a byte stream. Reads: its DATA frames, each frame's

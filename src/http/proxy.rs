@@ -19,7 +19,7 @@ use super::body::{Body, BodyOutcome, ClientBody, ReqBody, UpstreamBody, Upstream
 use super::error::{RequestEnd, respond};
 use super::headers::{self, ForwardedFor};
 use super::log::RequestLog;
-use super::tunnel::Tunnel;
+use super::tunnel::{Tunnel, TunnelLog};
 use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
 use crate::routing::{self, RequestView, Route, RouteInput};
@@ -425,13 +425,21 @@ impl Handler {
                     return self.fail(log, RequestEnd::UpstreamProtocolError);
                 }
             }
+            let extended = out.extended.is_some();
             let tunnel = Tunnel {
                 upstream: hyper::upgrade::on(&mut resp),
                 idle: policy.idle_timeout,
                 max_lifetime: policy.max_lifetime,
+                log: (extended && log.access_log).then(|| {
+                    Arc::new(TunnelLog {
+                        conn: log.conn,
+                        route: log.route.as_ref().map(|r| r.1.clone()),
+                        upstream: log.upstream,
+                    })
+                }),
             };
             let (mut parts, _) = resp.into_parts();
-            if out.extended.is_some() {
+            if extended {
                 parts.extensions.insert(tunnel);
             } else {
                 *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);

@@ -28,6 +28,42 @@ pub struct Tunnel {
     pub upstream: OnUpgrade,
     pub idle: Option<Duration>,
     pub max_lifetime: Option<Duration>,
+    /// For the access-log line at the tunnel's end, where the tunnel is
+    /// one stream of a connection (HTTP/2); an HTTP/1.1 upgrade is its
+    /// whole connection, whose guard writes that line.
+    pub log: Option<std::sync::Arc<TunnelLog>>,
+}
+
+/// What the end-of-tunnel line names besides its totals.
+pub struct TunnelLog {
+    pub conn: u64,
+    pub route: Option<std::sync::Arc<str>>,
+    pub upstream: Option<std::net::SocketAddr>,
+}
+
+/// How a tunnel ended, and the bytes it carried each way.
+pub struct TunnelEnd {
+    pub reason: EndReason,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl TunnelLog {
+    /// The access-log line of a stream's tunnel at its end.
+    pub fn write(&self, end: &TunnelEnd, started: Instant) {
+        tracing::info!(
+            target: "gatehouse::access",
+            conn = self.conn,
+            route = self.route.as_deref(),
+            upstream = self.upstream.map(|u| u.to_string()),
+            bytes_up = end.bytes_up,
+            bytes_down = end.bytes_down,
+            total_ms = started.elapsed().as_micros() as f64 / 1000.0,
+            reason = end.reason.as_str(),
+            side = end.reason.side().as_str(),
+            "upgraded connection closed"
+        );
+    }
 }
 
 /// Stamps activity and notes which side ended first. (Bytes are counted
@@ -41,6 +77,8 @@ struct Counted<'a, T> {
     side: u8,
     /// Set by a failed read: this side reset the connection.
     failed: &'a AtomicU8,
+    /// Bytes read from this side.
+    read: u64,
 }
 
 const SIDE_CLIENT: u8 = 1;
@@ -75,6 +113,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
             _ => {}
         }
         if n > 0 {
+            self.read += n as u64;
             self.last
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
@@ -230,7 +269,9 @@ pub struct CopyTunnel<S> {
 
 impl<S: ConnIo> CopyTunnel<S> {
     pub async fn run(self, shutdown: &ShutdownSignal) -> EndReason {
-        copy(&self.tunnel, self.upstream, self.client, shutdown).await
+        copy(&self.tunnel, self.upstream, self.client, shutdown)
+            .await
+            .reason
     }
 }
 
@@ -303,13 +344,17 @@ async fn write_owed(client: &TcpStream, mut bytes: &[u8], sent: &AtomicU64) -> i
 
 /// Runs the tunnel between a client stream and the upstream's upgraded
 /// connection (an HTTP/2 extended CONNECT's: the stream is the client).
-pub async fn run<C>(mut tunnel: Tunnel, client: C, shutdown: &ShutdownSignal) -> EndReason
+pub async fn run<C>(mut tunnel: Tunnel, client: C, shutdown: &ShutdownSignal) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     match handover(&mut tunnel).await {
         Ok(upstream) => copy(&tunnel, upstream, client, shutdown).await,
-        Err(reason) => reason,
+        Err(reason) => TunnelEnd {
+            reason,
+            bytes_up: 0,
+            bytes_down: 0,
+        },
     }
 }
 
@@ -319,7 +364,7 @@ async fn copy<C>(
     upstream: Upgraded,
     client: C,
     shutdown: &ShutdownSignal,
-) -> EndReason
+) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -333,6 +378,7 @@ where
         first_eof: &first_eof,
         side: SIDE_CLIENT,
         failed: &failed,
+        read: 0,
     };
     let mut upstream = Counted {
         inner: TokioIo::new(upstream),
@@ -341,36 +387,45 @@ where
         first_eof: &first_eof,
         side: SIDE_UPSTREAM,
         failed: &failed,
+        read: 0,
     };
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
-    let far = Duration::from_secs(86400 * 365);
-    let lifetime = tokio::time::sleep(tunnel.max_lifetime.unwrap_or(far));
-    tokio::pin!(lifetime);
-    let idle = tunnel.idle.unwrap_or(far);
-    let idle_timer = tokio::time::sleep(idle);
-    tokio::pin!(idle_timer);
-    let closing = shutdown.closing();
-    tokio::pin!(closing);
-    loop {
-        tokio::select! {
-            r = &mut copy => return match r {
-                Ok(_) if first_eof.load(Ordering::Relaxed) == SIDE_UPSTREAM => EndReason::UpstreamClosed,
-                Ok(_) => EndReason::ClientClosed,
-                // A failed read names its side; otherwise a write failed.
-                Err(_) if failed.load(Ordering::Relaxed) == SIDE_UPSTREAM => EndReason::UpstreamReset,
-                Err(_) if failed.load(Ordering::Relaxed) == SIDE_CLIENT => EndReason::ClientReset,
-                Err(_) => EndReason::UpstreamReset,
-            },
-            () = &mut idle_timer => {
-                let deadline = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-                if deadline <= Instant::now() {
-                    return EndReason::IdleTimeout;
+    // (The copy, and its borrows of the two sides, end with this block.)
+    let reason = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        let far = Duration::from_secs(86400 * 365);
+        let lifetime = tokio::time::sleep(tunnel.max_lifetime.unwrap_or(far));
+        tokio::pin!(lifetime);
+        let idle = tunnel.idle.unwrap_or(far);
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
+        let closing = shutdown.closing();
+        tokio::pin!(closing);
+        loop {
+            tokio::select! {
+                r = &mut copy => break match r {
+                    Ok(_) if first_eof.load(Ordering::Relaxed) == SIDE_UPSTREAM => EndReason::UpstreamClosed,
+                    Ok(_) => EndReason::ClientClosed,
+                    // A failed read names its side; otherwise a write failed.
+                    Err(_) if failed.load(Ordering::Relaxed) == SIDE_UPSTREAM => EndReason::UpstreamReset,
+                    Err(_) if failed.load(Ordering::Relaxed) == SIDE_CLIENT => EndReason::ClientReset,
+                    Err(_) => EndReason::UpstreamReset,
+                },
+                () = &mut idle_timer => {
+                    let deadline = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+                    if deadline <= Instant::now() {
+                        break EndReason::IdleTimeout;
+                    }
+                    idle_timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
                 }
-                idle_timer.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                () = &mut lifetime => break EndReason::MaxLifetime,
+                () = &mut closing => break EndReason::Shutdown,
             }
-            () = &mut lifetime => return EndReason::MaxLifetime,
-            () = &mut closing => return EndReason::Shutdown,
         }
+    };
+    TunnelEnd {
+        reason,
+        bytes_up: client.read,
+        bytes_down: upstream.read,
     }
 }
