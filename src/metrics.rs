@@ -2,9 +2,15 @@
 //! rendering for `GET /metrics`. Gauges of live connections are not counted
 //! separately: they are read from the connection table at scrape time, so
 //! they can never drift from it.
+//!
+//! A route's statistics are found by its name, not its position: a reload
+//! that keeps a route (wherever it now is in the file) keeps its counters
+//! and its connection count (its limit's), and a removed route's live on
+//! while anything (its connections, a request's record) still holds them.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::conn::{ConnState, ConnTable, EndReason};
@@ -12,12 +18,20 @@ use crate::http::error::RequestEnd;
 
 pub struct Metrics {
     pub accepted: AtomicU64,
-    /// Index 0 holds connections that never got a route; route `i` is at `i + 1`.
-    routes: Vec<RouteStats>,
-    route_names: Vec<String>,
+    /// What no route took: connections refused before routing, requests
+    /// without a route.
+    none: Arc<RouteStats>,
+    /// Every route's statistics, while anything holds them.
+    routes: Mutex<Vec<Weak<RouteStats>>>,
+    /// Config reloads by result: applied, rejected.
+    pub reloads: [AtomicU64; 2],
+    /// The running config's generation (1 at start, +1 per applied reload).
+    pub generation: AtomicU64,
 }
 
 pub struct RouteStats {
+    /// The route's name, the `route` label (`none` for what no route took).
+    pub name: Arc<str>,
     /// Connections holding a slot of this route (used for its limit).
     pub active: AtomicU64,
     pub closed: [AtomicU64; EndReason::COUNT],
@@ -33,8 +47,9 @@ pub struct RouteStats {
 }
 
 impl RouteStats {
-    fn new() -> RouteStats {
+    fn new(name: Arc<str>) -> RouteStats {
         RouteStats {
+            name,
             active: AtomicU64::new(0),
             closed: std::array::from_fn(|_| AtomicU64::new(0)),
             bytes_up: AtomicU64::new(0),
@@ -79,33 +94,62 @@ impl Histogram {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    pub fn new(route_names: Vec<String>) -> Metrics {
+    pub fn new() -> Metrics {
         Metrics {
             accepted: AtomicU64::new(0),
-            routes: (0..=route_names.len()).map(|_| RouteStats::new()).collect(),
-            route_names,
+            none: Arc::new(RouteStats::new("none".into())),
+            routes: Mutex::new(Vec::new()),
+            reloads: Default::default(),
+            generation: AtomicU64::new(1),
         }
     }
 
-    pub fn route(&self, index: usize) -> &RouteStats {
-        self.route_or_none(Some(index))
-    }
-
-    pub fn route_or_none(&self, index: Option<usize>) -> &RouteStats {
-        let slot = index.map_or(0, |i| i + 1);
-        self.routes.get(slot).unwrap_or(&self.routes[0])
-    }
-
-    /// The `route` label: a route's name, or `none` for what no route
-    /// took (a connection refused before routing, a request without a
-    /// route); never empty.
-    fn label(&self, slot: usize) -> &str {
-        if slot == 0 {
-            "none"
-        } else {
-            &self.route_names[slot - 1]
+    /// The statistics of the route named `name`: those a route of that
+    /// name has had, while anything still holds them, else new ones.
+    pub fn route(&self, name: &str) -> Arc<RouteStats> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.retain(|w| w.strong_count() > 0);
+        if let Some(s) = routes
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|s| &*s.name == name)
+        {
+            return s;
         }
+        let s = Arc::new(RouteStats::new(name.into()));
+        routes.push(Arc::downgrade(&s));
+        s
+    }
+
+    /// What no route took.
+    pub fn none(&self) -> &Arc<RouteStats> {
+        &self.none
+    }
+
+    /// `route`'s statistics, or those of what no route took.
+    pub fn route_or_none<'a>(&'a self, route: Option<&'a Arc<RouteStats>>) -> &'a RouteStats {
+        route.map_or(&*self.none, |r| &**r)
+    }
+
+    /// `none` first, then every route's, by name.
+    fn all(&self) -> Vec<Arc<RouteStats>> {
+        let mut all: Vec<Arc<RouteStats>> = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.insert(0, self.none.clone());
+        all
     }
 
     /// Prometheus text exposition format (version 0.0.4).
@@ -113,6 +157,7 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let by_state = table.count_by_route_state();
         let live_bytes = table.live_bytes();
+        let all = self.all();
 
         render_single(
             &mut out,
@@ -131,20 +176,20 @@ impl Metrics {
         );
         out.push_str("# HELP gatehouse_connections_active Live connections by route and state.\n");
         out.push_str("# TYPE gatehouse_connections_active gauge\n");
-        for slot in 0..self.routes.len() {
-            let route = slot.checked_sub(1);
+        for (slot, stats) in all.iter().enumerate() {
             for state in ConnState::ALL {
                 if state == ConnState::Closed {
                     continue;
                 }
-                let n = by_state.get(&(route, state)).copied().unwrap_or(0);
+                let key = (slot > 0).then(|| stats.name.clone());
+                let n = by_state.get(&(key, state)).copied().unwrap_or(0);
                 if slot == 0 && n == 0 {
                     continue; // (`none`: a series only while it counts something)
                 }
                 let _ = writeln!(
                     out,
                     "gatehouse_connections_active{{route=\"{}\",state=\"{}\"}} {n}",
-                    self.label(slot),
+                    stats.name,
                     state.as_str()
                 );
             }
@@ -152,7 +197,7 @@ impl Metrics {
 
         out.push_str("# HELP gatehouse_connections_closed_total Connections ended, by route, reason and side to blame.\n");
         out.push_str("# TYPE gatehouse_connections_closed_total counter\n");
-        for (slot, stats) in self.routes.iter().enumerate() {
+        for stats in &all {
             for reason in EndReason::ALL {
                 let n = stats.closed[reason.index()].load(Ordering::Relaxed);
                 if n == 0 {
@@ -161,7 +206,7 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "gatehouse_connections_closed_total{{route=\"{}\",reason=\"{}\",side=\"{}\"}} {n}",
-                    self.label(slot),
+                    stats.name,
                     reason.as_str(),
                     reason.side().as_str()
                 );
@@ -170,14 +215,12 @@ impl Metrics {
 
         out.push_str("# HELP gatehouse_bytes_total Bytes proxied, by route and direction.\n");
         out.push_str("# TYPE gatehouse_bytes_total counter\n");
-        for (slot, stats) in self.routes.iter().enumerate() {
-            let (live_up, live_down) = live_bytes
-                .get(&slot.checked_sub(1))
-                .copied()
-                .unwrap_or((0, 0));
+        for (slot, stats) in all.iter().enumerate() {
+            let key = (slot > 0).then(|| stats.name.clone());
+            let (live_up, live_down) = live_bytes.get(&key).copied().unwrap_or((0, 0));
             let up = stats.bytes_up.load(Ordering::Relaxed) + live_up;
             let down = stats.bytes_down.load(Ordering::Relaxed) + live_down;
-            let label = self.label(slot);
+            let label = &stats.name;
             let _ = writeln!(
                 out,
                 "gatehouse_bytes_total{{route=\"{label}\",direction=\"client_to_upstream\"}} {up}"
@@ -234,22 +277,22 @@ impl Metrics {
             "# HELP gatehouse_upstream_connect_seconds Time to establish upstream connections.\n",
         );
         out.push_str("# TYPE gatehouse_upstream_connect_seconds histogram\n");
-        for (slot, stats) in self.routes.iter().enumerate().skip(1) {
+        for stats in all.iter().skip(1) {
             render_histogram(
                 &mut out,
                 "gatehouse_upstream_connect_seconds",
-                self.label(slot),
+                &stats.name,
                 &stats.connect_latency,
             );
         }
-        self.render_http(&mut out);
+        self.render_http(&mut out, &all);
         out
     }
 
-    fn render_http(&self, out: &mut String) {
+    fn render_http(&self, out: &mut String, all: &[Arc<RouteStats>]) {
         out.push_str("# HELP gatehouse_http_requests_total HTTP requests by route and response status class.\n");
         out.push_str("# TYPE gatehouse_http_requests_total counter\n");
-        for (slot, stats) in self.routes.iter().enumerate() {
+        for stats in all {
             for (class, n) in stats.http_status.iter().enumerate() {
                 let n = n.load(Ordering::Relaxed);
                 if n > 0 {
@@ -261,21 +304,21 @@ impl Metrics {
                     let _ = writeln!(
                         out,
                         "gatehouse_http_requests_total{{route=\"{}\",status=\"{class}\"}} {n}",
-                        self.label(slot)
+                        stats.name
                     );
                 }
             }
         }
         out.push_str("# HELP gatehouse_http_request_end_total HTTP requests by route and how they ended (reason, side).\n");
         out.push_str("# TYPE gatehouse_http_request_end_total counter\n");
-        for (slot, stats) in self.routes.iter().enumerate() {
+        for stats in all {
             for end in RequestEnd::ALL {
                 let n = stats.http_end[end.index()].load(Ordering::Relaxed);
                 if n > 0 {
                     let _ = writeln!(
                         out,
                         "gatehouse_http_request_end_total{{route=\"{}\",reason=\"{}\",side=\"{}\"}} {n}",
-                        self.label(slot),
+                        stats.name,
                         end.as_str(),
                         end.side().as_str()
                     );
@@ -286,21 +329,21 @@ impl Metrics {
             "# HELP gatehouse_http_requests_in_flight HTTP requests being handled, by route.\n",
         );
         out.push_str("# TYPE gatehouse_http_requests_in_flight gauge\n");
-        for (slot, stats) in self.routes.iter().enumerate().skip(1) {
+        for stats in all.iter().skip(1) {
             let _ = writeln!(
                 out,
                 "gatehouse_http_requests_in_flight{{route=\"{}\"}} {}",
-                self.label(slot),
+                stats.name,
                 stats.http_in_flight.load(Ordering::Relaxed)
             );
         }
         out.push_str("# HELP gatehouse_http_request_seconds HTTP request latency (until the response's last byte), by route.\n");
         out.push_str("# TYPE gatehouse_http_request_seconds histogram\n");
-        for (slot, stats) in self.routes.iter().enumerate() {
+        for stats in all {
             render_histogram(
                 out,
                 "gatehouse_http_request_seconds",
-                self.label(slot),
+                &stats.name,
                 &stats.http_latency,
             );
         }

@@ -7,20 +7,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{RouteConfig, RouteMatch};
+use crate::metrics::RouteStats;
 
 pub struct Route {
     pub index: usize,
     pub name: Arc<str>,
     pub config: RouteConfig,
+    /// Its statistics and connection count, found by its name (kept
+    /// across reloads).
+    pub stats: Arc<RouteStats>,
     next_target: AtomicUsize,
 }
 
 impl Route {
-    pub fn new(index: usize, config: RouteConfig) -> Route {
+    pub fn new(index: usize, config: RouteConfig, stats: Arc<RouteStats>) -> Route {
         Route {
             index,
-            name: config.name.as_str().into(),
+            name: stats.name.clone(),
             config,
+            stats,
             next_target: AtomicUsize::new(0),
         }
     }
@@ -191,10 +196,14 @@ mod tests {
             "[[listeners]]\nname = \"h\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n{text}"
         );
         let c = crate::config::parse("t.toml", &cfg, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = crate::metrics::Metrics::new();
         c.routes
             .into_iter()
             .enumerate()
-            .map(|(i, r)| Route::new(i, r))
+            .map(|(i, r)| {
+                let stats = metrics.route(&r.name);
+                Route::new(i, r, stats)
+            })
             .collect()
     }
 

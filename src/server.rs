@@ -198,7 +198,10 @@ impl Runtime {
             .iter()
             .cloned()
             .enumerate()
-            .map(|(i, r)| Route::new(i, r))
+            .map(|(i, r)| {
+                let stats = table.metrics().route(&r.name);
+                Route::new(i, r, stats)
+            })
             .collect();
         let pools = routes
             .iter()
@@ -265,9 +268,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let config = Arc::new(config);
     crate::splice::set_max_pipes(config.limits.splice_pipes);
-    let metrics = Arc::new(Metrics::new(
-        config.routes.iter().map(|r| r.name.clone()).collect(),
-    ));
+    let metrics = Arc::new(Metrics::new());
     let table = ConnTable::new(metrics);
     let shutdown = ShutdownSignal::new();
     let tls = TlsRt::build(&config).context("TLS settings")?;
@@ -459,7 +460,7 @@ pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
     let config = Arc::new(
         crate::config::parse("test.toml", text, &|_| None).unwrap_or_else(|e| panic!("{e}")),
     );
-    let metrics = Arc::new(Metrics::new(vec!["r".into()]));
+    let metrics = Arc::new(Metrics::new());
     let listener = Arc::new(ListenerRt {
         index: 0,
         name: "l".into(),

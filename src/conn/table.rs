@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::log_limit::{self, Admit, LogLimit};
 use super::{ConnState, EndReason, Side};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteStats};
 use crate::proxy_protocol::Tlv;
 
 pub struct ConnTable {
@@ -56,10 +56,10 @@ impl ConnEntry {
     /// Shows the route and upstream of an HTTP request on the connection
     /// (the request in flight, or the last one); its connection metrics
     /// go to that route too.
-    pub fn show_request(&self, index: usize, name: &Arc<str>, upstream: SocketAddr) {
+    pub fn show_request(&self, route: &Arc<RouteStats>, upstream: SocketAddr) {
         let mut d = lock(&self.details);
-        if d.route.as_ref().is_none_or(|r| r.0 != index) {
-            d.route = Some((index, name.clone()));
+        if d.route.as_ref().is_none_or(|r| !Arc::ptr_eq(r, route)) {
+            d.route = Some(route.clone());
         }
         d.upstream = Some(upstream);
     }
@@ -68,7 +68,7 @@ impl ConnEntry {
 /// Kept small: an idle connection's memory is mostly its entry.
 #[derive(Default, Clone)]
 struct Details {
-    route: Option<(usize, Arc<str>)>,
+    route: Option<Arc<RouteStats>>,
     upstream: Option<SocketAddr>,
     /// An upgraded connection whose end goes to the access log (its
     /// listener logs requests): its totals and end reason.
@@ -195,23 +195,23 @@ impl ConnTable {
         out
     }
 
-    /// Counts of live connections by (route index or none, state).
-    pub fn count_by_route_state(&self) -> HashMap<(Option<usize>, ConnState), u64> {
+    /// Counts of live connections by (route name or none, state).
+    pub fn count_by_route_state(&self) -> HashMap<(Option<Arc<str>>, ConnState), u64> {
         let entries: Vec<Arc<ConnEntry>> = lock(&self.live).values().cloned().collect();
         let mut counts = HashMap::new();
         for e in entries {
-            let route = lock(&e.details).route.as_ref().map(|r| r.0);
+            let route = lock(&e.details).route.as_ref().map(|r| r.name.clone());
             *counts.entry((route, e.state())).or_insert(0) += 1;
         }
         counts
     }
 
-    /// Bytes moved so far by live connections, per route index (or none): (up, down).
-    pub fn live_bytes(&self) -> HashMap<Option<usize>, (u64, u64)> {
+    /// Bytes moved so far by live connections, per route name (or none): (up, down).
+    pub fn live_bytes(&self) -> HashMap<Option<Arc<str>>, (u64, u64)> {
         let entries: Vec<Arc<ConnEntry>> = lock(&self.live).values().cloned().collect();
-        let mut out: HashMap<Option<usize>, (u64, u64)> = HashMap::new();
+        let mut out: HashMap<Option<Arc<str>>, (u64, u64)> = HashMap::new();
         for e in entries {
-            let route = lock(&e.details).route.as_ref().map(|r| r.0);
+            let route = lock(&e.details).route.as_ref().map(|r| r.name.clone());
             let slot = out.entry(route).or_default();
             slot.0 += e.bytes_up.load(Ordering::Relaxed);
             slot.1 += e.bytes_down.load(Ordering::Relaxed);
@@ -247,7 +247,7 @@ impl ConnEntry {
             listener: self.listener.to_string(),
             peer: self.peer.to_string(),
             client: d.client().unwrap_or(self.peer).to_string(),
-            route: d.route.map(|r| r.1.to_string()),
+            route: d.route.map(|r| r.name.to_string()),
             upstream: d.upstream.map(|u| u.to_string()),
             state: self.state().as_str(),
             started_unix_ms: unix_ms(self.started),
@@ -284,7 +284,7 @@ pub struct ConnGuard {
     table: Arc<ConnTable>,
     entry: Arc<ConnEntry>,
     ip_slot: Option<IpAddr>,
-    route: Option<usize>,
+    route: Option<Arc<RouteStats>>,
     route_slot_taken: bool,
     end: Option<EndReason>,
 }
@@ -362,20 +362,16 @@ impl ConnGuard {
     /// Assigns the connection to a route, taking one of its slots.
     pub fn claim_route(
         &mut self,
-        index: usize,
-        name: Arc<str>,
+        route: &Arc<RouteStats>,
         limit: Option<u32>,
     ) -> Result<(), EndReason> {
-        let active = &self.table.metrics.route(index).active;
-        let before = active.fetch_add(1, Ordering::AcqRel);
+        let before = route.active.fetch_add(1, Ordering::AcqRel);
+        lock(&self.entry.details).route = Some(route.clone());
+        self.route = Some(route.clone());
         if limit.is_some_and(|l| before >= l as u64) {
-            active.fetch_sub(1, Ordering::AcqRel);
-            lock(&self.entry.details).route = Some((index, name));
-            self.route = Some(index);
+            route.active.fetch_sub(1, Ordering::AcqRel);
             return Err(EndReason::LimitRoute);
         }
-        lock(&self.entry.details).route = Some((index, name));
-        self.route = Some(index);
         self.route_slot_taken = true;
         Ok(())
     }
@@ -410,8 +406,9 @@ impl Drop for ConnGuard {
         // (An HTTP connection counts under its last request's route.)
         let route = self
             .route
-            .or_else(|| lock(&self.entry.details).route.as_ref().map(|r| r.0));
-        let stats = table.metrics.route_or_none(route);
+            .take()
+            .or_else(|| lock(&self.entry.details).route.clone());
+        let stats = table.metrics.route_or_none(route.as_ref());
         if self.route_slot_taken {
             stats.active.fetch_sub(1, Ordering::AcqRel);
         }
@@ -446,7 +443,7 @@ impl ConnGuard {
         tracing::info!(
             target: "gatehouse::access",
             conn = self.entry.id,
-            route = d.route.as_ref().map(|r| &*r.1),
+            route = d.route.as_ref().map(|r| &*r.name),
             upstream = d.upstream.map(|u| u.to_string()),
             bytes_up = self.entry.bytes_up.load(Ordering::Relaxed),
             bytes_down = self.entry.bytes_down.load(Ordering::Relaxed),
@@ -466,7 +463,7 @@ impl ConnGuard {
                     conn = self.entry.id,
                     listener = &*self.entry.listener,
                     client = %d.client().unwrap_or(self.entry.peer),
-                    route = d.route.as_ref().map(|r| &*r.1),
+                    route = d.route.as_ref().map(|r| &*r.name),
                     upstream = d.upstream.map(|u| u.to_string()),
                     reason = reason.as_str(),
                     side = reason.side().as_str(),

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::error::RequestEnd;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteStats};
 
 pub struct RequestLog {
     pub metrics: Arc<Metrics>,
@@ -21,7 +21,7 @@ pub struct RequestLog {
     pub method: String,
     pub host: String,
     pub path: String,
-    pub route: Option<(usize, Arc<str>)>,
+    pub route: Option<Arc<RouteStats>>,
     pub upstream: Option<SocketAddr>,
     pub status: u16,
     pub bytes_up: u64,
@@ -79,13 +79,9 @@ impl RequestLog {
 
     /// Counts the request against its route; returns the requests that
     /// were already in flight there.
-    pub fn set_route(&mut self, index: usize, name: Arc<str>) -> i64 {
-        let before = self
-            .metrics
-            .route(index)
-            .http_in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        self.route = Some((index, name));
+    pub fn set_route(&mut self, route: &Arc<RouteStats>) -> i64 {
+        let before = route.http_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.route = Some(route.clone());
         before
     }
 }
@@ -109,7 +105,7 @@ impl Drop for RequestLog {
         if let Some(b) = &self.request_body {
             self.bytes_up = b.bytes();
         }
-        let stats = self.metrics.route_or_none(self.route.as_ref().map(|r| r.0));
+        let stats = self.metrics.route_or_none(self.route.as_ref());
         if self.route.is_some() {
             stats.http_in_flight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -123,7 +119,7 @@ impl Drop for RequestLog {
                 method = %self.method,
                 host = %self.host,
                 path = %self.path,
-                route = self.route.as_ref().map(|r| &*r.1),
+                route = self.route.as_ref().map(|r| &*r.name),
                 status = self.status,
                 bytes_up = self.bytes_up,
                 bytes_down = self.bytes_down,

@@ -266,7 +266,7 @@ impl Handler {
             return Err(self.fail(log, RequestEnd::NoRoute));
         };
         let policy = &route.config.policy;
-        let in_flight = log.set_route(route.index, route.name.clone());
+        let in_flight = log.set_route(&route.stats);
         if policy
             .max_connections
             .is_some_and(|max| in_flight >= i64::from(max))
@@ -433,7 +433,7 @@ impl Handler {
                 log: (extended && log.access_log).then(|| {
                     Arc::new(TunnelLog {
                         conn: log.conn,
-                        route: log.route.as_ref().map(|r| r.1.clone()),
+                        route: log.route.as_ref().map(|r| r.name.clone()),
                         upstream: log.upstream,
                     })
                 }),
@@ -537,14 +537,9 @@ impl Handler {
             };
             conn.share = share;
             log.upstream = Some(conn.peer);
-            self.entry.show_request(route.index, &route.name, conn.peer);
+            self.entry.show_request(&route.stats, conn.peer);
             if let Some(t) = connect_time {
-                self.rt
-                    .table
-                    .metrics()
-                    .route(route.index)
-                    .connect_latency
-                    .observe(t);
+                route.stats.connect_latency.observe(t);
                 log.connect = Some(t);
             }
             let reused = conn.reused;

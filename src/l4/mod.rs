@@ -190,11 +190,7 @@ async fn run(
         }
         return Step::End(EndReason::NoRoute);
     };
-    if let Err(reason) = guard.claim_route(
-        route.index,
-        route.name.clone(),
-        route.config.policy.max_connections,
-    ) {
+    if let Err(reason) = guard.claim_route(&route.stats, route.config.policy.max_connections) {
         return Step::End(reason);
     }
     let Some(forward) = route.config.action.forward() else {
@@ -237,11 +233,7 @@ async fn run(
         reason = client_gone(&client) => return Step::End(reason),
         _ = rt.shutdown.closing() => return Step::End(EndReason::Shutdown),
     };
-    rt.table
-        .metrics()
-        .route(route.index)
-        .connect_latency
-        .observe(started.elapsed());
+    route.stats.connect_latency.observe(started.elapsed());
     if let Ok(addr) = upstream.peer_addr() {
         guard.set_upstream(addr);
     }
@@ -424,21 +416,13 @@ async fn terminate(
                 },
                 _ = rt.shutdown.closing() => return EndReason::Shutdown,
             };
-            rt.table
-                .metrics()
-                .route(route.index)
-                .connect_latency
-                .observe(started.elapsed());
+            route.stats.connect_latency.observe(started.elapsed());
             guard.set_state(ConnState::Established);
             tls::relay(stream, upstream, guard, limits, &rt.shutdown).await
         }
         (TlsMode::TerminateAndReencrypt, _, _) => EndReason::Internal,
         _ => {
-            rt.table
-                .metrics()
-                .route(route.index)
-                .connect_latency
-                .observe(started.elapsed());
+            route.stats.connect_latency.observe(started.elapsed());
             guard.set_state(ConnState::Established);
             tls::relay(stream, upstream, guard, limits, &rt.shutdown).await
         }
