@@ -2,8 +2,11 @@
 //! list of endpoints), `GET /healthz`,
 //! `GET /connections` (the live connection table as JSON) and `GET /metrics`
 //! (Prometheus text), `POST /tls/reload` (read every certificate from disk
-//! again; a file that fails keeps its previous certificate). Bounded like the data plane: a cap on concurrent admin
-//! connections and a deadline on reading request headers.
+//! again; a file that fails keeps its previous certificate), and the
+//! running config: `GET /config`, `POST /config/reload`, `POST
+//! /config/validate`. Bounded like the data plane: a cap on concurrent
+//! admin connections, a deadline on reading request headers, a cap on a
+//! request body.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +20,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::server::Runtime;
+use crate::reload::Reloader;
+use crate::runtime::Runtime;
 
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 
@@ -27,7 +31,13 @@ GET  /              this list\n\
 GET  /healthz       liveness: 200 \"ok\"\n\
 GET  /connections   the live connection table (JSON)\n\
 GET  /metrics       Prometheus metrics (text format 0.0.4)\n\
-POST /tls/reload    read every certificate from disk again (JSON: what was reloaded)\n";
+POST /tls/reload    read every certificate from disk again (JSON: what was reloaded)\n\
+GET  /config        the running config (every setting, as TOML) and its generation (JSON)\n\
+POST /config/reload read the config file again and apply it (JSON: what changed, or every error)\n\
+POST /config/validate  check the TOML in the body without applying it (JSON: every error)\n";
+
+/// The largest config accepted by `POST /config/validate`.
+const MAX_CANDIDATE: usize = 1 << 20;
 
 /// A descriptor held in reserve for the admin listener: when the process
 /// is out of descriptors, it is given up so that the operator's request
@@ -49,7 +59,7 @@ fn refill_reserve(r: &Reserve) {
     }
 }
 
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
+pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader>) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     // (Shared with the connections' tasks: one that ends frees a
     // descriptor, which the reserve takes back at once.)
@@ -73,10 +83,12 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
         refill_reserve(&reserve);
         let reserve = reserve.clone();
         let rt = rt.clone();
+        let reloader = reloader.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let rt = rt.clone();
-                async move { Ok::<_, Infallible>(handle(&rt, req)) }
+                let reloader = reloader.clone();
+                async move { Ok::<_, Infallible>(handle(&rt, &reloader, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -89,18 +101,35 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>) {
     }
 }
 
-fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() == Method::POST && req.uri().path() == "/tls/reload" {
-        let loaded = rt.tls.certs.reload_all();
-        let body = serde_json::json!({ "reloaded": loaded }).to_string();
-        return reply(StatusCode::OK, "application/json", body);
-    }
-    if req.method() != Method::GET {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET (and POST /tls/reload)\n".into(),
-        );
+async fn handle(
+    rt: &Runtime,
+    reloader: &Reloader,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let json = |status, v: serde_json::Value| reply(status, "application/json", v.to_string());
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/tls/reload") => {
+            let loaded = rt.snapshot().tls.certs.reload_all();
+            return json(StatusCode::OK, serde_json::json!({ "reloaded": loaded }));
+        }
+        (&Method::POST, "/config/reload") => {
+            return match reloader.reload().await {
+                Ok(changes) => json(StatusCode::OK, serde_json::json!({ "applied": changes })),
+                Err(e) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({ "refused": e.to_string().lines().collect::<Vec<_>>() }),
+                ),
+            };
+        }
+        (&Method::POST, "/config/validate") => return validate(req).await,
+        (&Method::GET, _) => {}
+        _ => {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "only GET (and POST /tls/reload, /config/reload, /config/validate)\n".into(),
+            );
+        }
     }
     match req.uri().path() {
         "/" => reply(StatusCode::OK, "text/plain", INDEX.into()),
@@ -112,19 +141,81 @@ fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }
+        "/config" => {
+            let snap = rt.snapshot();
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "generation": snap.generation,
+                    "config": crate::config::print(&snap.config),
+                }),
+            )
+        }
         "/metrics" => {
-            let mut text = rt.table.metrics().render(&rt.table);
-            rt.tls.certs.render_metrics(&mut text);
+            let snap = rt.snapshot();
+            let metrics = rt.table.metrics();
+            let mut text = metrics.render(&rt.table);
+            snap.tls.certs.render_metrics(&mut text);
             text.push_str(&format!(
                 "# HELP gatehouse_http_parked_connections Idle connections waiting without a task: HTTP/1 keep-alive connections and upgraded tunnels.\n# TYPE gatehouse_http_parked_connections gauge\ngatehouse_http_parked_connections {}\n",
                 rt.parking.len()
             ));
-            if let Some(acme) = &rt.tls.acme {
+            text.push_str(&format!(
+                "# HELP gatehouse_config_generation The running config's generation: 1 at start, one more per applied reload.\n# TYPE gatehouse_config_generation gauge\ngatehouse_config_generation {}\n\
+                 # HELP gatehouse_config_reloads_total Config reloads, by result: applied, or refused (the running config stayed).\n# TYPE gatehouse_config_reloads_total counter\n\
+                 gatehouse_config_reloads_total{{result=\"applied\"}} {}\ngatehouse_config_reloads_total{{result=\"refused\"}} {}\n",
+                snap.generation,
+                metrics.reloads[0].load(std::sync::atomic::Ordering::Relaxed),
+                metrics.reloads[1].load(std::sync::atomic::Ordering::Relaxed),
+            ));
+            if let Some(acme) = &snap.tls.acme {
                 acme.render_metrics(&mut text);
             }
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// `POST /config/validate`: the body checked as a config file would be
+/// (with this process's environment for `${VAR}`), nothing applied.
+async fn validate(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    let json = |status, v: serde_json::Value| reply(status, "application/json", v.to_string());
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_CANDIDATE)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({ "errors": [format!("a candidate is at most {MAX_CANDIDATE} bytes")] }),
+            );
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({ "errors": ["the candidate is not UTF-8 text"] }),
+        );
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    match crate::config::parse("candidate", text, &env) {
+        Ok(c) => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "valid": true,
+                "warnings": c.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({
+                "valid": false,
+                "errors": e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+        ),
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Data plane: `listener` (accept, global limits) → `l4` (one owner task per
 //! connection: PROXY header, routing, connect, byte pump) with `conn` (states,
-//! end reasons, the connection table). Control plane: `config`, `admin`,
-//! `metrics`, `notify` (readiness for systemd), `server` (start-up and
-//! graceful shutdown).
+//! end reasons, the connection table), reading the running config's
+//! `runtime::Snapshot`. Control plane: `config`, `reload` (live config
+//! changes), `admin`, `metrics`, `notify` (readiness for systemd),
+//! `server` (start-up, signals and graceful shutdown).
 
 pub mod admin;
 pub mod alloc;
@@ -17,8 +18,11 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod routing;
+pub mod runtime;
 pub mod server;
+pub mod shutdown;
 pub mod splice;
 pub mod sys;
 pub mod tls;

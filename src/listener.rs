@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::conn::EndReason;
 use crate::conn::log_limit::{Admit, LogLimit};
-use crate::server::{ListenerRt, Runtime};
+use crate::runtime::Runtime;
 
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -143,7 +143,15 @@ impl AcceptBackoff {
     }
 }
 
-pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Arc<Runtime>) {
+/// Accepts on `listener` until the drain begins or `stop` says so (the
+/// listener left the config). Each connection starts on the snapshot
+/// running when it was accepted, with the listener's settings in it.
+pub async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    runtime: Arc<Runtime>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let max = runtime.max_connections;
     let draining = runtime.shutdown.draining();
     tokio::pin!(draining);
@@ -152,6 +160,7 @@ pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Ar
         let accepted = tokio::select! {
             biased;
             _ = &mut draining => break,
+            _ = stop.wait_for(|s| *s) => break,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -160,30 +169,36 @@ pub async fn accept_loop(listener: TcpListener, rt: Arc<ListenerRt>, runtime: Ar
                 if out_of_fds(&e) {
                     runtime.fd_ceiling.store(fd_ceiling(), Ordering::Relaxed);
                 }
-                backoff.failed(&rt.name, &e).await;
+                backoff.failed(&name, &e).await;
                 continue;
             }
         };
         backoff.succeeded();
-        let guard = runtime.table.register(rt.name.clone(), peer);
+        let guard = runtime.table.register(name.clone(), peer);
         let fd = stream.as_raw_fd() as u64;
         if runtime.table.active() > max || fd >= runtime.fd_ceiling.load(Ordering::Relaxed) {
             guard.finish(EndReason::LimitGlobal);
             drop(stream);
             continue;
         }
+        let snapshot = runtime.snapshot();
+        let Some(index) = snapshot.listener(&name).map(|l| l.index as u32) else {
+            // (Removed by a reload a moment ago: this loop stops next.)
+            guard.finish(EndReason::NoRoute);
+            continue;
+        };
         // Boxed before spawning: the task then holds a pointer, and tokio's
         // moves of the task's future (into its cell, out at its end) copy
         // 8 bytes instead of the connection future's kilobyte and a half.
         tokio::spawn(Box::pin(crate::l4::serve(
             stream,
-            peer,
             guard,
-            rt.clone(),
+            snapshot,
+            index,
             runtime.clone(),
         )));
     }
     // Closed before it is reported: once the line is out, a connect is refused.
     drop(listener);
-    tracing::info!(listener = &*rt.name, "listener closed");
+    tracing::info!(listener = &*name, "listener closed");
 }

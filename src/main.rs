@@ -162,7 +162,7 @@ fn main() -> ExitCode {
                         to.join(", "),
                         admin
                     );
-                    serve(c, "gatehouse proxy".into(), log_format)
+                    serve(c, None, log_format)
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             };
@@ -304,15 +304,18 @@ fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
         Err(LoadError::Invalid(errors)) => anyhow::bail!("invalid config:\n{errors}"),
         Err(e) => return Err(e.into()),
     };
-    serve(config, path.display().to_string(), log_format)
+    serve(config, Some(path), log_format)
 }
 
 /// Runs the proxy on a loaded config until it is told to stop.
 fn serve(
     config: config::Config,
-    source: String,
+    path: Option<PathBuf>,
     log_format: Option<LogFormatArg>,
 ) -> anyhow::Result<()> {
+    let source = path
+        .as_ref()
+        .map_or_else(|| "gatehouse proxy".to_owned(), |p| p.display().to_string());
     let format = match log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,
         Some(LogFormatArg::Text) => LogFormat::Text,
@@ -339,7 +342,7 @@ fn serve(
         .on_thread_park(gatehouse::alloc::on_worker_park)
         .build()
         .context("building the async runtime")?;
-    let result = runtime.block_on(gatehouse::server::run(config));
+    let result = runtime.block_on(gatehouse::server::run(config, path));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }

@@ -114,6 +114,17 @@ pub struct HttpPolicy {
     pub pool_max_per_client: usize,
 }
 
+impl HttpPolicy {
+    /// The settings an upstream pool is made with are the same.
+    pub fn pools_equal(&self, other: &HttpPolicy) -> bool {
+        self.pool_max_idle == other.pool_max_idle
+            && self.pool_max_connections == other.pool_max_connections
+            && self.pool_idle_timeout == other.pool_idle_timeout
+            && self.pool_wait_timeout == other.pool_wait_timeout
+            && self.pool_max_per_client == other.pool_max_per_client
+    }
+}
+
 pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
 
 impl Ctx<'_> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::raw::{RawAcme, RawCertificate, RawInternalCa, RawTlsListener, RawUpstream, S};
 use super::{Ctx, HostMatch};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CertificateConfig {
     /// Names this certificate serves; empty: the names in the certificate.
     pub hosts: Vec<HostMatch>,
@@ -20,7 +20,7 @@ pub struct CertificateConfig {
     pub label: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CertSource {
     Files {
         cert: PathBuf,
@@ -33,7 +33,7 @@ pub enum CertSource {
     Internal,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AcmeConfig {
     pub directory: String,
     /// CA bundle to trust for the directory's HTTPS (else the system's roots).
@@ -100,13 +100,13 @@ pub enum UpstreamProtocol {
 }
 
 /// How a route talks to its targets.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     pub protocol: UpstreamProtocol,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct UpstreamTls {
     /// CA bundle to verify targets with; `None`: the system's roots.
     pub ca: Option<PathBuf>,

@@ -384,7 +384,7 @@ async fn run_tunnel(
     tunnel: Tunnel,
     recv: RecvStream,
     send: SendStream<Bytes>,
-    shutdown: &crate::server::ShutdownSignal,
+    shutdown: &crate::shutdown::ShutdownSignal,
 ) {
     let io = StreamIo {
         recv,

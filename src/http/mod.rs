@@ -28,7 +28,8 @@ pub use proxy::{ConnInfo, TlsInfo};
 
 use crate::conn::{ConnEntry, ConnGuard, ConnState, EndReason};
 use crate::io::Prefixed;
-use crate::server::{ListenerRt, Runtime, ShutdownSignal};
+use crate::runtime::{ListenerRt, Runtime};
+use crate::shutdown::ShutdownSignal;
 
 /// Serves HTTP on an accepted connection until it ends; returns why.
 /// `early` holds bytes already read (after a PROXY header).
@@ -108,7 +109,7 @@ where
     };
     let handler = Arc::new(proxy::Handler::new(
         rt.clone(),
-        listener.index,
+        listener.name.clone(),
         cfg.clone(),
         info,
         guard.entry_arc(),
@@ -116,7 +117,12 @@ where
     if !h2 {
         return serve_h1(io, handler, cfg, None, guard, rt).await;
     }
-    let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
+    let idle = rt
+        .current()
+        .config
+        .timeouts
+        .idle
+        .map(|d| (d, guard.entry()));
     // Boxed: an HTTP/2 connection's state is kilobytes, and an HTTP/1
     // connection must not carry it.
     Served::End(Box::pin(serve_h2(io, handler, cfg, idle, guard, rt)).await)
@@ -132,7 +138,12 @@ pub async fn serve_h1<S: h1::ConnIo>(
     guard: &ConnGuard,
     rt: &Arc<Runtime>,
 ) -> Served<S> {
-    let idle = rt.config.timeouts.idle.map(|d| (d, guard.entry()));
+    let idle = rt
+        .current()
+        .config
+        .timeouts
+        .idle
+        .map(|d| (d, guard.entry()));
     let conn = h1::serve(io, handler, cfg, guard, &rt.shutdown, resume);
     tokio::pin!(conn);
     match drive(conn, &rt.shutdown, idle, |_| {}).await {
@@ -141,7 +152,7 @@ pub async fn serve_h1<S: h1::ConnIo>(
         Driven::Done(h1::H1End::Park(mut p)) => {
             // The connection has been idle for `PARK_AFTER`: the global idle
             // deadline keeps running while it is parked.
-            if let Some(idle) = rt.config.timeouts.idle {
+            if let Some(idle) = rt.current().config.timeouts.idle {
                 let cap = tokio::time::Instant::now() + idle.saturating_sub(h1::PARK_AFTER);
                 p.deadline = p.deadline.min(cap);
             }
@@ -294,7 +305,7 @@ fn poll_timer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::test_runtime;
+    use crate::runtime::test_runtime;
 
     /// An idle keep-alive connection costs its task's future (no buffer is
     /// held while idle): keep the HTTP connection future small. Large,

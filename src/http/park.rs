@@ -34,7 +34,7 @@ use super::tunnel::PumpTunnel;
 use crate::conn::{ConnGuard, EndReason};
 use crate::io::Prefixed;
 use crate::l4::pump;
-use crate::server::{ListenerRt, Runtime};
+use crate::runtime::{ListenerRt, Runtime};
 
 type Io = Prefixed<TcpStream>;
 
@@ -513,7 +513,7 @@ fn resume(c: ParkedConn, rt: &Arc<Runtime>) {
         };
         let handler = Arc::new(Handler::new(
             rt.clone(),
-            listener.index,
+            listener.name.clone(),
             cfg.clone(),
             info,
             guard.entry_arc(),

@@ -23,8 +23,8 @@ use super::tunnel::{Tunnel, TunnelLog};
 use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
 use crate::routing::{self, RequestView, Route, RouteInput};
-use crate::server::Runtime;
-use crate::upstream::{PooledConn, Sender, h1};
+use crate::runtime::{Runtime, Snapshot};
+use crate::upstream::{PooledConn, Sender, TargetPool, h1};
 
 /// Marks a request that came as an HTTP/2 extended CONNECT (RFC 8441),
 /// handed to the handler as an HTTP/1.1-style upgrade request. For
@@ -62,7 +62,8 @@ const KEPT_TIMERS: usize = 16;
 
 pub struct Handler {
     rt: Arc<Runtime>,
-    listener_index: usize,
+    /// The connection's listener, found by name in each request's snapshot.
+    listener: Arc<str>,
     http: Arc<HttpListener>,
     info: ConnInfo,
     conn_id: u64,
@@ -86,7 +87,7 @@ pub struct Handler {
 impl Handler {
     pub fn new(
         rt: Arc<Runtime>,
-        listener_index: usize,
+        listener: Arc<str>,
         http: Arc<HttpListener>,
         info: ConnInfo,
         entry: Arc<ConnEntry>,
@@ -98,7 +99,7 @@ impl Handler {
         let client_value = ip_value(info.client.ip());
         Handler {
             rt,
-            listener_index,
+            listener,
             http,
             info,
             conn_id: entry.id(),
@@ -144,7 +145,7 @@ impl Handler {
         self.http.send_timeout
     }
 
-    pub fn shutdown(&self) -> &crate::server::ShutdownSignal {
+    pub fn shutdown(&self) -> &crate::shutdown::ShutdownSignal {
         &self.rt.shutdown
     }
 
@@ -201,7 +202,9 @@ impl Handler {
     /// headers added, target bytes untouched). `Err`: the proxy's answer.
     // (The `Ok` side is the larger one: boxing the answer would save nothing.)
     #[allow(clippy::result_large_err)]
-    fn prepare(&self, req: Request<ReqBody>) -> Result<Outbound<'_>, Response<Body>> {
+    fn prepare(&self, req: Request<ReqBody>) -> Result<Outbound, Response<Body>> {
+        // The newest config, for this request.
+        let snap = self.rt.snapshot();
         let checked = match req.body() {
             ReqBody::H2(_) => headers::check_request(&req),
             // Our HTTP/1 parser applied the framing rules already.
@@ -231,7 +234,7 @@ impl Handler {
         // ACME HTTP-01 challenges we have open are answered here; other
         // tokens go to the routes (an upstream may run its own ACME client).
         if let (Some(acme), Some(token)) = (
-            &self.rt.tls.acme,
+            &snap.tls.acme,
             req.uri()
                 .path()
                 .strip_prefix(crate::tls::acme::HTTP01_PREFIX),
@@ -249,7 +252,10 @@ impl Handler {
         }
         let tls = self.info.tls.as_ref();
         let conn = RouteInput {
-            listener: self.listener_index,
+            // (A listener a reload removed: only routes for every listener.)
+            listener: snap
+                .listener(&self.listener)
+                .map_or(usize::MAX, |l| l.index),
             local: self.info.local,
             client: self.info.client,
             sni: tls.and_then(|t| t.sni.as_deref()),
@@ -261,8 +267,7 @@ impl Handler {
             method: req.method().as_str(),
             headers: req.headers(),
         };
-        let Some(route) = routing::select_http(&self.rt.routes, &self.rt.http_order, &conn, &view)
-        else {
+        let Some(route) = routing::select_http(&snap.routes, &snap.http_order, &conn, &view) else {
             return Err(self.fail(log, RequestEnd::NoRoute));
         };
         let policy = &route.config.policy;
@@ -377,7 +382,8 @@ impl Handler {
         // The request's deadline counts from its record's start.
         let started = tokio::time::Instant::from_std(log.started);
         Ok(Outbound {
-            route,
+            route: route.index,
+            snap: snap.clone(),
             head: UpstreamHead {
                 req: Request::from_parts(parts, ()),
                 set,
@@ -392,8 +398,10 @@ impl Handler {
     }
 
     /// The upstream exchange under the request's deadline.
-    async fn exchange(&self, out: &mut Outbound<'_>) -> Exchanged {
-        let call = self.call_upstream(out.route, &mut out.head, &mut out.body, &mut out.log);
+    async fn exchange(&self, out: &mut Outbound) -> Exchanged {
+        let route = &out.snap.routes[out.route];
+        let pools = &out.snap.pools[out.route];
+        let call = self.call_upstream(route, pools, &mut out.head, &mut out.body, &mut out.log);
         match out.deadline {
             Some(d) => tokio::time::timeout_at(d, call)
                 .await
@@ -404,8 +412,8 @@ impl Handler {
 
     /// The upstream's response relayed with a streaming body (or the end
     /// of the exchange as the proxy's answer).
-    fn relay(&self, out: Outbound<'_>, exchanged: Exchanged) -> Response<Body> {
-        let policy = &out.route.config.policy;
+    fn relay(&self, out: Outbound, exchanged: Exchanged) -> Response<Body> {
+        let policy = &out.snap.routes[out.route].config.policy;
         let mut log = out.log;
         let (mut resp, pooled) = match exchanged {
             Ok(r) => r,
@@ -483,6 +491,7 @@ impl Handler {
     async fn call_upstream(
         &self,
         route: &Route,
+        pools: &[Arc<TargetPool>],
         head: &mut UpstreamHead,
         body: &mut Option<Body>,
         log: &mut RequestLog,
@@ -490,7 +499,6 @@ impl Handler {
         let Some(forward) = route.config.action.forward() else {
             return Err(RequestEnd::NoRoute);
         };
-        let pools = &self.rt.pools[route.index];
         let policy = &route.config.policy;
         let bodiless = body.is_none();
         // A request that cannot be retried never goes on a reused
@@ -684,8 +692,10 @@ struct UpstreamHead {
 }
 
 /// A request on its way upstream: what the wait for its response needs.
-struct Outbound<'a> {
-    route: &'a Route,
+struct Outbound {
+    /// The snapshot the request was routed in, and its route there.
+    snap: Arc<Snapshot>,
+    route: usize,
     head: UpstreamHead,
     /// The request body; `None` when there is none and no upgrade.
     body: Option<Body>,

@@ -21,7 +21,7 @@ use crate::upstream::shared_io::SharedIo;
 use super::h1::{ConnIo, Replay};
 use crate::conn::{ConnGuard, EndReason};
 use crate::l4::pump;
-use crate::server::ShutdownSignal;
+use crate::shutdown::ShutdownSignal;
 
 #[derive(Clone)]
 pub struct Tunnel {

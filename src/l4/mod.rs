@@ -18,23 +18,30 @@ use crate::config::{ProxyVersion, TlsMode};
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
 use crate::routing::{self, RouteInput};
-use crate::server::{ListenerRt, Runtime};
+use crate::runtime::{ListenerRt, Runtime, Snapshot};
 
 /// Owns `client` until it is closed, then records the end in the table.
+/// `listener` is the listener's place in `snap`, the snapshot the
+/// connection keeps.
 pub async fn serve(
     client: TcpStream,
-    peer: SocketAddr,
     mut guard: ConnGuard,
-    listener: Arc<ListenerRt>,
+    snap: Arc<Snapshot>,
+    listener: u32,
     rt: Arc<Runtime>,
 ) {
-    match run(client, peer, &mut guard, &listener, &rt).await {
+    let Some(l) = snap.listeners.get(listener as usize) else {
+        return guard.finish(EndReason::Internal);
+    };
+    match run(client, &mut guard, l, &snap, &rt).await {
         Step::End(reason) => guard.finish(reason),
         Step::Http(h) => {
             // Boxed: the HTTP connection's state is not part of an L4
             // connection's task. (An idle HTTP connection leaves this task
             // for good when it is parked; an upgraded one, for a task of
-            // its own.)
+            // its own.) It reads the newest snapshot per request.
+            let listener = l.clone();
+            drop(snap);
             let served = Box::pin(serve_http(*h, &mut guard, &listener, &rt)).await;
             crate::http::park::settle(served, guard, listener, rt);
         }
@@ -75,11 +82,12 @@ async fn serve_http(
 
 async fn run(
     client: TcpStream,
-    peer: SocketAddr,
     guard: &mut ConnGuard,
     listener: &Arc<ListenerRt>,
+    snap: &Arc<Snapshot>,
     rt: &Arc<Runtime>,
 ) -> Step {
+    let (peer, _) = guard.addresses();
     let Some(local) = listener.local.or_else(|| client.local_addr().ok()) else {
         return Step::End(EndReason::ClientReset);
     };
@@ -121,7 +129,7 @@ async fn run(
             refuse_proxy_signature = true;
         }
     }
-    if let Some(limit) = rt.config.limits.max_connections_per_ip {
+    if let Some(limit) = snap.config.limits.max_connections_per_ip {
         if let Err(reason) = guard.claim_ip(client_addr.ip(), limit) {
             return Step::End(reason);
         }
@@ -159,7 +167,7 @@ async fn run(
             tls: None,
         };
         if let Some(h) = &hello {
-            if let Some(reason) = tls::certificate_missing(rt, h) {
+            if let Some(reason) = tls::certificate_missing(snap, h) {
                 return Step::End(reason);
             }
         }
@@ -184,7 +192,7 @@ async fn run(
         sni,
         identity: None,
     };
-    let Some(route) = routing::select(&rt.routes, &input) else {
+    let Some(route) = routing::select(&snap.routes, &input) else {
         if hello.is_some() && sni.is_none() {
             return Step::End(EndReason::TlsNoSni);
         }
@@ -199,7 +207,7 @@ async fn run(
     let policy = &route.config.policy;
     if let Some(h) = &hello {
         if route.config.tls_mode != TlsMode::Passthrough {
-            if let Some(reason) = tls::certificate_missing(rt, h) {
+            if let Some(reason) = tls::certificate_missing(snap, h) {
                 return Step::End(reason);
             }
             return Step::End(
@@ -212,6 +220,7 @@ async fn run(
                     route,
                     guard,
                     listener,
+                    &snap.upstream_tls[route.index],
                     rt,
                 ))
                 .await,
@@ -347,6 +356,7 @@ async fn terminate(
     route: &routing::Route,
     guard: &mut ConnGuard,
     listener: &Arc<ListenerRt>,
+    upstream_tls: &Option<Arc<rustls::ClientConfig>>,
     rt: &Arc<Runtime>,
 ) -> EndReason {
     let Some(forward) = route.config.action.forward() else {
@@ -405,7 +415,7 @@ async fn terminate(
     };
     match (
         route.config.tls_mode,
-        &rt.tls.upstreams[route.index],
+        upstream_tls,
         &route.config.upstream.tls,
     ) {
         (TlsMode::TerminateAndReencrypt, Some(config), Some(up)) => {
@@ -522,7 +532,7 @@ async fn client_gone(client: &TcpStream) -> EndReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::test_runtime;
+    use crate::runtime::test_runtime;
 
     /// The task of an idle connection is most of its memory: keep the
     /// future small (no arrays held across awaits, big one-off futures boxed).
@@ -533,7 +543,13 @@ mod tests {
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
         let guard = rt.table.register(listener.name.clone(), peer);
-        let fut = serve(stream, peer, guard, listener, rt.clone());
+        let fut = serve(
+            stream,
+            guard,
+            rt.snapshot(),
+            listener.index as u32,
+            rt.clone(),
+        );
         let size = std::mem::size_of_val(&fut);
         eprintln!("connection task future: {size} bytes");
         assert!(size <= 1536, "connection task future is {size} bytes");

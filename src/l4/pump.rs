@@ -27,7 +27,7 @@ use tokio::time::{Instant as TokioInstant, sleep_until};
 
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol;
-use crate::server::ShutdownSignal;
+use crate::shutdown::ShutdownSignal;
 use crate::splice::Lease;
 
 const BUF_SIZE: usize = 64 * 1024;

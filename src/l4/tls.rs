@@ -16,7 +16,8 @@ use tokio_rustls::server::TlsStream;
 
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::io::Prefixed;
-use crate::server::{ListenerRt, Runtime, ShutdownSignal};
+use crate::runtime::{ListenerRt, Runtime, Snapshot};
+use crate::shutdown::ShutdownSignal;
 use crate::tls::hello::{self, Hello, Parsed};
 use crate::tls::settings::{self, UpstreamTlsFailure};
 
@@ -41,12 +42,12 @@ pub async fn read_hello(client: &TcpStream, buf: &mut Vec<u8>) -> Result<Hello, 
 
 /// Why no certificate can be served, checked before the handshake so that
 /// the end says so (rustls would only report a failed handshake).
-pub fn certificate_missing(rt: &Runtime, hello: &Hello) -> Option<EndReason> {
+pub fn certificate_missing(snap: &Snapshot, hello: &Hello) -> Option<EndReason> {
     let challenge = hello
         .alpn
         .iter()
         .any(|p| p == crate::tls::certs::ACME_TLS_ALPN);
-    if challenge || rt.tls.certs.resolve(hello.sni.as_deref()).is_some() {
+    if challenge || snap.tls.certs.resolve(hello.sni.as_deref()).is_some() {
         return None;
     }
     Some(if hello.sni.is_none() {
@@ -68,7 +69,7 @@ pub async fn accept(
     rt: &Runtime,
     deadline: Instant,
 ) -> Result<ClientTls, EndReason> {
-    let Some(config) = rt.tls.servers[listener.index].clone() else {
+    let Some(config) = listener.tls.clone() else {
         return Err(EndReason::Internal);
     };
     let io = Prefixed::new(client, early, guard.entry_arc());

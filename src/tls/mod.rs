@@ -38,6 +38,26 @@ impl TlsRt {
             config.acme.as_ref().map(|a| a.storage.as_path()),
             &config.internal_ca,
         )?);
+        let wants_acme = config
+            .certificates
+            .iter()
+            .any(|c| matches!(c.source, crate::config::CertSource::Acme));
+        let acme = config
+            .acme
+            .clone()
+            .filter(|_| wants_acme)
+            .map(|a| acme::AcmeManager::new(a, certs.clone()));
+        Self::build_with(config, certs, acme)
+    }
+
+    /// Every listener's and route's settings around a certificate store
+    /// (and ACME manager) already made: a reload that leaves the
+    /// certificates' settings as they were keeps them.
+    pub fn build_with(
+        config: &Config,
+        certs: Arc<CertStore>,
+        acme: Option<Arc<acme::AcmeManager>>,
+    ) -> Result<TlsRt, SettingsError> {
         let servers = config
             .listeners
             .iter()
@@ -64,15 +84,6 @@ impl TlsRt {
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
-        let wants_acme = config
-            .certificates
-            .iter()
-            .any(|c| matches!(c.source, crate::config::CertSource::Acme));
-        let acme = config
-            .acme
-            .clone()
-            .filter(|_| wants_acme)
-            .map(|a| acme::AcmeManager::new(a, certs.clone()));
         Ok(TlsRt {
             certs,
             servers,

@@ -35,7 +35,7 @@ use super::proxy::Handler;
 use crate::config::HttpListener;
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::io::Prefixed;
-use crate::server::ShutdownSignal;
+use crate::shutdown::ShutdownSignal;
 
 /// A client connection the HTTP/1 loop can serve.
 pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {

@@ -1,0 +1,317 @@
+//! Live configuration: the one path every config change takes (SIGHUP, a
+//! change of the file, `POST /config/reload`). The candidate is read and
+//! validated like at start; an invalid one is refused with every error
+//! and the running config stays. A valid one becomes a new `Snapshot`
+//! (keeping the pools and certificates of what did not change), its new
+//! listeners are bound (a port that cannot be bound refuses the whole
+//! candidate: nothing is half applied), removed listeners stop accepting,
+//! and the snapshot is swapped in. Live connections keep what they started
+//! with (see `runtime`); listeners whose name and address stay keep their
+//! socket, so no connection is refused during a reload.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{self, Config};
+use crate::runtime::{Runtime, Snapshot};
+
+/// An accept loop this process runs, and how to stop it.
+struct Running {
+    bind: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a reload changed, by name (also the admin API's answer).
+#[derive(Debug, Default, Serialize)]
+pub struct Changes {
+    pub generation: u64,
+    pub listeners: Diff,
+    pub routes: Diff,
+    pub certificates_changed: bool,
+    /// Settings read only at start, changed in the file: in force after a
+    /// restart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub need_restart: Vec<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl Diff {
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// Why a candidate was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    Invalid(config::LoadError),
+    #[error("{0}")]
+    Settings(String),
+    #[error("listener {name:?}: cannot bind {addr}: {error}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("the running config was not read from a file: nothing to reload")]
+    NoFile,
+}
+
+pub struct Reloader {
+    rt: Arc<Runtime>,
+    path: Option<PathBuf>,
+    /// Accept loops by listener name.
+    running: tokio::sync::Mutex<HashMap<String, Running>>,
+}
+
+impl Reloader {
+    pub fn new(rt: Arc<Runtime>, path: Option<PathBuf>) -> Arc<Reloader> {
+        Arc::new(Reloader {
+            rt,
+            path,
+            running: Default::default(),
+        })
+    }
+
+    /// Starts the accept loops of the listeners bound at start.
+    pub async fn start_bound(&self, bound: Vec<(String, TcpListener)>) {
+        let snap = self.rt.snapshot();
+        let mut running = self.running.lock().await;
+        for (name, socket) in bound {
+            running.insert(name.clone(), self.start(&snap, name, socket));
+        }
+    }
+
+    fn start(&self, snap: &Snapshot, name: String, socket: TcpListener) -> Running {
+        let bind = snap.listener(&name).map(|l| l.config.bind);
+        let addr = socket
+            .local_addr()
+            .unwrap_or_else(|_| bind.unwrap_or(([0, 0, 0, 0], 0).into()));
+        tracing::info!(listener = %name, addr = %addr, "listening");
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(crate::listener::accept_loop(
+            socket,
+            name.into(),
+            self.rt.clone(),
+            stopped,
+        ));
+        Running {
+            bind: bind.unwrap_or(addr),
+            stop,
+            task,
+        }
+    }
+
+    /// The accept loops' tasks, for the drain to wait on.
+    pub async fn take_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut running = self.running.lock().await;
+        running.drain().map(|(_, r)| r.task).collect()
+    }
+
+    /// Reads the config file again and applies it.
+    pub async fn reload(&self) -> Result<Changes, Refused> {
+        let Some(path) = &self.path else {
+            return Err(Refused::NoFile);
+        };
+        let result = match config::load(path) {
+            Ok(c) => self.apply(c).await,
+            Err(e) => Err(Refused::Invalid(e)),
+        };
+        let metrics = self.rt.metrics();
+        match &result {
+            Ok(changes) => {
+                metrics.reloads[0].fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    generation = changes.generation,
+                    changes = %serde_json::to_string(changes).unwrap_or_default(),
+                    "config reloaded"
+                );
+                for what in &changes.need_restart {
+                    tracing::warn!(
+                        setting = what,
+                        "changed in the config file: in force after a restart"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics.reloads[1].fetch_add(1, Ordering::Relaxed);
+                for line in e.to_string().lines() {
+                    tracing::warn!(
+                        error = line,
+                        "config reload refused; the running config stays"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// Makes `config` the running one, or changes nothing.
+    async fn apply(&self, config: Config) -> Result<Changes, Refused> {
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        // One reload at a time: the accept loops' map is held throughout.
+        let mut running = self.running.lock().await;
+        let previous = self.rt.snapshot();
+        let old = &previous.config;
+        if old.acme != config.acme && (old.acme.is_some() || config.acme.is_some()) {
+            return Err(Refused::Settings(
+                "[acme] cannot change while running: restart Gatehouse for it".into(),
+            ));
+        }
+        let mut changes = Changes {
+            generation: previous.generation + 1,
+            certificates_changed: old.certificates != config.certificates
+                || old.internal_ca != config.internal_ca,
+            ..Default::default()
+        };
+        let starts_only = [
+            (old.workers != config.workers, "workers"),
+            (old.admin != config.admin, "admin"),
+            (
+                old.limits.max_connections != config.limits.max_connections,
+                "limits.max_connections",
+            ),
+            (
+                old.log.level != config.log.level || old.log.format != config.log.format,
+                "log",
+            ),
+        ];
+        changes.need_restart = starts_only
+            .iter()
+            .filter(|(c, _)| *c)
+            .map(|(_, w)| *w)
+            .collect();
+        let config = Arc::new(config);
+        let next = Snapshot::build(
+            config.clone(),
+            self.rt.metrics(),
+            changes.generation,
+            Some(&previous),
+        )
+        .map_err(|e| Refused::Settings(format!("TLS settings: {e}")))?;
+
+        // Listeners: kept (same name and address), moved to a new name at
+        // the same address (the socket goes with it), removed, added.
+        let mut kept: HashMap<String, Running> = HashMap::new();
+        let mut gone: Vec<(String, Running)> = Vec::new();
+        for (name, r) in running.drain() {
+            match config.listeners.iter().find(|l| l.name == name) {
+                Some(l) if l.bind == r.bind => {
+                    if old
+                        .listeners
+                        .iter()
+                        .find(|o| o.name == name)
+                        .is_some_and(|o| !same_listener(o, l))
+                    {
+                        changes.listeners.changed.push(name.clone());
+                    }
+                    kept.insert(name, r);
+                }
+                _ => gone.push((name, r)),
+            }
+        }
+        // A listener renamed at the same address: the old socket must go
+        // before the new one can be bound (a moment without a listener).
+        for l in &config.listeners {
+            if kept.contains_key(&l.name) || l.bind.port() == 0 {
+                continue;
+            }
+            if let Some(i) = gone.iter().position(|(_, r)| r.bind == l.bind) {
+                let (_, r) = gone.swap_remove(i);
+                let _ = r.stop.send(true);
+                let _ = r.task.await;
+                changes.listeners.removed.push(l.name.clone());
+            }
+        }
+        let mut bound: Vec<(String, TcpListener)> = Vec::new();
+        for l in &config.listeners {
+            if kept.contains_key(&l.name) {
+                continue;
+            }
+            match bind_one(&l.name, l.bind, l.backlog) {
+                Ok(s) => bound.push((l.name.clone(), s)),
+                Err(e) => {
+                    // Nothing applied: the loops go back as they were.
+                    running.extend(kept);
+                    running.extend(gone);
+                    return Err(e);
+                }
+            }
+            changes.listeners.added.push(l.name.clone());
+        }
+        for (name, r) in gone {
+            changes.listeners.removed.push(name);
+            let _ = r.stop.send(true);
+        }
+        routes_diff(old, &config, &mut changes.routes);
+        let next_generation = next.generation;
+        let next = Arc::new(next);
+        self.rt.swap_arc(next.clone());
+        self.rt
+            .metrics()
+            .generation
+            .store(next_generation, Ordering::Relaxed);
+        running.extend(kept);
+        for (name, socket) in bound {
+            running.insert(name.clone(), self.start(&next, name, socket));
+        }
+        crate::splice::set_max_pipes(config.limits.splice_pipes);
+        if changes.listeners.is_empty()
+            && changes.routes.is_empty()
+            && !changes.certificates_changed
+        {
+            tracing::info!(
+                generation = next_generation,
+                "config reloaded without a change"
+            );
+        }
+        Ok(changes)
+    }
+}
+
+/// Listener settings other than the address.
+fn same_listener(a: &config::ListenerConfig, b: &config::ListenerConfig) -> bool {
+    a.backlog == b.backlog
+        && format!("{:?}{:?}{:?}", a.accept_proxy, a.http, a.tls)
+            == format!("{:?}{:?}{:?}", b.accept_proxy, b.http, b.tls)
+}
+
+fn routes_diff(old: &Config, new: &Config, diff: &mut Diff) {
+    for r in &new.routes {
+        match old.routes.iter().find(|o| o.name == r.name) {
+            None => diff.added.push(r.name.clone()),
+            Some(o) if format!("{o:?}") != format!("{r:?}") => diff.changed.push(r.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for o in &old.routes {
+        if !new.routes.iter().any(|r| r.name == o.name) {
+            diff.removed.push(o.name.clone());
+        }
+    }
+}
+
+fn bind_one(name: &str, addr: SocketAddr, backlog: u32) -> Result<TcpListener, Refused> {
+    crate::listener::bind(addr, backlog).map_err(|error| Refused::Bind {
+        name: name.to_owned(),
+        addr,
+        error,
+    })
+}

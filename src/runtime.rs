@@ -1,0 +1,228 @@
+//! What the data plane reads. `Runtime` is what lives as long as the
+//! process: the connection table (and the metrics in it), the shutdown
+//! signal, the parking lot, the connection limits. In it, the running
+//! `Snapshot` of what the config decides (its generation, the listeners'
+//! settings, the routes in their matching order with their upstream pools
+//! and TLS settings, the certificates) sits in an `ArcSwap`: a reload builds
+//! a new one with `Snapshot::build` (as the start does) and swaps it in
+//! whole; nothing the data plane reads is ever locked for it.
+//!
+//! Which snapshot a connection sees: an L4, TLS or upgraded connection
+//! keeps the one it started with, with its route, for its whole life. An
+//! HTTP connection keeps its listener's settings from its start, and reads
+//! the newest snapshot for each request (routes, pools), parked or not:
+//! a keep-alive connection can live for hours, and a reload must reach it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::config::{Config, ListenerConfig};
+use crate::conn::ConnTable;
+use crate::metrics::Metrics;
+use crate::routing::Route;
+use crate::shutdown::ShutdownSignal;
+use crate::tls::TlsRt;
+use crate::upstream::TargetPool;
+
+/// A listener's settings in a snapshot.
+pub struct ListenerRt {
+    /// Its position in the snapshot's config (what routes match on).
+    pub index: usize,
+    pub name: Arc<str>,
+    pub config: ListenerConfig,
+    /// The address every accepted connection has as its local address,
+    /// when the listener is bound to one (not a wildcard, not port 0): no
+    /// `getsockname` per connection then.
+    pub local: Option<SocketAddr>,
+    /// TLS server settings (`tls` and `https` listeners).
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// What one config decides, read-only once built.
+pub struct Snapshot {
+    /// 1 for the config the process started with, one more per reload.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub listeners: Vec<Arc<ListenerRt>>,
+    pub routes: Vec<Route>,
+    /// Route indices, most specific first (HTTP routing order).
+    pub http_order: Vec<usize>,
+    /// Upstream HTTP connection pools: `pools[route][target]`.
+    pub pools: Vec<Vec<Arc<TargetPool>>>,
+    /// TLS client settings per route towards its targets.
+    pub upstream_tls: Vec<Option<Arc<ClientConfig>>>,
+    /// The certificate store and the ACME manager.
+    pub tls: TlsRt,
+}
+
+impl Snapshot {
+    /// The snapshot of `config`. From `previous` (a reload), it keeps what
+    /// did not change: the upstream pools (and their idle connections) of
+    /// routes whose targets and upstream settings are the same, and the
+    /// certificate store and ACME manager when the certificates' settings
+    /// are. Fails on a certificate, key or CA file that cannot be used.
+    pub fn build(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        generation: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, crate::tls::settings::SettingsError> {
+        let reuse_certs = previous.filter(|p| {
+            p.config.certificates == config.certificates
+                && p.config.acme == config.acme
+                && p.config.internal_ca == config.internal_ca
+        });
+        let tls = match reuse_certs {
+            Some(p) => TlsRt::build_with(&config, p.tls.certs.clone(), p.tls.acme.clone())?,
+            None => TlsRt::build(&config)?,
+        };
+        let listeners = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(index, l)| {
+                Arc::new(ListenerRt {
+                    index,
+                    name: l.name.as_str().into(),
+                    config: l.clone(),
+                    local: (!l.bind.ip().is_unspecified() && l.bind.port() != 0).then_some(l.bind),
+                    tls: tls.servers[index].clone(),
+                })
+            })
+            .collect();
+        let routes: Vec<Route> = config
+            .routes
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| {
+                let stats = metrics.route(&r.name);
+                Route::new(i, r, stats)
+            })
+            .collect();
+        let pools = routes
+            .iter()
+            .map(|r| {
+                let kept = previous.and_then(|p| {
+                    let old = p.routes.iter().find(|o| o.name == r.name)?;
+                    let same = old.config.action.forward().map(|f| &f.targets)
+                        == r.config.action.forward().map(|f| &f.targets)
+                        && old.config.upstream == r.config.upstream
+                        && old.config.policy.http.pools_equal(&r.config.policy.http)
+                        && p.config.route_serves_http(&old.config)
+                            == config.route_serves_http(&r.config);
+                    same.then(|| p.pools[old.index].clone())
+                });
+                kept.unwrap_or_else(|| new_pools(&config, r, &tls))
+            })
+            .collect();
+        Ok(Snapshot {
+            generation,
+            http_order: crate::routing::http_order(&routes),
+            upstream_tls: tls.upstreams.clone(),
+            routes,
+            pools,
+            listeners,
+            config,
+            tls,
+        })
+    }
+
+    /// The listener named `name` in this snapshot.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRt>> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+
+    /// Closes pooled upstream connections past their idle lifetime.
+    pub fn reap_pools(&self) {
+        self.pools.iter().flatten().for_each(|p| p.reap());
+    }
+}
+
+/// A route's upstream HTTP pools, one per target (none for routes that
+/// never carry HTTP).
+fn new_pools(config: &Config, r: &Route, tls: &TlsRt) -> Vec<Arc<TargetPool>> {
+    let Some(f) = r.config.action.forward() else {
+        return Vec::new();
+    };
+    if !config.route_serves_http(&r.config) {
+        return Vec::new();
+    }
+    let upstream =
+        crate::upstream::Upstream::new(&r.config.upstream, tls.upstreams[r.index].clone());
+    f.targets
+        .iter()
+        .map(|t| TargetPool::new(t.clone(), &r.config.policy.http, upstream.clone()))
+        .collect()
+}
+
+/// Everything a connection task needs that outlives a config.
+pub struct Runtime {
+    pub table: Arc<ConnTable>,
+    pub shutdown: ShutdownSignal,
+    /// Idle keep-alive HTTP/1 connections waiting without a task.
+    pub parking: crate::http::park::ParkingLot,
+    /// Live connections the data listeners take: `limits.max_connections`,
+    /// lowered to what the descriptor limit allows (`listener::fd_budget`).
+    /// Set at start.
+    pub max_connections: usize,
+    /// Accepted connections numbered at or above it are closed at once:
+    /// the descriptors above it are kept for the admin listener and the
+    /// process (`listener::fd_ceiling`).
+    pub fd_ceiling: AtomicU64,
+    /// Worker threads (set at start).
+    pub workers: usize,
+    live: ArcSwap<Snapshot>,
+}
+
+impl Runtime {
+    pub fn new(snapshot: Snapshot, table: Arc<ConnTable>, shutdown: ShutdownSignal) -> Runtime {
+        Runtime {
+            max_connections: crate::listener::fd_budget(snapshot.config.limits.max_connections),
+            fd_ceiling: crate::listener::fd_ceiling().into(),
+            workers: snapshot.config.workers,
+            table,
+            shutdown,
+            parking: Default::default(),
+            live: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// The running snapshot, to keep.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// The running snapshot, for a moment (not across an await).
+    pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.live.load()
+    }
+
+    /// Makes `next` the running snapshot; returns the one it replaces.
+    pub fn swap_arc(&self, next: Arc<Snapshot>) -> Arc<Snapshot> {
+        self.live.swap(next)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.table.metrics()
+    }
+}
+
+/// A runtime with one listener and one route, for unit tests.
+#[cfg(test)]
+pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
+    let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[routes]]\nname = \"r\"\naction.forward = [\"127.0.0.1:9\"]\n";
+    let config = Arc::new(
+        crate::config::parse("test.toml", text, &|_| None).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let table = ConnTable::new(Arc::new(Metrics::new()));
+    let snapshot =
+        Snapshot::build(config, table.metrics(), 1, None).unwrap_or_else(|e| panic!("{e}"));
+    let listener = snapshot.listeners[0].clone();
+    let runtime = Arc::new(Runtime::new(snapshot, table, ShutdownSignal::new()));
+    (runtime, listener)
+}
