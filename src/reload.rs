@@ -201,7 +201,7 @@ impl Reloader {
         let config = Arc::new(config);
         let next = Snapshot::build(
             config.clone(),
-            self.rt.metrics(),
+            self.rt.shared(),
             changes.generation,
             Some(&previous),
         )
@@ -268,6 +268,11 @@ impl Reloader {
             .metrics()
             .generation
             .store(next_generation, Ordering::Relaxed);
+        self.retire(
+            &previous,
+            &changes.routes.removed,
+            config.timeouts.route_drain,
+        );
         running.extend(kept);
         for (name, socket) in bound {
             running.insert(name.clone(), self.start(&next, name, socket));
@@ -283,6 +288,33 @@ impl Reloader {
             );
         }
         Ok(changes)
+    }
+}
+
+impl Reloader {
+    /// The connections of routes a reload removed go on for `drain`, then
+    /// end with `route_removed` (unless a later reload brought a route of
+    /// that name back).
+    fn retire(&self, previous: &Snapshot, removed: &[String], drain: std::time::Duration) {
+        for name in removed {
+            let Some(route) = previous.routes.iter().find(|r| *r.name == **name) else {
+                continue;
+            };
+            let closing = route.closing.clone();
+            let rt = self.rt.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(drain) => {}
+                    () = closing.closing() => return,
+                }
+                if rt.current().routes.iter().any(|r| *r.name == *name) {
+                    return;
+                }
+                tracing::info!(route = %name, "removed route's drain over: its connections end");
+                closing.close_alone();
+            });
+        }
     }
 }
 

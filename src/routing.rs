@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{RouteConfig, RouteMatch};
 use crate::metrics::RouteStats;
+use crate::shutdown::ShutdownSignal;
 
 pub struct Route {
     pub index: usize,
@@ -16,16 +17,27 @@ pub struct Route {
     /// Its statistics and connection count, found by its name (kept
     /// across reloads).
     pub stats: Arc<RouteStats>,
+    /// Closes its TCP, TLS and upgraded connections: a child of the
+    /// shutdown signal, kept by every snapshot that has a route of this
+    /// name, and closed on its own `timeouts.route_drain` after a reload
+    /// removed the route.
+    pub closing: ShutdownSignal,
     next_target: AtomicUsize,
 }
 
 impl Route {
-    pub fn new(index: usize, config: RouteConfig, stats: Arc<RouteStats>) -> Route {
+    pub fn new(
+        index: usize,
+        config: RouteConfig,
+        stats: Arc<RouteStats>,
+        closing: ShutdownSignal,
+    ) -> Route {
         Route {
             index,
             name: stats.name.clone(),
             config,
             stats,
+            closing,
             next_target: AtomicUsize::new(0),
         }
     }
@@ -202,7 +214,7 @@ mod tests {
             .enumerate()
             .map(|(i, r)| {
                 let stats = metrics.route(&r.name);
-                Route::new(i, r, stats)
+                Route::new(i, r, stats, ShutdownSignal::new())
             })
             .collect()
     }

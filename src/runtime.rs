@@ -28,6 +28,13 @@ use crate::shutdown::ShutdownSignal;
 use crate::tls::TlsRt;
 use crate::upstream::TargetPool;
 
+/// The process state a snapshot is built with.
+#[derive(Clone, Copy)]
+pub struct Shared<'a> {
+    pub metrics: &'a Metrics,
+    pub shutdown: &'a ShutdownSignal,
+}
+
 /// A listener's settings in a snapshot.
 pub struct ListenerRt {
     /// Its position in the snapshot's config (what routes match on).
@@ -67,7 +74,7 @@ impl Snapshot {
     /// are. Fails on a certificate, key or CA file that cannot be used.
     pub fn build(
         config: Arc<Config>,
-        metrics: &Metrics,
+        shared: Shared<'_>,
         generation: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, crate::tls::settings::SettingsError> {
@@ -100,8 +107,12 @@ impl Snapshot {
             .cloned()
             .enumerate()
             .map(|(i, r)| {
-                let stats = metrics.route(&r.name);
-                Route::new(i, r, stats)
+                let stats = shared.metrics.route(&r.name);
+                // One signal per route name, from its first snapshot on.
+                let closing = previous
+                    .and_then(|p| p.routes.iter().find(|o| *o.name == *r.name))
+                    .map_or_else(|| shared.shutdown.child(), |o| o.closing.clone());
+                Route::new(i, r, stats, closing)
             })
             .collect();
         let pools = routes
@@ -202,6 +213,14 @@ impl Runtime {
         self.live.load()
     }
 
+    /// The process state snapshots are built with.
+    pub fn shared(&self) -> Shared<'_> {
+        Shared {
+            metrics: self.table.metrics(),
+            shutdown: &self.shutdown,
+        }
+    }
+
     /// Makes `next` the running snapshot; returns the one it replaces.
     pub fn swap_arc(&self, next: Arc<Snapshot>) -> Arc<Snapshot> {
         self.live.swap(next)
@@ -220,9 +239,13 @@ pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
         crate::config::parse("test.toml", text, &|_| None).unwrap_or_else(|e| panic!("{e}")),
     );
     let table = ConnTable::new(Arc::new(Metrics::new()));
-    let snapshot =
-        Snapshot::build(config, table.metrics(), 1, None).unwrap_or_else(|e| panic!("{e}"));
+    let shutdown = ShutdownSignal::new();
+    let shared = Shared {
+        metrics: table.metrics(),
+        shutdown: &shutdown,
+    };
+    let snapshot = Snapshot::build(config, shared, 1, None).unwrap_or_else(|e| panic!("{e}"));
     let listener = snapshot.listeners[0].clone();
-    let runtime = Arc::new(Runtime::new(snapshot, table, ShutdownSignal::new()));
+    let runtime = Arc::new(Runtime::new(snapshot, table, shutdown.clone()));
     (runtime, listener)
 }

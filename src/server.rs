@@ -43,8 +43,11 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     crate::splice::set_max_pipes(config.limits.splice_pipes);
     let table = ConnTable::new(Arc::new(Metrics::new()));
     let shutdown = ShutdownSignal::new();
-    let snapshot =
-        Snapshot::build(config.clone(), table.metrics(), 1, None).context("TLS settings")?;
+    let shared = crate::runtime::Shared {
+        metrics: table.metrics(),
+        shutdown: &shutdown,
+    };
+    let snapshot = Snapshot::build(config.clone(), shared, 1, None).context("TLS settings")?;
     let runtime = Arc::new(Runtime::new(snapshot, table.clone(), shutdown.clone()));
     let reloader = Reloader::new(runtime.clone(), path);
 

@@ -1,5 +1,8 @@
 //! The shutdown signal every task watches: its phases (running →
 //! draining → closing) and a cheap future that resolves at one of them.
+//! A signal may have children (a route's, which a reload that removes
+//! the route closes on its own): a child reaches every phase its parent
+//! reaches.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +32,28 @@ pub struct ShutdownSignal(Arc<PhaseState>);
 struct PhaseState {
     phase: AtomicU8,
     changed: Notify,
+    children: std::sync::Mutex<Vec<std::sync::Weak<PhaseState>>>,
+    /// Closed on its own (a removed route's), not by its parent.
+    alone: std::sync::atomic::AtomicBool,
+}
+
+impl PhaseState {
+    fn advance(&self, phase: Phase) {
+        let before = self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        if before < phase as u8 {
+            self.changed.notify_waiters();
+        }
+        let children: Vec<Arc<PhaseState>> = self
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for c in children {
+            c.advance(phase);
+        }
+    }
 }
 
 impl ShutdownSignal {
@@ -36,19 +61,40 @@ impl ShutdownSignal {
         ShutdownSignal(Arc::new(PhaseState {
             phase: AtomicU8::new(Phase::Running as u8),
             changed: Notify::new(),
+            children: Default::default(),
+            alone: Default::default(),
         }))
+    }
+
+    /// A signal that reaches every phase this one reaches, and can be
+    /// advanced on its own.
+    pub fn child(&self) -> ShutdownSignal {
+        let child = Arc::new(PhaseState {
+            phase: AtomicU8::new(Phase::Running as u8),
+            changed: Notify::new(),
+            children: Default::default(),
+            alone: Default::default(),
+        });
+        {
+            let mut children = self.0.children.lock().unwrap_or_else(|p| p.into_inner());
+            children.retain(|w| w.strong_count() > 0);
+            children.push(Arc::downgrade(&child));
+        }
+        // (A phase reached before the child was registered.)
+        child
+            .phase
+            .fetch_max(self.0.phase.load(Ordering::Acquire), Ordering::AcqRel);
+        ShutdownSignal(child)
     }
 
     fn phase(&self) -> u8 {
         self.0.phase.load(Ordering::Acquire)
     }
 
-    /// Moves to `phase` (never backwards) and wakes every waiter.
+    /// Moves to `phase` (never backwards), its children too, and wakes
+    /// every waiter.
     pub fn advance(&self, phase: Phase) {
-        let before = self.0.phase.fetch_max(phase as u8, Ordering::AcqRel);
-        if before < phase as u8 {
-            self.0.changed.notify_waiters();
-        }
+        self.0.advance(phase);
     }
 
     fn reached(&self, phase: Phase) -> Reached<'_> {
@@ -61,6 +107,32 @@ impl ShutdownSignal {
             target: phase as u8,
             notified,
             polled_with: None,
+        }
+    }
+
+    /// Closes this signal (and its children) on its own: what waits on it
+    /// ends with `route_removed` (`end_reason`), not `shutdown`.
+    pub fn close_alone(&self) {
+        self.0.alone.store(true, Ordering::Release);
+        self.advance(Phase::Closing);
+    }
+
+    /// Why what waited on this signal ended, when it ended because the
+    /// signal closed: `route_removed` if it was closed on its own.
+    pub fn end_reason(&self) -> crate::conn::EndReason {
+        if self.0.alone.load(Ordering::Acquire) {
+            crate::conn::EndReason::RouteRemoved
+        } else {
+            crate::conn::EndReason::Shutdown
+        }
+    }
+
+    /// `reason`, or, for `shutdown`, why this signal closed.
+    pub fn blame(&self, reason: crate::conn::EndReason) -> crate::conn::EndReason {
+        if reason == crate::conn::EndReason::Shutdown {
+            self.end_reason()
+        } else {
+            reason
         }
     }
 

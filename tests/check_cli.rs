@@ -184,7 +184,7 @@ fn every_reader_error_is_reported_at_once_with_the_checks_after_them() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 4, "{stderr}");
     assert!(
-        lines[0].ends_with(":2: timeouts.conect: unknown key `conect`: did you mean `connect`? (known here: connect, proxy_header, idle, max_lifetime, shutdown_drain, tls_handshake, client_send)"),
+        lines[0].ends_with(":2: timeouts.conect: unknown key `conect`: did you mean `connect`? (known here: connect, proxy_header, idle, max_lifetime, shutdown_drain, route_drain, tls_handshake, client_send)"),
         "{stderr}"
     );
     assert!(

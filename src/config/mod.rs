@@ -71,6 +71,8 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
     pub max_lifetime: Option<Duration>,
     pub shutdown_drain: Duration,
+    /// How long the connections of a route a reload removed may go on.
+    pub route_drain: Duration,
     /// Default for reading a ClientHello and completing a TLS handshake.
     pub tls_handshake: Duration,
     /// Default for how long a response may make no progress toward the
@@ -556,6 +558,11 @@ impl Ctx<'_> {
                 "timeouts.max_lifetime",
                 None,
             ),
+            route_drain: self.required_duration(
+                t.and_then(|t| t.route_drain.as_ref()),
+                "timeouts.route_drain",
+                Duration::from_secs(30),
+            ),
             shutdown_drain: self.required_duration(
                 t.and_then(|t| t.shutdown_drain.as_ref()),
                 "timeouts.shutdown_drain",
@@ -614,6 +621,16 @@ impl Ctx<'_> {
             }
             listener_names.push(name.clone());
             let bind = self.socket_addr(&rl_ref.bind, &field("bind"));
+            // Two listeners on one address (port 0 aside: each gets its own).
+            if let Some(b) = bind.filter(|b| b.port() != 0) {
+                if let Some(other) = listeners.iter().find(|l: &&ListenerConfig| l.bind == b) {
+                    self.err(
+                        &rl_ref.bind.span(),
+                        &field("bind"),
+                        &format!("{b} is listener {:?}'s address already", other.name),
+                    );
+                }
+            }
             let backlog = rl_ref
                 .backlog
                 .as_ref()

@@ -48,6 +48,7 @@ fn document(c: &Config) -> Table {
     put(&mut timeouts, "idle", off(t.idle));
     put(&mut timeouts, "max_lifetime", off(t.max_lifetime));
     put(&mut timeouts, "shutdown_drain", duration(t.shutdown_drain));
+    put(&mut timeouts, "route_drain", duration(t.route_drain));
     put(&mut timeouts, "tls_handshake", duration(t.tls_handshake));
     put(&mut timeouts, "client_send", duration(t.client_send));
     put(&mut doc, "timeouts", timeouts);

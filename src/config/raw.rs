@@ -153,6 +153,7 @@ pub struct RawTimeouts {
     pub idle: Option<S<Scalar>>,
     pub max_lifetime: Option<S<Scalar>>,
     pub shutdown_drain: Option<S<Scalar>>,
+    pub route_drain: Option<S<Scalar>>,
     pub tls_handshake: Option<S<Scalar>>,
     pub client_send: Option<S<Scalar>>,
 }

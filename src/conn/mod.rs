@@ -147,10 +147,13 @@ pub enum EndReason {
     /// An HTTP request's total deadline (`policy.request_timeout`) passed
     /// mid-response.
     RequestTimeout,
+    /// Its route was removed by a reload, and it was still open at the
+    /// end of `timeouts.route_drain`.
+    RouteRemoved,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 31] = [
+    pub const ALL: [EndReason; 32] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -182,6 +185,7 @@ impl EndReason {
         EndReason::ClientSendTimeout,
         EndReason::UpstreamBodyTimeout,
         EndReason::RequestTimeout,
+        EndReason::RouteRemoved,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -218,6 +222,7 @@ impl EndReason {
             EndReason::ClientSendTimeout => "client_send_timeout",
             EndReason::UpstreamBodyTimeout => "upstream_body_timeout",
             EndReason::RequestTimeout => "request_timeout",
+            EndReason::RouteRemoved => "route_removed",
         }
     }
 
@@ -255,6 +260,7 @@ impl EndReason {
             EndReason::ClientSendTimeout => Side::Client,
             EndReason::UpstreamBodyTimeout => Side::Upstream,
             EndReason::RequestTimeout => Side::Proxy,
+            EndReason::RouteRemoved => Side::Proxy,
         }
     }
 }

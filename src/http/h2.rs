@@ -288,7 +288,7 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
                 // (Boxed: the rare path's large future stays out of
                 // every stream's.)
                 Ok(send) => {
-                    Box::pin(run_tunnel(tunnel, recv, send, handler.shutdown())).await;
+                    Box::pin(run_tunnel(tunnel, recv, send)).await;
                 }
                 Err(_) => respond.send_reset(Reason::INTERNAL_ERROR),
             }
@@ -380,12 +380,7 @@ fn websocket_key() -> HeaderValue {
 /// client side of `tunnel::run`, under the same rules as an HTTP/1.1
 /// upgrade's (half-closes passed on, the route's idle timeout and max
 /// lifetime, shutdown).
-async fn run_tunnel(
-    tunnel: Tunnel,
-    recv: RecvStream,
-    send: SendStream<Bytes>,
-    shutdown: &crate::shutdown::ShutdownSignal,
-) {
+async fn run_tunnel(tunnel: Tunnel, recv: RecvStream, send: SendStream<Bytes>) {
     let io = StreamIo {
         recv,
         send,
@@ -395,7 +390,7 @@ async fn run_tunnel(
     };
     let started = std::time::Instant::now();
     let log = tunnel.log.clone();
-    let end = super::tunnel::run(tunnel, io, shutdown).await;
+    let end = super::tunnel::run(tunnel, io).await;
     if let Some(log) = log {
         log.write(&end, started);
     }

@@ -78,13 +78,13 @@ pub enum Served<S> {
 impl<S: h1::ConnIo> Served<S> {
     /// For streams that are never parked (TLS): runs an upgraded
     /// connection's tunnel, and returns how the connection ended.
-    pub async fn finish(self, guard: &ConnGuard, shutdown: &ShutdownSignal) -> EndReason {
+    pub async fn finish(self, guard: &ConnGuard) -> EndReason {
         match self {
             Served::End(r) => r,
             Served::Park(_) => EndReason::Internal,
             Served::Upgrade(u) => {
                 let u = *u; // (its box goes now, not with the tunnel)
-                Box::pin(tunnel::run_h1(u, guard, shutdown)).await
+                Box::pin(tunnel::run_h1(u, guard)).await
             }
         }
     }

@@ -35,6 +35,7 @@ use crate::conn::{ConnGuard, EndReason};
 use crate::io::Prefixed;
 use crate::l4::pump;
 use crate::runtime::{ListenerRt, Runtime};
+use crate::shutdown::ShutdownSignal;
 
 type Io = Prefixed<TcpStream>;
 
@@ -88,6 +89,8 @@ struct ParkedTunnel {
     /// When the idle timeout and the max lifetime end it, if they do.
     idle_end: Option<Instant>,
     lifetime_end: Option<Instant>,
+    /// Its route's signal (`tunnel::Tunnel::closing`).
+    closing: ShutdownSignal,
     guard: ConnGuard,
 }
 
@@ -97,7 +100,9 @@ impl Occupant {
         match self {
             Occupant::Http(c) => (c.deadline <= now).then_some(EndReason::IdleTimeout),
             Occupant::Tunnel(t) => {
-                if t.lifetime_end.is_some_and(|e| e <= now) {
+                if t.closing.is_closing() {
+                    Some(t.closing.end_reason())
+                } else if t.lifetime_end.is_some_and(|e| e <= now) {
                     Some(EndReason::MaxLifetime)
                 } else if t.idle_end.is_some_and(|e| e <= now) {
                     Some(EndReason::IdleTimeout)
@@ -359,7 +364,7 @@ fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runt
                 tokio::spawn(run_tunnel(tunnel, guard, rt));
             }
             Prepared::Copy(tunnel) => {
-                let reason = Box::pin(tunnel.run(&rt.shutdown)).await;
+                let reason = Box::pin(tunnel.run()).await;
                 guard.finish(reason);
             }
             Prepared::Ended(reason) => guard.finish(reason),
@@ -372,14 +377,14 @@ fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runt
 async fn run_tunnel(tunnel: PumpTunnel<Io>, guard: ConnGuard, rt: Arc<Runtime>) {
     // (Without the lot's epoll set, a tunnel stays in its task.)
     let park_after = rt.parking.epoll.is_some().then_some(TUNNEL_PARK_AFTER);
-    let idle = match tunnel.run_parking(&guard, &rt.shutdown, park_after).await {
+    let idle = match tunnel.run_parking(&guard, park_after).await {
         Ok(reason) => return guard.finish(reason),
         Err(idle) => idle,
     };
     if rt.shutdown.is_closing() {
         return guard.finish(EndReason::Shutdown);
     }
-    let (client, upstream, deadlines) = idle.into_parts();
+    let (client, upstream, deadlines, closing) = idle.into_parts();
     let (Ok(client), Ok(upstream)) = (client.into_std(), upstream.into_std()) else {
         return guard.finish(EndReason::Internal);
     };
@@ -397,6 +402,7 @@ async fn run_tunnel(tunnel: PumpTunnel<Io>, guard: ConnGuard, rt: Arc<Runtime>) 
         client,
         upstream,
         deadlines,
+        closing,
         guard,
     };
     if let Err(conn) = rt.parking.park(Occupant::Tunnel(Box::new(tunnel))) {
@@ -420,6 +426,7 @@ fn resume_tunnel(t: ParkedTunnel, rt: Arc<Runtime>) {
             client,
             upstream,
             deadlines,
+            closing,
             guard,
             ..
         } = t;
@@ -432,7 +439,7 @@ fn resume_tunnel(t: ParkedTunnel, rt: Arc<Runtime>) {
         else {
             return guard.finish(EndReason::Internal);
         };
-        let tunnel = PumpTunnel::from_parts(client, upstream, deadlines, &guard);
+        let tunnel = PumpTunnel::from_parts(client, upstream, deadlines, closing, &guard);
         run_tunnel(tunnel, guard, rt).await;
     });
 }

@@ -438,6 +438,7 @@ impl Handler {
                 upstream: hyper::upgrade::on(&mut resp),
                 idle: policy.idle_timeout,
                 max_lifetime: policy.max_lifetime,
+                closing: out.snap.routes[out.route].closing.clone(),
                 log: (extended && log.access_log).then(|| {
                     Arc::new(TunnelLog {
                         conn: log.conn,

@@ -32,6 +32,9 @@ pub struct Tunnel {
     /// one stream of a connection (HTTP/2); an HTTP/1.1 upgrade is its
     /// whole connection, whose guard writes that line.
     pub log: Option<std::sync::Arc<TunnelLog>>,
+    /// Its route's signal: the shutdown's, or the route's own when a
+    /// reload removed it (then the tunnel ends with `route_removed`).
+    pub closing: ShutdownSignal,
 }
 
 /// What the end-of-tunnel line names besides its totals.
@@ -156,14 +159,10 @@ async fn handover(tunnel: &mut Tunnel) -> Result<Upgraded, EndReason> {
 /// connection state is gone). Otherwise (TLS on either side) they are
 /// copied. (A plain-TCP connection's tunnel runs in a task of its own
 /// instead: `http::park::spawn_upgraded`.)
-pub async fn run_h1<S: ConnIo>(
-    upgrade: super::h1::Upgrade<S>,
-    guard: &ConnGuard,
-    shutdown: &ShutdownSignal,
-) -> EndReason {
+pub async fn run_h1<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuard) -> EndReason {
     match Box::pin(prepare(upgrade, guard)).await {
-        Prepared::Pump(p) => p.run(guard, shutdown).await,
-        Prepared::Copy(c) => Box::pin(c.run(shutdown)).await,
+        Prepared::Pump(p) => p.run(guard).await,
+        Prepared::Copy(c) => Box::pin(c.run()).await,
         Prepared::Ended(reason) => reason,
     }
 }
@@ -183,17 +182,20 @@ pub struct PumpTunnel<S> {
     /// Bytes the client sent right after its request.
     first_up: Vec<u8>,
     deadlines: pump::Deadlines,
+    /// Its route's signal (`Tunnel::closing`).
+    closing: ShutdownSignal,
 }
 
 impl<S: ConnIo> PumpTunnel<S> {
     /// The tunnel until it ends: its future is the pump's and the two
     /// sockets.
-    pub async fn run(self, guard: &ConnGuard, shutdown: &ShutdownSignal) -> EndReason {
+    pub async fn run(self, guard: &ConnGuard) -> EndReason {
         let PumpTunnel {
             io,
             upstream,
             first_up,
             deadlines,
+            closing,
         } = self;
         let Some(client) = io.tcp() else {
             return EndReason::Internal;
@@ -204,8 +206,8 @@ impl<S: ConnIo> PumpTunnel<S> {
             first_up,
             refuse_proxy_signature: false,
         };
-        match pump::run_parking(parts, guard, deadlines, shutdown).await {
-            pump::Stopped::Ended(reason) => reason,
+        match pump::run_parking(parts, guard, deadlines, &closing).await {
+            pump::Stopped::Ended(reason) => closing.blame(reason),
             pump::Stopped::Idle => EndReason::Internal, // (never: no park_after)
         }
     }
@@ -218,7 +220,6 @@ impl PumpTunnel<crate::io::Prefixed<TcpStream>> {
     pub async fn run_parking(
         mut self,
         guard: &ConnGuard,
-        shutdown: &ShutdownSignal,
         park_after: Option<Duration>,
     ) -> Result<EndReason, Self> {
         let Some(client) = self.io.tcp() else {
@@ -234,15 +235,21 @@ impl PumpTunnel<crate::io::Prefixed<TcpStream>> {
             park_after,
             ..self.deadlines
         };
-        match pump::run_parking(parts, guard, deadlines, shutdown).await {
-            pump::Stopped::Ended(reason) => Ok(reason),
+        let closing = self.closing.clone();
+        match pump::run_parking(parts, guard, deadlines, &closing).await {
+            pump::Stopped::Ended(reason) => Ok(closing.blame(reason)),
             pump::Stopped::Idle => Err(self),
         }
     }
 
-    /// The two sockets and the deadlines, to be parked.
-    pub fn into_parts(self) -> (TcpStream, TcpStream, pump::Deadlines) {
-        (self.io.into_inner(), self.upstream, self.deadlines)
+    /// The two sockets, the deadlines and the route's signal, to be parked.
+    pub fn into_parts(self) -> (TcpStream, TcpStream, pump::Deadlines, ShutdownSignal) {
+        (
+            self.io.into_inner(),
+            self.upstream,
+            self.deadlines,
+            self.closing,
+        )
     }
 
     /// A parked tunnel's sockets, back in tokio's hands.
@@ -250,6 +257,7 @@ impl PumpTunnel<crate::io::Prefixed<TcpStream>> {
         client: TcpStream,
         upstream: TcpStream,
         deadlines: pump::Deadlines,
+        closing: ShutdownSignal,
         guard: &ConnGuard,
     ) -> Self {
         PumpTunnel {
@@ -257,6 +265,7 @@ impl PumpTunnel<crate::io::Prefixed<TcpStream>> {
             upstream,
             first_up: Vec::new(),
             deadlines,
+            closing,
         }
     }
 }
@@ -268,10 +277,10 @@ pub struct CopyTunnel<S> {
 }
 
 impl<S: ConnIo> CopyTunnel<S> {
-    pub async fn run(self, shutdown: &ShutdownSignal) -> EndReason {
-        copy(&self.tunnel, self.upstream, self.client, shutdown)
-            .await
-            .reason
+    pub async fn run(self) -> EndReason {
+        let closing = self.tunnel.closing.clone();
+        let end = copy(&self.tunnel, self.upstream, self.client, &closing).await;
+        closing.blame(end.reason)
     }
 }
 
@@ -313,6 +322,7 @@ pub async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuar
                         started: Instant::now(),
                         park_after: None,
                     },
+                    closing: tunnel.closing.clone(),
                 });
             }
             Err(upgraded) => upgraded,
@@ -344,12 +354,17 @@ async fn write_owed(client: &TcpStream, mut bytes: &[u8], sent: &AtomicU64) -> i
 
 /// Runs the tunnel between a client stream and the upstream's upgraded
 /// connection (an HTTP/2 extended CONNECT's: the stream is the client).
-pub async fn run<C>(mut tunnel: Tunnel, client: C, shutdown: &ShutdownSignal) -> TunnelEnd
+pub async fn run<C>(mut tunnel: Tunnel, client: C) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     match handover(&mut tunnel).await {
-        Ok(upstream) => copy(&tunnel, upstream, client, shutdown).await,
+        Ok(upstream) => {
+            let closing = tunnel.closing.clone();
+            let mut end = copy(&tunnel, upstream, client, &closing).await;
+            end.reason = closing.blame(end.reason);
+            end
+        }
         Err(reason) => TunnelEnd {
             reason,
             bytes_up: 0,

@@ -240,7 +240,7 @@ async fn run(
             Ok(Ok(s)) => s,
         },
         reason = client_gone(&client) => return Step::End(reason),
-        _ = rt.shutdown.closing() => return Step::End(EndReason::Shutdown),
+        _ = route.closing.closing() => return Step::End(route.closing.end_reason()),
     };
     route.stats.connect_latency.observe(started.elapsed());
     if let Ok(addr) = upstream.peer_addr() {
@@ -289,8 +289,8 @@ async fn run(
         first_up,
         refuse_proxy_signature,
     };
-    match pump::run_parking(parts, guard, limits, &rt.shutdown).await {
-        pump::Stopped::Ended(reason) => Step::End(reason),
+    match pump::run_parking(parts, guard, limits, &route.closing).await {
+        pump::Stopped::Ended(reason) => Step::End(route.closing.blame(reason)),
         pump::Stopped::Idle => Step::End(EndReason::Internal), // (never: no park_after)
     }
 }
@@ -339,7 +339,7 @@ async fn serve_https(
     guard.set_state(ConnState::Established);
     crate::http::serve_io(stream, h2, info, guard, listener, rt)
         .await
-        .finish(guard, &rt.shutdown)
+        .finish(guard)
         .await
 }
 
@@ -388,7 +388,7 @@ async fn terminate(
             Ok(Err(reason)) => return reason,
             Ok(Ok(s)) => s,
         },
-        _ = rt.shutdown.closing() => return EndReason::Shutdown,
+        _ = route.closing.closing() => return route.closing.end_reason(),
     };
     if let Ok(addr) = upstream.peer_addr() {
         guard.set_upstream(addr);
@@ -424,17 +424,19 @@ async fn terminate(
                     Ok(s) => s,
                     Err(reason) => return reason,
                 },
-                _ = rt.shutdown.closing() => return EndReason::Shutdown,
+                _ = route.closing.closing() => return route.closing.end_reason(),
             };
             route.stats.connect_latency.observe(started.elapsed());
             guard.set_state(ConnState::Established);
-            tls::relay(stream, upstream, guard, limits, &rt.shutdown).await
+            let end = tls::relay(stream, upstream, guard, limits, &route.closing).await;
+            route.closing.blame(end)
         }
         (TlsMode::TerminateAndReencrypt, _, _) => EndReason::Internal,
         _ => {
             route.stats.connect_latency.observe(started.elapsed());
             guard.set_state(ConnState::Established);
-            tls::relay(stream, upstream, guard, limits, &rt.shutdown).await
+            let end = tls::relay(stream, upstream, guard, limits, &route.closing).await;
+            route.closing.blame(end)
         }
     }
 }

@@ -237,6 +237,52 @@ impl Gatehouse {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// The file the config was read from (what a reload reads again).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("gatehouse.toml")
+    }
+
+    /// Writes `config` to the config file and asks for a reload
+    /// (`POST /config/reload`): its status and JSON answer.
+    pub fn reload(&self, config: &str) -> (u16, serde_json::Value) {
+        std::fs::write(self.config_path(), config).unwrap();
+        let (status, body) = http_post(self.admin, "/config/reload", b"");
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// The address the listener `name` was last bound to (its latest
+    /// `listening` line: a reload may have added it).
+    pub fn listening(&self, name: &str) -> Option<SocketAddr> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "listening" && v["listener"] == name)
+            .and_then(|v| v["addr"].as_str()?.parse().ok())
+    }
+}
+
+/// `POST path` with `body` to an HTTP/1.1 server: the status and body.
+pub fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let (head, body) = read_response(&mut s);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body)
 }
 
 impl Drop for Gatehouse {
