@@ -151,7 +151,7 @@ pub async fn accept_loop(
     name: Arc<str>,
     runtime: Arc<Runtime>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Option<TcpListener> {
     let max = runtime.max_connections;
     let draining = runtime.shutdown.draining();
     tokio::pin!(draining);
@@ -160,7 +160,9 @@ pub async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             _ = &mut draining => break,
-            _ = stop.wait_for(|s| *s) => break,
+            // A reload stopped this loop: the socket goes back to it (to
+            // close, or to serve under a listener's new name).
+            _ = stop.wait_for(|s| *s) => return Some(listener),
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -201,4 +203,5 @@ pub async fn accept_loop(
     // Closed before it is reported: once the line is out, a connect is refused.
     drop(listener);
     tracing::info!(listener = &*name, "listener closed");
+    None
 }

@@ -23,6 +23,10 @@ pub struct Metrics {
     none: Arc<RouteStats>,
     /// Every route's statistics, while anything holds them.
     routes: Mutex<Vec<Weak<RouteStats>>>,
+    /// Removed routes' statistics, kept so that their last endings
+    /// (`route_removed` among them) can still be scraped: the last
+    /// `RETIRED_KEPT` removed routes.
+    retired: Mutex<std::collections::VecDeque<Arc<RouteStats>>>,
     /// Config reloads by result: applied, rejected.
     pub reloads: [AtomicU64; 2],
     /// The running config's generation (1 at start, +1 per applied reload).
@@ -106,6 +110,7 @@ impl Metrics {
             accepted: AtomicU64::new(0),
             none: Arc::new(RouteStats::new("none".into())),
             routes: Mutex::new(Vec::new()),
+            retired: Mutex::new(Default::default()),
             reloads: Default::default(),
             generation: AtomicU64::new(1),
         }
@@ -126,6 +131,18 @@ impl Metrics {
         let s = Arc::new(RouteStats::new(name.into()));
         routes.push(Arc::downgrade(&s));
         s
+    }
+
+    /// Keeps a removed route's statistics in the exposition after its
+    /// last connection (bounded: the oldest go first).
+    pub fn retire(&self, stats: Arc<RouteStats>) {
+        const RETIRED_KEPT: usize = 64;
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|s| !Arc::ptr_eq(s, &stats));
+        if retired.len() == RETIRED_KEPT {
+            retired.pop_front();
+        }
+        retired.push_back(stats);
     }
 
     /// What no route took.

@@ -26,7 +26,15 @@ use crate::runtime::{Runtime, Snapshot};
 struct Running {
     bind: SocketAddr,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Option<TcpListener>>,
+}
+
+impl Running {
+    /// Stops the accept loop; its socket, unless the process is draining.
+    async fn stop(self) -> Option<TcpListener> {
+        let _ = self.stop.send(true);
+        self.task.await.ok().flatten()
+    }
 }
 
 /// What a reload changed, by name (also the admin API's answer).
@@ -118,7 +126,7 @@ impl Reloader {
     }
 
     /// The accept loops' tasks, for the drain to wait on.
-    pub async fn take_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+    pub async fn take_tasks(&self) -> Vec<tokio::task::JoinHandle<Option<TcpListener>>> {
         let mut running = self.running.lock().await;
         running.drain().map(|(_, r)| r.task).collect()
     }
@@ -227,22 +235,24 @@ impl Reloader {
                 _ => gone.push((name, r)),
             }
         }
-        // A listener renamed at the same address: the old socket must go
-        // before the new one can be bound (a moment without a listener).
+        // A listener renamed at the same address takes the old one's
+        // socket: no moment without a listener, nothing to bind.
+        let mut renamed: Vec<(String, String, TcpListener)> = Vec::new();
         for l in &config.listeners {
             if kept.contains_key(&l.name) || l.bind.port() == 0 {
                 continue;
             }
             if let Some(i) = gone.iter().position(|(_, r)| r.bind == l.bind) {
-                let (_, r) = gone.swap_remove(i);
-                let _ = r.stop.send(true);
-                let _ = r.task.await;
-                changes.listeners.removed.push(l.name.clone());
+                let (old_name, r) = gone.swap_remove(i);
+                let Some(socket) = r.stop().await else {
+                    return Err(Refused::Settings("shutting down".into()));
+                };
+                renamed.push((old_name, l.name.clone(), socket));
             }
         }
         let mut bound: Vec<(String, TcpListener)> = Vec::new();
         for l in &config.listeners {
-            if kept.contains_key(&l.name) {
+            if kept.contains_key(&l.name) || renamed.iter().any(|(_, n, _)| *n == l.name) {
                 continue;
             }
             match bind_one(&l.name, l.bind, l.backlog) {
@@ -251,14 +261,25 @@ impl Reloader {
                     // Nothing applied: the loops go back as they were.
                     running.extend(kept);
                     running.extend(gone);
+                    for (old_name, _, socket) in renamed {
+                        let r = self.start(&previous, old_name.clone(), socket);
+                        running.insert(old_name, r);
+                    }
                     return Err(e);
                 }
             }
             changes.listeners.added.push(l.name.clone());
         }
+        for (old_name, name, socket) in renamed {
+            changes.listeners.removed.push(old_name);
+            changes.listeners.added.push(name.clone());
+            bound.push((name, socket));
+        }
+        // Closed before the answer: once it is out, a connect is refused.
         for (name, r) in gone {
+            drop(r.stop().await);
+            tracing::info!(listener = %name, "listener closed");
             changes.listeners.removed.push(name);
-            let _ = r.stop.send(true);
         }
         routes_diff(old, &config, &mut changes.routes);
         let next_generation = next.generation;
@@ -300,6 +321,7 @@ impl Reloader {
             let Some(route) = previous.routes.iter().find(|r| *r.name == **name) else {
                 continue;
             };
+            self.rt.metrics().retire(route.stats.clone());
             let closing = route.closing.clone();
             let rt = self.rt.clone();
             let name = name.clone();
@@ -309,6 +331,7 @@ impl Reloader {
                     () = closing.closing() => return,
                 }
                 if rt.current().routes.iter().any(|r| *r.name == *name) {
+                    tracing::info!(route = %name, "removed route back before its drain ended: its connections stay");
                     return;
                 }
                 tracing::info!(route = %name, "removed route's drain over: its connections end");
