@@ -37,6 +37,10 @@ enum Command {
         /// Log format; overrides `log.format` in the config.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+        /// Do not reload when the config file changes (SIGHUP and
+        /// POST /config/reload still reload it).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a config file (and load the certificates it names): exit 0
     /// when valid, 1 with every error otherwise.
@@ -136,7 +140,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, log_format } => exit(run(config.config, log_format), log_format),
+        Command::Run {
+            config,
+            log_format,
+            no_watch,
+        } => exit(run(config.config, log_format, !no_watch), log_format),
         Command::Proxy {
             from,
             to,
@@ -162,7 +170,7 @@ fn main() -> ExitCode {
                         to.join(", "),
                         admin
                     );
-                    serve(c, None, log_format)
+                    serve(c, None, log_format, false)
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             };
@@ -298,13 +306,13 @@ fn proxy_config(
     text
 }
 
-fn run(path: PathBuf, log_format: Option<LogFormatArg>) -> anyhow::Result<()> {
+fn run(path: PathBuf, log_format: Option<LogFormatArg>, watch: bool) -> anyhow::Result<()> {
     let config = match config::load(&path) {
         Ok(c) => c,
         Err(LoadError::Invalid(errors)) => anyhow::bail!("invalid config:\n{errors}"),
         Err(e) => return Err(e.into()),
     };
-    serve(config, Some(path), log_format)
+    serve(config, Some(path), log_format, watch)
 }
 
 /// Runs the proxy on a loaded config until it is told to stop.
@@ -312,6 +320,7 @@ fn serve(
     config: config::Config,
     path: Option<PathBuf>,
     log_format: Option<LogFormatArg>,
+    watch: bool,
 ) -> anyhow::Result<()> {
     let source = path
         .as_ref()
@@ -342,7 +351,7 @@ fn serve(
         .on_thread_park(gatehouse::alloc::on_worker_park)
         .build()
         .context("building the async runtime")?;
-    let result = runtime.block_on(gatehouse::server::run(config, path));
+    let result = runtime.block_on(gatehouse::server::run(config, path, watch));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }

@@ -83,6 +83,9 @@ pub enum Refused {
 pub struct Reloader {
     rt: Arc<Runtime>,
     path: Option<PathBuf>,
+    /// A hash of the file's bytes at the last reload (applied or refused),
+    /// so that a change seen by the watch is tried once.
+    last_read: std::sync::Mutex<Option<u64>>,
     /// Accept loops by listener name.
     running: tokio::sync::Mutex<HashMap<String, Running>>,
 }
@@ -92,6 +95,7 @@ impl Reloader {
         Arc::new(Reloader {
             rt,
             path,
+            last_read: Default::default(),
             running: Default::default(),
         })
     }
@@ -136,6 +140,7 @@ impl Reloader {
         let Some(path) = &self.path else {
             return Err(Refused::NoFile);
         };
+        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) = file_hash(path);
         let result = match config::load(path) {
             Ok(c) => self.apply(c).await,
             Err(e) => Err(Refused::Invalid(e)),
@@ -312,7 +317,82 @@ impl Reloader {
     }
 }
 
+/// The file's bytes, hashed (`None` if it cannot be read).
+fn file_hash(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+/// How long the file must stay unchanged before a change is reloaded:
+/// an editor's save (write, rename, chmod) or a deploy's several writes
+/// become one reload.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Reloader {
+    /// Watches the config file and reloads it when its content changes
+    /// (debounced by `SETTLE`). The directory is watched, not the file:
+    /// editors and deploy tools replace a file by renaming another onto
+    /// it. The watch lasts as long as the returned watcher.
+    pub fn watch(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher as _;
+        let path = self.path.clone()?;
+        let name = path.file_name()?.to_owned();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let seen = changed.clone();
+        let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if let Ok(e) = e
+                && !e.kind.is_access()
+                && e.paths.iter().any(|p| p.file_name() == Some(&name))
+            {
+                seen.notify_one();
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "config file not watched: reload by SIGHUP or the admin API");
+                return None;
+            }
+        };
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "config file not watched: reload by SIGHUP or the admin API");
+            return None;
+        }
+        tracing::info!(file = %path.display(), "watching the config file for changes");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let draining = this.rt.shutdown.draining();
+            tokio::pin!(draining);
+            loop {
+                tokio::select! {
+                    () = changed.notified() => {}
+                    _ = &mut draining => return,
+                }
+                // Until the file has been quiet for a moment.
+                while tokio::time::timeout(SETTLE, changed.notified())
+                    .await
+                    .is_ok()
+                {}
+                let now = file_hash(&path);
+                let last = *this.last_read.lock().unwrap_or_else(|p| p.into_inner());
+                if now.is_some() && now != last {
+                    tracing::info!("config file changed: reloading");
+                    crate::notify::notify("RELOADING=1");
+                    let _ = this.reload().await;
+                    crate::notify::notify("READY=1");
+                }
+            }
+        });
+        Some(watcher)
+    }
+
     /// The connections of routes a reload removed go on for `drain`, then
     /// end with `route_removed` (unless a later reload brought a route of
     /// that name back).

@@ -37,7 +37,7 @@ fn wake_workers(workers: usize) {
 
 /// Runs until a signal has been handled and the drain is over. `path`:
 /// the file the config was read from, read again on a reload.
-pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let config = Arc::new(config);
     crate::splice::set_max_pipes(config.limits.splice_pipes);
@@ -76,6 +76,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             reloader.clone(),
         ));
     }
+    // Reload when the file changes (kept for the process's life).
+    let _watch = if watch { reloader.watch() } else { None };
     crate::notify::notify("READY=1");
 
     if let Some(acme) = runtime.snapshot().tls.acme.clone() {

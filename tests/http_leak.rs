@@ -321,14 +321,18 @@ fn ten_thousand_http_connections_leave_nothing_behind() {
     // One worker: the current-thread runtime, where upstream request heads
     // go out in batches from the flusher task (`upstream::send_batch`), so
     // its cancellations meet every fault below.
-    let gh = Gatehouse::start(&http_config(
+    let config = http_config(
         "workers = 1\nlimits.max_connections = 20000",
         "http.access_log = false",
         upstream,
         "policy.allow_upgrade = true\npolicy.response_header_timeout = \"300ms\"\npolicy.pool_idle_timeout = \"1s\"",
-    ));
+    );
+    let gh = Gatehouse::start(&config);
     let baseline = gh.fd_count();
+    // A reload every second throughout: it must change nothing below.
+    let reloads = gh.reload_every(Duration::from_secs(1), &config, "web");
     assert_eq!(run_connections(&rt, TOTAL, 100, gh.addr("web"), one), 0);
+    assert!(reloads.stop() > 0, "no reload during the run");
     assert_nothing_left(&gh, baseline, TOTAL);
     // The abandoned downloads were spliced: every pipe came back and, once
     // unused for its time, was closed.
@@ -447,17 +451,20 @@ fn two_thousand_http2_connections_leave_nothing_behind() {
     const H2_TOTAL: usize = 2_000;
     let rt = test_runtime();
     let upstream = rt.block_on(backend());
-    let gh = Gatehouse::start(&http_config(
+    let config = http_config(
         "limits.max_connections = 20000",
         "http.access_log = false\nhttp.h2c = true",
         upstream,
         "policy.response_header_timeout = \"300ms\"\npolicy.pool_idle_timeout = \"1s\"",
-    ));
+    );
+    let gh = Gatehouse::start(&config);
     let baseline = gh.fd_count();
+    let reloads = gh.reload_every(Duration::from_secs(1), &config, "web");
     assert_eq!(
         run_connections(&rt, H2_TOTAL, 50, gh.addr("web"), one_h2),
         0
     );
+    assert!(reloads.stop() > 0, "no reload during the run");
     let m = assert_nothing_left(&gh, baseline, H2_TOTAL);
     // (Two workers: batches only within each HTTP/2 connection's poll.)
     assert!(metric_sum(&m, "gatehouse_upstream_batched_sends_total", &[]) > 0);

@@ -227,6 +227,8 @@ policy.idle_timeout = "1s"
     );
     let gh = Gatehouse::start(&config);
     let baseline = gh.fd_count();
+    // A reload every second throughout: it must change nothing below.
+    let reloads = gh.reload_every(Duration::from_secs(1), &config, "echo");
     let addrs = [
         gh.addr("echo"),
         gh.addr("reset"),
@@ -258,6 +260,7 @@ policy.idle_timeout = "1s"
             t.await.unwrap();
         }
     });
+    assert!(reloads.stop() > 0, "no reload during the run");
     let failed = failures.load(Ordering::Relaxed);
     if failed > 0 {
         gh.wait_empty(Duration::from_secs(5));

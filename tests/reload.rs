@@ -357,7 +357,7 @@ fn a_removed_listener_refuses_and_its_connections_end_at_the_drain_deadline() {
     let reloaded = Instant::now();
 
     // The new listener and route serve at once; the kept one still does.
-    let new = gh.listening("new").expect("the new listener's address");
+    let new = gh.wait_listening("new");
     let mut fresh = TcpStream::connect(new).unwrap();
     fresh
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -543,5 +543,56 @@ fn sighup_reloads_the_file_and_cuts_nothing() {
     assert!(
         head.starts_with("HTTP/1.1 200") && body == b"added",
         "{head}"
+    );
+}
+
+/// The config file is watched: a change (written in place, or renamed
+/// onto it as editors and deploy tools do) is reloaded once, after it
+/// settles; an invalid one is refused once and the running config stays.
+#[test]
+fn a_change_of_the_file_is_reloaded() {
+    let (web_backend, _) = raw_http_backend(|_| ok_response("app"));
+    let (added, _) = raw_http_backend(|_| ok_response("added"));
+    let echo = echo_backend();
+    let base = two_listeners("", web_backend, echo, "pipe");
+    let gh = Gatehouse::start(&base);
+    gh.wait_log("watching the config file", Duration::from_secs(10));
+    let path = gh.config_path();
+    let with_added = format!(
+        "{base}\n[[routes]]\nname = \"added\"\nmatch.listener = \"web\"\nmatch.path_prefix = \"/added\"\naction.forward = [\"{added}\"]\n"
+    );
+    // Renamed onto the file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &with_added).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    gh.wait_for("the reload", Duration::from_secs(10), |g| {
+        g.metric("gatehouse_config_generation", &[]) == 2
+    });
+    let (head, body) = raw_exchange(gh.addr("web"), b"GET /added HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body == b"added",
+        "{head}"
+    );
+
+    // Written in place, invalid: refused, and the running config stays.
+    std::fs::write(&path, format!("{with_added}\nbogus = 1\n")).unwrap();
+    gh.wait_for("the refusal", Duration::from_secs(10), |g| {
+        g.metric("gatehouse_config_reloads_total", &[("result", "refused")]) == 1
+    });
+    let (head, _) = raw_exchange(gh.addr("web"), b"GET /added HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // Fixed: applied; the invalid content was tried once.
+    std::fs::write(&path, &base).unwrap();
+    gh.wait_for("the second reload", Duration::from_secs(10), |g| {
+        g.metric("gatehouse_config_generation", &[]) == 3
+    });
+    assert_eq!(
+        gh.metric("gatehouse_config_reloads_total", &[("result", "refused")]),
+        1
+    );
+    assert_eq!(
+        gh.metric("gatehouse_config_reloads_total", &[("result", "applied")]),
+        2
     );
 }

@@ -35,7 +35,7 @@ fn thousands_of_tls_connections_with_faults_leave_nothing_behind() {
     let (http_up, _) = raw_http_backend(|_| ok_response("hello over tls"));
     let hole = blackhole();
     let ca = pki.ca_pem.display();
-    let gh = Gatehouse::start(&format!(
+    let config = format!(
         r#"admin.bind = "127.0.0.1:0"
 workers = 1
 [limits]
@@ -91,7 +91,8 @@ policy.pool_idle_timeout = "1s"
         edge_cert.display(),
         edge_key.display(),
         hole.addr
-    ));
+    );
+    let gh = Gatehouse::start(&config);
     let edge = gh.addr("edge");
     let web = gh.addr("web");
     let good = pki.client(&[]);
@@ -111,6 +112,8 @@ policy.pool_idle_timeout = "1s"
         g.metric("gatehouse_splice_pipes", &[("state", "existing")]) == 0
     });
     let baseline = gh.fd_count();
+    // A reload every second throughout: it must change nothing below.
+    let reloads = gh.reload_every(Duration::from_secs(1), &config, "web");
 
     let hello = Arc::new(hello);
     let threads: Vec<_> = (0..8)
@@ -209,6 +212,7 @@ policy.pool_idle_timeout = "1s"
     for t in threads {
         t.join().unwrap();
     }
+    assert!(reloads.stop() > 0, "no reload during the run");
     gh.wait_empty(Duration::from_secs(10));
     assert_eq!(gh.close_wait(), 0);
     gh.wait_for("FDs back to baseline", Duration::from_secs(10), |g| {

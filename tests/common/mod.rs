@@ -265,6 +265,74 @@ impl Gatehouse {
     }
 }
 
+impl Gatehouse {
+    /// The address of the listener `name` once its `listening` line is
+    /// read (the log arrives a moment after the admin API's answer).
+    pub fn wait_listening(&self, name: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(a) = self.listening(name) {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener {name} never listening:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Reloads going on in the background (see `Gatehouse::reload_every`).
+pub struct Reloading {
+    stop: mpsc::Sender<()>,
+    thread: Option<thread::JoinHandle<u64>>,
+}
+
+impl Reloading {
+    /// Stops the reloads: how many were applied (each one must have been).
+    pub fn stop(mut self) -> u64 {
+        let _ = self.stop.send(());
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Reloading {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+    }
+}
+
+impl Gatehouse {
+    /// Reloads every `every`: `config` with, every other time, one route
+    /// more (on `listener`, after the others, forwarding nowhere), so that
+    /// each reload adds or removes a route. Each must be applied.
+    pub fn reload_every(&self, every: Duration, config: &str, listener: &str) -> Reloading {
+        let (stop, stopped) = mpsc::channel();
+        let (admin, path) = (self.admin, self.config_path());
+        let plain = config.to_string();
+        let more = format!(
+            "{config}\n[[routes]]\nname = \"reload-churn\"\nmatch.listener = \"{listener}\"\naction.forward = [\"127.0.0.1:9\"]\n"
+        );
+        let thread = thread::spawn(move || {
+            let mut applied = 0;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let text = if applied % 2 == 0 { &more } else { &plain };
+                std::fs::write(&path, text).unwrap();
+                let (status, body) = http_post(admin, "/config/reload", b"");
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                applied += 1;
+            }
+            applied
+        });
+        Reloading {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
 /// `POST path` with `body` to an HTTP/1.1 server: the status and body.
 pub fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
