@@ -432,7 +432,7 @@ fn routes_diff(old: &Config, new: &Config, diff: &mut Diff) {
     for r in &new.routes {
         match old.routes.iter().find(|o| o.name == r.name) {
             None => diff.added.push(r.name.clone()),
-            Some(o) if format!("{o:?}") != format!("{r:?}") => diff.changed.push(r.name.clone()),
+            Some(o) if route_key(old, o) != route_key(new, r) => diff.changed.push(r.name.clone()),
             Some(_) => {}
         }
     }
@@ -441,6 +441,23 @@ fn routes_diff(old: &Config, new: &Config, diff: &mut Diff) {
             diff.removed.push(o.name.clone());
         }
     }
+}
+
+/// What a route is, apart from positions in its config: its listener by
+/// name, its cluster by content.
+fn route_key(c: &Config, r: &config::RouteConfig) -> String {
+    let mut r = r.clone();
+    let listener = r
+        .matcher
+        .listener
+        .take()
+        .and_then(|i| c.listeners.get(i))
+        .map(|l| l.name.as_str());
+    let cluster = match &mut r.action {
+        config::RouteAction::Forward(f) => c.clusters.get(std::mem::take(&mut f.cluster)),
+        config::RouteAction::RedirectHttps { .. } => None,
+    };
+    format!("{r:?}{listener:?}{cluster:?}")
 }
 
 fn bind_one(name: &str, addr: SocketAddr, backlog: u32) -> Result<TcpListener, Refused> {

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::routing::Route;
 use crate::shutdown::ShutdownSignal;
 use crate::tls::TlsRt;
-use crate::upstream::TargetPool;
+use crate::upstream::cluster::{Cluster, RoutePools};
 
 /// The process state a snapshot is built with.
 #[derive(Clone, Copy)]
@@ -58,8 +58,12 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// Route indices, most specific first (HTTP routing order).
     pub http_order: Vec<usize>,
-    /// Upstream HTTP connection pools: `pools[route][target]`.
-    pub pools: Vec<Vec<Arc<TargetPool>>>,
+    /// The clusters, as `config.clusters` (a route's `Forward::cluster`
+    /// is an index here).
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Each route's upstream HTTP pools (`None` for routes that never
+    /// carry HTTP).
+    pub pools: Vec<Option<Arc<RoutePools>>>,
     /// TLS client settings per route towards its targets.
     pub upstream_tls: Vec<Option<Arc<ClientConfig>>>,
     /// The certificate store and the ACME manager.
@@ -115,20 +119,47 @@ impl Snapshot {
                 Route::new(i, r, stats, closing)
             })
             .collect();
+        // A cluster whose settings stay keeps its endpoints (and resolver).
+        let clusters: Vec<Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| {
+                previous
+                    .and_then(|p| p.clusters.iter().find(|o| o.config == *c))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        let cluster = Cluster::new(c.clone());
+                        cluster.start_resolving();
+                        cluster
+                    })
+            })
+            .collect();
         let pools = routes
             .iter()
             .map(|r| {
+                let cluster = clusters.get(r.config.action.forward()?.cluster)?;
+                if !config.route_serves_http(&r.config) {
+                    return None;
+                }
                 let kept = previous.and_then(|p| {
                     let old = p.routes.iter().find(|o| o.name == r.name)?;
-                    let same = old.config.action.forward().map(|f| &f.targets)
-                        == r.config.action.forward().map(|f| &f.targets)
+                    let pools = p.pools[old.index].as_ref()?;
+                    let same = Arc::ptr_eq(&pools.cluster, cluster)
                         && old.config.upstream == r.config.upstream
-                        && old.config.policy.http.pools_equal(&r.config.policy.http)
-                        && p.config.route_serves_http(&old.config)
-                            == config.route_serves_http(&r.config);
-                    same.then(|| p.pools[old.index].clone())
+                        && old.config.policy.http.pools_equal(&r.config.policy.http);
+                    same.then(|| pools.clone())
                 });
-                kept.unwrap_or_else(|| new_pools(&config, r, &tls))
+                Some(kept.unwrap_or_else(|| {
+                    let upstream = crate::upstream::Upstream::new(
+                        &r.config.upstream,
+                        tls.upstreams[r.index].clone(),
+                    );
+                    Arc::new(RoutePools::new(
+                        cluster.clone(),
+                        &r.config.policy.http,
+                        upstream,
+                    ))
+                }))
             })
             .collect();
         Ok(Snapshot {
@@ -136,6 +167,7 @@ impl Snapshot {
             http_order: crate::routing::http_order(&routes),
             upstream_tls: tls.upstreams.clone(),
             routes,
+            clusters,
             pools,
             listeners,
             config,
@@ -152,23 +184,6 @@ impl Snapshot {
     pub fn reap_pools(&self) {
         self.pools.iter().flatten().for_each(|p| p.reap());
     }
-}
-
-/// A route's upstream HTTP pools, one per target (none for routes that
-/// never carry HTTP).
-fn new_pools(config: &Config, r: &Route, tls: &TlsRt) -> Vec<Arc<TargetPool>> {
-    let Some(f) = r.config.action.forward() else {
-        return Vec::new();
-    };
-    if !config.route_serves_http(&r.config) {
-        return Vec::new();
-    }
-    let upstream =
-        crate::upstream::Upstream::new(&r.config.upstream, tls.upstreams[r.index].clone());
-    f.targets
-        .iter()
-        .map(|t| TargetPool::new(t.clone(), &r.config.policy.http, upstream.clone()))
-        .collect()
 }
 
 /// Everything a connection task needs that outlives a config.

@@ -277,10 +277,20 @@ fn assert_nothing_left(gh: &Gatehouse, baseline: usize, total: usize) -> String 
         std::thread::sleep(Duration::from_millis(100));
     }
     let after = gh.fd_count();
-    assert!(
-        after.abs_diff(baseline) <= 3,
-        "fds: baseline {baseline}, after {after}"
-    );
+    if after.abs_diff(baseline) > 3 {
+        let ss = std::process::Command::new("ss")
+            .args(["-tanp"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let pid = format!("pid={},", gh.pid());
+        let mine: Vec<&str> = ss.lines().filter(|l| l.contains(&pid)).collect();
+        panic!(
+            "fds: baseline {baseline}, after {after}; sockets:\n{}\n{}",
+            mine.join("\n"),
+            gh.get("/metrics")
+        );
+    }
     assert_eq!(gh.close_wait(), 0);
     assert_accounted(gh);
     assert_eq!(

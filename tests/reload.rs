@@ -469,6 +469,16 @@ fn an_invalid_candidate_is_refused_whole_and_the_running_config_stays() {
             )],
         ),
         (
+            "a cluster that does not exist",
+            format!(
+                "{good}\n[[routes]]\nname = \"lost\"\nmatch.listener = \"web\"\naction.cluster = \"nowhere\"\n"
+            ),
+            vec![format!(
+                "{file}:{}: routes[2].action.cluster: no cluster is named \"nowhere\"",
+                line_of(&good, 5)
+            )],
+        ),
+        (
             "duplicate listener address",
             format!(
                 "{good}{}{}",

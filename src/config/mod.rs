@@ -4,16 +4,20 @@
 //! every error naming the file, line and field. A `Config` is immutable once
 //! built; live connections hold the `Arc` they started with.
 
+mod cluster;
 mod duration;
 mod env;
 mod http;
 mod lint;
+mod listener;
 mod print;
 mod raw;
+mod route;
 mod size;
 mod syntax;
 mod tls;
 
+pub use cluster::{ClusterConfig, DEFAULT_RESOLVE_EVERY, EndpointConfig};
 pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
 pub use print::print;
 pub use tls::{
@@ -43,6 +47,9 @@ pub struct Config {
     pub limits: Limits,
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Named clusters (`[[clusters]]`), then the routes' own
+    /// (`action.forward` lists), in route order.
+    pub clusters: Vec<ClusterConfig>,
     pub certificates: Vec<CertificateConfig>,
     pub acme: Option<AcmeConfig>,
     /// Where the local CA (`issuer = "internal"`) keeps its files.
@@ -168,8 +175,8 @@ impl RouteAction {
 
 #[derive(Debug, Clone)]
 pub struct Forward {
-    /// `host:port` targets, used round-robin.
-    pub targets: Vec<String>,
+    /// Where to: an index into `Config::clusters`.
+    pub cluster: usize,
     pub send_proxy: Option<ProxyVersion>,
     /// Pass the TLVs of an incoming v2 header on unchanged (v2 only).
     pub pass_tlvs: bool,
@@ -599,382 +606,15 @@ impl Ctx<'_> {
             },
         };
 
-        let mut listeners: Vec<ListenerConfig> = Vec::new();
-        let mut listener_names: Vec<String> = Vec::new();
-        let mut listener_is_http: Vec<bool> = Vec::new();
-        let mut listener_is_tls: Vec<bool> = Vec::new();
-        let mut needs_certificate = None;
-        for (i, rl) in raw.listeners.iter().enumerate() {
-            let field = |f: &str| format!("listeners[{i}].{f}");
-            let rl_ref = rl.get_ref();
-            let name = self
-                .string(&rl_ref.name, &field("name"))
-                .unwrap_or_default();
-            if name.is_empty() {
-                self.err(&rl_ref.name.span(), &field("name"), "must not be empty");
-            } else if listener_names.contains(&name) {
-                self.err(
-                    &rl_ref.name.span(),
-                    &field("name"),
-                    &format!("duplicate listener name {name:?}"),
-                );
-            }
-            listener_names.push(name.clone());
-            let bind = self.socket_addr(&rl_ref.bind, &field("bind"));
-            // Two listeners on one address (port 0 aside: each gets its own).
-            if let Some(b) = bind.filter(|b| b.port() != 0) {
-                if let Some(other) = listeners.iter().find(|l: &&ListenerConfig| l.bind == b) {
-                    self.err(
-                        &rl_ref.bind.span(),
-                        &field("bind"),
-                        &format!("{b} is listener {:?}'s address already", other.name),
-                    );
-                }
-            }
-            let backlog = rl_ref
-                .backlog
-                .as_ref()
-                .and_then(|v| self.count(v, &field("backlog"), 65535))
-                .map_or(1024, |n| n as u32);
-            let accept_proxy = rl_ref.proxy_protocol.as_ref().map(|p| {
-                let trusted = self.cidrs(&p.trusted, &field("proxy_protocol.trusted"));
-                if p.trusted.get_ref().is_empty() {
-                    self.err(
-                        &p.trusted.span(),
-                        &field("proxy_protocol.trusted"),
-                        "list at least one trusted network",
-                    );
-                }
-                AcceptProxy {
-                    trusted,
-                    required: p.required.as_ref().is_none_or(|r| *r.get_ref()),
-                    timeout: self.required_duration(
-                        p.timeout.as_ref(),
-                        &field("proxy_protocol.timeout"),
-                        timeouts.proxy_header,
-                    ),
-                }
-            });
-            let (http, tls) = match &rl_ref.protocol {
-                None => (None, false),
-                Some(p) => match self.string(p, &field("protocol")).as_deref() {
-                    Some("tcp") | None => (None, false),
-                    Some("http") => (Some(()), false),
-                    Some("tls") => (None, true),
-                    Some("https") => (Some(()), true),
-                    Some(other) => {
-                        self.err(
-                            &p.span(),
-                            &field("protocol"),
-                            &format!(
-                                "{other:?} is not one of \"tcp\", \"http\", \"tls\", \"https\""
-                            ),
-                        );
-                        (None, false)
-                    }
-                },
-            };
-            if !tls && rl_ref.tls.is_some() {
-                let span = rl_ref.tls.as_ref().map(|t| t.span()).unwrap_or_default();
-                self.err(
-                    &span,
-                    &field("tls"),
-                    "[listeners.tls] needs protocol = \"tls\" or \"https\"",
-                );
-            }
-            if tls && http.is_some() && needs_certificate.is_none() {
-                needs_certificate = Some(rl_ref.name.span());
-            }
-            let tls = tls.then(|| {
-                std::sync::Arc::new(self.tls_listener(
-                    rl_ref.tls.as_ref(),
-                    &field,
-                    http.is_some(),
-                    timeouts.tls_handshake,
-                ))
-            });
-            if http.is_none() && rl_ref.http.is_some() {
-                self.err(
-                    &rl_ref.name.span(),
-                    &field("http"),
-                    "[listeners.http] needs protocol = \"http\" or \"https\"",
-                );
-            }
-            let http = http.map(|()| {
-                std::sync::Arc::new(self.http_listener(
-                    rl_ref.http.as_ref(),
-                    &field,
-                    timeouts.client_send,
-                ))
-            });
-            listener_is_http.push(http.is_some());
-            listener_is_tls.push(tls.is_some());
-            if let Some(bind) = bind {
-                listeners.push(ListenerConfig {
-                    name,
-                    bind,
-                    backlog,
-                    accept_proxy,
-                    http,
-                    tls,
-                });
-            }
-        }
-        if raw.listeners.is_empty() {
-            self.err(
-                &(0..0),
-                "listeners",
-                "define at least one [[listeners]] table",
-            );
-        }
-
-        let mut routes: Vec<RouteConfig> = Vec::new();
-        let mut route_names: Vec<String> = Vec::new();
-        for (i, rr) in raw.routes.iter().enumerate() {
-            let field = |f: &str| format!("routes[{i}].{f}");
-            let r = rr.get_ref();
-            let name = self.string(&r.name, &field("name")).unwrap_or_default();
-            if name.is_empty() {
-                self.err(&r.name.span(), &field("name"), "must not be empty");
-            } else if name == "none" {
-                // (The metrics' label for what no route took.)
-                self.err(&r.name.span(), &field("name"), "\"none\" is reserved");
-            } else if route_names.contains(&name) {
-                self.err(
-                    &r.name.span(),
-                    &field("name"),
-                    &format!("duplicate route name {name:?}"),
-                );
-            }
-            route_names.push(name.clone());
-            let mut matcher = RouteMatch::default();
-            if let Some(m) = &r.matcher {
-                if let Some(l) = &m.listener {
-                    if let Some(ln) = self.string(l, &field("match.listener")) {
-                        match listener_names.iter().position(|x| x == &ln) {
-                            Some(idx) => matcher.listener = Some(idx),
-                            None => self.err(
-                                &l.span(),
-                                &field("match.listener"),
-                                &format!("no listener is named {ln:?}"),
-                            ),
-                        }
-                    }
-                }
-                if let Some(p) = &m.port {
-                    matcher.port = self.count(p, &field("match.port"), 65535).map(|n| n as u16);
-                }
-                if let Some(c) = &m.client_cidrs {
-                    matcher.client_cidrs = self.cidrs(c, &field("match.client_cidrs"));
-                }
-                matcher.http = self.http_match(m, &field);
-                if let Some(sni) = &m.sni {
-                    matcher.sni = self.hosts(sni, &field("match.sni"));
-                }
-                if let Some(ids) = &m.client_identities {
-                    matcher.client_identities = ids
-                        .get_ref()
-                        .iter()
-                        .filter_map(|v| self.string(v, &field("match.client_identities")))
-                        .collect();
-                }
-                let on_plain = matcher
-                    .listener
-                    .is_some_and(|i| !listener_is_tls.get(i).copied().unwrap_or(false));
-                if on_plain && (m.sni.is_some() || m.client_identities.is_some()) {
-                    let span = m.listener.as_ref().map(|l| l.span()).unwrap_or_default();
-                    self.err(
-                        &span,
-                        &field("match"),
-                        "sni and client_identities matchers need a TLS listener",
-                    );
-                }
-                let on_tcp = matcher
-                    .listener
-                    .is_some_and(|i| !listener_is_http.get(i).copied().unwrap_or(false));
-                if on_tcp && !matcher.http.is_empty() {
-                    let span = m.listener.as_ref().map(|l| l.span()).unwrap_or_default();
-                    self.err(
-                        &span,
-                        &field("match"),
-                        "host, path, method and header matchers need an HTTP listener",
-                    );
-                }
-            }
-            let a = r.action.get_ref();
-            let on_http = matcher
-                .listener
-                .is_some_and(|i| listener_is_http.get(i).copied().unwrap_or(false));
-            let on_tls = matcher
-                .listener
-                .is_some_and(|i| listener_is_tls.get(i).copied().unwrap_or(false));
-            let redirect = a.redirect_https.as_ref().is_some_and(|r| *r.get_ref());
-            let action = match &a.forward {
-                None if redirect => {
-                    let port = a
-                        .redirect_port
-                        .as_ref()
-                        .and_then(|p| self.count(p, &field("action.redirect_port"), 65535))
-                        .map(|p| p as u16);
-                    let on_tcp = matcher
-                        .listener
-                        .is_some_and(|i| !listener_is_http.get(i).copied().unwrap_or(false));
-                    if on_tcp {
-                        self.err(
-                            &r.action.span(),
-                            &field("action.redirect_https"),
-                            "redirects are for HTTP listeners",
-                        );
-                    }
-                    Some(RouteAction::RedirectHttps { port })
-                }
-                Some(_) if redirect => {
-                    self.err(
-                        &r.action.span(),
-                        &field("action"),
-                        "choose one action: forward or redirect_https",
-                    );
-                    None
-                }
-                None => {
-                    self.err(
-                        &r.action.span(),
-                        &field("action"),
-                        "an action is required: forward = [\"host:port\", ...] or redirect_https = true",
-                    );
-                    None
-                }
-                Some(list) => {
-                    let mut targets = Vec::new();
-                    for t in list.get_ref() {
-                        let Some(s) = self.string(t, &field("action.forward")) else {
-                            continue;
-                        };
-                        match check_target(&s) {
-                            Ok(()) => targets.push(s),
-                            Err(m) => self.err(&t.span(), &field("action.forward"), &m),
-                        }
-                    }
-                    if list.get_ref().is_empty() {
-                        self.err(
-                            &list.span(),
-                            &field("action.forward"),
-                            "list at least one target",
-                        );
-                    }
-                    let send_proxy = match &a.send_proxy_protocol {
-                        None => None,
-                        Some(v) => match self
-                            .string(v, &field("action.send_proxy_protocol"))
-                            .as_deref()
-                        {
-                            Some("v1") => Some(ProxyVersion::V1),
-                            Some("v2") => Some(ProxyVersion::V2),
-                            Some(other) => {
-                                self.err(
-                                    &v.span(),
-                                    &field("action.send_proxy_protocol"),
-                                    &format!("{other:?} is not one of \"v1\", \"v2\""),
-                                );
-                                None
-                            }
-                            None => None,
-                        },
-                    };
-                    let pass_tlvs = a.pass_tlvs.as_ref().is_some_and(|p| *p.get_ref());
-                    if pass_tlvs && send_proxy != Some(ProxyVersion::V2) {
-                        let span = a.pass_tlvs.as_ref().map(|p| p.span()).unwrap_or_default();
-                        self.err(
-                            &span,
-                            &field("action.pass_tlvs"),
-                            "needs send_proxy_protocol = \"v2\" (v1 has no TLVs)",
-                        );
-                    }
-                    if on_http && send_proxy.is_some() {
-                        let span = a
-                            .send_proxy_protocol
-                            .as_ref()
-                            .map(|p| p.span())
-                            .unwrap_or_default();
-                        self.err(&span, &field("action.send_proxy_protocol"), "not available on HTTP routes (upstream connections are pooled across clients)");
-                    }
-                    Some(RouteAction::Forward(Forward {
-                        targets,
-                        send_proxy,
-                        pass_tlvs,
-                    }))
-                }
-            };
-            let p = r.policy.as_ref();
-            let policy = RoutePolicy {
-                connect_timeout: self.required_duration(
-                    p.and_then(|p| p.connect_timeout.as_ref()),
-                    &field("policy.connect_timeout"),
-                    timeouts.connect,
-                ),
-                idle_timeout: self.optional_duration(
-                    p.and_then(|p| p.idle_timeout.as_ref()),
-                    &field("policy.idle_timeout"),
-                    timeouts.idle,
-                ),
-                max_lifetime: self.optional_duration(
-                    p.and_then(|p| p.max_lifetime.as_ref()),
-                    &field("policy.max_lifetime"),
-                    timeouts.max_lifetime,
-                ),
-                http: self.http_policy(p, &field),
-                max_connections: p
-                    .and_then(|p| p.max_connections.as_ref())
-                    .and_then(|v| self.count(v, &field("policy.max_connections"), u32::MAX as u64))
-                    .map(|n| n as u32),
-            };
-            let tls_mode = self.tls_mode(r.tls.as_ref(), &field("tls"));
-            if r.tls.is_some() && (!on_tls || on_http) {
-                let span = r.tls.as_ref().map(|t| t.span()).unwrap_or_default();
-                self.err(
-                    &span,
-                    &field("tls"),
-                    "a TLS mode needs match.listener naming a protocol = \"tls\" listener",
-                );
-            }
-            if tls_mode != TlsMode::Passthrough && needs_certificate.is_none() {
-                needs_certificate = r.tls.as_ref().map(|t| t.span());
-            }
-            let upstream = self.upstream(
-                r.upstream.as_ref(),
-                &field,
-                tls_mode == TlsMode::TerminateAndReencrypt,
-            );
-            if upstream.protocol == UpstreamProtocol::Http2 && !on_http {
-                let span = r.upstream.as_ref().map(|u| u.span()).unwrap_or_default();
-                self.err(
-                    &span,
-                    &field("upstream.protocol"),
-                    "http2 towards the targets needs match.listener naming an HTTP listener",
-                );
-            }
-            if on_tls && !on_http && tls_mode == TlsMode::Passthrough && r.upstream.is_some() {
-                let span = r.upstream.as_ref().map(|u| u.span()).unwrap_or_default();
-                self.err(
-                    &span,
-                    &field("upstream"),
-                    "passthrough forwards the client's TLS untouched; [routes.upstream] needs tls = \"terminate_and_reencrypt\"",
-                );
-            }
-            if let Some(action) = action {
-                routes.push(RouteConfig {
-                    name,
-                    matcher,
-                    action,
-                    policy,
-                    tls_mode,
-                    upstream,
-                });
-            }
-        }
-        if raw.routes.is_empty() {
-            self.err(&(0..0), "routes", "define at least one [[routes]] table");
-        }
+        let (listeners, facts, mut needs_certificate) = self.listeners(&raw, &timeouts);
+        let mut clusters = self.clusters(&raw);
+        let routes = self.routes(
+            &raw,
+            &facts,
+            &timeouts,
+            &mut clusters,
+            &mut needs_certificate,
+        );
 
         let certificates = self.certificates(&raw.certificates);
         let acme = raw.acme.as_ref().and_then(|a| self.acme(a));
@@ -1009,6 +649,7 @@ impl Ctx<'_> {
             limits,
             listeners,
             routes,
+            clusters,
             certificates,
             acme,
             internal_ca,

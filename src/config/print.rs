@@ -113,7 +113,30 @@ fn document(c: &Config) -> Table {
     put(&mut doc, "listeners", Value::Array(listeners.collect()));
     let routes = c.routes.iter().map(|r| route(c, r));
     put(&mut doc, "routes", Value::Array(routes.collect()));
+    let clusters: Vec<Value> = c
+        .clusters
+        .iter()
+        .filter(|k| !k.inline)
+        .map(cluster)
+        .collect();
+    if !clusters.is_empty() {
+        put(&mut doc, "clusters", Value::Array(clusters));
+    }
     doc
+}
+
+fn cluster(k: &super::ClusterConfig) -> Value {
+    let mut t = Table::new();
+    put(&mut t, "name", k.name.as_str());
+    let endpoints = k.endpoints.iter().map(|e| {
+        let mut t = Table::new();
+        put(&mut t, "address", e.address.as_str());
+        put(&mut t, "weight", i64::from(e.weight));
+        Value::Table(t)
+    });
+    put(&mut t, "endpoints", Value::Array(endpoints.collect()));
+    put(&mut t, "resolve_every", duration(k.resolve_every));
+    Value::Table(t)
 }
 
 fn listener(l: &super::ListenerConfig) -> Value {
@@ -264,7 +287,15 @@ fn route(c: &Config, r: &RouteConfig) -> Value {
     let mut action = Table::new();
     match &r.action {
         RouteAction::Forward(f) => {
-            put(&mut action, "forward", strings(f.targets.iter()));
+            match c.clusters.get(f.cluster) {
+                Some(k) if k.inline => put(
+                    &mut action,
+                    "forward",
+                    strings(k.endpoints.iter().map(|e| &e.address)),
+                ),
+                Some(k) => put(&mut action, "cluster", k.name.as_str()),
+                None => {}
+            }
             if let Some(v) = f.send_proxy {
                 let v = match v {
                     ProxyVersion::V1 => "v1",

@@ -74,9 +74,26 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<S<RawRoute>>,
     #[serde(default)]
+    pub clusters: Vec<S<RawCluster>>,
+    #[serde(default)]
     pub certificates: Vec<S<RawCertificate>>,
     pub acme: Option<S<RawAcme>>,
     pub internal_ca: Option<S<RawInternalCa>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: S<String>,
+    pub endpoints: S<Vec<S<RawEndpoint>>>,
+    pub resolve_every: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub address: S<String>,
+    pub weight: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -240,6 +257,7 @@ pub struct RawMatch {
 #[serde(deny_unknown_fields)]
 pub struct RawAction {
     pub forward: Option<S<Vec<S<String>>>>,
+    pub cluster: Option<S<String>>,
     pub send_proxy_protocol: Option<S<String>>,
     pub pass_tlvs: Option<S<bool>>,
     pub redirect_https: Option<S<bool>>,

@@ -60,7 +60,11 @@ action.forward = ["${BACKEND_ADDR:-127.0.0.1:18000}"]
     let Some(f) = c.routes[0].action.forward() else {
         panic!("not a forward route")
     };
-    assert_eq!(f.targets, vec!["127.0.0.1:18000".to_string()]);
+    let cluster = &c.clusters[f.cluster];
+    assert!(cluster.inline);
+    assert_eq!(cluster.name, c.routes[0].name);
+    assert_eq!(cluster.endpoints[0].address, "127.0.0.1:18000");
+    assert_eq!(cluster.endpoints[0].weight, 1);
 }
 
 #[test]
@@ -109,4 +113,64 @@ fn unknown_fields_are_errors_with_a_line() {
     assert_eq!(errs.len(), 1);
     assert!(errs[0].starts_with("t.toml:11:"), "{errs:?}");
     assert!(errs[0].contains("max_conections"), "{errs:?}");
+}
+
+#[test]
+fn routes_share_a_named_cluster_and_a_missing_one_is_named() {
+    let env = |_: &str| None;
+    let text = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "api"
+resolve_every = "5s"
+endpoints = [{ address = "10.0.0.1:80" }, { address = "api.internal:80", weight = 3 }]
+
+[[routes]]
+name = "a"
+action.cluster = "api"
+
+[[routes]]
+name = "b"
+action.cluster = "api"
+"#;
+    let c = parse("t.toml", text, &env).unwrap();
+    let cluster_of = |i: usize| c.routes[i].action.forward().map(|f| f.cluster);
+    assert_eq!(cluster_of(0), Some(0));
+    assert_eq!(cluster_of(1), Some(0));
+    assert_eq!(c.clusters.len(), 1);
+    assert_eq!(c.clusters[0].endpoints[1].weight, 3);
+    assert_eq!(
+        c.clusters[0].resolve_every,
+        std::time::Duration::from_secs(5)
+    );
+
+    let bad = text.replace(
+        "action.cluster = \"api\"\n\n[[routes]]",
+        "action.cluster = \"apj\"\n\n[[routes]]",
+    ) + "\n[[clusters]]\nname = \"api\"\nendpoints = [{ address = \"nope\", weight = 0 }]\n";
+    let Err(errors) = parse("t.toml", &bad, &env) else {
+        panic!("accepted")
+    };
+    let text = errors.to_string();
+    assert!(
+        text.contains(
+            "t.toml:13: routes[0].action.cluster: no cluster is named \"apj\" (clusters: api, api)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("clusters[1].name: duplicate cluster name \"api\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("clusters[1].endpoints[0].address: \"nope\" is not a target"),
+        "{text}"
+    );
+    assert!(
+        text.contains("clusters[1].endpoints[0].weight: must be at least 1"),
+        "{text}"
+    );
 }

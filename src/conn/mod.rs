@@ -290,6 +290,22 @@ impl EndReason {
     }
 }
 
+impl From<crate::upstream::UpstreamError> for EndReason {
+    fn from(e: crate::upstream::UpstreamError) -> EndReason {
+        use crate::upstream::UpstreamError as U;
+        match e {
+            U::Unresolved => EndReason::UpstreamUnresolved,
+            U::Refused => EndReason::UpstreamRefused,
+            U::ConnectTimeout => EndReason::UpstreamConnectTimeout,
+            U::ConnectError | U::ProtocolError | U::PoolExhausted => {
+                EndReason::UpstreamConnectError
+            }
+            U::TlsVerifyFailed => EndReason::UpstreamTlsVerifyFailed,
+            U::TlsHandshakeFailed => EndReason::UpstreamTlsHandshakeFailed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

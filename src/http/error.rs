@@ -212,3 +212,19 @@ pub fn respond(end: RequestEnd, server: Option<&str>) -> Response<Body> {
     }
     resp
 }
+
+impl From<crate::upstream::UpstreamError> for RequestEnd {
+    fn from(e: crate::upstream::UpstreamError) -> RequestEnd {
+        use crate::upstream::UpstreamError as U;
+        match e {
+            U::Unresolved => RequestEnd::UpstreamUnresolved,
+            U::Refused => RequestEnd::UpstreamRefused,
+            U::ConnectTimeout => RequestEnd::UpstreamConnectTimeout,
+            U::ConnectError => RequestEnd::UpstreamConnectError,
+            U::TlsVerifyFailed => RequestEnd::UpstreamTlsVerifyFailed,
+            U::TlsHandshakeFailed => RequestEnd::UpstreamTlsHandshakeFailed,
+            U::ProtocolError => RequestEnd::UpstreamProtocolError,
+            U::PoolExhausted => RequestEnd::UpstreamPoolExhausted,
+        }
+    }
+}

@@ -24,7 +24,8 @@ use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
 use crate::routing::{self, RequestView, Route, RouteInput};
 use crate::runtime::{Runtime, Snapshot};
-use crate::upstream::{PooledConn, Sender, TargetPool, h1};
+use crate::upstream::cluster::RoutePools;
+use crate::upstream::{PooledConn, Sender, UpstreamError, h1};
 
 /// Marks a request that came as an HTTP/2 extended CONNECT (RFC 8441),
 /// handed to the handler as an HTTP/1.1-style upgrade request. For
@@ -400,7 +401,9 @@ impl Handler {
     /// The upstream exchange under the request's deadline.
     async fn exchange(&self, out: &mut Outbound) -> Exchanged {
         let route = &out.snap.routes[out.route];
-        let pools = &out.snap.pools[out.route];
+        let Some(pools) = &out.snap.pools[out.route] else {
+            return Err(RequestEnd::NoRoute);
+        };
         let call = self.call_upstream(route, pools, &mut out.head, &mut out.body, &mut out.log);
         match out.deadline {
             Some(d) => tokio::time::timeout_at(d, call)
@@ -492,24 +495,28 @@ impl Handler {
     async fn call_upstream(
         &self,
         route: &Route,
-        pools: &[Arc<TargetPool>],
+        pools: &RoutePools,
         head: &mut UpstreamHead,
         body: &mut Option<Body>,
         log: &mut RequestLog,
     ) -> Exchanged {
-        let Some(forward) = route.config.action.forward() else {
-            return Err(RequestEnd::NoRoute);
-        };
         let policy = &route.config.policy;
         let bodiless = body.is_none();
         // A request that cannot be retried never goes on a reused
         // connection the upstream may be closing (`checkout`).
         let fresh = !policy.http.pool_reuse_non_idempotent && !head.req.method().is_idempotent();
         loop {
-            let pool = &pools[route.next_target(forward.targets.len())];
+            let pool = match pools.pick_now() {
+                Some(p) => p,
+                // (The cluster's names are being resolved for the first
+                // time, or resolved to nothing.)
+                None => tokio::time::timeout(policy.connect_timeout, pools.pick())
+                    .await
+                    .map_err(|_| RequestEnd::UpstreamUnresolved)??,
+            };
             // The line of a request that fails before a connection names
-            // the target all the same (when it is an address).
-            log.upstream = log.upstream.or(pool.addr());
+            // the endpoint all the same.
+            log.upstream = log.upstream.or(Some(pool.addr()));
             if head.missing_host {
                 if let Ok(v) = HeaderValue::from_str(pool.target()) {
                     head.set.replace(header::HOST, v);
@@ -520,7 +527,9 @@ impl Handler {
             // (An idle connection of ours at hand needs no future at all.)
             // The client's share of the target's connections, claimed
             // before one is taken (fairness: `ClientShares`).
-            let share = pool.claim(self.info.client.ip())?;
+            let share = pool
+                .claim(self.info.client.ip())
+                .map_err(|_| RequestEnd::LimitClientShare)?;
             let idle = if fresh {
                 None
             } else {
@@ -532,15 +541,15 @@ impl Handler {
                     match Box::pin(pool.checkout(policy.connect_timeout, bodiless, fresh)).await {
                         Ok(c) => c,
                         Err(
-                            end @ (RequestEnd::UpstreamTlsVerifyFailed
-                            | RequestEnd::UpstreamTlsHandshakeFailed),
+                            e
+                            @ (UpstreamError::TlsVerifyFailed | UpstreamError::TlsHandshakeFailed),
                         ) => {
                             if let Some(why) = pool.last_tls_error() {
                                 self.entry.show_upstream_error(why);
                             }
-                            return Err(end);
+                            return Err(e.into());
                         }
-                        Err(end) => return Err(end),
+                        Err(e) => return Err(e.into()),
                     }
                 }
             };

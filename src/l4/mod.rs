@@ -19,6 +19,8 @@ use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
 use crate::routing::{self, RouteInput};
 use crate::runtime::{ListenerRt, Runtime, Snapshot};
+use crate::upstream::UpstreamError;
+use crate::upstream::cluster::{Cluster, Endpoint};
 
 /// Owns `client` until it is closed, then records the end in the table.
 /// `listener` is the listener's place in `snap`, the snapshot the
@@ -220,7 +222,7 @@ async fn run(
                     route,
                     guard,
                     listener,
-                    &snap.upstream_tls[route.index],
+                    snap,
                     rt,
                 ))
                 .await,
@@ -230,13 +232,13 @@ async fn run(
 
     // --- connecting ---------------------------------------------------
     guard.set_state(ConnState::Connecting);
-    let target = &forward.targets[route.next_target(forward.targets.len())];
+    let cluster = &snap.clusters[forward.cluster];
     let started = Instant::now();
-    let upstream = tokio::select! {
+    let (upstream, _) = tokio::select! {
         // Boxed: the connect future is large and needed only in this state.
-        r = Box::pin(timeout(policy.connect_timeout, connect(target))) => match r {
+        r = Box::pin(timeout(policy.connect_timeout, connect(cluster))) => match r {
             Err(_elapsed) => return Step::End(EndReason::UpstreamConnectTimeout),
-            Ok(Err(reason)) => return Step::End(reason),
+            Ok(Err(e)) => return Step::End(e.into()),
             Ok(Ok(s)) => s,
         },
         reason = client_gone(&client) => return Step::End(reason),
@@ -246,7 +248,6 @@ async fn run(
     if let Ok(addr) = upstream.peer_addr() {
         guard.set_upstream(addr);
     }
-    let _ = upstream.set_nodelay(true);
 
     // Bytes owed to the upstream before anything else the client sends;
     // the client's early bytes count as client bytes, our header does not.
@@ -356,12 +357,13 @@ async fn terminate(
     route: &routing::Route,
     guard: &mut ConnGuard,
     listener: &Arc<ListenerRt>,
-    upstream_tls: &Option<Arc<rustls::ClientConfig>>,
+    snap: &Snapshot,
     rt: &Arc<Runtime>,
 ) -> EndReason {
     let Some(forward) = route.config.action.forward() else {
         return EndReason::NoRoute;
     };
+    let upstream_tls = &snap.upstream_tls[route.index];
     let policy = &route.config.policy;
     let stream = match tls::accept(client, early, guard, listener, rt, deadline).await {
         Ok(s) => s,
@@ -379,13 +381,13 @@ async fn terminate(
     let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
 
     guard.set_state(ConnState::Connecting);
-    let target = &forward.targets[route.next_target(forward.targets.len())];
+    let cluster = &snap.clusters[forward.cluster];
     let started = Instant::now();
     let connect_deadline = tokio::time::Instant::now() + policy.connect_timeout;
-    let mut upstream = tokio::select! {
-        r = Box::pin(tokio::time::timeout_at(connect_deadline, connect(target))) => match r {
+    let (mut upstream, endpoint) = tokio::select! {
+        r = Box::pin(tokio::time::timeout_at(connect_deadline, connect(cluster))) => match r {
             Err(_elapsed) => return EndReason::UpstreamConnectTimeout,
-            Ok(Err(reason)) => return reason,
+            Ok(Err(e)) => return e.into(),
             Ok(Ok(s)) => s,
         },
         _ = route.closing.closing() => return route.closing.end_reason(),
@@ -393,7 +395,6 @@ async fn terminate(
     if let Ok(addr) = upstream.peer_addr() {
         guard.set_upstream(addr);
     }
-    let _ = upstream.set_nodelay(true);
     if let Some(version) = forward.send_proxy {
         let header = match version {
             ProxyVersion::V1 => proxy_protocol::encode_v1(client_addr, original_dst),
@@ -420,7 +421,7 @@ async fn terminate(
     ) {
         (TlsMode::TerminateAndReencrypt, Some(config), Some(up)) => {
             let upstream = tokio::select! {
-                r = tls::connect_upstream(upstream, config.clone(), up, target, connect_deadline) => match r {
+                r = tls::connect_upstream(upstream, config.clone(), up, &endpoint.target, connect_deadline) => match r {
                     Ok(s) => s,
                     Err(reason) => return reason,
                 },
@@ -496,22 +497,11 @@ pub(crate) async fn read_more(
     }
 }
 
-async fn connect(target: &str) -> Result<TcpStream, EndReason> {
-    let addr = match target.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => tokio::net::lookup_host(target)
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or(EndReason::UpstreamUnresolved)?,
-    };
-    TcpStream::connect(addr).await.map_err(|e| {
-        tracing::debug!(target, error = %e, "upstream connect failed");
-        match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => EndReason::UpstreamRefused,
-            _ => EndReason::UpstreamConnectError,
-        }
-    })
+/// A connection to the cluster's next endpoint (the caller bounds it).
+async fn connect(cluster: &Cluster) -> Result<(TcpStream, Endpoint), UpstreamError> {
+    let endpoint = cluster.pick().await?;
+    let stream = crate::upstream::connect::tcp(endpoint.addr).await?;
+    Ok((stream, endpoint))
 }
 
 /// Resolves when the client closes or resets before the upstream is ready.

@@ -19,7 +19,7 @@ use crate::io::Prefixed;
 use crate::runtime::{ListenerRt, Runtime, Snapshot};
 use crate::shutdown::ShutdownSignal;
 use crate::tls::hello::{self, Hello, Parsed};
-use crate::tls::settings::{self, UpstreamTlsFailure};
+use crate::tls::settings;
 
 /// Reads until `buf` holds a complete ClientHello (the bytes stay in `buf`).
 pub async fn read_hello(client: &TcpStream, buf: &mut Vec<u8>) -> Result<Hello, EndReason> {
@@ -112,18 +112,11 @@ pub async fn connect_upstream(
     target: &str,
     deadline: Instant,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, EndReason> {
-    let name = settings::server_name(tls, target);
-    let connecting = tokio_rustls::TlsConnector::from(config).connect(name, upstream);
+    let connecting = crate::upstream::connect::tls(upstream, config, tls, target);
     match timeout_at(deadline, connecting).await {
         Err(_) => Err(EndReason::UpstreamConnectTimeout),
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => {
-            tracing::info!(target, error = %settings::describe_upstream(&e), "upstream TLS handshake failed");
-            Err(match settings::classify_upstream(&e) {
-                UpstreamTlsFailure::Verify => EndReason::UpstreamTlsVerifyFailed,
-                UpstreamTlsFailure::Handshake => EndReason::UpstreamTlsHandshakeFailed,
-            })
-        }
+        Ok(Err(failure)) => Err(failure.error.into()),
     }
 }
 

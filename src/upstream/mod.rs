@@ -18,9 +18,14 @@
 //! own task. A raw idle connection can serve a request hyper's client
 //! carries (a body, an upgrade): it is handed to hyper for good.
 
+pub mod cluster;
+pub mod connect;
+pub mod error;
 pub mod h1;
 pub mod send_batch;
 pub mod shared_io;
+
+pub use error::UpstreamError;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -37,8 +42,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{HttpPolicy, UpstreamConfig, UpstreamProtocol};
 use crate::http::body::Body;
-use crate::http::error::RequestEnd;
-use crate::tls::settings::{self, UpstreamTlsFailure};
 
 /// How a route's requests reach its targets.
 #[derive(Clone)]
@@ -91,8 +94,10 @@ impl Sender {
     }
 }
 
+/// One endpoint's connections for one route.
 pub struct TargetPool {
-    target: String,
+    /// The endpoint as configured (`host:port`).
+    target: Arc<str>,
     /// Connections in use per client address (`ClientShares`).
     shares: Arc<ClientShares>,
     upstream: Upstream,
@@ -103,8 +108,8 @@ pub struct TargetPool {
     /// Why the last TLS handshake with this target failed (shown on the
     /// connection whose request it failed: `/connections`).
     last_tls_error: Mutex<Option<Arc<str>>>,
-    /// The target, when it is an address (not a name to resolve).
-    addr: Option<SocketAddr>,
+    /// The endpoint's address.
+    addr: SocketAddr,
     max_idle: usize,
     idle_timeout: Duration,
     wait_timeout: Duration,
@@ -142,10 +147,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TargetPool {
-    pub fn new(target: String, policy: &HttpPolicy, upstream: Upstream) -> Arc<TargetPool> {
+    pub fn new(
+        endpoint: &cluster::Endpoint,
+        policy: &HttpPolicy,
+        upstream: Upstream,
+    ) -> Arc<TargetPool> {
         Arc::new(TargetPool {
-            addr: target.parse().ok(),
-            target,
+            addr: endpoint.addr,
+            target: endpoint.target.clone(),
             shares: Arc::new(ClientShares::new(policy.pool_max_per_client)),
             upstream,
             idle: Mutex::new(Vec::new()),
@@ -159,16 +168,13 @@ impl TargetPool {
     }
 
     /// A claim for `client` on one of this target's connections, or
-    /// `LimitClientShare` when it holds its share already. Shared HTTP/2
+    /// `ShareTaken` when it holds its share already. Shared HTTP/2
     /// connections hold no slot per request: no claim.
-    pub fn claim(&self, client: IpAddr) -> Result<Option<ShareClaim>, RequestEnd> {
+    pub fn claim(&self, client: IpAddr) -> Result<Option<ShareClaim>, ShareTaken> {
         if self.upstream.http2 {
             return Ok(None);
         }
-        self.shares
-            .claim(client)
-            .map(Some)
-            .ok_or(RequestEnd::LimitClientShare)
+        self.shares.claim(client).map(Some).ok_or(ShareTaken)
     }
 
     /// The target as configured (`host:port`).
@@ -251,7 +257,7 @@ impl TargetPool {
     async fn checkout_h2(
         self: &Arc<Self>,
         connect_timeout: Duration,
-    ) -> Result<(PooledConn, Option<Duration>), RequestEnd> {
+    ) -> Result<(PooledConn, Option<Duration>), UpstreamError> {
         {
             let shared = lock(&self.shared);
             if let Some(s) = shared.as_ref().filter(|s| !s.sender.is_closed()) {
@@ -268,7 +274,7 @@ impl TargetPool {
         }
         let (sender, peer, permit, took) = self.open(connect_timeout, false).await?;
         let Sender::H2(h2) = &sender else {
-            return Err(RequestEnd::UpstreamProtocolError);
+            return Err(UpstreamError::ProtocolError);
         };
         // Another request may have opened one meanwhile: the newest wins,
         // the other stays usable by those holding it and closes after them.
@@ -295,21 +301,21 @@ impl TargetPool {
         &self,
         connect_timeout: Duration,
         raw: bool,
-    ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), RequestEnd> {
+    ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), UpstreamError> {
         let permit = self.slot().await?;
         let started = Instant::now();
         // Boxed: the connect's state is large and needed only here.
         let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect(raw)))
             .await
-            .map_err(|_| RequestEnd::UpstreamConnectTimeout)??;
+            .map_err(|_| UpstreamError::ConnectTimeout)??;
         Ok((sender, peer, permit, started.elapsed()))
     }
 
     /// A slot for a new connection, waiting at most the pool's wait timeout.
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, RequestEnd> {
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
         match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
-            _ => Err(RequestEnd::UpstreamPoolExhausted),
+            _ => Err(UpstreamError::PoolExhausted),
         }
     }
 
@@ -320,7 +326,7 @@ impl TargetPool {
     async fn open_detached(
         self: &Arc<Self>,
         connect_timeout: Duration,
-    ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), RequestEnd> {
+    ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), UpstreamError> {
         let permit = self.slot().await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let pool = self.clone();
@@ -328,7 +334,7 @@ impl TargetPool {
             let started = Instant::now();
             let connected = tokio::time::timeout(connect_timeout, pool.connect(true))
                 .await
-                .unwrap_or(Err(RequestEnd::UpstreamConnectTimeout));
+                .unwrap_or(Err(UpstreamError::ConnectTimeout));
             let (sender, peer) = match connected {
                 Ok(c) => c,
                 Err(e) => {
@@ -344,7 +350,7 @@ impl TargetPool {
                 pool.keep_idle(sender, peer, permit);
             }
         });
-        rx.await.unwrap_or(Err(RequestEnd::UpstreamConnectError))
+        rx.await.unwrap_or(Err(UpstreamError::ConnectError))
     }
 
     /// Keeps a connection that can serve another request, if the pool has
@@ -364,8 +370,8 @@ impl TargetPool {
         }
     }
 
-    /// The target's address, when it is one (not a name to resolve).
-    pub fn addr(&self) -> Option<SocketAddr> {
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
@@ -396,7 +402,7 @@ impl TargetPool {
         connect_timeout: Duration,
         raw_ok: bool,
         fresh: bool,
-    ) -> Result<(PooledConn, Option<Duration>), RequestEnd> {
+    ) -> Result<(PooledConn, Option<Duration>), UpstreamError> {
         if self.upstream.http2 {
             return self.checkout_h2(connect_timeout).await;
         }
@@ -492,20 +498,9 @@ impl TargetPool {
         }
     }
 
-    async fn connect(&self, raw: bool) -> Result<(Sender, SocketAddr), RequestEnd> {
-        let addr = match self.addr {
-            Some(a) => a,
-            None => tokio::net::lookup_host(self.target.as_str())
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or(RequestEnd::UpstreamUnresolved)?,
-        };
-        let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => RequestEnd::UpstreamRefused,
-            _ => RequestEnd::UpstreamConnectError,
-        })?;
-        let _ = stream.set_nodelay(true);
+    async fn connect(&self, raw: bool) -> Result<(Sender, SocketAddr), UpstreamError> {
+        let addr = self.addr;
+        let stream = connect::tcp(addr).await?;
         let Some((config, tls)) = &self.upstream.tls else {
             if raw {
                 return Ok((Sender::Raw(h1::RawConn::new(stream)), addr));
@@ -513,24 +508,17 @@ impl TargetPool {
             return Ok((self.handshake_tcp(stream).await?, addr));
         };
         let (stream, socket) = shared_io::SharedIo::new(stream);
-        let name = settings::server_name(tls, &self.target);
-        let stream = tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, stream)
+        let stream = connect::tls(stream, config.clone(), tls, &self.target)
             .await
-            .map_err(|e| {
-                let detail: Arc<str> = settings::describe_upstream(&e).into();
-                tracing::info!(target = %self.target, error = %detail, "upstream TLS handshake failed");
-                *lock(&self.last_tls_error) = Some(detail);
-                match settings::classify_upstream(&e) {
-                    UpstreamTlsFailure::Verify => RequestEnd::UpstreamTlsVerifyFailed,
-                    UpstreamTlsFailure::Handshake => RequestEnd::UpstreamTlsHandshakeFailed,
-                }
+            .map_err(|f| {
+                *lock(&self.last_tls_error) = Some(f.detail);
+                f.error
             })?;
         Ok((self.handshake(stream, socket).await?, addr))
     }
 
     /// `handshake` on a plain TCP connection.
-    async fn handshake_tcp(&self, stream: TcpStream) -> Result<Sender, RequestEnd> {
+    async fn handshake_tcp(&self, stream: TcpStream) -> Result<Sender, UpstreamError> {
         let (io, socket) = shared_io::SharedIo::new(stream);
         self.handshake(io, socket).await
     }
@@ -542,7 +530,7 @@ impl TargetPool {
         &self,
         stream: S,
         socket: std::sync::Weak<TcpStream>,
-    ) -> Result<Sender, RequestEnd>
+    ) -> Result<Sender, UpstreamError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -551,7 +539,7 @@ impl TargetPool {
                 .timer(TokioTimer::new())
                 .handshake(TokioIo::new(stream))
                 .await
-                .map_err(|_| RequestEnd::UpstreamProtocolError)?;
+                .map_err(|_| UpstreamError::ProtocolError)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
@@ -562,7 +550,7 @@ impl TargetPool {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|_| RequestEnd::UpstreamConnectError)?;
+            .map_err(|_| UpstreamError::ConnectError)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -703,6 +691,10 @@ impl ClientShares {
         self.buckets[Self::bucket(ip)].load(Ordering::Relaxed)
     }
 }
+
+/// The client holds its share of the target's connections already.
+#[derive(Debug)]
+pub struct ShareTaken;
 
 /// One connection held for a client address; dropping it gives it back.
 pub struct ShareClaim {

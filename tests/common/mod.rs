@@ -30,23 +30,50 @@ impl Gatehouse {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gatehouse {
-        Self::start_with(config, env, None)
+        Self::start_with(config, env, &[])
     }
 
     /// Starts Gatehouse with its descriptor limit (soft and hard) set to
     /// `nofile`, through util-linux's `prlimit`.
     pub fn start_with_nofile(config: &str, nofile: u64) -> Gatehouse {
-        Self::start_with(config, &[], Some(nofile))
+        Self::start_with(
+            config,
+            &[],
+            &["prlimit", &format!("--nofile={nofile}:{nofile}")],
+        )
     }
 
-    fn start_with(config: &str, env: &[(&str, &str)], nofile: Option<u64>) -> Gatehouse {
+    /// Starts Gatehouse in a mount namespace of its own where `hosts` is
+    /// its /etc/hosts (bind-mounted: the test rewrites the file in place
+    /// to change what names resolve to).
+    pub fn start_with_hosts(config: &str, hosts: &std::path::Path) -> Gatehouse {
+        let hosts = hosts.to_str().unwrap();
+        Self::start_with(
+            config,
+            &[],
+            &[
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+                hosts,
+            ],
+        )
+    }
+
+    /// `wrapper`: a command line that runs the binary (its last word
+    /// before the binary's path), as the same process.
+    fn start_with(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gatehouse.toml");
         std::fs::write(&path, config).unwrap();
-        let mut cmd = match nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
                 c
             }
             None => Command::new(BIN),

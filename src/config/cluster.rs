@@ -1,0 +1,126 @@
+//! `[[clusters]]`: named sets of endpoints (an address, `host:port` or
+//! `ip:port`, and a weight) that routes forward to with `action.cluster`.
+//! A route's `action.forward = [...]` is shorthand for a cluster of its
+//! own, named after the route (`inline`).
+
+use std::time::Duration;
+
+use super::raw::{RawConfig, S, Scalar};
+use super::{Ctx, check_target};
+
+/// How often names in a cluster are resolved again, unless it says.
+pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// The largest endpoint weight (as nginx's).
+const MAX_WEIGHT: u64 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    /// Names among the endpoints are resolved again this often (every
+    /// address a name has becomes an endpoint).
+    pub resolve_every: Duration,
+    /// Made from a route's `action.forward` list.
+    pub inline: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// `host:port` or `ip:port`.
+    pub address: String,
+    /// Its share of new connections and requests, relative to the others.
+    pub weight: u32,
+}
+
+impl Ctx<'_> {
+    /// The named clusters, in file order.
+    pub(super) fn clusters(&mut self, raw: &RawConfig) -> Vec<ClusterConfig> {
+        let mut out: Vec<ClusterConfig> = Vec::new();
+        for (i, rc) in raw.clusters.iter().enumerate() {
+            let field = |f: &str| format!("clusters[{i}].{f}");
+            let c = rc.get_ref();
+            let name = self.string(&c.name, &field("name")).unwrap_or_default();
+            if name.is_empty() {
+                self.err(&c.name.span(), &field("name"), "must not be empty");
+            } else if out.iter().any(|o| o.name == name) {
+                self.err(
+                    &c.name.span(),
+                    &field("name"),
+                    &format!("duplicate cluster name {name:?}"),
+                );
+            }
+            let mut endpoints = Vec::new();
+            for (j, e) in c.endpoints.get_ref().iter().enumerate() {
+                let field = |f: &str| format!("clusters[{i}].endpoints[{j}].{f}");
+                let e = e.get_ref();
+                let weight = match &e.weight {
+                    None => Some(1),
+                    Some(w) => self.weight(w, &field("weight")),
+                };
+                if let (Some(address), Some(weight)) =
+                    (self.target(&e.address, &field("address")), weight)
+                {
+                    endpoints.push(EndpointConfig { address, weight });
+                }
+            }
+            if c.endpoints.get_ref().is_empty() {
+                self.err(
+                    &c.endpoints.span(),
+                    &field("endpoints"),
+                    "list at least one endpoint: { address = \"host:port\" }",
+                );
+            }
+            let resolve_every = self.required_duration(
+                c.resolve_every.as_ref(),
+                &field("resolve_every"),
+                DEFAULT_RESOLVE_EVERY,
+            );
+            out.push(ClusterConfig {
+                name,
+                endpoints,
+                resolve_every,
+                inline: false,
+            });
+        }
+        out
+    }
+
+    /// A route's `action.forward` list as its own cluster.
+    pub(super) fn inline_cluster(
+        &mut self,
+        route: &str,
+        list: &S<Vec<S<String>>>,
+        field: &str,
+    ) -> ClusterConfig {
+        let endpoints = list
+            .get_ref()
+            .iter()
+            .filter_map(|t| self.target(t, field))
+            .map(|address| EndpointConfig { address, weight: 1 })
+            .collect();
+        if list.get_ref().is_empty() {
+            self.err(&list.span(), field, "list at least one target");
+        }
+        ClusterConfig {
+            name: route.to_owned(),
+            endpoints,
+            resolve_every: DEFAULT_RESOLVE_EVERY,
+            inline: true,
+        }
+    }
+
+    fn target(&mut self, v: &S<String>, field: &str) -> Option<String> {
+        let s = self.string(v, field)?;
+        match check_target(&s) {
+            Ok(()) => Some(s),
+            Err(m) => {
+                self.err(&v.span(), field, &m);
+                None
+            }
+        }
+    }
+
+    fn weight(&mut self, v: &S<Scalar>, field: &str) -> Option<u32> {
+        self.count(v, field, MAX_WEIGHT).map(|w| w as u32)
+    }
+}

@@ -1,0 +1,368 @@
+//! Clusters at run time: a cluster's endpoints (every address of every
+//! configured endpoint, with its weight) sit in an `ArcSwap` that the data
+//! plane reads without a lock. Names are resolved by the cluster, not per
+//! connect: once when it is made, then every `resolve_every` by a task of
+//! its own (which ends with the cluster); a name that fails to resolve
+//! keeps its last good addresses. Picking is weighted round robin.
+//!
+//! A route's HTTP pools (`RoutePools`) are one `TargetPool` per endpoint,
+//! keyed by the endpoint's address: a change of the endpoint set keeps the
+//! pools (and idle connections) of the endpoints that stay.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::error::UpstreamError;
+use super::{TargetPool, Upstream};
+use crate::config::{ClusterConfig, HttpPolicy};
+
+/// One address to send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// The endpoint as configured (`host:port`): the name TLS verifies
+    /// and a request without a `Host` gets.
+    pub target: Arc<str>,
+}
+
+/// A cluster's endpoints at one moment.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    /// One more at each change of the set.
+    pub generation: u64,
+    pub endpoints: Vec<Endpoint>,
+    /// Running sums of the weights (for picking).
+    cumulative: Vec<u64>,
+    /// Every name has been looked up at least once.
+    pub settled: bool,
+}
+
+impl EndpointSet {
+    fn new(generation: u64, endpoints: Vec<Endpoint>, settled: bool) -> EndpointSet {
+        let mut sum = 0;
+        let cumulative = endpoints
+            .iter()
+            .map(|e| {
+                sum += u64::from(e.weight);
+                sum
+            })
+            .collect();
+        EndpointSet {
+            generation,
+            endpoints,
+            cumulative,
+            settled,
+        }
+    }
+
+    /// The endpoint at position `n` of the weighted cycle.
+    fn at(&self, n: usize) -> Option<usize> {
+        let total = *self.cumulative.last()?;
+        let n = n as u64 % total;
+        Some(self.cumulative.partition_point(|&c| c <= n))
+    }
+}
+
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub config: ClusterConfig,
+    set: ArcSwap<EndpointSet>,
+    next: AtomicUsize,
+    /// The generation, announced after each resolution round.
+    resolved: tokio::sync::watch::Sender<u64>,
+}
+
+impl Cluster {
+    /// A cluster whose address endpoints are ready at once; names are
+    /// resolved by `start_resolving`.
+    pub fn new(config: ClusterConfig) -> Arc<Cluster> {
+        let literal: Vec<Endpoint> = config
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                Some(Endpoint {
+                    addr: e.address.parse().ok()?,
+                    weight: e.weight,
+                    target: e.address.as_str().into(),
+                })
+            })
+            .collect();
+        let settled = literal.len() == config.endpoints.len();
+        Arc::new(Cluster {
+            name: config.name.as_str().into(),
+            set: ArcSwap::from_pointee(EndpointSet::new(1, literal, settled)),
+            next: AtomicUsize::new(0),
+            resolved: tokio::sync::watch::channel(1).0,
+            config,
+        })
+    }
+
+    fn has_names(&self) -> bool {
+        self.config
+            .endpoints
+            .iter()
+            .any(|e| e.address.parse::<SocketAddr>().is_err())
+    }
+
+    /// Resolves the cluster's names now and every `resolve_every` after,
+    /// in a task that ends once the cluster is dropped (no names: no task;
+    /// outside a runtime, as in unit tests: nothing).
+    pub fn start_resolving(self: &Arc<Self>) {
+        if !self.has_names() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let every = self.config.resolve_every;
+        rt.spawn(async move {
+            loop {
+                let Some(cluster) = Weak::upgrade(&weak) else {
+                    return;
+                };
+                cluster.resolve().await;
+                drop(cluster);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// One resolution round: every name's addresses now, or its last good
+    /// ones where the lookup fails.
+    pub async fn resolve(&self) {
+        let current = self.set.load_full();
+        let deadline = self.config.resolve_every.min(Duration::from_secs(5));
+        let mut endpoints = Vec::new();
+        for e in &self.config.endpoints {
+            let target: Arc<str> = e.address.as_str().into();
+            if let Ok(addr) = e.address.parse::<SocketAddr>() {
+                endpoints.push(Endpoint {
+                    addr,
+                    weight: e.weight,
+                    target,
+                });
+                continue;
+            }
+            let looked_up = tokio::time::timeout(deadline, tokio::net::lookup_host(&e.address))
+                .await
+                .map_err(|_| format!("no answer in {deadline:?}"))
+                .and_then(|r| r.map_err(|err| err.to_string()));
+            let mut addrs: Vec<SocketAddr> = match looked_up {
+                Ok(a) => a.collect(),
+                Err(err) => {
+                    let kept = current
+                        .endpoints
+                        .iter()
+                        .filter(|x| x.target == target)
+                        .count();
+                    tracing::warn!(cluster = %self.name, name = %e.address, error = %err, kept, "resolution failed: the last good addresses stay");
+                    Vec::new()
+                }
+            };
+            if addrs.is_empty() {
+                addrs = current
+                    .endpoints
+                    .iter()
+                    .filter(|x| x.target == target)
+                    .map(|x| x.addr)
+                    .collect();
+            }
+            addrs.sort();
+            addrs.dedup();
+            endpoints.extend(addrs.into_iter().map(|addr| Endpoint {
+                addr,
+                weight: e.weight,
+                target: target.clone(),
+            }));
+        }
+        let generation = if endpoints == current.endpoints {
+            current.generation
+        } else {
+            let list: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
+            tracing::info!(cluster = %self.name, endpoints = %list.join(" "), "cluster endpoints changed");
+            current.generation + 1
+        };
+        if generation != current.generation || !current.settled {
+            self.set
+                .store(Arc::new(EndpointSet::new(generation, endpoints, true)));
+        }
+        self.resolved.send_replace(generation);
+    }
+
+    /// The endpoints now.
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.set.load()
+    }
+
+    /// The position in `set` of the next endpoint (weighted round robin).
+    pub fn pick_in(&self, set: &EndpointSet) -> Option<usize> {
+        set.at(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The next endpoint, waiting for the first resolution of the names
+    /// if it is still under way (the caller bounds the wait).
+    pub async fn pick(&self) -> Result<Endpoint, UpstreamError> {
+        self.settled().await;
+        let set = self.endpoints();
+        let i = self.pick_in(&set).ok_or(UpstreamError::Unresolved)?;
+        Ok(set.endpoints[i].clone())
+    }
+
+    /// Until every name has been looked up once.
+    pub async fn settled(&self) {
+        if self.set.load().settled {
+            return;
+        }
+        let mut rx = self.resolved.subscribe();
+        while !self.set.load().settled {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A route's HTTP pools: one per endpoint of its cluster, with the route's
+/// pool settings and upstream protocol.
+pub struct RoutePools {
+    pub cluster: Arc<Cluster>,
+    policy: HttpPolicy,
+    upstream: Upstream,
+    current: ArcSwap<PoolSet>,
+    rebuilding: Mutex<()>,
+}
+
+/// The pools for one generation of the endpoint set, in its order.
+pub struct PoolSet {
+    generation: u64,
+    pub pools: Vec<Arc<TargetPool>>,
+}
+
+impl RoutePools {
+    pub fn new(cluster: Arc<Cluster>, policy: &HttpPolicy, upstream: Upstream) -> RoutePools {
+        let pools = RoutePools {
+            cluster,
+            policy: policy.clone(),
+            upstream,
+            current: ArcSwap::from_pointee(PoolSet {
+                generation: 0,
+                pools: Vec::new(),
+            }),
+            rebuilding: Mutex::new(()),
+        };
+        pools.for_set(&pools.cluster.endpoints());
+        pools
+    }
+
+    /// The pools matching `set` (made for it, keeping those of endpoints
+    /// that were already there, when the set changed).
+    pub fn for_set(&self, set: &EndpointSet) -> arc_swap::Guard<Arc<PoolSet>> {
+        let now = self.current.load();
+        if now.generation == set.generation {
+            return now;
+        }
+        drop(now);
+        let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        if old.generation != set.generation {
+            let pools = set
+                .endpoints
+                .iter()
+                .map(|e| {
+                    old.pools
+                        .iter()
+                        .find(|p| p.addr() == e.addr && p.target() == &*e.target)
+                        .cloned()
+                        .unwrap_or_else(|| TargetPool::new(e, &self.policy, self.upstream.clone()))
+                })
+                .collect();
+            self.current.store(Arc::new(PoolSet {
+                generation: set.generation,
+                pools,
+            }));
+        }
+        self.current.load()
+    }
+
+    /// The pool of the next endpoint, waiting for the cluster's first
+    /// resolution if needed (the caller bounds the wait).
+    pub async fn pick(&self) -> Result<Arc<TargetPool>, UpstreamError> {
+        self.cluster.settled().await;
+        self.pick_now().ok_or(UpstreamError::Unresolved)
+    }
+
+    /// The pool of the next endpoint, if the cluster has one now.
+    pub fn pick_now(&self) -> Option<Arc<TargetPool>> {
+        let set = self.cluster.endpoints();
+        let i = self.cluster.pick_in(&set)?;
+        self.for_set(&set).pools.get(i).cloned()
+    }
+
+    /// Closes idle connections past their lifetime (every endpoint's).
+    pub fn reap(&self) {
+        self.current.load().pools.iter().for_each(|p| p.reap());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EndpointConfig;
+
+    fn cluster(endpoints: &[(&str, u32)]) -> Arc<Cluster> {
+        Cluster::new(ClusterConfig {
+            name: "c".into(),
+            endpoints: endpoints
+                .iter()
+                .map(|(a, w)| EndpointConfig {
+                    address: (*a).into(),
+                    weight: *w,
+                })
+                .collect(),
+            resolve_every: Duration::from_secs(30),
+            inline: false,
+        })
+    }
+
+    #[test]
+    fn weights_share_the_cycle() {
+        let c = cluster(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 3)]);
+        let set = c.endpoints();
+        let picks: Vec<usize> = (0..8).map(|_| c.pick_in(&set).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 1, 1, 0, 1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn every_address_of_a_name_is_an_endpoint_and_a_failed_lookup_keeps_them() {
+        let c = cluster(&[("localhost:80", 1), ("127.0.0.9:81", 2)]);
+        assert!(!c.endpoints().settled, "a name waits for its lookup");
+        c.resolve().await;
+        let set = c.endpoints();
+        assert!(set.settled);
+        let from_name: Vec<_> = set
+            .endpoints
+            .iter()
+            .filter(|e| &*e.target == "localhost:80")
+            .collect();
+        assert!(!from_name.is_empty(), "{set:?}");
+        assert!(from_name.iter().all(|e| e.addr.ip().is_loopback()));
+        // A second round with the same answers changes nothing.
+        let generation = set.generation;
+        c.resolve().await;
+        assert_eq!(c.endpoints().generation, generation);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_never_resolved_leaves_the_cluster_without_it() {
+        let c = cluster(&[("nothing.invalid:80", 1)]);
+        c.resolve().await;
+        assert!(c.endpoints().settled);
+        assert_eq!(c.pick().await, Err(UpstreamError::Unresolved));
+    }
+}

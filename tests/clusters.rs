@@ -1,0 +1,129 @@
+//! Clusters against the real binary: routes (L4 and HTTP) share a named
+//! cluster, every address of a name is an endpoint, and a change of what
+//! the name resolves to reaches the routes within the re-resolution
+//! interval, with the last good addresses kept while it fails. Names come
+//! from /etc/hosts in a mount namespace of the proxy's own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// An HTTP backend on `addr` answering every request with its own address.
+fn named_backend(addr: &str) -> SocketAddr {
+    let l = TcpListener::bind(addr).unwrap();
+    let bound = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                while read_request(&mut s).is_some() {
+                    if s.write_all(&ok_response(&bound.ip().to_string())).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    bound
+}
+
+fn get(addr: SocketAddr) -> String {
+    let (head, body) = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    String::from_utf8(body).unwrap()
+}
+
+/// The same request over the L4 listener.
+fn get_l4(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    String::from_utf8(body).unwrap()
+}
+
+#[test]
+fn a_name_that_resolves_elsewhere_is_followed_and_a_failed_lookup_keeps_the_last_answer() {
+    let two = named_backend("127.0.0.2:0");
+    let port = two.port();
+    named_backend(&format!("127.0.0.3:{port}"));
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.2 backend.test\n").unwrap();
+    let config = format!(
+        r#"admin.bind = "127.0.0.1:0"
+workers = 2
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+
+[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:0"
+
+[[clusters]]
+name = "api"
+resolve_every = "200ms"
+endpoints = [{{ address = "backend.test:{port}" }}]
+
+[[routes]]
+name = "http"
+match.listener = "web"
+action.cluster = "api"
+
+[[routes]]
+name = "l4"
+match.listener = "tcp"
+action.cluster = "api"
+"#
+    );
+    let gh = Gatehouse::start_with_hosts(&config, &hosts);
+    let (web, tcp) = (gh.addr("web"), gh.addr("tcp"));
+    assert_eq!(get(web), "127.0.0.2");
+    assert_eq!(get_l4(tcp), "127.0.0.2");
+
+    // The name moves: both routes follow within the interval.
+    let moved = Instant::now();
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.3 backend.test\n").unwrap();
+    gh.wait_log(
+        &format!("\"endpoints\":\"127.0.0.3:{port}\""),
+        Duration::from_secs(5),
+    );
+    let took = moved.elapsed();
+    assert!(took < Duration::from_secs(2), "seen after {took:?}");
+    assert_eq!(get(web), "127.0.0.3");
+    assert_eq!(get_l4(tcp), "127.0.0.3");
+
+    // Two addresses: both are endpoints, in turn.
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n127.0.0.2 backend.test\n127.0.0.3 backend.test\n",
+    )
+    .unwrap();
+    gh.wait_log(
+        &format!("\"endpoints\":\"127.0.0.2:{port} 127.0.0.3:{port}\""),
+        Duration::from_secs(5),
+    );
+    let mut seen: Vec<String> = (0..4).map(|_| get(web)).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["127.0.0.2", "127.0.0.3"]);
+
+    // The name is gone: the lookup fails, the last good addresses stay.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    gh.wait_log("resolution failed", Duration::from_secs(10));
+    let mut seen: Vec<String> = (0..4).map(|_| get(web)).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["127.0.0.2", "127.0.0.3"]);
+    assert_eq!(gh.closed("upstream_unresolved"), 0);
+}
