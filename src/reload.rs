@@ -43,6 +43,8 @@ pub struct Changes {
     pub generation: u64,
     pub listeners: Diff,
     pub routes: Diff,
+    /// Named clusters (`[[clusters]]`).
+    pub clusters: Diff,
     pub certificates_changed: bool,
     /// Settings read only at start, changed in the file: in force after a
     /// restart.
@@ -287,6 +289,7 @@ impl Reloader {
             changes.listeners.removed.push(name);
         }
         routes_diff(old, &config, &mut changes.routes);
+        clusters_diff(old, &config, &mut changes.clusters);
         let next_generation = next.generation;
         let next = Arc::new(next);
         self.rt.swap_arc(next.clone());
@@ -306,6 +309,7 @@ impl Reloader {
         crate::splice::set_max_pipes(config.limits.splice_pipes);
         if changes.listeners.is_empty()
             && changes.routes.is_empty()
+            && changes.clusters.is_empty()
             && !changes.certificates_changed
         {
             tracing::info!(
@@ -443,8 +447,27 @@ fn routes_diff(old: &Config, new: &Config, diff: &mut Diff) {
     }
 }
 
+fn clusters_diff(old: &Config, new: &Config, diff: &mut Diff) {
+    let named = |c: &Config| -> Vec<config::ClusterConfig> {
+        c.clusters.iter().filter(|k| !k.inline).cloned().collect()
+    };
+    let (old, new) = (named(old), named(new));
+    for k in &new {
+        match old.iter().find(|o| o.name == k.name) {
+            None => diff.added.push(k.name.clone()),
+            Some(o) if o != k => diff.changed.push(k.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for o in &old {
+        if !new.iter().any(|k| k.name == o.name) {
+            diff.removed.push(o.name.clone());
+        }
+    }
+}
+
 /// What a route is, apart from positions in its config: its listener by
-/// name, its cluster by content.
+/// name, its cluster as below.
 fn route_key(c: &Config, r: &config::RouteConfig) -> String {
     let mut r = r.clone();
     let listener = r
@@ -453,8 +476,18 @@ fn route_key(c: &Config, r: &config::RouteConfig) -> String {
         .take()
         .and_then(|i| c.listeners.get(i))
         .map(|l| l.name.as_str());
+    // Its own cluster (`action.forward`) by content, a named one by name
+    // (a change of that is the cluster's).
     let cluster = match &mut r.action {
-        config::RouteAction::Forward(f) => c.clusters.get(std::mem::take(&mut f.cluster)),
+        config::RouteAction::Forward(f) => {
+            c.clusters.get(std::mem::take(&mut f.cluster)).map(|k| {
+                if k.inline {
+                    format!("{k:?}")
+                } else {
+                    k.name.clone()
+                }
+            })
+        }
         config::RouteAction::RedirectHttps { .. } => None,
     };
     format!("{r:?}{listener:?}{cluster:?}")

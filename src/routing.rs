@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{RouteConfig, RouteMatch};
 use crate::metrics::RouteStats;
@@ -22,7 +21,6 @@ pub struct Route {
     /// name, and closed on its own `timeouts.route_drain` after a reload
     /// removed the route.
     pub closing: ShutdownSignal,
-    next_target: AtomicUsize,
 }
 
 impl Route {
@@ -38,13 +36,7 @@ impl Route {
             config,
             stats,
             closing,
-            next_target: AtomicUsize::new(0),
         }
-    }
-
-    /// Round-robin position for the next upstream connection.
-    pub fn next_target(&self, n: usize) -> usize {
-        self.next_target.fetch_add(1, Ordering::Relaxed) % n.max(1)
     }
 }
 

@@ -363,6 +363,9 @@ action.forward = ["127.0.0.1:9"]
 name = "root"
 match.listener = "web"
 action.forward = ["127.0.0.1:9"]
+[[clusters]]
+name = "idle"
+endpoints = [{ address = "127.0.0.1:9" }]
 "#;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
@@ -376,6 +379,7 @@ action.forward = ["127.0.0.1:9"]
         "warning: c.toml:15: routes[1]: route \"never\" never matches: route \"all\" (routes[0]) takes everything it would",
         "warning: c.toml:19: routes[1].policy.allow_upgrade: has no effect: the route's listener does not speak HTTP",
         "warning: c.toml:24: routes[3]: route \"site-again\" never matches: route \"site\" (routes[2])",
+        "warning: c.toml:32: clusters[0]: no route forwards to cluster \"idle\"",
     ];
     for w in expected {
         assert!(stderr.contains(w), "missing {w:?} in:\n{stderr}");

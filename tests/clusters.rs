@@ -126,4 +126,12 @@ action.cluster = "api"
     seen.dedup();
     assert_eq!(seen, ["127.0.0.2", "127.0.0.3"]);
     assert_eq!(gh.closed("upstream_unresolved"), 0);
+
+    // A reload that changes the cluster says so; the routes using it are
+    // unchanged (their own settings are).
+    let (status, answer) = gh.reload(&config.replace("\"200ms\"", "\"300ms\""));
+    assert_eq!(status, 200, "{answer}");
+    let applied = &answer["applied"];
+    assert_eq!(applied["clusters"]["changed"], serde_json::json!(["api"]));
+    assert_eq!(applied["routes"]["changed"], serde_json::json!([]));
 }

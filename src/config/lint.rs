@@ -40,6 +40,24 @@ impl Ctx<'_> {
                 }
             }
         }
+        for (i, c) in config
+            .clusters
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.inline)
+        {
+            let used = config
+                .routes
+                .iter()
+                .any(|r| r.action.forward().is_some_and(|f| f.cluster == i));
+            if let (false, Some(rc)) = (used, raw.clusters.get(i)) {
+                out.push(self.warning(
+                    &rc.span(),
+                    format!("clusters[{i}]"),
+                    format!("no route forwards to cluster {:?}", c.name),
+                ));
+            }
+        }
         for (j, later) in config.routes.iter().enumerate() {
             let Some(rr) = raw.routes.get(j) else {
                 continue;
