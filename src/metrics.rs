@@ -268,6 +268,7 @@ impl Metrics {
             crate::splice::bytes_spliced(),
         );
 
+        #[cfg(feature = "send-batch")]
         render_single(
             &mut out,
             "gatehouse_upstream_send_batches_total",
@@ -275,6 +276,7 @@ impl Metrics {
             "Submissions (one io_uring_enter each) that wrote queued upstream request heads.",
             crate::upstream::send_batch::submissions(),
         );
+        #[cfg(feature = "send-batch")]
         render_single(
             &mut out,
             "gatehouse_upstream_batched_sends_total",

@@ -110,6 +110,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
 
     // Upstream request heads go out once per scheduler round (see
     // `send_batch`): only where every task runs on this one thread.
+    #[cfg(feature = "send-batch")]
     if tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::CurrentThread
     {

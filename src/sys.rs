@@ -11,9 +11,12 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
+#[cfg(feature = "send-batch")]
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
+#[cfg(feature = "send-batch")]
 use io_uring::{IoUring, opcode, types};
 use libmimalloc_sys as mi;
 use tokio::io::Interest;
@@ -103,6 +106,7 @@ pub fn register_owned_fd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
 }
 
 /// What became of one send of `send_all`.
+#[cfg(feature = "send-batch")]
 pub enum RingSend {
     /// Nothing was asked (the input was `None`).
     Skipped,
@@ -121,6 +125,7 @@ pub enum RingSend {
 /// are owned here until their send has completed (or leaked, `Lost`), so
 /// no buffer can be freed while the kernel may read it. The caller keeps
 /// each `fd` open for the call (the socket's owner is alive).
+#[cfg(feature = "send-batch")]
 pub fn send_all(ring: &mut IoUring, sends: Vec<Option<(RawFd, Vec<u8>)>>) -> Vec<RingSend> {
     let mut out: Vec<RingSend> = Vec::with_capacity(sends.len());
     let mut pushed = 0usize;

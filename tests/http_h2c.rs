@@ -74,6 +74,7 @@ fn many_streams_on_one_connection_with_h2load() {
 /// connections go upstream in shared submissions (`upstream::send_batch`):
 /// fewer submissions than requests, every request answered.
 #[test]
+#[cfg(feature = "send-batch")]
 fn upstream_request_heads_go_out_in_batches_on_one_worker() {
     let (backend, seen) = raw_http_backend(|_| ok_response("ok"));
     let gh = Gatehouse::start(&http_config("workers = 1", "http.h2c = true", backend, ""));

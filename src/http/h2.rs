@@ -4,9 +4,10 @@
 //! sent) is a future in a set that the connection's future polls along with
 //! the connection itself. No task per stream: no spawn, no scheduling round
 //! through the runtime, and the connection's end drops what is left of its
-//! streams, which cancels their upstream requests. The upstream request
-//! heads its streams write in one poll go out together, at its end or with
-//! the scheduler round's (`upstream::send_batch`). Its deadlines: the
+//! streams, which cancels their upstream requests. (With the `send-batch`
+//! feature, the upstream request heads its streams write in one poll go
+//! out together, at its end or with the scheduler round's:
+//! `upstream::send_batch`.) Its deadlines: the
 //! handshake within the header read timeout; without an open stream for
 //! the keep-alive timeout, GOAWAY (`NO_ERROR`) and the close.
 //!
@@ -161,6 +162,7 @@ where
         };
         // Upstream request heads our streams write in this poll go out
         // together (see `send_batch`).
+        #[cfg(feature = "send-batch")]
         let _batch = crate::upstream::send_batch::Scope::enter();
         loop {
             // The streams first: what they queue, the connection's poll
@@ -183,7 +185,9 @@ where
                     Poll::Pending => break,
                 }
             }
-            if accepted || crate::upstream::send_batch::flush_scope() > 0 {
+            #[cfg(feature = "send-batch")]
+            let accepted = accepted || crate::upstream::send_batch::flush_scope() > 0;
+            if accepted {
                 continue;
             }
             // Keep-alive: a connection without streams for the keep-alive

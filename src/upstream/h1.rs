@@ -15,6 +15,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
+#[cfg(feature = "send-batch")]
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
@@ -26,6 +27,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[cfg(feature = "send-batch")]
 use super::send_batch::Sent;
 use super::{PooledConn, Sender};
 use crate::http::body::{BodyError, StreamError};
@@ -64,6 +66,7 @@ pub enum Pending {
 const DRAIN_MAX: usize = 64 * 1024;
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
+#[cfg(feature = "send-batch")]
 /// The send of a request head, as the exchange awaits it: dropped with the
 /// exchange, the connection is clean if no byte left, owes the response if
 /// all of them did.
@@ -73,6 +76,7 @@ struct Sending<'a> {
     head_request: bool,
 }
 
+#[cfg(feature = "send-batch")]
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
         use super::send_batch::Progress;
@@ -135,6 +139,28 @@ impl RawConn {
         }
     }
 
+    /// Hands a request head to this thread's batch (`send_batch`): what
+    /// is left for this task to write, and from where.
+    #[cfg(feature = "send-batch")]
+    async fn send_batched(
+        &mut self,
+        request: Vec<u8>,
+        head_request: bool,
+    ) -> Result<Option<(Vec<u8>, usize)>, ExchangeError> {
+        self.pending = Pending::Unknown;
+        let mut sending = Sending {
+            send: super::send_batch::send(self.stream.as_raw_fd(), request),
+            pending: &mut self.pending,
+            head_request,
+        };
+        Ok(match (&mut sending.send).await {
+            Sent::Direct(bytes) => Some((bytes, 0)),
+            Sent::Written { bytes, written } if written < bytes.len() => Some((bytes, written)),
+            Sent::Written { .. } => None,
+            Sent::Failed => return Err(ExchangeError::ClosedEarly),
+        })
+    }
+
     /// Writes a request head and reads the final response's head (1xx
     /// interim responses are skipped).
     pub async fn exchange(
@@ -142,19 +168,10 @@ impl RawConn {
         request: Vec<u8>,
         head_request: bool,
     ) -> Result<ResponseHead, ExchangeError> {
-        self.pending = Pending::Unknown;
-        let mut sending = Sending {
-            send: super::send_batch::send(self.stream.as_raw_fd(), request),
-            pending: &mut self.pending,
-            head_request,
-        };
-        let rest = match (&mut sending.send).await {
-            Sent::Direct(bytes) => Some((bytes, 0)),
-            Sent::Written { bytes, written } if written < bytes.len() => Some((bytes, written)),
-            Sent::Written { .. } => None,
-            Sent::Failed => return Err(ExchangeError::ClosedEarly),
-        };
-        drop(sending);
+        #[cfg(feature = "send-batch")]
+        let rest = self.send_batched(request, head_request).await?;
+        #[cfg(not(feature = "send-batch"))]
+        let rest = Some((request, 0));
         self.pending = Pending::Unknown;
         if let Some((bytes, from)) = rest {
             if from == 0 {

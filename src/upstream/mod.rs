@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod connect;
 pub mod error;
 pub mod h1;
+#[cfg(feature = "send-batch")]
 pub mod send_batch;
 pub mod shared_io;
 
