@@ -154,7 +154,13 @@ async fn handle(
         "/metrics" => {
             let snap = rt.snapshot();
             let metrics = rt.table.metrics();
-            let mut text = metrics.render(&rt.table);
+            let live = crate::metrics::Live {
+                connections: rt.table.active(),
+                by_state: rt.table.count_by_route_state(),
+                bytes: rt.table.live_bytes(),
+            };
+            let mut text = metrics.render(&live);
+            process_metrics(&mut text);
             snap.tls.certs.render_metrics(&mut text);
             text.push_str(&format!(
                 "# HELP gatehouse_http_parked_connections Idle connections waiting without a task: HTTP/1 keep-alive connections and upgraded tunnels.\n# TYPE gatehouse_http_parked_connections gauge\ngatehouse_http_parked_connections {}\n",
@@ -227,4 +233,53 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         hyper::header::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// The process-wide counters of the splice pool and the upstream pools.
+fn process_metrics(out: &mut String) {
+    use std::fmt::Write as _;
+    out.push_str("# HELP gatehouse_splice_pipes Pipes of the splice pool, leased or pooled (two FDs each).\n");
+    out.push_str("# TYPE gatehouse_splice_pipes gauge\n");
+    let _ = writeln!(
+        out,
+        "gatehouse_splice_pipes{{state=\"existing\"}} {}",
+        crate::splice::pipes_existing()
+    );
+    let _ = writeln!(
+        out,
+        "gatehouse_splice_pipes{{state=\"pooled\"}} {}",
+        crate::splice::pipes_pooled()
+    );
+    crate::metrics::render_single(
+        out,
+        "gatehouse_spliced_bytes_total",
+        "counter",
+        "Bytes moved with splice(2), never copied through the process (L4 forwarding and HTTP/1 response bodies).",
+        crate::splice::bytes_spliced(),
+    );
+
+    #[cfg(feature = "send-batch")]
+    crate::metrics::render_single(
+        out,
+        "gatehouse_upstream_send_batches_total",
+        "counter",
+        "Submissions (one io_uring_enter each) that wrote queued upstream request heads.",
+        crate::http::pool::send_batch::submissions(),
+    );
+    #[cfg(feature = "send-batch")]
+    crate::metrics::render_single(
+        out,
+        "gatehouse_upstream_batched_sends_total",
+        "counter",
+        "Upstream request heads written through those submissions.",
+        crate::http::pool::send_batch::sends(),
+    );
+
+    let (kept, closed) = crate::http::pool::abandoned_counts();
+    out.push_str(&format!(
+        "# HELP gatehouse_upstream_abandoned_total Upstream requests whose client went away before the response head (a reset HTTP/2 stream, a closed connection), by what became of their connection: kept (unused, or its response drained) or closed.\n\
+         # TYPE gatehouse_upstream_abandoned_total counter\n\
+         gatehouse_upstream_abandoned_total{{connection=\"kept\"}} {kept}\n\
+         gatehouse_upstream_abandoned_total{{connection=\"closed\"}} {closed}\n"
+    ));
 }

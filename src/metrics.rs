@@ -13,8 +13,15 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::conn::{ConnState, ConnTable, EndReason};
-use crate::http::error::RequestEnd;
+use crate::lifecycle::{ConnState, EndReason, RequestEnd};
+
+/// What the connection table says at scrape time (gauges are read from
+/// it, not counted apart), keyed by route name (`None`: no route).
+pub struct Live {
+    pub connections: usize,
+    pub by_state: std::collections::HashMap<(Option<Arc<str>>, ConnState), u64>,
+    pub bytes: std::collections::HashMap<Option<Arc<str>>, (u64, u64)>,
+}
 
 pub struct Metrics {
     pub accepted: AtomicU64,
@@ -170,10 +177,10 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self, table: &ConnTable) -> String {
+    pub fn render(&self, live: &Live) -> String {
         let mut out = String::with_capacity(4096);
-        let by_state = table.count_by_route_state();
-        let live_bytes = table.live_bytes();
+        let by_state = &live.by_state;
+        let live_bytes = &live.bytes;
         let all = self.all();
 
         render_single(
@@ -189,7 +196,7 @@ impl Metrics {
             "gatehouse_connections_live",
             "gauge",
             "Entries in the connection table.",
-            table.active() as u64,
+            live.connections as u64,
         );
         out.push_str("# HELP gatehouse_connections_active Live connections by route and state.\n");
         out.push_str("# TYPE gatehouse_connections_active gauge\n");
@@ -248,50 +255,6 @@ impl Metrics {
             );
         }
 
-        out.push_str("# HELP gatehouse_splice_pipes Pipes of the splice pool, leased or pooled (two FDs each).\n");
-        out.push_str("# TYPE gatehouse_splice_pipes gauge\n");
-        let _ = writeln!(
-            out,
-            "gatehouse_splice_pipes{{state=\"existing\"}} {}",
-            crate::splice::pipes_existing()
-        );
-        let _ = writeln!(
-            out,
-            "gatehouse_splice_pipes{{state=\"pooled\"}} {}",
-            crate::splice::pipes_pooled()
-        );
-        render_single(
-            &mut out,
-            "gatehouse_spliced_bytes_total",
-            "counter",
-            "Bytes moved with splice(2), never copied through the process (L4 forwarding and HTTP/1 response bodies).",
-            crate::splice::bytes_spliced(),
-        );
-
-        #[cfg(feature = "send-batch")]
-        render_single(
-            &mut out,
-            "gatehouse_upstream_send_batches_total",
-            "counter",
-            "Submissions (one io_uring_enter each) that wrote queued upstream request heads.",
-            crate::upstream::send_batch::submissions(),
-        );
-        #[cfg(feature = "send-batch")]
-        render_single(
-            &mut out,
-            "gatehouse_upstream_batched_sends_total",
-            "counter",
-            "Upstream request heads written through those submissions.",
-            crate::upstream::send_batch::sends(),
-        );
-
-        let (kept, closed) = crate::upstream::abandoned_counts();
-        out.push_str(&format!(
-            "# HELP gatehouse_upstream_abandoned_total Upstream requests whose client went away before the response head (a reset HTTP/2 stream, a closed connection), by what became of their connection: kept (unused, or its response drained) or closed.\n\
-             # TYPE gatehouse_upstream_abandoned_total counter\n\
-             gatehouse_upstream_abandoned_total{{connection=\"kept\"}} {kept}\n\
-             gatehouse_upstream_abandoned_total{{connection=\"closed\"}} {closed}\n"
-        ));
         out.push_str(
             "# HELP gatehouse_upstream_connect_seconds Time to establish upstream connections.\n",
         );
@@ -370,7 +333,7 @@ impl Metrics {
 }
 
 /// One metric without labels: its help, type and value.
-fn render_single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+pub fn render_single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"

@@ -126,12 +126,7 @@ pub fn http_order(routes: &[Route]) -> Vec<usize> {
 }
 
 pub fn host_matches(m: &crate::config::HostMatch, host: &str) -> bool {
-    match m {
-        crate::config::HostMatch::Exact(h) => h == host,
-        crate::config::HostMatch::Wildcard(suffix) => {
-            host.len() > suffix.len() && host.ends_with(suffix.as_str())
-        }
-    }
+    m.matches(host)
 }
 
 fn path_matches(m: &crate::config::PathMatch, path: &str) -> bool {

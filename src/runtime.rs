@@ -22,11 +22,12 @@ use rustls::{ClientConfig, ServerConfig};
 
 use crate::config::{Config, ListenerConfig};
 use crate::conn::ConnTable;
+use crate::http::pool::RoutePools;
 use crate::metrics::Metrics;
 use crate::routing::Route;
 use crate::shutdown::ShutdownSignal;
 use crate::tls::TlsRt;
-use crate::upstream::cluster::{Cluster, RoutePools};
+use crate::upstream::cluster::Cluster;
 
 /// The process state a snapshot is built with.
 #[derive(Clone, Copy)]
@@ -150,7 +151,7 @@ impl Snapshot {
                     same.then(|| pools.clone())
                 });
                 Some(kept.unwrap_or_else(|| {
-                    let upstream = crate::upstream::Upstream::new(
+                    let upstream = crate::http::pool::Upstream::new(
                         &r.config.upstream,
                         tls.upstreams[r.index].clone(),
                     );
@@ -206,10 +207,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(snapshot: Snapshot, table: Arc<ConnTable>, shutdown: ShutdownSignal) -> Runtime {
+    /// `limits`: the connection limit and the descriptor ceiling, as the
+    /// listeners work them out (`listener::fd_budget`, `fd_ceiling`).
+    pub fn new(
+        snapshot: Snapshot,
+        table: Arc<ConnTable>,
+        shutdown: ShutdownSignal,
+        limits: (usize, u64),
+    ) -> Runtime {
         Runtime {
-            max_connections: crate::listener::fd_budget(snapshot.config.limits.max_connections),
-            fd_ceiling: crate::listener::fd_ceiling().into(),
+            max_connections: limits.0,
+            fd_ceiling: limits.1.into(),
             workers: snapshot.config.workers,
             table,
             shutdown,
@@ -261,6 +269,7 @@ pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
     };
     let snapshot = Snapshot::build(config, shared, 1, None).unwrap_or_else(|e| panic!("{e}"));
     let listener = snapshot.listeners[0].clone();
-    let runtime = Arc::new(Runtime::new(snapshot, table, shutdown.clone()));
+    let limits = (1024, u64::MAX);
+    let runtime = Arc::new(Runtime::new(snapshot, table, shutdown.clone(), limits));
     (runtime, listener)
 }

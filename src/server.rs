@@ -48,7 +48,16 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
         shutdown: &shutdown,
     };
     let snapshot = Snapshot::build(config.clone(), shared, 1, None).context("TLS settings")?;
-    let runtime = Arc::new(Runtime::new(snapshot, table.clone(), shutdown.clone()));
+    let limits = (
+        crate::listener::fd_budget(config.limits.max_connections),
+        crate::listener::fd_ceiling(),
+    );
+    let runtime = Arc::new(Runtime::new(
+        snapshot,
+        table.clone(),
+        shutdown.clone(),
+        limits,
+    ));
     let reloader = Reloader::new(runtime.clone(), path);
 
     // Everything is bound before anything is announced or served: a port
@@ -114,7 +123,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     if tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::CurrentThread
     {
-        tokio::spawn(crate::upstream::send_batch::flusher());
+        tokio::spawn(crate::http::pool::send_batch::flusher());
     }
     tokio::spawn(crate::http::park::watch(runtime.clone()));
     // Parked connections' keep-alive deadlines, kept to within a quarter second.

@@ -52,6 +52,19 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
+impl HostMatch {
+    /// Whether `host` (lower case, without port) is this name or, for a
+    /// wildcard, one of its subdomains.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
     Literal(String),

@@ -27,8 +27,8 @@ use tokio::net::TcpStream;
 
 use super::error::RequestEnd;
 use super::log::RequestLog;
+use super::pool::PooledConn;
 use crate::splice::Lease;
-use crate::upstream::PooledConn;
 
 /// An idle deadline armed only once a body has had to wait (most small
 /// bodies never do), pushed back by every frame.
@@ -270,7 +270,7 @@ impl HttpBody for ClientBody {
 
 /// A response body from an upstream: read by hyper's client (`Left`), or
 /// by ours (`Right`).
-pub type UpstreamInner = http_body_util::Either<Incoming, crate::upstream::h1::RawBody>;
+pub type UpstreamInner = http_body_util::Either<Incoming, super::pool::h1::RawBody>;
 
 pub struct UpstreamBody {
     inner: UpstreamInner,
@@ -281,7 +281,7 @@ pub struct UpstreamBody {
     conn: Option<PooledConn>,
     log: RequestLog,
     /// For hyper's connections (`conn`): see `Body::poll_upstream_ended`.
-    watch: crate::upstream::shared_io::EndWatch,
+    watch: super::pool::shared_io::EndWatch,
 }
 
 impl UpstreamBody {
@@ -336,7 +336,7 @@ impl Body {
                     let Some(conn) = u.conn.as_mut().filter(|c| c.holds_slot()) else {
                         return Poll::Pending;
                     };
-                    let crate::upstream::Sender::H1(_, socket) = &conn.sender else {
+                    let super::pool::Sender::H1(_, socket) = &conn.sender else {
                         return Poll::Pending;
                     };
                     let Some(socket) = socket.upgrade() else {

@@ -163,7 +163,7 @@ where
         // Upstream request heads our streams write in this poll go out
         // together (see `send_batch`).
         #[cfg(feature = "send-batch")]
-        let _batch = crate::upstream::send_batch::Scope::enter();
+        let _batch = super::pool::send_batch::Scope::enter();
         loop {
             // The streams first: what they queue, the connection's poll
             // below writes out in the same turn.
@@ -186,7 +186,7 @@ where
                 }
             }
             #[cfg(feature = "send-batch")]
-            let accepted = accepted || crate::upstream::send_batch::flush_scope() > 0;
+            let accepted = accepted || super::pool::send_batch::flush_scope() > 0;
             if accepted {
                 continue;
             }
@@ -271,11 +271,13 @@ async fn stream(handler: Arc<Handler>, req: Request<RecvStream>, mut respond: Se
     let resp = {
         let mut handling = std::pin::pin!(handler.handle(req));
         poll_fn(|cx| {
-            if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
-                return Poll::Ready(Some(resp));
+            // A client's RST_STREAM cancels the request: one that came in
+            // the same read as the stream's HEADERS (rapid reset), before
+            // the handler ever ran, so that nothing of it goes upstream.
+            if respond.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
             }
-            // Waiting: a client's RST_STREAM cancels the request.
-            respond.poll_reset(cx).map(|_| None)
+            handling.as_mut().poll(cx).map(Some)
         })
         .await
     };

@@ -12,6 +12,7 @@ mod h2;
 pub mod headers;
 mod log;
 pub mod park;
+pub mod pool;
 mod proxy;
 mod tunnel;
 

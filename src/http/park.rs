@@ -33,7 +33,7 @@ use super::proxy::{ConnInfo, Handler};
 use super::tunnel::PumpTunnel;
 use crate::conn::{ConnGuard, EndReason};
 use crate::io::Prefixed;
-use crate::l4::pump;
+use crate::pump;
 use crate::runtime::{ListenerRt, Runtime};
 use crate::shutdown::ShutdownSignal;
 

@@ -19,13 +19,13 @@ use super::body::{Body, BodyOutcome, ClientBody, ReqBody, UpstreamBody, Upstream
 use super::error::{RequestEnd, respond};
 use super::headers::{self, ForwardedFor};
 use super::log::RequestLog;
+use super::pool::{PooledConn, RoutePools, Sender, h1};
 use super::tunnel::{Tunnel, TunnelLog};
 use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
 use crate::routing::{self, RequestView, Route, RouteInput};
 use crate::runtime::{Runtime, Snapshot};
-use crate::upstream::cluster::RoutePools;
-use crate::upstream::{PooledConn, Sender, UpstreamError, h1};
+use crate::upstream::UpstreamError;
 
 /// Marks a request that came as an HTTP/2 extended CONNECT (RFC 8441),
 /// handed to the handler as an HTTP/1.1-style upgrade request. For

@@ -16,11 +16,11 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::upstream::shared_io::SharedIo;
+use super::pool::shared_io::SharedIo;
 
 use super::h1::{ConnIo, Replay};
 use crate::conn::{ConnGuard, EndReason};
-use crate::l4::pump;
+use crate::pump;
 use crate::shutdown::ShutdownSignal;
 
 #[derive(Clone)]

@@ -4,7 +4,6 @@
 //! and returns exactly one `EndReason`. Both sockets are closed before the
 //! table entry (the `ConnGuard`) is dropped.
 
-pub(crate) mod pump;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -17,6 +16,7 @@ use tokio::time::timeout;
 use crate::config::{ProxyVersion, TlsMode};
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
+use crate::pump;
 use crate::routing::{self, RouteInput};
 use crate::runtime::{ListenerRt, Runtime, Snapshot};
 use crate::upstream::UpstreamError;

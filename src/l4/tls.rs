@@ -12,7 +12,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
-use tokio_rustls::server::TlsStream;
 
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::io::Prefixed;
@@ -57,7 +56,7 @@ pub fn certificate_missing(snap: &Snapshot, hello: &Hello) -> Option<EndReason> 
     })
 }
 
-pub type ClientTls = TlsStream<Prefixed<TcpStream>>;
+pub use crate::tls::ClientTls;
 
 /// Completes the server handshake (the ClientHello bytes in `early` are
 /// replayed to rustls) by `deadline`.

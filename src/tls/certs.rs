@@ -203,7 +203,7 @@ impl CertStore {
                 loaded
                     .hosts
                     .iter()
-                    .filter(|h| crate::routing::host_matches(h, name))
+                    .filter(|h| h.matches(name))
                     .map(|h| match h {
                         HostMatch::Exact(_) => (3, 0),
                         HostMatch::Wildcard(suffix) => (2, suffix.len()),

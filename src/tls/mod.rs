@@ -92,3 +92,5 @@ impl TlsRt {
         })
     }
 }
+
+pub type ClientTls = tokio_rustls::server::TlsStream<crate::io::Prefixed<tokio::net::TcpStream>>;

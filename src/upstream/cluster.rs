@@ -4,21 +4,17 @@
 //! connect: once when it is made, then every `resolve_every` by a task of
 //! its own (which ends with the cluster); a name that fails to resolve
 //! keeps its last good addresses. Picking is weighted round robin.
-//!
-//! A route's HTTP pools (`RoutePools`) are one `TargetPool` per endpoint,
-//! keyed by the endpoint's address: a change of the endpoint set keeps the
-//! pools (and idle connections) of the endpoints that stay.
+//! (A route's HTTP pools, one per endpoint, are `http::pool::RoutePools`.)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use super::error::UpstreamError;
-use super::{TargetPool, Upstream};
-use crate::config::{ClusterConfig, HttpPolicy};
+use crate::config::ClusterConfig;
 
 /// One address to send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,88 +221,6 @@ impl Cluster {
                 return;
             }
         }
-    }
-}
-
-/// A route's HTTP pools: one per endpoint of its cluster, with the route's
-/// pool settings and upstream protocol.
-pub struct RoutePools {
-    pub cluster: Arc<Cluster>,
-    policy: HttpPolicy,
-    upstream: Upstream,
-    current: ArcSwap<PoolSet>,
-    rebuilding: Mutex<()>,
-}
-
-/// The pools for one generation of the endpoint set, in its order.
-pub struct PoolSet {
-    generation: u64,
-    pub pools: Vec<Arc<TargetPool>>,
-}
-
-impl RoutePools {
-    pub fn new(cluster: Arc<Cluster>, policy: &HttpPolicy, upstream: Upstream) -> RoutePools {
-        let pools = RoutePools {
-            cluster,
-            policy: policy.clone(),
-            upstream,
-            current: ArcSwap::from_pointee(PoolSet {
-                generation: 0,
-                pools: Vec::new(),
-            }),
-            rebuilding: Mutex::new(()),
-        };
-        pools.for_set(&pools.cluster.endpoints());
-        pools
-    }
-
-    /// The pools matching `set` (made for it, keeping those of endpoints
-    /// that were already there, when the set changed).
-    pub fn for_set(&self, set: &EndpointSet) -> arc_swap::Guard<Arc<PoolSet>> {
-        let now = self.current.load();
-        if now.generation == set.generation {
-            return now;
-        }
-        drop(now);
-        let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.current.load_full();
-        if old.generation != set.generation {
-            let pools = set
-                .endpoints
-                .iter()
-                .map(|e| {
-                    old.pools
-                        .iter()
-                        .find(|p| p.addr() == e.addr && p.target() == &*e.target)
-                        .cloned()
-                        .unwrap_or_else(|| TargetPool::new(e, &self.policy, self.upstream.clone()))
-                })
-                .collect();
-            self.current.store(Arc::new(PoolSet {
-                generation: set.generation,
-                pools,
-            }));
-        }
-        self.current.load()
-    }
-
-    /// The pool of the next endpoint, waiting for the cluster's first
-    /// resolution if needed (the caller bounds the wait).
-    pub async fn pick(&self) -> Result<Arc<TargetPool>, UpstreamError> {
-        self.cluster.settled().await;
-        self.pick_now().ok_or(UpstreamError::Unresolved)
-    }
-
-    /// The pool of the next endpoint, if the cluster has one now.
-    pub fn pick_now(&self) -> Option<Arc<TargetPool>> {
-        let set = self.cluster.endpoints();
-        let i = self.cluster.pick_in(&set)?;
-        self.for_set(&set).pools.get(i).cloned()
-    }
-
-    /// Closes idle connections past their lifetime (every endpoint's).
-    pub fn reap(&self) {
-        self.current.load().pools.iter().for_each(|p| p.reap());
     }
 }
 

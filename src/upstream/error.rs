@@ -3,6 +3,8 @@
 //! mapped to a connection's `EndReason` or a request's `RequestEnd` where
 //! they end.
 
+use crate::lifecycle::EndReason;
+
 /// Why an upstream could not be reached. Every kind happens before a
 /// byte of the client's request or stream was written to the upstream,
 /// so each is safe to try again on another endpoint; what fails after
@@ -50,6 +52,22 @@ impl UpstreamError {
             std::io::ErrorKind::ConnectionRefused => UpstreamError::Refused,
             std::io::ErrorKind::TimedOut => UpstreamError::ConnectTimeout,
             _ => UpstreamError::ConnectError,
+        }
+    }
+}
+
+impl From<UpstreamError> for EndReason {
+    fn from(e: UpstreamError) -> EndReason {
+        use UpstreamError as U;
+        match e {
+            U::Unresolved => EndReason::UpstreamUnresolved,
+            U::Refused => EndReason::UpstreamRefused,
+            U::ConnectTimeout => EndReason::UpstreamConnectTimeout,
+            U::ConnectError | U::ProtocolError | U::PoolExhausted => {
+                EndReason::UpstreamConnectError
+            }
+            U::TlsVerifyFailed => EndReason::UpstreamTlsVerifyFailed,
+            U::TlsHandshakeFailed => EndReason::UpstreamTlsHandshakeFailed,
         }
     }
 }

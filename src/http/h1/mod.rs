@@ -89,7 +89,7 @@ impl ConnIo for Prefixed<TcpStream> {
     }
 }
 
-impl ConnIo for crate::l4::tls::ClientTls {
+impl ConnIo for crate::tls::ClientTls {
     fn poll_idle(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         Poll::Ready(Ok(false))
     }

@@ -1,0 +1,729 @@
+//! Upstream HTTP connections: one pool per (route, endpoint) with keep-alive
+//! reuse, a cap on total connections (callers wait, bounded, for a slot:
+//! backpressure), a cap on idle ones, and a bounded idle lifetime. Over
+//! TLS when the route says so (verified, with SNI), HTTP/1.1 or HTTP/2.
+//! An HTTP/1.1 connection goes back to the pool only from
+//! `PooledConn::release`, which the response body calls after its last
+//! byte; anything else (an error, a client that went away mid-body, an
+//! upgrade) drops it, which closes it. One of ours whose request goes away
+//! before its response head is settled instead (`settle_abandoned`): kept
+//! if nothing was sent, or after its response is drained; and one of ours
+//! being connected when its request goes away is pooled (`open_detached`).
+//! An HTTP/2 connection is shared by every
+//! request to the target (one slot); a request that goes away resets only
+//! its stream.
+//!
+//! Bodiless requests over plain TCP HTTP/1.1 use our own client (`h1`):
+//! its connections (`Sender::Raw`) are read and written by the request's
+//! own task. A raw idle connection can serve a request hyper's client
+//! carries (a body, an upgrade): it is handed to hyper for good.
+
+pub mod h1;
+mod routes;
+#[cfg(feature = "send-batch")]
+pub mod send_batch;
+pub mod shared_io;
+
+pub use routes::{PoolSet, RoutePools};
+
+use crate::upstream::cluster::Endpoint;
+use crate::upstream::{UpstreamError, connect};
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{HttpPolicy, UpstreamConfig, UpstreamProtocol};
+use crate::http::body::Body;
+
+/// How a route's requests reach its targets.
+#[derive(Clone)]
+pub struct Upstream {
+    pub tls: Option<(Arc<ClientConfig>, crate::config::UpstreamTls)>,
+    pub http2: bool,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, client: Option<Arc<ClientConfig>>) -> Upstream {
+        Upstream {
+            tls: client.zip(cfg.tls.clone()),
+            http2: cfg.protocol == UpstreamProtocol::Http2,
+        }
+    }
+}
+
+/// A request sender on an HTTP/1.1 or HTTP/2 connection.
+pub enum Sender {
+    /// hyper's HTTP/1.1 client, and its socket (plain TCP, under TLS or
+    /// not) for watching (`shared_io`).
+    H1(http1::SendRequest<Body>, std::sync::Weak<TcpStream>),
+    H2(http2::SendRequest<Body>),
+    /// A connection our own HTTP/1.1 client reads and writes in place.
+    Raw(h1::RawConn),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s, _) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+            Sender::Raw(c) => c.is_stale(),
+        }
+    }
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    /// Sends a request; if it could not be sent at all it comes back in the error.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+        match self {
+            Sender::H1(s, _) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+            Sender::Raw(_) => unreachable!("raw connections are driven by `h1::RawConn`"),
+        }
+    }
+}
+
+/// One endpoint's connections for one route.
+pub struct TargetPool {
+    /// The endpoint as configured (`host:port`).
+    target: Arc<str>,
+    /// Connections in use per client address (`ClientShares`).
+    shares: Arc<ClientShares>,
+    upstream: Upstream,
+    idle: Mutex<Vec<IdleConn>>,
+    /// The shared HTTP/2 connection, when the route speaks HTTP/2.
+    shared: Mutex<Option<SharedH2>>,
+    slots: Arc<Semaphore>,
+    /// Why the last TLS handshake with this target failed (shown on the
+    /// connection whose request it failed: `/connections`).
+    last_tls_error: Mutex<Option<Arc<str>>>,
+    /// The endpoint's address.
+    addr: SocketAddr,
+    max_idle: usize,
+    idle_timeout: Duration,
+    wait_timeout: Duration,
+}
+
+struct IdleConn {
+    /// `H1` or `Raw`.
+    sender: Sender,
+    permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+    since: Instant,
+}
+
+struct SharedH2 {
+    sender: http2::SendRequest<Body>,
+    peer: SocketAddr,
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+/// A connection checked out of a pool. Dropping it closes an HTTP/1.1
+/// connection; `release` gives it back.
+pub struct PooledConn {
+    pub sender: Sender,
+    pub peer: SocketAddr,
+    pub reused: bool,
+    /// The client's claim on the target's connections, released with
+    /// the connection (back to the pool or closed).
+    pub share: Option<ShareClaim>,
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<TargetPool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TargetPool {
+    pub fn new(endpoint: &Endpoint, policy: &HttpPolicy, upstream: Upstream) -> Arc<TargetPool> {
+        Arc::new(TargetPool {
+            addr: endpoint.addr,
+            target: endpoint.target.clone(),
+            shares: Arc::new(ClientShares::new(policy.pool_max_per_client)),
+            upstream,
+            idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
+            slots: Arc::new(Semaphore::new(policy.pool_max_connections)),
+            last_tls_error: Mutex::new(None),
+            max_idle: policy.pool_max_idle,
+            idle_timeout: policy.pool_idle_timeout,
+            wait_timeout: policy.pool_wait_timeout,
+        })
+    }
+
+    /// A claim for `client` on one of this target's connections, or
+    /// `ShareTaken` when it holds its share already. Shared HTTP/2
+    /// connections hold no slot per request: no claim.
+    pub fn claim(&self, client: IpAddr) -> Result<Option<ShareClaim>, ShareTaken> {
+        if self.upstream.http2 {
+            return Ok(None);
+        }
+        self.shares.claim(client).map(Some).ok_or(ShareTaken)
+    }
+
+    /// The target as configured (`host:port`).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn idle_count(&self) -> usize {
+        lock(&self.idle).len() + usize::from(lock(&self.shared).is_some())
+    }
+
+    /// Connections open now (idle or in use).
+    pub fn open_count(&self, max: usize) -> usize {
+        max - self.slots.available_permits()
+    }
+
+    /// Closes idle connections past their lifetime or closed by the upstream.
+    pub fn reap(&self) {
+        let mut idle = lock(&self.idle);
+        self.drop_expired(&mut idle);
+        idle.retain(|c| !c.sender.is_closed());
+        drop(idle);
+        let mut shared = lock(&self.shared);
+        if shared.as_ref().is_some_and(|s| s.sender.is_closed()) {
+            *shared = None;
+        }
+    }
+
+    /// Idle connections are kept oldest first, so those past their idle
+    /// lifetime are a prefix: found by bisection, without a pass over all.
+    fn drop_expired(&self, idle: &mut Vec<IdleConn>) {
+        let now = Instant::now();
+        let expired = |c: &IdleConn| now.duration_since(c.since) >= self.idle_timeout;
+        // Oldest first: usually even the oldest is fresh, and one look does.
+        if !idle.first().is_some_and(expired) {
+            return;
+        }
+        let expired = idle.partition_point(expired);
+        idle.drain(..expired);
+    }
+
+    /// Whether a new connection for a request is one of ours (`raw_ok`:
+    /// the request has no body and is no upgrade) or hyper's.
+    fn wants_raw(&self, raw_ok: bool) -> bool {
+        raw_ok && self.upstream.tls.is_none() && !self.upstream.http2
+    }
+
+    /// One of our idle connections, when a bodiless request can have one
+    /// right now: no future, no allocation (the common case under load).
+    /// `None`: `checkout` finds or opens one.
+    pub fn take_idle_raw(self: &Arc<Self>, raw_ok: bool) -> Option<PooledConn> {
+        if !self.wants_raw(raw_ok) {
+            return None;
+        }
+        loop {
+            let taken = {
+                let mut idle = lock(&self.idle);
+                self.drop_expired(&mut idle);
+                let pos = idle
+                    .iter()
+                    .rposition(|c| matches!(c.sender, Sender::Raw(_)))?;
+                idle.remove(pos)
+            };
+            // (A stale one is dropped, outside the lock, and the next tried.)
+            if taken.sender.is_closed() {
+                continue;
+            }
+            return Some(PooledConn {
+                sender: taken.sender,
+                peer: taken.peer,
+                reused: true,
+                share: None,
+                permit: Some(taken.permit),
+                pool: self.clone(),
+            });
+        }
+    }
+
+    /// The shared HTTP/2 connection, opened if there is none.
+    async fn checkout_h2(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+    ) -> Result<(PooledConn, Option<Duration>), UpstreamError> {
+        {
+            let shared = lock(&self.shared);
+            if let Some(s) = shared.as_ref().filter(|s| !s.sender.is_closed()) {
+                let conn = PooledConn {
+                    sender: Sender::H2(s.sender.clone()),
+                    peer: s.peer,
+                    reused: true,
+                    share: None,
+                    permit: None,
+                    pool: self.clone(),
+                };
+                return Ok((conn, None));
+            }
+        }
+        let (sender, peer, permit, took) = self.open(connect_timeout, false).await?;
+        let Sender::H2(h2) = &sender else {
+            return Err(UpstreamError::ProtocolError);
+        };
+        // Another request may have opened one meanwhile: the newest wins,
+        // the other stays usable by those holding it and closes after them.
+        *lock(&self.shared) = Some(SharedH2 {
+            sender: h2.clone(),
+            peer,
+            _permit: Arc::new(permit),
+        });
+        let conn = PooledConn {
+            sender,
+            peer,
+            reused: false,
+            share: None,
+            permit: None,
+            pool: self.clone(),
+        };
+        Ok((conn, Some(took)))
+    }
+
+    /// A new connection: a slot (waiting at most the pool's wait timeout),
+    /// then the connect (and TLS and HTTP handshakes) within its deadline.
+    /// Also returns how long the connect took.
+    async fn open(
+        &self,
+        connect_timeout: Duration,
+        raw: bool,
+    ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), UpstreamError> {
+        let permit = self.slot().await?;
+        let started = Instant::now();
+        // Boxed: the connect's state is large and needed only here.
+        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect(raw)))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)??;
+        Ok((sender, peer, permit, started.elapsed()))
+    }
+
+    /// A slot for a new connection, waiting at most the pool's wait timeout.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        match tokio::time::timeout(self.wait_timeout, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(UpstreamError::PoolExhausted),
+        }
+    }
+
+    /// A new connection of ours (`open` for a raw one), connected by a task
+    /// of its own: a request that goes away while it connects (an HTTP/2
+    /// stream reset as soon as it started) leaves the connection to the
+    /// pool, idle, instead of closing it unused.
+    async fn open_detached(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+    ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), UpstreamError> {
+        let permit = self.slot().await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let connected = tokio::time::timeout(connect_timeout, pool.connect(true))
+                .await
+                .unwrap_or(Err(UpstreamError::ConnectTimeout));
+            let (sender, peer) = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    drop(permit);
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            if let Err(Ok((sender, peer, permit, _))) =
+                tx.send(Ok((sender, peer, permit, started.elapsed())))
+            {
+                abandoned(true);
+                pool.keep_idle(sender, peer, permit);
+            }
+        });
+        rx.await.unwrap_or(Err(UpstreamError::ConnectError))
+    }
+
+    /// Keeps a connection that can serve another request, if the pool has
+    /// room for one more idle; else it closes.
+    fn keep_idle(&self, sender: Sender, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.max_idle {
+            idle.push(IdleConn {
+                sender,
+                permit,
+                peer,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Why the last TLS handshake with this target failed.
+    pub fn last_tls_error(&self) -> Option<Arc<str>> {
+        lock(&self.last_tls_error).clone()
+    }
+
+    /// The scheme requests to this target carry (HTTP/2 needs one).
+    pub fn scheme(&self) -> &'static str {
+        if self.upstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// An idle connection if one is usable, else a new one (waiting at most
+    /// the pool's wait timeout for a slot, then the connect timeout).
+    /// `raw_ok`: the request can go on one of our own connections.
+    /// `fresh`: the request cannot be retried, so it goes on a new
+    /// connection (an idle one may be closing as it arrives); the
+    /// connection is pooled after its response like any other. (Shared
+    /// HTTP/2 connections are not concerned: a stream the upstream did not
+    /// process is refused, not lost.)
+    pub async fn checkout(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+        raw_ok: bool,
+        fresh: bool,
+    ) -> Result<(PooledConn, Option<Duration>), UpstreamError> {
+        if self.upstream.http2 {
+            return self.checkout_h2(connect_timeout).await;
+        }
+        let raw = self.wants_raw(raw_ok);
+        if !fresh {
+            if let Some(conn) = self.reuse_idle(raw_ok).await {
+                return Ok((conn, None));
+            }
+        }
+        let (sender, peer, permit, took) = if raw {
+            self.open_detached(connect_timeout).await?
+        } else {
+            self.open(connect_timeout, raw).await?
+        };
+        Ok((
+            PooledConn {
+                sender,
+                peer,
+                reused: false,
+                share: None,
+                permit: Some(permit),
+                pool: self.clone(),
+            },
+            Some(took),
+        ))
+    }
+
+    /// An idle connection that can take the request, if there is one.
+    async fn reuse_idle(self: &Arc<Self>, raw_ok: bool) -> Option<PooledConn> {
+        let raw = self.wants_raw(raw_ok);
+        loop {
+            // One of ours when it fits (released by another request since
+            // the caller last looked, or after a stale one below).
+            if let Some(conn) = self.take_idle_raw(raw_ok) {
+                return Some(conn);
+            }
+            let taken = {
+                let mut idle = lock(&self.idle);
+                // (Staleness is checked below on the one taken, not on all.)
+                self.drop_expired(&mut idle);
+                // Newest first: one of hyper's that is ready right now (a
+                // connection whose response just ended may still need its
+                // I/O task to run), else any.
+                let ready = || {
+                    idle.iter()
+                        .rposition(|c| matches!(&c.sender, Sender::H1(s, _) if s.is_ready()))
+                };
+                match ready().or(idle.len().checked_sub(1)) {
+                    Some(pos) => idle.remove(pos),
+                    None => return None,
+                }
+            };
+            let IdleConn {
+                sender,
+                permit,
+                peer,
+                ..
+            } = taken;
+            if sender.is_closed() {
+                continue;
+            }
+            let sender = match sender {
+                Sender::Raw(c) if raw => Sender::Raw(c),
+                // One of ours, for a request hyper's client carries.
+                Sender::Raw(c) => match c.into_stream() {
+                    Some(stream) => match self.handshake_tcp(stream).await {
+                        Ok(s) => s,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                },
+                Sender::H1(mut s, socket) => {
+                    if !s.is_ready()
+                        && !tokio::time::timeout(Duration::from_millis(100), s.ready())
+                            .await
+                            .is_ok_and(|r| r.is_ok())
+                    {
+                        continue;
+                    }
+                    Sender::H1(s, socket)
+                }
+                Sender::H2(_) => continue,
+            };
+            let conn = PooledConn {
+                sender,
+                peer,
+                reused: true,
+                share: None,
+                permit: Some(permit),
+                pool: self.clone(),
+            };
+            return Some(conn);
+        }
+    }
+
+    async fn connect(&self, raw: bool) -> Result<(Sender, SocketAddr), UpstreamError> {
+        let addr = self.addr;
+        let stream = connect::tcp(addr).await?;
+        let Some((config, tls)) = &self.upstream.tls else {
+            if raw {
+                return Ok((Sender::Raw(h1::RawConn::new(stream)), addr));
+            }
+            return Ok((self.handshake_tcp(stream).await?, addr));
+        };
+        let (stream, socket) = shared_io::SharedIo::new(stream);
+        let stream = connect::tls(stream, config.clone(), tls, &self.target)
+            .await
+            .map_err(|f| {
+                *lock(&self.last_tls_error) = Some(f.detail);
+                f.error
+            })?;
+        Ok((self.handshake(stream, socket).await?, addr))
+    }
+
+    /// `handshake` on a plain TCP connection.
+    async fn handshake_tcp(&self, stream: TcpStream) -> Result<Sender, UpstreamError> {
+        let (io, socket) = shared_io::SharedIo::new(stream);
+        self.handshake(io, socket).await
+    }
+
+    /// The HTTP handshake on a connected stream; its I/O then runs in its
+    /// own task, which ends (closing the socket) when every sender is
+    /// dropped or the upstream closes.
+    async fn handshake<S>(
+        &self,
+        stream: S,
+        socket: std::sync::Weak<TcpStream>,
+    ) -> Result<Sender, UpstreamError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.upstream.http2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|_| UpstreamError::ProtocolError)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            return Ok(Sender::H2(sender));
+        }
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| UpstreamError::ConnectError)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(Sender::H1(sender, socket))
+    }
+}
+
+impl PooledConn {
+    /// The upstream ended its side while the response still waits on the
+    /// client: the connection gives up its slot and the client's share at
+    /// once, and closes when its body is done (it never goes back to the
+    /// pool).
+    pub fn let_go(&mut self) {
+        self.permit = None;
+        self.share = None;
+    }
+
+    /// The connection holds a slot of its pool (HTTP/2's shared one does not).
+    pub fn holds_slot(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// Its request was dropped before the response head was read (see
+    /// `h1::Pending`): back to the pool if nothing was sent; if the request
+    /// was, a task of its own drains the response first (bounded in bytes
+    /// and time), holding the pool slot meanwhile; otherwise it closes.
+    pub fn settle_abandoned(mut self) {
+        let Sender::Raw(raw) = &self.sender else {
+            return;
+        };
+        match raw.pending() {
+            h1::Pending::Clean => {
+                abandoned(true);
+                self.release();
+            }
+            h1::Pending::Response { head_request } => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return abandoned(false);
+                };
+                self.share = None; // the client is gone: its share is free
+                rt.spawn(async move {
+                    if let Sender::Raw(raw) = &mut self.sender {
+                        let kept = raw.drain(head_request).await;
+                        abandoned(kept);
+                        if kept {
+                            self.release();
+                        }
+                    }
+                });
+            }
+            h1::Pending::Unknown => abandoned(false),
+        }
+    }
+
+    /// Gives a connection whose response was read completely back to the pool.
+    pub fn release(self) {
+        let (sender, Some(permit)) = (self.sender, self.permit) else {
+            return; // HTTP/2: the shared connection stays with the pool
+        };
+        self.pool.keep_idle(sender, self.peer, permit);
+    }
+}
+
+/// Requests dropped in mid-exchange (their client went away) whose
+/// connection was kept (returned unused, drained, or connected for no one
+/// and pooled), and those whose connection closed (process-wide).
+static ABANDONED_KEPT: AtomicU64 = AtomicU64::new(0);
+static ABANDONED_CLOSED: AtomicU64 = AtomicU64::new(0);
+
+fn abandoned(kept: bool) {
+    let counter = if kept {
+        &ABANDONED_KEPT
+    } else {
+        &ABANDONED_CLOSED
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// (kept, closed): see `ABANDONED_KEPT`.
+pub fn abandoned_counts() -> (u64, u64) {
+    (
+        ABANDONED_KEPT.load(Ordering::Relaxed),
+        ABANDONED_CLOSED.load(Ordering::Relaxed),
+    )
+}
+
+/// Buckets of `ClientShares`: a fixed table, so that memory stays bounded
+/// whatever the number of client addresses.
+const SHARE_BUCKETS: usize = 4096;
+
+/// How many of a target's connections each client address holds (in use:
+/// checked out for a request), so that a few clients that stop reading
+/// cannot take every connection of a route from everyone else. Addresses
+/// are hashed into `SHARE_BUCKETS` counters; two that share a bucket share
+/// its count (an IPv6 client is counted by its /64).
+pub struct ClientShares {
+    buckets: Box<[AtomicU32]>,
+    max: u32,
+}
+
+impl ClientShares {
+    pub fn new(max: usize) -> ClientShares {
+        ClientShares {
+            buckets: (0..SHARE_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn bucket(ip: IpAddr) -> usize {
+        let key = match ip {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => u64::from(u32::from(v4)),
+                None => (v6.to_bits() >> 64) as u64,
+            },
+        };
+        // Fibonacci hashing: the top bits of a multiplication.
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARE_BUCKETS.trailing_zeros())) as usize
+    }
+
+    fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<ShareClaim> {
+        let bucket = Self::bucket(ip);
+        let count = &self.buckets[bucket];
+        if count.fetch_add(1, Ordering::Relaxed) >= self.max {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ShareClaim {
+            shares: self.clone(),
+            bucket,
+        })
+    }
+
+    /// Connections held by `ip`'s bucket now.
+    pub fn held(&self, ip: IpAddr) -> u32 {
+        self.buckets[Self::bucket(ip)].load(Ordering::Relaxed)
+    }
+}
+
+/// The client holds its share of the target's connections already.
+#[derive(Debug)]
+pub struct ShareTaken;
+
+/// One connection held for a client address; dropping it gives it back.
+pub struct ShareClaim {
+    shares: Arc<ClientShares>,
+    bucket: usize,
+}
+
+impl Drop for ShareClaim {
+    fn drop(&mut self) {
+        self.shares.buckets[self.bucket].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_holds_at_most_its_share() {
+        let shares = Arc::new(ClientShares::new(3));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<_> = (0..3).filter_map(|_| shares.claim(a)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(shares.claim(a).is_none(), "a fourth connection for a");
+        assert!(
+            shares.claim(b).is_some(),
+            "another address is not limited by a"
+        );
+        drop(held);
+        assert_eq!(shares.held(a), 0);
+        assert!(shares.claim(a).is_some());
+    }
+}
