@@ -1,11 +1,12 @@
 //! Gatehouse: an edge proxy and API gateway.
 //!
 //! Data plane: `listener` (accept, global limits) → `l4` (one owner task per
-//! connection: PROXY header, routing, connect, byte pump) with `conn` (states,
-//! end reasons, the connection table), reading the running config's
-//! `runtime::Snapshot`. Control plane: `config`, `reload` (live config
-//! changes), `admin`, `metrics`, `notify` (readiness for systemd),
-//! `server` (start-up, signals and graceful shutdown).
+//! connection: PROXY header, routing, connect, `pump`) → `http` for HTTP
+//! connections, with `conn` (the connection table), `lifecycle` (states and
+//! end reasons), `upstream` (clusters, the connector), reading the running
+//! config's `runtime::Snapshot`. Control plane: `config`, `reload` (live
+//! config changes), `admin`, `metrics`, `notify` (readiness for systemd),
+//! and `server`, the root (start-up, signals and graceful shutdown).
 
 pub mod admin;
 pub mod alloc;
