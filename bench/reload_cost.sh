@@ -44,8 +44,8 @@ run() { # $1: with reloads (1) or not (0); prints the rate
     ( i=0
       while true; do
         sleep 1
-        if [ $((i % 2)) = 0 ]; then printf '%s' "$extra" >>"$RUN/gatehouse.toml"
-        else cp "$ROOT/examples/bench/http.toml" "$RUN/gatehouse.toml"; fi
+        cp "$ROOT/examples/bench/http.toml" "$RUN/gatehouse.toml"
+        if [ $((i % 2)) = 0 ]; then printf '%s' "$extra" >>"$RUN/gatehouse.toml"; fi
         curl -fsS -X POST "http://$ADMIN/config/reload" >/dev/null
         i=$((i + 1))
       done ) &
@@ -62,7 +62,9 @@ for p in $(seq "$PAIRS"); do
   echo "pair $p: without reloads $a req/s, with a reload every second $b req/s"
   plain=$(echo "$plain + $a" | bc -l); reloading=$(echo "$reloading + $b" | bc -l)
 done
-applied=$(curl -fsS "http://$ADMIN/metrics" | awk '/^gatehouse_config_reloads_total\{result="applied"\}/ {print $2}')
-printf 'mean: %.0f req/s without, %.0f with (%.2f %%), %s reloads applied\n' \
+metrics=$(curl -fsS "http://$ADMIN/metrics")
+applied=$(awk '/^gatehouse_config_reloads_total\{result="applied"\}/ {print $2}' <<<"$metrics")
+refused=$(awk '/^gatehouse_config_reloads_total\{result="refused"\}/ {print $2}' <<<"$metrics")
+printf 'mean: %.0f req/s without, %.0f with (%+.2f %%); reloads: %s applied, %s refused\n' \
   "$(echo "$plain / $PAIRS" | bc -l)" "$(echo "$reloading / $PAIRS" | bc -l)" \
-  "$(echo "($reloading - $plain) / $plain * 100" | bc -l)" "$applied"
+  "$(echo "($reloading - $plain) / $plain * 100" | bc -l)" "$applied" "$refused"

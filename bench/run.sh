@@ -10,12 +10,13 @@
 #          QUICK=1 bench/run.sh              smoke run, about 1 minute
 #          PEERS="nginx haproxy" bench/run.sh   only these peers
 #          SCENARIOS="h2_small h1_keepalive" bench/run.sh
+#          FEATURES=send-batch bench/run.sh   Gatehouse built with these cargo features
 # Run as root (or with sudo available for apt), on an otherwise quiet host.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 "$HERE/compare/install.sh"
-cargo build --release --manifest-path "$ROOT/Cargo.toml"
+cargo build --release --manifest-path "$ROOT/Cargo.toml" ${FEATURES:+--features "$FEATURES"}
 G=$ROOT/target/release/gatehouse
 export PROXY_CMD="$G run --config $ROOT/examples/bench/http.toml"
 export PROXY_TCP_CMD="$G run --config $ROOT/examples/bench/tcp.toml"
