@@ -9,27 +9,19 @@ mod common;
 
 use common::*;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::thread;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// An HTTP backend on `addr` answering every request with its own address.
 fn named_backend(addr: &str) -> SocketAddr {
-    let l = TcpListener::bind(addr).unwrap();
-    let bound = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                while read_request(&mut s).is_some() {
-                    if s.write_all(&ok_response(&bound.ip().to_string())).is_err() {
-                        break;
-                    }
-                }
-            });
+    let ip = addr.rsplit_once(':').unwrap().0.to_string();
+    thread_backend(addr, move |mut s| {
+        while read_request(&mut s).is_some() {
+            if s.write_all(&ok_response(&ip)).is_err() {
+                break;
+            }
         }
-    });
-    bound
+    })
 }
 
 fn get(addr: SocketAddr) -> String {

@@ -36,32 +36,14 @@ fn read_head(s: &mut impl Read) -> String {
 
 /// A backend that answers an upgrade with 101 and then echoes.
 fn upgrade_echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                read_request(&mut s).unwrap();
-                s.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-                )
-                .unwrap();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+    thread_backend("127.0.0.1:0", |mut s| {
+        read_request(&mut s).unwrap();
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .unwrap();
+        echo(s);
+    })
 }
 
 /// A backend whose one response has a body of `chunks` × `chunk` bytes,
@@ -209,21 +191,14 @@ fn live_connections_on_kept_routes_survive_ten_reloads() {
 
 /// A keep-alive HTTP/1.1 backend that counts the connections it accepts.
 fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            count.fetch_add(1, Ordering::SeqCst);
-            thread::spawn(move || {
-                while read_request(&mut s).is_some() {
-                    if s.write_all(&ok_response("ok")).is_err() {
-                        break;
-                    }
-                }
-            });
+    let addr = thread_backend("127.0.0.1:0", move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        while read_request(&mut s).is_some() {
+            if s.write_all(&ok_response("ok")).is_err() {
+                break;
+            }
         }
     });
     (addr, accepted)

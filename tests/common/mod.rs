@@ -473,31 +473,43 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     body.to_string()
 }
 
-/// An echo backend: echoes every byte, and after the client's EOF shuts down
-/// its own write side. Returns its address; runs until the test ends.
-pub fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+/// A backend on `bind` (`"127.0.0.1:0"` for any port) that gives each
+/// accepted connection to `serve` in a thread of its own. Returns its
+/// address; runs until the test ends.
+pub fn thread_backend(bind: &str, serve: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let l = TcpListener::bind(bind).unwrap();
     let addr = l.local_addr().unwrap();
+    let serve = Arc::new(serve);
     thread::spawn(move || {
         for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
+            let Ok(s) = s else { continue };
+            let serve = serve.clone();
+            thread::spawn(move || serve(s));
         }
     });
     addr
+}
+
+/// Echoes every byte until the peer's EOF, then shuts down its own write side.
+pub fn echo(mut s: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+/// An echo backend: echoes every byte, and after the client's EOF shuts down
+/// its own write side. Returns its address; runs until the test ends.
+pub fn echo_backend() -> SocketAddr {
+    thread_backend("127.0.0.1:0", echo)
 }
 
 /// A backend that hands every accepted connection to the test.
