@@ -581,3 +581,43 @@ fn a_change_of_the_file_is_reloaded() {
         2
     );
 }
+
+/// An HTTP keep-alive connection routes each request with the newest
+/// config, parked between requests or not: a reload that sends a path
+/// elsewhere reaches a connection accepted before it.
+#[test]
+fn a_keep_alive_connection_routes_its_next_request_with_the_new_config() {
+    let (old, _) = raw_http_backend(|_| ok_response("old"));
+    let (new, _) = raw_http_backend(|_| ok_response("new"));
+    let config = |target: SocketAddr| {
+        format!(
+            "{HEAD}\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\n\
+             [[routes]]\nname = \"app\"\nmatch.listener = \"web\"\naction.forward = [\"{target}\"]\n"
+        )
+    };
+    let gh = Gatehouse::start(&config(old));
+    let mut s = TcpStream::connect(gh.addr("web")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ask = |s: &mut TcpStream| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let (head, body) = read_response(s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        String::from_utf8(body).unwrap()
+    };
+    assert_eq!(ask(&mut s), "old");
+    let (status, answer) = gh.reload(&config(new));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["applied"]["routes"]["changed"],
+        serde_json::json!(["app"])
+    );
+    // Right after the reload, in its task.
+    assert_eq!(ask(&mut s), "new");
+    // Parked (idle for half a second, out of its task), then asked again.
+    gh.wait_for("the connection to park", Duration::from_secs(5), |g| {
+        g.metric("gatehouse_http_parked_connections", &[]) == 1
+    });
+    let (status, _) = gh.reload(&config(old));
+    assert_eq!(status, 200);
+    assert_eq!(ask(&mut s), "old");
+}

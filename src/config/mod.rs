@@ -510,101 +510,9 @@ impl Ctx<'_> {
             None => DEFAULT_ADMIN_BIND.parse().ok(),
         };
 
-        let mut log = LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        };
-        if let Some(l) = &raw.log {
-            if let Some(level) = &l.level {
-                if let Some(s) = self.string(level, "log.level") {
-                    if tracing_subscriber::EnvFilter::try_new(&s).is_err() {
-                        self.err(
-                            &level.span(),
-                            "log.level",
-                            &format!(
-                                "{s:?} is not a log filter (e.g. \"info\", \"gatehouse=debug\")"
-                            ),
-                        );
-                    }
-                    log.level = s;
-                }
-            }
-            if let Some(format) = &l.format {
-                match self.string(format, "log.format").as_deref() {
-                    Some("text") => log.format = LogFormat::Text,
-                    Some("json") => log.format = LogFormat::Json,
-                    Some(other) => self.err(
-                        &format.span(),
-                        "log.format",
-                        &format!("{other:?} is not one of \"text\", \"json\""),
-                    ),
-                    None => {}
-                }
-            }
-        }
-
-        let t = raw.timeouts.as_ref();
-        let timeouts = Timeouts {
-            connect: self.required_duration(
-                t.and_then(|t| t.connect.as_ref()),
-                "timeouts.connect",
-                Duration::from_secs(5),
-            ),
-            proxy_header: self.required_duration(
-                t.and_then(|t| t.proxy_header.as_ref()),
-                "timeouts.proxy_header",
-                Duration::from_secs(5),
-            ),
-            idle: self.optional_duration(
-                t.and_then(|t| t.idle.as_ref()),
-                "timeouts.idle",
-                Some(Duration::from_secs(600)),
-            ),
-            max_lifetime: self.optional_duration(
-                t.and_then(|t| t.max_lifetime.as_ref()),
-                "timeouts.max_lifetime",
-                None,
-            ),
-            route_drain: self.required_duration(
-                t.and_then(|t| t.route_drain.as_ref()),
-                "timeouts.route_drain",
-                Duration::from_secs(30),
-            ),
-            shutdown_drain: self.required_duration(
-                t.and_then(|t| t.shutdown_drain.as_ref()),
-                "timeouts.shutdown_drain",
-                Duration::from_secs(30),
-            ),
-            tls_handshake: self.required_duration(
-                t.and_then(|t| t.tls_handshake.as_ref()),
-                "timeouts.tls_handshake",
-                Duration::from_secs(10),
-            ),
-            client_send: self.required_duration(
-                t.and_then(|t| t.client_send.as_ref()),
-                "timeouts.client_send",
-                Duration::from_secs(60),
-            ),
-        };
-
-        let l = raw.limits.as_ref();
-        let limits = Limits {
-            max_connections: l
-                .and_then(|l| l.max_connections.as_ref())
-                .and_then(|v| self.count(v, "limits.max_connections", u32::MAX as u64))
-                .map(|n| n as u32),
-            max_connections_per_ip: l
-                .and_then(|l| l.max_connections_per_ip.as_ref())
-                .and_then(|v| self.count(v, "limits.max_connections_per_ip", u32::MAX as u64))
-                .map(|n| n as u32),
-            splice_pipes: match l.and_then(|l| l.splice_pipes.as_ref()) {
-                None => DEFAULT_SPLICE_PIPES,
-                Some(v) if matches!(v.get_ref(), Scalar::Str(s) if s.trim() == "off") => 0,
-                Some(v) => self
-                    .count(v, "limits.splice_pipes", 65_536)
-                    .map_or(DEFAULT_SPLICE_PIPES, |n| n as usize),
-            },
-        };
+        let log = self.log(&raw);
+        let timeouts = self.timeouts(&raw);
+        let limits = self.limits(&raw);
 
         let (listeners, facts, mut needs_certificate) = self.listeners(&raw, &timeouts);
         let mut clusters = self.clusters(&raw);
@@ -654,6 +562,109 @@ impl Ctx<'_> {
             acme,
             internal_ca,
             warnings: Vec::new(),
+        }
+    }
+
+    fn log(&mut self, raw: &RawConfig) -> LogConfig {
+        let mut log = LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        };
+        if let Some(l) = &raw.log {
+            if let Some(level) = &l.level {
+                if let Some(s) = self.string(level, "log.level") {
+                    if tracing_subscriber::EnvFilter::try_new(&s).is_err() {
+                        self.err(
+                            &level.span(),
+                            "log.level",
+                            &format!(
+                                "{s:?} is not a log filter (e.g. \"info\", \"gatehouse=debug\")"
+                            ),
+                        );
+                    }
+                    log.level = s;
+                }
+            }
+            if let Some(format) = &l.format {
+                match self.string(format, "log.format").as_deref() {
+                    Some("text") => log.format = LogFormat::Text,
+                    Some("json") => log.format = LogFormat::Json,
+                    Some(other) => self.err(
+                        &format.span(),
+                        "log.format",
+                        &format!("{other:?} is not one of \"text\", \"json\""),
+                    ),
+                    None => {}
+                }
+            }
+        }
+        log
+    }
+
+    fn timeouts(&mut self, raw: &RawConfig) -> Timeouts {
+        let t = raw.timeouts.as_ref();
+        Timeouts {
+            connect: self.required_duration(
+                t.and_then(|t| t.connect.as_ref()),
+                "timeouts.connect",
+                Duration::from_secs(5),
+            ),
+            proxy_header: self.required_duration(
+                t.and_then(|t| t.proxy_header.as_ref()),
+                "timeouts.proxy_header",
+                Duration::from_secs(5),
+            ),
+            idle: self.optional_duration(
+                t.and_then(|t| t.idle.as_ref()),
+                "timeouts.idle",
+                Some(Duration::from_secs(600)),
+            ),
+            max_lifetime: self.optional_duration(
+                t.and_then(|t| t.max_lifetime.as_ref()),
+                "timeouts.max_lifetime",
+                None,
+            ),
+            route_drain: self.required_duration(
+                t.and_then(|t| t.route_drain.as_ref()),
+                "timeouts.route_drain",
+                Duration::from_secs(30),
+            ),
+            shutdown_drain: self.required_duration(
+                t.and_then(|t| t.shutdown_drain.as_ref()),
+                "timeouts.shutdown_drain",
+                Duration::from_secs(30),
+            ),
+            tls_handshake: self.required_duration(
+                t.and_then(|t| t.tls_handshake.as_ref()),
+                "timeouts.tls_handshake",
+                Duration::from_secs(10),
+            ),
+            client_send: self.required_duration(
+                t.and_then(|t| t.client_send.as_ref()),
+                "timeouts.client_send",
+                Duration::from_secs(60),
+            ),
+        }
+    }
+
+    fn limits(&mut self, raw: &RawConfig) -> Limits {
+        let l = raw.limits.as_ref();
+        Limits {
+            max_connections: l
+                .and_then(|l| l.max_connections.as_ref())
+                .and_then(|v| self.count(v, "limits.max_connections", u32::MAX as u64))
+                .map(|n| n as u32),
+            max_connections_per_ip: l
+                .and_then(|l| l.max_connections_per_ip.as_ref())
+                .and_then(|v| self.count(v, "limits.max_connections_per_ip", u32::MAX as u64))
+                .map(|n| n as u32),
+            splice_pipes: match l.and_then(|l| l.splice_pipes.as_ref()) {
+                None => DEFAULT_SPLICE_PIPES,
+                Some(v) if matches!(v.get_ref(), Scalar::Str(s) if s.trim() == "off") => 0,
+                Some(v) => self
+                    .count(v, "limits.splice_pipes", 65_536)
+                    .map_or(DEFAULT_SPLICE_PIPES, |n| n as usize),
+            },
         }
     }
 }
