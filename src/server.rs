@@ -76,6 +76,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
         ),
         None => None,
     };
+    // Reload when the file changes (kept for the process's life). Set up
+    // before anything is announced: its descriptors are part of the start.
+    let _watch = if watch { reloader.watch() } else { None };
     reloader.start_bound(bound).await;
     if let Some(admin) = admin {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
@@ -85,8 +88,6 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
             reloader.clone(),
         ));
     }
-    // Reload when the file changes (kept for the process's life).
-    let _watch = if watch { reloader.watch() } else { None };
     crate::notify::notify("READY=1");
 
     if let Some(acme) = runtime.snapshot().tls.acme.clone() {
