@@ -142,25 +142,29 @@ impl Snapshot {
                 if !config.route_serves_http(&r.config) {
                     return None;
                 }
-                let kept = previous.and_then(|p| {
+                // The route's pools before: kept whole when its cluster and
+                // settings are the same, else their endpoints' pools that
+                // stay are (a cluster that gained or lost an endpoint).
+                let before = previous.and_then(|p| {
                     let old = p.routes.iter().find(|o| o.name == r.name)?;
                     let pools = p.pools[old.index].as_ref()?;
-                    let same = Arc::ptr_eq(&pools.cluster, cluster)
-                        && old.config.upstream == r.config.upstream
+                    let settings = old.config.upstream == r.config.upstream
                         && old.config.policy.http.pools_equal(&r.config.policy.http);
-                    same.then(|| pools.clone())
+                    settings.then_some(pools)
                 });
-                Some(kept.unwrap_or_else(|| {
-                    let upstream = crate::http::pool::Upstream::new(
-                        &r.config.upstream,
-                        tls.upstreams[r.index].clone(),
-                    );
-                    Arc::new(RoutePools::new(
-                        cluster.clone(),
-                        &r.config.policy.http,
-                        upstream,
-                    ))
-                }))
+                if let Some(pools) = before.filter(|p| Arc::ptr_eq(&p.cluster, cluster)) {
+                    return Some(pools.clone());
+                }
+                let upstream = crate::http::pool::Upstream::new(
+                    &r.config.upstream,
+                    tls.upstreams[r.index].clone(),
+                );
+                Some(Arc::new(RoutePools::new(
+                    cluster.clone(),
+                    &r.config.policy.http,
+                    upstream,
+                    before.map(|p| &**p),
+                )))
             })
             .collect();
         Ok(Snapshot {

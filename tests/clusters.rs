@@ -127,3 +127,63 @@ action.cluster = "api"
     assert_eq!(applied["clusters"]["changed"], serde_json::json!(["api"]));
     assert_eq!(applied["routes"]["changed"], serde_json::json!([]));
 }
+
+/// A keep-alive backend that answers with `name` and counts the
+/// connections it accepts.
+fn counted(name: &'static str) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let addr = thread_backend("127.0.0.1:0", move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        while read_request(&mut s).is_some() {
+            if s.write_all(&ok_response(name)).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+/// A reload that adds an endpoint to a cluster keeps the pools of the
+/// endpoints that stay: their idle connections serve on, no new connect.
+#[test]
+fn an_endpoint_added_by_a_reload_leaves_the_others_idle_connections_alone() {
+    use std::sync::atomic::Ordering;
+    let (a, a_accepted) = counted("a");
+    let (b, b_accepted) = counted("b");
+    let config = |endpoints: &str| {
+        format!(
+            "admin.bind = \"127.0.0.1:0\"\nworkers = 2\n\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\n\
+             [[clusters]]\nname = \"api\"\nendpoints = [{endpoints}]\n\n\
+             [[routes]]\nname = \"app\"\nmatch.listener = \"web\"\naction.cluster = \"api\"\n"
+        )
+    };
+    let gh = Gatehouse::start(&config(&format!("{{ address = \"{a}\" }}")));
+    let web = gh.addr("web");
+    assert_eq!(get(web), "a");
+    assert_eq!(get(web), "a");
+    assert_eq!(
+        a_accepted.load(Ordering::SeqCst),
+        1,
+        "a's connection is pooled"
+    );
+    let (status, answer) = gh.reload(&config(&format!(
+        "{{ address = \"{a}\" }}, {{ address = \"{b}\" }}"
+    )));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["applied"]["clusters"]["changed"],
+        serde_json::json!(["api"])
+    );
+    let mut seen: Vec<String> = (0..6).map(|_| get(web)).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["a", "b"]);
+    assert_eq!(
+        a_accepted.load(Ordering::SeqCst),
+        1,
+        "a's idle connection was dropped"
+    );
+    assert_eq!(b_accepted.load(Ordering::SeqCst), 1);
+}

@@ -29,14 +29,25 @@ pub struct PoolSet {
 }
 
 impl RoutePools {
-    pub fn new(cluster: Arc<Cluster>, policy: &HttpPolicy, upstream: Upstream) -> RoutePools {
+    /// `previous`: the same route's pools before a reload, with the same
+    /// pool and upstream settings (the caller checks): the pools of its
+    /// endpoints that are still endpoints are kept, idle connections and all.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        policy: &HttpPolicy,
+        upstream: Upstream,
+        previous: Option<&RoutePools>,
+    ) -> RoutePools {
+        let kept = previous.map(|p| p.current.load().pools.clone());
         let pools = RoutePools {
             cluster,
             policy: policy.clone(),
             upstream,
+            // (Generation 0: no set has it, so the first look rebuilds,
+            // finding these by address.)
             current: ArcSwap::from_pointee(PoolSet {
                 generation: 0,
-                pools: Vec::new(),
+                pools: kept.unwrap_or_default(),
             }),
             rebuilding: Mutex::new(()),
         };
