@@ -91,8 +91,10 @@ impl From<crate::upstream::UpstreamError> for RequestEnd {
             U::ConnectError => RequestEnd::UpstreamConnectError,
             U::TlsVerifyFailed => RequestEnd::UpstreamTlsVerifyFailed,
             U::TlsHandshakeFailed => RequestEnd::UpstreamTlsHandshakeFailed,
-            U::ProtocolError => RequestEnd::UpstreamProtocolError,
+            U::ProtocolError | U::InvalidResponse => RequestEnd::UpstreamProtocolError,
             U::PoolExhausted => RequestEnd::UpstreamPoolExhausted,
+            U::ClosedBeforeSend | U::ClosedBeforeResponse | U::Reset => RequestEnd::UpstreamReset,
+            U::ResponseTimeout => RequestEnd::UpstreamResponseTimeout,
         }
     }
 }

@@ -576,7 +576,7 @@ impl Handler {
                 match exchange {
                     Err(()) => {
                         exchanging.close(); // slow: not drained
-                        return Err(RequestEnd::UpstreamResponseTimeout);
+                        return Err(UpstreamError::ResponseTimeout.into());
                     }
                     Ok(Ok(h)) => {
                         let Some(conn) = exchanging.0.take() else {
@@ -587,20 +587,12 @@ impl Handler {
                     }
                     Ok(Err(e)) => {
                         exchanging.close();
-                        tracing::debug!(conn = self.conn_id, error = ?e, reused, "upstream request failed");
-                        match e {
-                            // Closed while idle, before anything came back:
-                            // an idempotent request goes again.
-                            h1::ExchangeError::ClosedEarly
-                                if reused && head.req.method().is_idempotent() =>
-                            {
-                                continue;
-                            }
-                            h1::ExchangeError::Protocol => {
-                                return Err(RequestEnd::UpstreamProtocolError);
-                            }
-                            _ => return Err(RequestEnd::UpstreamReset),
+                        let e = UpstreamError::from(e);
+                        tracing::debug!(conn = self.conn_id, error = %e, reused, "upstream request failed");
+                        if goes_again(e, reused, head.req.method().is_idempotent()) {
+                            continue;
                         }
+                        return Err(e.into());
                     }
                 }
             }
@@ -634,6 +626,7 @@ impl Handler {
         log: &RequestLog,
     ) -> Option<Exchanged> {
         let bodiless = body.is_none();
+        let idempotent = head.req.method().is_idempotent();
         let mut request = std::mem::replace(&mut head.req, Request::new(()))
             .map(|()| body.take().unwrap_or_else(empty));
         head.set.apply(request.headers_mut());
@@ -657,23 +650,45 @@ impl Handler {
             return Some(Err(client_side));
         }
         tracing::debug!(conn = self.conn_id, error = %e.error(), reused = conn.reused, "upstream request failed");
-        match e.take_message() {
-            Some(unsent) if conn.reused => {
-                let (parts, unsent_body) = unsent.into_parts();
-                head.req = Request::from_parts(parts, ());
-                if !bodiless {
-                    *body = Some(unsent_body);
+        let unsent = e.take_message();
+        let kind = if unsent.is_some() {
+            UpstreamError::ClosedBeforeSend
+        } else if e.error().is_incomplete_message() {
+            UpstreamError::ClosedBeforeResponse
+        } else if e.error().is_parse() {
+            UpstreamError::InvalidResponse
+        } else {
+            UpstreamError::Reset
+        };
+        if goes_again(kind, conn.reused, idempotent) {
+            // What hyper gave back, or the head kept for a bodiless
+            // request (a body it sent is gone).
+            match (unsent, again) {
+                (Some(unsent), _) => {
+                    let (parts, unsent_body) = unsent.into_parts();
+                    head.req = Request::from_parts(parts, ());
+                    if !bodiless {
+                        *body = Some(unsent_body);
+                    }
+                    return None;
                 }
-                None
+                (None, Some(kept)) => {
+                    head.req = kept;
+                    return None;
+                }
+                (None, None) => {}
             }
-            None if e.error().is_incomplete_message() && again.is_some() => {
-                head.req = again?;
-                None
-            }
-            _ if e.error().is_parse() => Some(Err(RequestEnd::UpstreamProtocolError)),
-            _ => Some(Err(RequestEnd::UpstreamReset)),
         }
+        Some(Err(kind.into()))
     }
+}
+
+/// Whether a failed attempt goes again on another connection, for both
+/// clients: only after a reused connection failed (a new one failing is
+/// the upstream's answer), and only when the failure says the request
+/// cannot have been processed (`UpstreamError::retry_safe`).
+fn goes_again(e: UpstreamError, reused: bool, idempotent: bool) -> bool {
+    reused && e.retry_safe(idempotent)
 }
 
 /// A request's head without its body or extensions, to send it again.

@@ -5,10 +5,9 @@
 
 use crate::lifecycle::EndReason;
 
-/// Why an upstream could not be reached. Every kind happens before a
-/// byte of the client's request or stream was written to the upstream,
-/// so each is safe to try again on another endpoint; what fails after
-/// (a reset, a response timeout) is the exchange's to classify.
+/// Why an upstream failed: it could not be reached (nothing was sent), or
+/// the exchange on a connection failed (what was sent decides whether the
+/// request may go again: `retry_safe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
     /// The cluster has no endpoint: its names resolved to no address.
@@ -33,12 +32,46 @@ pub enum UpstreamError {
     /// wait timeout (our limit: the proxy's side).
     #[error("pool exhausted")]
     PoolExhausted,
+    /// The connection closed before the request was written (a reused
+    /// connection the upstream closed while it was idle).
+    #[error("closed before the request was sent")]
+    ClosedBeforeSend,
+    /// The connection closed after the request, before any byte of a
+    /// response: the upstream may or may not have processed it.
+    #[error("closed before a response")]
+    ClosedBeforeResponse,
+    /// Reset or closed during the response, or failed otherwise after the
+    /// request went out.
+    #[error("connection reset")]
+    Reset,
+    /// No response head within the response header timeout.
+    #[error("no response in time")]
+    ResponseTimeout,
+    /// The response is not valid HTTP.
+    #[error("invalid response")]
+    InvalidResponse,
 }
 
 impl UpstreamError {
-    /// Nothing was sent: another endpoint may be tried (see the type).
-    pub fn retry_safe(self) -> bool {
-        true
+    /// Whether the request may be sent again, on another connection or
+    /// endpoint: when nothing of it reached the upstream, or when nothing
+    /// came back and the method is idempotent (RFC 9110 §9.2.2), so that a
+    /// request the upstream processed is never processed twice otherwise.
+    pub fn retry_safe(self, idempotent: bool) -> bool {
+        use UpstreamError as U;
+        match self {
+            U::Unresolved
+            | U::Refused
+            | U::ConnectTimeout
+            | U::ConnectError
+            | U::TlsVerifyFailed
+            | U::TlsHandshakeFailed
+            | U::ProtocolError
+            | U::PoolExhausted
+            | U::ClosedBeforeSend => true,
+            U::ClosedBeforeResponse => idempotent,
+            U::Reset | U::ResponseTimeout | U::InvalidResponse => false,
+        }
     }
 
     /// Whose failure it is: the upstream's, or ours (a limit of ours).
@@ -68,6 +101,27 @@ impl From<UpstreamError> for EndReason {
             }
             U::TlsVerifyFailed => EndReason::UpstreamTlsVerifyFailed,
             U::TlsHandshakeFailed => EndReason::UpstreamTlsHandshakeFailed,
+            U::ClosedBeforeSend | U::ClosedBeforeResponse | U::Reset | U::InvalidResponse => {
+                EndReason::UpstreamReset
+            }
+            U::ResponseTimeout => EndReason::IdleTimeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UpstreamError as U;
+
+    #[test]
+    fn a_request_goes_again_only_if_it_cannot_have_been_processed() {
+        for e in [U::Refused, U::ConnectTimeout, U::ClosedBeforeSend] {
+            assert!(e.retry_safe(false), "{e:?}");
+        }
+        assert!(U::ClosedBeforeResponse.retry_safe(true));
+        assert!(!U::ClosedBeforeResponse.retry_safe(false));
+        for e in [U::Reset, U::ResponseTimeout, U::InvalidResponse] {
+            assert!(!e.retry_safe(true), "{e:?}");
         }
     }
 }

@@ -102,6 +102,16 @@ pub enum ExchangeError {
     Protocol,
 }
 
+impl From<ExchangeError> for crate::upstream::UpstreamError {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::ClosedEarly => Self::ClosedBeforeResponse,
+            ExchangeError::Reset => Self::Reset,
+            ExchangeError::Protocol => Self::InvalidResponse,
+        }
+    }
+}
+
 /// A response head and how its body is to be read.
 pub struct ResponseHead {
     pub response: Response<()>,
