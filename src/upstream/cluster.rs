@@ -3,7 +3,8 @@
 //! plane reads without a lock. Names are resolved by the cluster, not per
 //! connect: once when it is made, then every `resolve_every` by a task of
 //! its own (which ends with the cluster); a name that fails to resolve
-//! keeps its last good addresses. Picking is weighted round robin.
+//! keeps its last good addresses. Picking is smooth weighted round robin
+//! (nginx's), from a precomputed round: an index, no lock.
 //! (A route's HTTP pools, one per endpoint, are `http::pool::RoutePools`.)
 
 use std::net::SocketAddr;
@@ -32,25 +33,39 @@ pub struct EndpointSet {
     /// One more at each change of the set.
     pub generation: u64,
     pub endpoints: Vec<Endpoint>,
-    /// Running sums of the weights (for picking).
+    /// One weighted round: the endpoints' positions in the order nginx's
+    /// smooth weighted round robin picks them (each as often as its
+    /// weight, spread out rather than in runs), so that a pick is an index
+    /// into it, without a lock. Above `SCHEDULE_MAX` picks a round, the
+    /// running sums of the weights instead (the same shares, in runs).
+    schedule: Vec<u32>,
     cumulative: Vec<u64>,
     /// Every name has been looked up at least once.
     pub settled: bool,
 }
 
+/// The longest round kept as a schedule (4 bytes a pick).
+const SCHEDULE_MAX: u64 = 16_384;
+
 impl EndpointSet {
     fn new(generation: u64, endpoints: Vec<Endpoint>, settled: bool) -> EndpointSet {
         let mut sum = 0;
-        let cumulative = endpoints
+        let cumulative: Vec<u64> = endpoints
             .iter()
             .map(|e| {
                 sum += u64::from(e.weight);
                 sum
             })
             .collect();
+        let schedule = if sum <= SCHEDULE_MAX {
+            smooth_round(&endpoints)
+        } else {
+            Vec::new()
+        };
         EndpointSet {
             generation,
             endpoints,
+            schedule,
             cumulative,
             settled,
         }
@@ -58,10 +73,34 @@ impl EndpointSet {
 
     /// The endpoint at position `n` of the weighted cycle.
     fn at(&self, n: usize) -> Option<usize> {
+        if !self.schedule.is_empty() {
+            return Some(self.schedule[n % self.schedule.len()] as usize);
+        }
         let total = *self.cumulative.last()?;
         let n = n as u64 % total;
         Some(self.cumulative.partition_point(|&c| c <= n))
     }
+}
+
+/// One round of smooth weighted round robin (nginx): at each pick every
+/// endpoint's current weight grows by its weight, the largest is picked
+/// and loses the total.
+fn smooth_round(endpoints: &[Endpoint]) -> Vec<u32> {
+    let total: i64 = endpoints.iter().map(|e| i64::from(e.weight)).sum();
+    let mut current = vec![0i64; endpoints.len()];
+    let mut round = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, e) in endpoints.iter().enumerate() {
+            current[i] += i64::from(e.weight);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        round.push(best as u32);
+    }
+    round
 }
 
 pub struct Cluster {
@@ -245,11 +284,35 @@ mod tests {
     }
 
     #[test]
-    fn weights_share_the_cycle() {
-        let c = cluster(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 3)]);
+    fn weights_share_the_cycle_spread_out() {
+        // nginx's example: weights 5, 1, 1 give a a b a c a a.
+        let c = cluster(&[("127.0.0.1:1", 5), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)]);
         let set = c.endpoints();
-        let picks: Vec<usize> = (0..8).map(|_| c.pick_in(&set).unwrap()).collect();
-        assert_eq!(picks, [0, 1, 1, 1, 0, 1, 1, 1]);
+        let picks: Vec<usize> = (0..14).map(|_| c.pick_in(&set).unwrap()).collect();
+        assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+        // Equal weights: plain turns.
+        let c = cluster(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)]);
+        let set = c.endpoints();
+        let picks: Vec<usize> = (0..4).map(|_| c.pick_in(&set).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_round_too_long_to_keep_still_shares_by_weight() {
+        let endpoints: Vec<_> = (0..20)
+            .map(|i| Endpoint {
+                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                weight: 1000,
+                target: "t".into(),
+            })
+            .collect();
+        let set = EndpointSet::new(1, endpoints, true);
+        assert!(set.schedule.is_empty());
+        let mut counts = [0usize; 20];
+        for n in 0..20_000 {
+            counts[set.at(n).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&n| n == 1000), "{counts:?}");
     }
 
     #[tokio::test]
