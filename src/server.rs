@@ -94,29 +94,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
         tokio::spawn(acme.run());
     }
 
-    let housekeeping = runtime.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::splice::IDLE_PIPE_TTL / 2);
-        let mut renewal_checked = tokio::time::Instant::now();
-        loop {
-            tick.tick().await;
-            // The internal issuer's certificates, renewed days before their
-            // end: looked at every few minutes.
-            let snap = housekeeping.snapshot();
-            if renewal_checked.elapsed() >= crate::tls::internal::RENEW_CHECK_EVERY {
-                renewal_checked = tokio::time::Instant::now();
-                snap.tls.certs.renew_internal();
-            }
-            crate::splice::trim();
-            snap.reap_pools();
-            // (A descriptor limit changed under the process is seen.)
-            housekeeping.fd_ceiling.store(
-                crate::listener::fd_ceiling(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            snap.tls.certs.reload_changed();
-        }
-    });
+    tokio::spawn(housekeeping(runtime.clone()));
 
     // Upstream request heads go out once per scheduler round (see
     // `send_batch`): only where every task runs on this one thread.
@@ -128,47 +106,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     }
     tokio::spawn(crate::http::park::watch(runtime.clone()));
     // Parked connections' keep-alive deadlines, kept to within a quarter second.
-    let parking = runtime.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::http::park::SWEEP_EVERY);
-        let mut parked_before = 0;
-        // The most live connections since memory was last given back, the
-        // number live then, and at the last sweep.
-        let mut high = 0;
-        let mut settled = 0;
-        let mut live_before = 0;
-        // Sweeps left that give memory back again: a crowd's last
-        // connections end, and are freed (possibly on other workers), over
-        // a while, not all at the sweep that noticed.
-        let mut again = 0u32;
-        loop {
-            tick.tick().await;
-            parking.parking.sweep();
-            // Gone quiet — more parked and few still active, most of a
-            // crowd (a flood) gone, or a crowd arrived and settled (its
-            // set-up's buffers freed) — : give the memory their tasks and
-            // buffers held back to the system.
-            let parked = parking.parking.len();
-            let live = parking.table.active();
-            let active = live.saturating_sub(parked);
-            high = high.max(live);
-            let crowd_gone = high >= live + RELEASE_AFTER_ENDED && live <= high / 2;
-            let crowd_settled = live >= settled + RELEASE_AFTER_ENDED && live == live_before;
-            if crowd_gone || crowd_settled {
-                again = RELEASE_SWEEPS;
-                high = live;
-                settled = live;
-            }
-            settled = settled.min(live);
-            live_before = live;
-            if (parked > parked_before && active < 16) || again > 0 {
-                crate::alloc::release_free_pages();
-                wake_workers(parking.workers);
-                again = again.saturating_sub(1);
-            }
-            parked_before = parked;
-        }
-    });
+    tokio::spawn(parking_sweeps(runtime.clone()));
 
     // SIGHUP: reload the config (refused candidates leave it running).
     while let Signal::Reload = signals.recv().await {
@@ -217,6 +155,75 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+}
+
+/// Every half of the splice pipes' idle lifetime: the internal issuer's
+/// renewals, the splice pool's and the upstream pools' idle entries, the
+/// descriptor ceiling, certificate files changed on disk.
+async fn housekeeping(rt: Arc<Runtime>) {
+    let mut tick = tokio::time::interval(crate::splice::IDLE_PIPE_TTL / 2);
+    let mut renewal_checked = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        // The internal issuer's certificates, renewed days before their
+        // end: looked at every few minutes.
+        let snap = rt.snapshot();
+        if renewal_checked.elapsed() >= crate::tls::internal::RENEW_CHECK_EVERY {
+            renewal_checked = tokio::time::Instant::now();
+            snap.tls.certs.renew_internal();
+        }
+        crate::splice::trim();
+        snap.reap_pools();
+        // (A descriptor limit changed under the process is seen.)
+        rt.fd_ceiling.store(
+            crate::listener::fd_ceiling(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        snap.tls.certs.reload_changed();
+    }
+}
+
+/// The parking lot's sweeps (keep-alive deadlines, to within a quarter
+/// second), and memory given back when the process goes quiet.
+async fn parking_sweeps(rt: Arc<Runtime>) {
+    let mut tick = tokio::time::interval(crate::http::park::SWEEP_EVERY);
+    let mut parked_before = 0;
+    // The most live connections since memory was last given back, the
+    // number live then, and at the last sweep.
+    let mut high = 0;
+    let mut settled = 0;
+    let mut live_before = 0;
+    // Sweeps left that give memory back again: a crowd's last
+    // connections end, and are freed (possibly on other workers), over
+    // a while, not all at the sweep that noticed.
+    let mut again = 0u32;
+    loop {
+        tick.tick().await;
+        rt.parking.sweep();
+        // Gone quiet — more parked and few still active, most of a
+        // crowd (a flood) gone, or a crowd arrived and settled (its
+        // set-up's buffers freed) — : give the memory their tasks and
+        // buffers held back to the system.
+        let parked = rt.parking.len();
+        let live = rt.table.active();
+        let active = live.saturating_sub(parked);
+        high = high.max(live);
+        let crowd_gone = high >= live + RELEASE_AFTER_ENDED && live <= high / 2;
+        let crowd_settled = live >= settled + RELEASE_AFTER_ENDED && live == live_before;
+        if crowd_gone || crowd_settled {
+            again = RELEASE_SWEEPS;
+            high = live;
+            settled = live;
+        }
+        settled = settled.min(live);
+        live_before = live;
+        if (parked > parked_before && active < 16) || again > 0 {
+            crate::alloc::release_free_pages();
+            wake_workers(rt.workers);
+            again = again.saturating_sub(1);
+        }
+        parked_before = parked;
+    }
 }
 
 enum Signal {
