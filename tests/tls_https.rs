@@ -520,3 +520,48 @@ upstream = {{ tls = true, ca = "{}", server_name = "backend.internal" }}
         .to_owned();
     assert!(line.contains("\"level\":\"INFO\""), "{line}");
 }
+
+/// A config reload that adds a certificate (a new name): new handshakes
+/// for that name get it, the answer says certificates changed, and a TLS
+/// connection opened before goes on.
+#[test]
+fn a_reload_adds_a_certificate_without_dropping_open_connections() {
+    let pki = Pki::new("ca");
+    let (a_cert, a_key) = pki.issue("a", &["a.test"]);
+    let (b_cert, b_key) = pki.issue("b", &["b.test"]);
+    let (backend, _) = raw_http_backend(|_| ok_response("hello"));
+    let routes = format!(
+        "[[routes]]\nname = \"app\"\nmatch.listener = \"web\"\naction.forward = [\"{backend}\"]\n"
+    );
+    let one = https_config(&pki, &cert_entry(&a_cert, &a_key, ""), &routes);
+    let gh = Gatehouse::start(&one);
+    let web = gh.addr("web");
+    let mut open = tls_connect(web, "a.test", pki.client(&[])).unwrap();
+    let (head, _) = get(&mut open, "a.test", "/");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Before: b.test gets a.test's certificate (the only one), which the
+    // client refuses.
+    assert!(tls_connect(web, "b.test", pki.client(&[])).is_err());
+
+    let both = https_config(
+        &pki,
+        &format!(
+            "{}{}",
+            cert_entry(&a_cert, &a_key, ""),
+            cert_entry(&b_cert, &b_key, "")
+        ),
+        &routes,
+    );
+    let (status, answer) = gh.reload(&both);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["applied"]["certificates_changed"], true);
+    let mut fresh = tls_connect(web, "b.test", pki.client(&[])).unwrap();
+    assert_eq!(peer_names(&fresh), ["b.test"]);
+    let (head, _) = get(&mut fresh, "b.test", "/");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, body) = get(&mut open, "a.test", "/");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body == b"hello",
+        "{head}"
+    );
+}
