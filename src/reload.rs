@@ -142,8 +142,14 @@ impl Reloader {
         let Some(path) = &self.path else {
             return Err(Refused::NoFile);
         };
-        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) = file_hash(path);
-        let result = match config::load(path) {
+        // Read once: what is parsed is what the watch compares with.
+        let text = std::fs::read_to_string(path).map_err(|error| config::LoadError::Read {
+            path: path.display().to_string(),
+            error,
+        });
+        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) =
+            text.as_ref().ok().map(|t| text_hash(t.as_bytes()));
+        let result = match text.and_then(|t| config::from_text(path, &t)) {
             Ok(c) => self.apply(c).await,
             Err(e) => Err(Refused::Invalid(e)),
         };
@@ -321,13 +327,12 @@ impl Reloader {
     }
 }
 
-/// The file's bytes, hashed (`None` if it cannot be read).
-fn file_hash(path: &std::path::Path) -> Option<u64> {
+/// A hash of a config file's bytes.
+fn text_hash(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    Some(h.finish())
+    h.finish()
 }
 
 /// How long the file must stay unchanged before a change is reloaded:
@@ -384,7 +389,7 @@ impl Reloader {
                     .await
                     .is_ok()
                 {}
-                let now = file_hash(&path);
+                let now = std::fs::read(&path).ok().map(|b| text_hash(&b));
                 let last = *this.last_read.lock().unwrap_or_else(|p| p.into_inner());
                 if now.is_some() && now != last {
                     tracing::info!("config file changed: reloading");

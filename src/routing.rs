@@ -61,7 +61,7 @@ fn matches(m: &RouteMatch, input: &RouteInput<'_>) -> bool {
         && (m.sni.is_empty()
             || input
                 .sni
-                .is_some_and(|name| m.sni.iter().any(|h| host_matches(h, name))))
+                .is_some_and(|name| m.sni.iter().any(|h| h.matches(name))))
         && (m.client_identities.is_empty()
             || input
                 .identity
@@ -125,10 +125,6 @@ pub fn http_order(routes: &[Route]) -> Vec<usize> {
     order
 }
 
-pub fn host_matches(m: &crate::config::HostMatch, host: &str) -> bool {
-    m.matches(host)
-}
-
 fn path_matches(m: &crate::config::PathMatch, path: &str) -> bool {
     use crate::config::{PathMatch, Segment};
     match m {
@@ -161,7 +157,7 @@ fn http_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
     (h.hosts.is_empty()
         || req
             .host
-            .is_some_and(|host| h.hosts.iter().any(|hm| host_matches(hm, host))))
+            .is_some_and(|host| h.hosts.iter().any(|hm| hm.matches(host))))
         && h.path.as_ref().is_none_or(|p| path_matches(p, req.path))
         && (h.methods.is_empty() || h.methods.iter().any(|x| x == req.method))
         && h.headers.iter().all(|(name, value)| {

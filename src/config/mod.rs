@@ -297,8 +297,14 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         path: path.display().to_string(),
         error,
     })?;
+    from_text(path, &text)
+}
+
+/// The config in `text`, read from `path` (named in errors), with `${VAR}`
+/// from the environment.
+pub fn from_text(path: &Path, text: &str) -> Result<Config, LoadError> {
     let lookup = |name: &str| std::env::var(name).ok();
-    Ok(parse(&path.display().to_string(), &text, &lookup)?)
+    Ok(parse(&path.display().to_string(), text, &lookup)?)
 }
 
 /// Parses and validates config text. `file` only names the source in errors.

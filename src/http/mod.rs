@@ -118,15 +118,23 @@ where
     if !h2 {
         return serve_h1(io, handler, cfg, None, guard, rt).await;
     }
-    let idle = rt
-        .current()
-        .config
-        .timeouts
-        .idle
-        .map(|d| (d, guard.entry()));
+    let idle = idle_rule(rt, guard);
     // Boxed: an HTTP/2 connection's state is kilobytes, and an HTTP/1
     // connection must not carry it.
     Served::End(Box::pin(serve_h2(io, handler, cfg, idle, guard, rt)).await)
+}
+
+/// The connection's idle timeout (`timeouts.idle`, read from the running
+/// config) and the table entry whose traffic resets it.
+fn idle_rule<'a>(
+    rt: &Runtime,
+    guard: &'a ConnGuard,
+) -> Option<(std::time::Duration, &'a crate::conn::ConnEntry)> {
+    rt.current()
+        .config
+        .timeouts
+        .idle
+        .map(|d| (d, guard.entry()))
 }
 
 /// Our HTTP/1.1 loop on a connection, new or back from parking (`resume`:
@@ -139,12 +147,7 @@ pub async fn serve_h1<S: h1::ConnIo>(
     guard: &ConnGuard,
     rt: &Arc<Runtime>,
 ) -> Served<S> {
-    let idle = rt
-        .current()
-        .config
-        .timeouts
-        .idle
-        .map(|d| (d, guard.entry()));
+    let idle = idle_rule(rt, guard);
     let conn = h1::serve(io, handler, cfg, guard, &rt.shutdown, resume);
     tokio::pin!(conn);
     match drive(conn, &rt.shutdown, idle, |_| {}).await {

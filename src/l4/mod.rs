@@ -234,7 +234,7 @@ async fn run(
     guard.set_state(ConnState::Connecting);
     let cluster = &snap.clusters[forward.cluster];
     let started = Instant::now();
-    let (upstream, _) = tokio::select! {
+    let (upstream, endpoint) = tokio::select! {
         // Boxed: the connect future is large and needed only in this state.
         r = Box::pin(timeout(policy.connect_timeout, connect(cluster))) => match r {
             Err(_elapsed) => return Step::End(EndReason::UpstreamConnectTimeout),
@@ -245,9 +245,7 @@ async fn run(
         _ = route.closing.closing() => return Step::End(route.closing.end_reason()),
     };
     route.stats.connect_latency.observe(started.elapsed());
-    if let Ok(addr) = upstream.peer_addr() {
-        guard.set_upstream(addr);
-    }
+    guard.set_upstream(endpoint.addr);
 
     // Bytes owed to the upstream before anything else the client sends;
     // the client's early bytes count as client bytes, our header does not.
@@ -392,9 +390,7 @@ async fn terminate(
         },
         _ = route.closing.closing() => return route.closing.end_reason(),
     };
-    if let Ok(addr) = upstream.peer_addr() {
-        guard.set_upstream(addr);
-    }
+    guard.set_upstream(endpoint.addr);
     if let Some(version) = forward.send_proxy {
         let header = match version {
             ProxyVersion::V1 => proxy_protocol::encode_v1(client_addr, original_dst),

@@ -33,15 +33,24 @@ pub struct EndpointSet {
     /// One more at each change of the set.
     pub generation: u64,
     pub endpoints: Vec<Endpoint>,
-    /// One weighted round: the endpoints' positions in the order nginx's
-    /// smooth weighted round robin picks them (each as often as its
-    /// weight, spread out rather than in runs), so that a pick is an index
-    /// into it, without a lock. Above `SCHEDULE_MAX` picks a round, the
-    /// running sums of the weights instead (the same shares, in runs).
-    schedule: Vec<u32>,
-    cumulative: Vec<u64>,
+    round: Round,
     /// Every name has been looked up at least once.
     pub settled: bool,
+}
+
+/// How picks go round the endpoints, without a lock: a pick is the
+/// position `n` of a shared counter in the round.
+#[derive(Debug, Default)]
+enum Round {
+    /// No endpoint.
+    #[default]
+    Empty,
+    /// The endpoints' positions in the order nginx's smooth weighted
+    /// round robin picks them (each as often as its weight, spread out).
+    Smooth(Vec<u32>),
+    /// Above `SCHEDULE_MAX` picks a round: the running sums of the
+    /// weights (the same shares, in runs).
+    Runs(Vec<u64>),
 }
 
 /// The longest round kept as a schedule (4 bytes a pick).
@@ -49,36 +58,41 @@ const SCHEDULE_MAX: u64 = 16_384;
 
 impl EndpointSet {
     fn new(generation: u64, endpoints: Vec<Endpoint>, settled: bool) -> EndpointSet {
-        let mut sum = 0;
-        let cumulative: Vec<u64> = endpoints
-            .iter()
-            .map(|e| {
-                sum += u64::from(e.weight);
-                sum
-            })
-            .collect();
-        let schedule = if sum <= SCHEDULE_MAX {
-            smooth_round(&endpoints)
+        let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+        let round = if endpoints.is_empty() {
+            Round::Empty
+        } else if total <= SCHEDULE_MAX {
+            Round::Smooth(smooth_round(&endpoints))
         } else {
-            Vec::new()
+            let mut sum = 0;
+            Round::Runs(
+                endpoints
+                    .iter()
+                    .map(|e| {
+                        sum += u64::from(e.weight);
+                        sum
+                    })
+                    .collect(),
+            )
         };
         EndpointSet {
             generation,
             endpoints,
-            schedule,
-            cumulative,
+            round,
             settled,
         }
     }
 
     /// The endpoint at position `n` of the weighted cycle.
     fn at(&self, n: usize) -> Option<usize> {
-        if !self.schedule.is_empty() {
-            return Some(self.schedule[n % self.schedule.len()] as usize);
+        match &self.round {
+            Round::Empty => None,
+            Round::Smooth(order) => Some(order[n % order.len()] as usize),
+            Round::Runs(sums) => {
+                let n = n as u64 % sums.last()?;
+                Some(sums.partition_point(|&c| c <= n))
+            }
         }
-        let total = *self.cumulative.last()?;
-        let n = n as u64 % total;
-        Some(self.cumulative.partition_point(|&c| c <= n))
     }
 }
 
@@ -188,25 +202,21 @@ impl Cluster {
                 .await
                 .map_err(|_| format!("no answer in {deadline:?}"))
                 .and_then(|r| r.map_err(|err| err.to_string()));
+            let last_good = || -> Vec<SocketAddr> {
+                let same = current.endpoints.iter().filter(|x| x.target == target);
+                same.map(|x| x.addr).collect()
+            };
             let mut addrs: Vec<SocketAddr> = match looked_up {
                 Ok(a) => a.collect(),
                 Err(err) => {
-                    let kept = current
-                        .endpoints
-                        .iter()
-                        .filter(|x| x.target == target)
-                        .count();
-                    tracing::warn!(cluster = %self.name, name = %e.address, error = %err, kept, "resolution failed: the last good addresses stay");
-                    Vec::new()
+                    let kept = last_good();
+                    tracing::warn!(cluster = %self.name, name = %e.address, error = %err, kept = kept.len(), "resolution failed: the last good addresses stay");
+                    kept
                 }
             };
             if addrs.is_empty() {
-                addrs = current
-                    .endpoints
-                    .iter()
-                    .filter(|x| x.target == target)
-                    .map(|x| x.addr)
-                    .collect();
+                // (An answer without an address is no better than none.)
+                addrs = last_good();
             }
             addrs.sort();
             addrs.dedup();
@@ -307,7 +317,7 @@ mod tests {
             })
             .collect();
         let set = EndpointSet::new(1, endpoints, true);
-        assert!(set.schedule.is_empty());
+        assert!(matches!(set.round, Round::Runs(_)));
         let mut counts = [0usize; 20];
         for n in 0..20_000 {
             counts[set.at(n).unwrap()] += 1;

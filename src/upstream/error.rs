@@ -74,11 +74,6 @@ impl UpstreamError {
         }
     }
 
-    /// Whose failure it is: the upstream's, or ours (a limit of ours).
-    pub fn blames_upstream(self) -> bool {
-        self != UpstreamError::PoolExhausted
-    }
-
     /// A connect's I/O error.
     pub fn from_connect(e: &std::io::Error) -> UpstreamError {
         match e.kind() {
@@ -101,6 +96,8 @@ impl From<UpstreamError> for EndReason {
             }
             U::TlsVerifyFailed => EndReason::UpstreamTlsVerifyFailed,
             U::TlsHandshakeFailed => EndReason::UpstreamTlsHandshakeFailed,
+            // (The exchange's kinds are HTTP's: an L4 connection never has
+            // them; the nearest words, should one.)
             U::ClosedBeforeSend | U::ClosedBeforeResponse | U::Reset | U::InvalidResponse => {
                 EndReason::UpstreamReset
             }
