@@ -258,7 +258,11 @@ impl Reloader {
             if let Some(i) = gone.iter().position(|(_, r)| r.bind == l.bind) {
                 let (old_name, r) = gone.swap_remove(i);
                 let Some(socket) = r.stop().await else {
-                    return Err(Refused::Settings("shutting down".into()));
+                    // Draining: the loops that are left stay known to the
+                    // drain, which waits for them.
+                    running.extend(kept);
+                    running.extend(gone);
+                    return Err(Refused::Settings("the process is shutting down".into()));
                 };
                 renamed.push((old_name, l.name.clone(), socket));
             }

@@ -96,6 +96,8 @@ fn live_connections_on_kept_routes_survive_ten_reloads() {
     // The 64 MiB transfer: written a tenth after each reload, echoed back.
     let data = Arc::new(pattern(STEPS * L4_STEP, 3));
     let mut l4 = TcpStream::connect(gh.addr("tcp")).unwrap();
+    // (The clone below shares the socket, and this deadline.)
+    l4.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut l4_reader = l4.try_clone().unwrap();
     let (l4_step, l4_steps) = mpsc::channel::<()>();
     let sent = data.clone();
@@ -257,7 +259,13 @@ fn load_runs_across_twenty_reloads_without_a_failure_or_a_new_upstream_connectio
             })
         })
         .collect();
+    // Warmed up: both clients running (one that failed has ended).
+    let warm_by = Instant::now() + Duration::from_secs(10);
     while ok.load(Ordering::SeqCst) < 200 {
+        assert!(
+            Instant::now() < warm_by && clients.iter().all(|c| !c.is_finished()),
+            "the clients did not get going"
+        );
         thread::yield_now();
     }
     let before = ok.load(Ordering::SeqCst);
