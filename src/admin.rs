@@ -9,7 +9,9 @@
 //! request body.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +54,82 @@ fn take_reserve(r: &Reserve) -> Option<std::fs::File> {
     r.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
+/// An admin connection's socket. When the connection ends it becomes the
+/// reserve in place: /dev/null is duplicated onto its descriptor (`dup2`,
+/// which closes the socket), so the number is never free for a data
+/// listener to take between the close and a refill.
+struct AdminIo {
+    stream: Option<tokio::net::TcpStream>,
+    reserve: Reserve,
+    /// /dev/null, kept open to be duplicated.
+    null: Option<Arc<std::fs::File>>,
+}
+
+impl AdminIo {
+    fn stream(&mut self) -> std::io::Result<Pin<&mut tokio::net::TcpStream>> {
+        match self.stream.as_mut() {
+            Some(s) => Ok(Pin::new(s)),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Drop for AdminIo {
+    fn drop(&mut self) {
+        let (Some(stream), Some(null)) = (self.stream.take(), &self.null) else {
+            return;
+        };
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let mut fd = std::os::fd::OwnedFd::from(stream);
+        if rustix::io::dup2(&**null, &mut fd).is_ok() {
+            let mut r = self.reserve.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some(std::fs::File::from(fd));
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for AdminIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(s) => s.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for AdminIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream() {
+            Ok(s) => s.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(s) => s.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(s) => s.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
 fn refill_reserve(r: &Reserve) {
     let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
     if r.is_none() {
@@ -61,9 +139,10 @@ fn refill_reserve(r: &Reserve) {
 
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader>) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
-    // (Shared with the connections' tasks: one that ends frees a
-    // descriptor, which the reserve takes back at once.)
+    // (Shared with the connections' tasks: the descriptor of one that
+    // ends becomes the reserve when it is missing: `AdminIo`.)
     let reserve = Arc::new(std::sync::Mutex::new(reserve_fd()));
+    let null = reserve_fd().map(Arc::new);
     let mut backoff = crate::listener::AcceptBackoff::default();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -81,6 +160,11 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reload
         };
         backoff.succeeded();
         refill_reserve(&reserve);
+        let io = AdminIo {
+            stream: Some(stream),
+            reserve: reserve.clone(),
+            null: null.clone(),
+        };
         let reserve = reserve.clone();
         let rt = rt.clone();
         let reloader = reloader.clone();
@@ -93,7 +177,7 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reload
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(io), service);
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
             refill_reserve(&reserve);
             drop(permit);
