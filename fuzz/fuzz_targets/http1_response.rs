@@ -7,7 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use gatehouse::http::h1::head;
-use gatehouse::upstream::h1::parse_response;
+use gatehouse::http::pool::h1::parse_response;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

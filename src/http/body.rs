@@ -268,9 +268,9 @@ impl HttpBody for ClientBody {
     }
 }
 
-/// A response body from an upstream: read by hyper's client (`Left`), or
-/// by ours (`Right`).
-pub type UpstreamInner = http_body_util::Either<Incoming, super::pool::h1::RawBody>;
+/// A response body from an upstream: read by hyper's HTTP/2 client
+/// (`Left`), or by our HTTP/1.1 one (`Right`).
+pub type UpstreamInner = http_body_util::Either<Incoming, super::pool::h1::ResponseBody>;
 
 pub struct UpstreamBody {
     inner: UpstreamInner,
@@ -280,8 +280,6 @@ pub struct UpstreamBody {
     /// The upstream connection, returned to its pool at end of stream.
     conn: Option<PooledConn>,
     log: RequestLog,
-    /// For hyper's connections (`conn`): see `Body::poll_upstream_ended`.
-    watch: super::pool::shared_io::EndWatch,
 }
 
 impl UpstreamBody {
@@ -298,7 +296,6 @@ impl UpstreamBody {
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             conn,
             log,
-            watch: Default::default(),
         }
     }
 
@@ -326,26 +323,14 @@ impl Body {
     }
 
     /// Ready once the upstream connection this body reads from has ended
-    /// its side (and given up its pool slot: `RawBody::poll_upstream_ended`).
+    /// its side (and given up its pool slot: `ResponseBody::poll_upstream_ended`).
     /// Pending for bodies without one of our own connections.
     pub fn poll_upstream_ended(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match self {
+            // (A shared HTTP/2 connection holds no slot per response.)
             Body::Upstream(u) => match &mut u.inner {
                 Either::Right(raw) => raw.poll_upstream_ended(cx),
-                Either::Left(_) => {
-                    let Some(conn) = u.conn.as_mut().filter(|c| c.holds_slot()) else {
-                        return Poll::Pending;
-                    };
-                    let super::pool::Sender::H1(_, socket) = &conn.sender else {
-                        return Poll::Pending;
-                    };
-                    let Some(socket) = socket.upgrade() else {
-                        return Poll::Pending; // (closed: the body fails on its own)
-                    };
-                    ready!(u.watch.poll_ended(cx, &socket));
-                    conn.let_go();
-                    Poll::Ready(())
-                }
+                Either::Left(_) => Poll::Pending,
             },
             Body::Boxed(_) => Poll::Pending,
         }
@@ -354,7 +339,6 @@ impl Body {
     /// The client takes bytes again: stop watching the upstream.
     pub fn unwatch(&mut self) {
         if let Body::Upstream(u) = self {
-            u.watch.clear();
             if let Either::Right(raw) = &mut u.inner {
                 raw.unwatch();
             }

@@ -7,7 +7,7 @@
 //! streams, which cancels their upstream requests. (With the `send-batch`
 //! feature, the upstream request heads its streams write in one poll go
 //! out together, at its end or with the scheduler round's:
-//! `upstream::send_batch`.) Its deadlines: the
+//! `http::pool::send_batch`.) Its deadlines: the
 //! handshake within the header read timeout; without an open stream for
 //! the keep-alive timeout, GOAWAY (`NO_ERROR`) and the close.
 //!

@@ -236,8 +236,8 @@ pub struct ForwardedFor<'a> {
 }
 
 /// Fields this hop sets on a request, decided once and applied where the
-/// request is written: into its header map for hyper's client, or as
-/// bytes by our own HTTP/1.1 client, which then leaves out the map's fields
+/// request is written: into its header map for hyper's HTTP/2 client, or
+/// as bytes by our HTTP/1.1 client, which then leaves out the map's fields
 /// of those names (a set costs no hashing and no growth of the map). Each
 /// entry replaces every field of its name; `None` removes them.
 #[derive(Default)]

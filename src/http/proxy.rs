@@ -20,7 +20,7 @@ use super::error::{RequestEnd, respond};
 use super::headers::{self, ForwardedFor};
 use super::log::RequestLog;
 use super::pool::{PooledConn, RoutePools, Sender, h1};
-use super::tunnel::{Tunnel, TunnelLog};
+use super::tunnel::{Handover, Tunnel, TunnelLog};
 use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
 use crate::routing::{self, RequestView, Route, RouteInput};
@@ -320,7 +320,7 @@ impl Handler {
         let upgrade = policy.http.allow_upgrade
             && (req.version() == Version::HTTP_11 || extended.is_some())
             && wants_upgrade(&req);
-        // No body and no upgrade: our own HTTP/1.1 client can carry it,
+        // No body and no upgrade: nothing to send after the head,
         // and there is no body to watch.
         let bodiless = !upgrade && ended;
         let (mut parts, body) = req.into_parts();
@@ -389,9 +389,9 @@ impl Handler {
                 req: Request::from_parts(parts, ()),
                 set,
                 missing_host,
+                upgrade,
             },
             body,
-            upgrade,
             extended,
             deadline: policy.http.request_timeout.map(|d| started + d),
             log,
@@ -418,7 +418,7 @@ impl Handler {
     fn relay(&self, out: Outbound, exchanged: Exchanged) -> Response<Body> {
         let policy = &out.snap.routes[out.route].config.policy;
         let mut log = out.log;
-        let (mut resp, pooled) = match exchanged {
+        let (resp, pooled) = match exchanged {
             Ok(r) => r,
             Err(end) => return self.fail(log, end),
         };
@@ -428,7 +428,7 @@ impl Handler {
             log.headers_received = Some(log.started.elapsed());
         }
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.head.upgrade {
             // A WebSocket upgrade we asked for on an HTTP/2 client's behalf
             // must prove the upstream speaks it (RFC 6455 §4.1).
             if let Some(accept) = out.extended.as_ref().and_then(|e| e.accept.as_ref()) {
@@ -436,9 +436,13 @@ impl Handler {
                     return self.fail(log, RequestEnd::UpstreamProtocolError);
                 }
             }
+            // The connection leaves its pool for good, for the tunnel.
+            let Some(Sender::H1(conn)) = pooled.map(|p| p.sender) else {
+                return self.fail(log, RequestEnd::UpstreamProtocolError);
+            };
             let extended = out.extended.is_some();
             let tunnel = Tunnel {
-                upstream: hyper::upgrade::on(&mut resp),
+                upstream: Handover::new(conn.into_upgraded()),
                 idle: policy.idle_timeout,
                 max_lifetime: policy.max_lifetime,
                 closing: out.snap.routes[out.route].closing.clone(),
@@ -460,7 +464,6 @@ impl Handler {
             if self.http.via {
                 headers::add_via(&mut parts.headers, Version::HTTP_11);
             }
-            drop(pooled); // the upgraded connection leaves the pool for good
             log.finished = true;
             return Response::from_parts(parts, empty());
         }
@@ -487,11 +490,10 @@ impl Handler {
         )
     }
 
-    /// Sends the request on a pooled connection: a bodiless one (`body`
-    /// is `None`) as bytes on one of our own HTTP/1.1 connections when the
-    /// target takes those, anything else through hyper. A request that a
-    /// reused connection could not take (the upstream closed it while idle)
-    /// goes once more on another connection.
+    /// Sends the request on a pooled connection: over HTTP/1.1 by our own
+    /// client, over HTTP/2 by hyper's. A request that a reused connection
+    /// could not take (the upstream closed it while idle) goes once more on
+    /// another connection, when nothing of it was lost (`goes_again`).
     async fn call_upstream(
         &self,
         route: &Route,
@@ -501,7 +503,6 @@ impl Handler {
         log: &mut RequestLog,
     ) -> Exchanged {
         let policy = &route.config.policy;
-        let bodiless = body.is_none();
         // A request that cannot be retried never goes on a reused
         // connection the upstream may be closing (`checkout`).
         let fresh = !policy.http.pool_reuse_non_idempotent && !head.req.method().is_idempotent();
@@ -522,36 +523,30 @@ impl Handler {
                     head.set.replace(header::HOST, v);
                 }
             }
-            // Boxed: waiting for a pool slot is rare and its state is large; keeping
-            // it out of the request future keeps that future cheap to move.
-            // (An idle connection of ours at hand needs no future at all.)
             // The client's share of the target's connections, claimed
             // before one is taken (fairness: `ClientShares`).
             let share = pool
                 .claim(self.info.client.ip())
                 .map_err(|_| RequestEnd::LimitClientShare)?;
-            let idle = if fresh {
-                None
-            } else {
-                pool.take_idle_raw(bodiless)
-            };
+            // (An idle connection at hand needs no future at all.)
+            let idle = if fresh { None } else { pool.take_idle() };
             let (mut conn, connect_time) = match idle {
                 Some(conn) => (conn, None),
-                None => {
-                    match Box::pin(pool.checkout(policy.connect_timeout, bodiless, fresh)).await {
-                        Ok(c) => c,
-                        Err(
-                            e
-                            @ (UpstreamError::TlsVerifyFailed | UpstreamError::TlsHandshakeFailed),
-                        ) => {
-                            if let Some(why) = pool.last_tls_error() {
-                                self.entry.show_upstream_error(why);
-                            }
-                            return Err(e.into());
+                // Boxed: waiting for a slot or a connect is rare and its
+                // state is large; keeping it out of the request future
+                // keeps that future cheap to move.
+                None => match Box::pin(pool.checkout(policy.connect_timeout, fresh)).await {
+                    Ok(c) => c,
+                    Err(
+                        e @ (UpstreamError::TlsVerifyFailed | UpstreamError::TlsHandshakeFailed),
+                    ) => {
+                        if let Some(why) = pool.last_tls_error() {
+                            self.entry.show_upstream_error(why);
                         }
-                        Err(e) => return Err(e.into()),
+                        return Err(e.into());
                     }
-                }
+                    Err(e) => return Err(e.into()),
+                },
             };
             conn.share = share;
             log.upstream = Some(conn.peer);
@@ -560,63 +555,85 @@ impl Handler {
                 route.stats.connect_latency.observe(t);
                 log.connect = Some(t);
             }
-            let reused = conn.reused;
-            if matches!(conn.sender, Sender::Raw(_)) {
-                let mut exchanging = Exchanging(Some(conn));
-                let encoded = h1::encode_request(&head.req, &head.set);
-                let head_request = head.req.method() == http::Method::HEAD;
-                let deadline = tokio::time::Instant::now() + policy.http.response_header_timeout;
-                let mut timer = self.response_timer(deadline);
-                let exchange = tokio::select! {
-                    biased;
-                    r = exchanging.exchange(encoded, head_request) => Ok(r),
-                    () = timer.as_mut() => Err(()),
-                };
-                self.keep_response_timer(timer);
-                match exchange {
-                    Err(()) => {
-                        exchanging.close(); // slow: not drained
-                        return Err(UpstreamError::ResponseTimeout.into());
-                    }
-                    Ok(Ok(h)) => {
-                        let Some(conn) = exchanging.0.take() else {
-                            return Err(RequestEnd::UpstreamReset); // (never: just exchanged)
-                        };
-                        let body = h1::RawBody::new(conn, h.decoder, h.keep_alive);
-                        return Ok((h.response.map(|()| UpstreamInner::Right(body)), None));
-                    }
-                    Ok(Err(e)) => {
-                        exchanging.close();
-                        let e = UpstreamError::from(e);
-                        tracing::debug!(conn = self.conn_id, error = %e, reused, "upstream request failed");
-                        if goes_again(e, reused, head.req.method().is_idempotent()) {
-                            continue;
-                        }
-                        return Err(e.into());
-                    }
+            if conn.sender.is_http2() {
+                // Boxed: hyper's request state is large, and the usual
+                // request (HTTP/1.1) never needs it.
+                let sent = Box::pin(self.send_h2(
+                    conn,
+                    pool.scheme(),
+                    policy.http.response_header_timeout,
+                    head,
+                    body,
+                    log,
+                ))
+                .await;
+                match sent {
+                    Some(exchanged) => return exchanged,
+                    None => continue,
                 }
             }
-            // Boxed: hyper's request state is large, and the usual request
-            // (no body, one of our connections) never needs it.
-            let sent = Box::pin(self.send_with_hyper(
-                conn,
-                pool.scheme(),
-                policy.http.response_header_timeout,
-                head,
-                body,
-                log,
-            ))
-            .await;
-            if let Some(exchanged) = sent {
-                return exchanged;
+            let reused = conn.reused;
+            let idempotent = head.req.method().is_idempotent();
+            // A body already at its end (an upgrade's) sends nothing.
+            let sending = body.as_mut().filter(|b| !b.is_end_stream());
+            let chunked =
+                sending.is_some() && !head.req.headers().contains_key(header::CONTENT_LENGTH);
+            let outgoing = h1::Outgoing {
+                head: h1::encode_request(&head.req, &head.set, chunked),
+                body: sending,
+                chunked,
+                head_request: head.req.method() == http::Method::HEAD,
+                upgrade: head.upgrade,
+            };
+            let mut exchanging = Exchanging(Some(conn));
+            let deadline = tokio::time::Instant::now() + policy.http.response_header_timeout;
+            let mut timer = self.response_timer(deadline);
+            let exchange = tokio::select! {
+                biased;
+                r = exchanging.exchange(outgoing) => Ok(r),
+                () = timer.as_mut() => Err(()),
+            };
+            self.keep_response_timer(timer);
+            match exchange {
+                Err(()) => {
+                    exchanging.close(); // slow: not drained
+                    return Err(UpstreamError::ResponseTimeout.into());
+                }
+                Ok(Ok(h)) => {
+                    let Some(conn) = exchanging.0.take() else {
+                        return Err(RequestEnd::UpstreamReset); // (never: just exchanged)
+                    };
+                    if h.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // (Only to an upgrade: `relay` hands the connection over.)
+                        let none = h1::ResponseBody::none();
+                        return Ok((h.response.map(|()| UpstreamInner::Right(none)), Some(conn)));
+                    }
+                    let body = h1::ResponseBody::new(conn, h.decoder, h.keep_alive);
+                    return Ok((h.response.map(|()| UpstreamInner::Right(body)), None));
+                }
+                Ok(Err(h1::ExchangeError::ClientBody)) => {
+                    exchanging.close();
+                    let failure = log.request_body.as_ref().and_then(|o| o.failure());
+                    return Err(failure.unwrap_or(RequestEnd::ClientAborted));
+                }
+                Ok(Err(e)) => {
+                    exchanging.close();
+                    let e = UpstreamError::from(e);
+                    tracing::debug!(conn = self.conn_id, error = %e, reused, "upstream request failed");
+                    if goes_again(e, reused, idempotent) {
+                        continue;
+                    }
+                    return Err(e.into());
+                }
             }
         }
     }
 
-    /// Sends the request through hyper on `conn`. `None`: the reused
-    /// connection could not take it (the upstream closed it while idle) and
-    /// hyper handed it back, into `head` and `body`, to go again.
-    async fn send_with_hyper(
+    /// Sends the request through hyper's HTTP/2 client on `conn`. `None`:
+    /// the reused connection could not take it (the upstream closed it
+    /// while idle) and hyper handed it back, into `head` and `body`, to go
+    /// again.
+    async fn send_h2(
         &self,
         mut conn: PooledConn,
         scheme: &str,
@@ -630,18 +647,16 @@ impl Handler {
         let mut request = std::mem::replace(&mut head.req, Request::new(()))
             .map(|()| body.take().unwrap_or_else(empty));
         head.set.apply(request.headers_mut());
-        if conn.sender.is_http2() {
-            as_http2(&mut request, scheme);
-        } else {
-            let uri = std::mem::take(request.uri_mut());
-            *request.uri_mut() = origin_form(uri);
-        }
+        as_http2(&mut request, scheme);
         // A bodiless idempotent request on a reused connection may go again
         // if the upstream closes the connection before answering: hyper
         // gives back only what it did not send, so keep its head.
         let again = (bodiless && conn.reused && request.method().is_idempotent())
             .then(|| copy_head(&request));
-        let mut e = match timeout(response_timeout, conn.sender.try_send_request(request)).await {
+        let Sender::H2(sender) = &mut conn.sender else {
+            return Some(Err(RequestEnd::UpstreamProtocolError)); // (never: HTTP/2 only)
+        };
+        let mut e = match timeout(response_timeout, sender.try_send_request(request)).await {
             Err(_) => return Some(Err(RequestEnd::UpstreamResponseTimeout)),
             Ok(Ok(resp)) => return Some(Ok((resp.map(UpstreamInner::Left), Some(conn)))),
             Ok(Err(e)) => e,
@@ -714,6 +729,8 @@ struct UpstreamHead {
     set: headers::SetFields,
     /// The client named no host (HTTP/1.0): `Host` is the target's.
     missing_host: bool,
+    /// The request asks to switch protocols (`Upgrade`).
+    upgrade: bool,
 }
 
 /// A request on its way upstream: what the wait for its response needs.
@@ -724,7 +741,6 @@ struct Outbound {
     head: UpstreamHead,
     /// The request body; `None` when there is none and no upgrade.
     body: Option<Body>,
-    upgrade: bool,
     /// An HTTP/2 extended CONNECT: its tunnel goes with the response.
     extended: Option<ExtendedConnect>,
     /// The request's deadline (`request_timeout` from the record's start).
@@ -864,16 +880,6 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The request target as sent upstream: the client's bytes unchanged
-/// (origin-form), or the path and query of an absolute-form target.
-fn origin_form(uri: Uri) -> Uri {
-    if uri.scheme().is_none() && uri.authority().is_none() {
-        return uri;
-    }
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
-}
-
 /// Length of the request target as received, without allocating.
 fn uri_len(uri: &Uri) -> usize {
     let pq = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -893,11 +899,10 @@ struct Exchanging(Option<PooledConn>);
 impl Exchanging {
     async fn exchange(
         &mut self,
-        request: Vec<u8>,
-        head_request: bool,
+        out: h1::Outgoing<'_>,
     ) -> Result<h1::ResponseHead, h1::ExchangeError> {
         match self.0.as_mut().map(|c| &mut c.sender) {
-            Some(Sender::Raw(raw)) => raw.exchange(request, head_request).await,
+            Some(Sender::H1(conn)) => conn.exchange(out).await,
             _ => Err(h1::ExchangeError::Reset), // (never: made for ours only)
         }
     }

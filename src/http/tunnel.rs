@@ -11,21 +11,35 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::pool::shared_io::SharedIo;
+use super::pool::h1::{Io, Upgraded};
 
 use super::h1::{ConnIo, Replay};
 use crate::conn::{ConnGuard, EndReason};
 use crate::pump;
 use crate::shutdown::ShutdownSignal;
 
+/// The upstream's connection after its `101`, taken once by the tunnel.
+/// (Shared only so that the tunnel can travel in a response's extensions,
+/// which must be `Clone`.)
+#[derive(Clone)]
+pub struct Handover(std::sync::Arc<std::sync::Mutex<Option<Upgraded>>>);
+
+impl Handover {
+    pub fn new(upgraded: Upgraded) -> Handover {
+        Handover(std::sync::Arc::new(std::sync::Mutex::new(Some(upgraded))))
+    }
+
+    fn take(&self) -> Option<Upgraded> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 #[derive(Clone)]
 pub struct Tunnel {
-    pub upstream: OnUpgrade,
+    pub upstream: Handover,
     pub idle: Option<Duration>,
     pub max_lifetime: Option<Duration>,
     /// For the access-log line at the tunnel's end, where the tunnel is
@@ -140,23 +154,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
     }
 }
 
-/// The upstream's upgraded connection, once hyper hands it over (right
-/// after the 101; the wait is bounded anyway, by the tunnel's idle deadline).
-async fn handover(tunnel: &mut Tunnel) -> Result<Upgraded, EndReason> {
-    let wait = tunnel.idle.unwrap_or(Duration::from_secs(30));
-    match tokio::time::timeout(wait, &mut tunnel.upstream).await {
-        Ok(Ok(u)) => Ok(u),
-        Ok(Err(_)) => Err(EndReason::UpstreamReset),
-        Err(_) => Err(EndReason::IdleTimeout),
-    }
+/// The upstream's upgraded connection, as it was handed over; what it
+/// sent right after its `101` is read first.
+type UpstreamIo = Replay<Io>;
+
+fn handover(tunnel: &Tunnel) -> Result<Upgraded, EndReason> {
+    tunnel.upstream.take().ok_or(EndReason::Internal) // (never: taken once)
 }
 
 /// Runs an HTTP/1.1 upgrade's tunnel: the client connection handed over
 /// by the HTTP/1 loop after writing the 101 (`early`: bytes it sent right
 /// after its request), and the upstream's upgraded one. When both are
 /// plain TCP, the L4 pump moves the bytes: no buffer is held while the
-/// tunnel is idle, and the upstream socket is ours again (hyper's
-/// connection state is gone). Otherwise (TLS on either side) they are
+/// tunnel is idle. Otherwise (TLS on either side) they are
 /// copied. (A plain-TCP connection's tunnel runs in a task of its own
 /// instead: `http::park::spawn_upgraded`.)
 pub async fn run_h1<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuard) -> EndReason {
@@ -272,7 +282,7 @@ impl PumpTunnel<crate::io::Prefixed<TcpStream>> {
 
 pub struct CopyTunnel<S> {
     tunnel: Tunnel,
-    upstream: Upgraded,
+    upstream: UpstreamIo,
     client: Replay<S>,
 }
 
@@ -288,46 +298,39 @@ impl<S: ConnIo> CopyTunnel<S> {
 /// what the upstream sent right after its 101 written to the client first
 /// (usually nothing, at most what one read brought).
 pub async fn prepare<S: ConnIo>(upgrade: super::h1::Upgrade<S>, guard: &ConnGuard) -> Prepared<S> {
-    let super::h1::Upgrade {
-        mut tunnel,
-        early,
-        io,
-    } = upgrade;
-    let upstream = match handover(&mut tunnel).await {
+    let super::h1::Upgrade { tunnel, early, io } = upgrade;
+    let Upgraded {
+        io: upstream,
+        early: owed,
+    } = match handover(&tunnel) {
         Ok(u) => u,
         Err(reason) => return Prepared::Ended(reason),
     };
     // (`parkable`: plain TCP with no replayed bytes left in the wrapper.)
-    let upstream = match (io.tcp(), io.parkable()) {
-        (Some(client), true) => match upstream.downcast::<TokioIo<SharedIo>>() {
-            Ok(parts) => {
-                let wait = tunnel.idle.unwrap_or(Duration::from_secs(30));
-                let owed = write_owed(client, &parts.read_buf, &guard.entry().bytes_down);
-                match tokio::time::timeout(wait, owed).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Prepared::Ended(EndReason::ClientReset),
-                    Err(_) => return Prepared::Ended(EndReason::ClientSendTimeout),
-                }
-                let Some(upstream) = parts.io.into_inner().into_stream() else {
-                    return Prepared::Ended(EndReason::Internal); // (never: no watch on an upgrade)
-                };
-                return Prepared::Pump(PumpTunnel {
-                    io,
-                    upstream,
-                    // Only the bytes owed are kept: the loop's buffer goes.
-                    first_up: early.to_vec(),
-                    deadlines: pump::Deadlines {
-                        idle: tunnel.idle,
-                        max_lifetime: tunnel.max_lifetime,
-                        started: Instant::now(),
-                        park_after: None,
-                    },
-                    closing: tunnel.closing.clone(),
-                });
+    let upstream = match (io.tcp(), io.parkable(), upstream) {
+        (Some(client), true, Io::Tcp(upstream)) => {
+            let wait = tunnel.idle.unwrap_or(Duration::from_secs(30));
+            let owed = write_owed(client, &owed, &guard.entry().bytes_down);
+            match tokio::time::timeout(wait, owed).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Prepared::Ended(EndReason::ClientReset),
+                Err(_) => return Prepared::Ended(EndReason::ClientSendTimeout),
             }
-            Err(upgraded) => upgraded,
-        },
-        _ => upstream,
+            return Prepared::Pump(PumpTunnel {
+                io,
+                upstream,
+                // Only the bytes owed are kept: the loop's buffer goes.
+                first_up: early.to_vec(),
+                deadlines: pump::Deadlines {
+                    idle: tunnel.idle,
+                    max_lifetime: tunnel.max_lifetime,
+                    started: Instant::now(),
+                    park_after: None,
+                },
+                closing: tunnel.closing.clone(),
+            });
+        }
+        (_, _, upstream) => Replay::new(owed, upstream),
     };
     Prepared::Copy(CopyTunnel {
         tunnel,
@@ -354,12 +357,13 @@ async fn write_owed(client: &TcpStream, mut bytes: &[u8], sent: &AtomicU64) -> i
 
 /// Runs the tunnel between a client stream and the upstream's upgraded
 /// connection (an HTTP/2 extended CONNECT's: the stream is the client).
-pub async fn run<C>(mut tunnel: Tunnel, client: C) -> TunnelEnd
+pub async fn run<C>(tunnel: Tunnel, client: C) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    match handover(&mut tunnel).await {
-        Ok(upstream) => {
+    match handover(&tunnel) {
+        Ok(Upgraded { io, early }) => {
+            let upstream = Replay::new(early, io);
             let closing = tunnel.closing.clone();
             let mut end = copy(&tunnel, upstream, client, &closing).await;
             end.reason = closing.blame(end.reason);
@@ -376,7 +380,7 @@ where
 /// Copies both ways (8 KiB buffers each way, held for the tunnel's life).
 async fn copy<C>(
     tunnel: &Tunnel,
-    upstream: Upgraded,
+    upstream: UpstreamIo,
     client: C,
     shutdown: &ShutdownSignal,
 ) -> TunnelEnd
@@ -396,7 +400,7 @@ where
         read: 0,
     };
     let mut upstream = Counted {
-        inner: TokioIo::new(upstream),
+        inner: upstream,
         last: &last,
         started,
         first_eof: &first_eof,

@@ -186,7 +186,7 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Arc<ServerConfi
 /// The SNI each accepted TLS connection asked for, in order.
 pub type SeenSni = Arc<Mutex<Vec<Option<String>>>>;
 
-fn tls_backend(
+pub fn tls_backend(
     cert: &Path,
     key: &Path,
     serve: impl Fn(StreamOwned<rustls::ServerConnection, TcpStream>) + Send + Sync + 'static,

@@ -1,28 +1,24 @@
 //! Upstream HTTP connections: one pool per (route, endpoint) with keep-alive
 //! reuse, a cap on total connections (callers wait, bounded, for a slot:
 //! backpressure), a cap on idle ones, and a bounded idle lifetime. Over
-//! TLS when the route says so (verified, with SNI), HTTP/1.1 or HTTP/2.
+//! TLS when the route says so (verified, with SNI), HTTP/1.1 (our own
+//! client, `h1`) or HTTP/2 (hyper's).
 //! An HTTP/1.1 connection goes back to the pool only from
 //! `PooledConn::release`, which the response body calls after its last
 //! byte; anything else (an error, a client that went away mid-body, an
-//! upgrade) drops it, which closes it. One of ours whose request goes away
+//! upgrade) drops it, which closes it. One whose request goes away
 //! before its response head is settled instead (`settle_abandoned`): kept
-//! if nothing was sent, or after its response is drained; and one of ours
-//! being connected when its request goes away is pooled (`open_detached`).
+//! if nothing was sent, or after its response is drained; and one being
+//! connected when its request goes away is pooled (`open_detached`).
 //! An HTTP/2 connection is shared by every
 //! request to the target (one slot); a request that goes away resets only
 //! its stream.
-//!
-//! Bodiless requests over plain TCP HTTP/1.1 use our own client (`h1`):
-//! its connections (`Sender::Raw`) are read and written by the request's
-//! own task. A raw idle connection can serve a request hyper's client
-//! carries (a body, an upgrade): it is handed to hyper for good.
 
+pub mod end_watch;
 pub mod h1;
 mod routes;
 #[cfg(feature = "send-batch")]
 pub mod send_batch;
-pub mod shared_io;
 
 pub use routes::{PoolSet, RoutePools};
 
@@ -34,12 +30,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{HttpPolicy, UpstreamConfig, UpstreamProtocol};
@@ -61,38 +54,23 @@ impl Upstream {
     }
 }
 
-/// A request sender on an HTTP/1.1 or HTTP/2 connection.
+/// An HTTP/1.1 or HTTP/2 connection.
 pub enum Sender {
-    /// hyper's HTTP/1.1 client, and its socket (plain TCP, under TLS or
-    /// not) for watching (`shared_io`).
-    H1(http1::SendRequest<Body>, std::sync::Weak<TcpStream>),
-    H2(http2::SendRequest<Body>),
     /// A connection our own HTTP/1.1 client reads and writes in place.
-    Raw(h1::RawConn),
+    H1(h1::Conn),
+    /// A handle on a shared HTTP/2 connection (hyper's).
+    H2(http2::SendRequest<Body>),
 }
 
 impl Sender {
-    pub fn is_closed(&self) -> bool {
+    pub fn is_closed(&mut self) -> bool {
         match self {
-            Sender::H1(s, _) => s.is_closed(),
+            Sender::H1(c) => c.is_stale(),
             Sender::H2(s) => s.is_closed(),
-            Sender::Raw(c) => c.is_stale(),
         }
     }
     pub fn is_http2(&self) -> bool {
         matches!(self, Sender::H2(_))
-    }
-
-    /// Sends a request; if it could not be sent at all it comes back in the error.
-    pub async fn try_send_request(
-        &mut self,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
-        match self {
-            Sender::H1(s, _) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
-            Sender::Raw(_) => unreachable!("raw connections are driven by `h1::RawConn`"),
-        }
     }
 }
 
@@ -118,7 +96,7 @@ pub struct TargetPool {
 }
 
 struct IdleConn {
-    /// `H1` or `Raw`.
+    /// `H1`.
     sender: Sender,
     permit: OwnedSemaphorePermit,
     peer: SocketAddr,
@@ -193,7 +171,7 @@ impl TargetPool {
     pub fn reap(&self) {
         let mut idle = lock(&self.idle);
         self.drop_expired(&mut idle);
-        idle.retain(|c| !c.sender.is_closed());
+        idle.retain_mut(|c| !c.sender.is_closed());
         drop(idle);
         let mut shared = lock(&self.shared);
         if shared.as_ref().is_some_and(|s| s.sender.is_closed()) {
@@ -214,27 +192,18 @@ impl TargetPool {
         idle.drain(..expired);
     }
 
-    /// Whether a new connection for a request is one of ours (`raw_ok`:
-    /// the request has no body and is no upgrade) or hyper's.
-    fn wants_raw(&self, raw_ok: bool) -> bool {
-        raw_ok && self.upstream.tls.is_none() && !self.upstream.http2
-    }
-
-    /// One of our idle connections, when a bodiless request can have one
-    /// right now: no future, no allocation (the common case under load).
-    /// `None`: `checkout` finds or opens one.
-    pub fn take_idle_raw(self: &Arc<Self>, raw_ok: bool) -> Option<PooledConn> {
-        if !self.wants_raw(raw_ok) {
+    /// An idle HTTP/1.1 connection, when one is at hand right now: no
+    /// future, no allocation (the common case under load). `None`:
+    /// `checkout` opens one.
+    pub fn take_idle(self: &Arc<Self>) -> Option<PooledConn> {
+        if self.upstream.http2 {
             return None;
         }
         loop {
-            let taken = {
+            let mut taken = {
                 let mut idle = lock(&self.idle);
                 self.drop_expired(&mut idle);
-                let pos = idle
-                    .iter()
-                    .rposition(|c| matches!(c.sender, Sender::Raw(_)))?;
-                idle.remove(pos)
+                idle.pop()?
             };
             // (A stale one is dropped, outside the lock, and the next tried.)
             if taken.sender.is_closed() {
@@ -270,7 +239,7 @@ impl TargetPool {
                 return Ok((conn, None));
             }
         }
-        let (sender, peer, permit, took) = self.open(connect_timeout, false).await?;
+        let (sender, peer, permit, took) = self.open(connect_timeout).await?;
         let Sender::H2(h2) = &sender else {
             return Err(UpstreamError::ProtocolError);
         };
@@ -298,12 +267,11 @@ impl TargetPool {
     async fn open(
         &self,
         connect_timeout: Duration,
-        raw: bool,
     ) -> Result<(Sender, SocketAddr, OwnedSemaphorePermit, Duration), UpstreamError> {
         let permit = self.slot().await?;
         let started = Instant::now();
         // Boxed: the connect's state is large and needed only here.
-        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect(raw)))
+        let (sender, peer) = tokio::time::timeout(connect_timeout, Box::pin(self.connect()))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)??;
         Ok((sender, peer, permit, started.elapsed()))
@@ -317,7 +285,7 @@ impl TargetPool {
         }
     }
 
-    /// A new connection of ours (`open` for a raw one), connected by a task
+    /// A new HTTP/1.1 connection (`open`), connected by a task
     /// of its own: a request that goes away while it connects (an HTTP/2
     /// stream reset as soon as it started) leaves the connection to the
     /// pool, idle, instead of closing it unused.
@@ -330,7 +298,7 @@ impl TargetPool {
         let pool = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let connected = tokio::time::timeout(connect_timeout, pool.connect(true))
+            let connected = tokio::time::timeout(connect_timeout, pool.connect())
                 .await
                 .unwrap_or(Err(UpstreamError::ConnectTimeout));
             let (sender, peer) = match connected {
@@ -353,7 +321,7 @@ impl TargetPool {
 
     /// Keeps a connection that can serve another request, if the pool has
     /// room for one more idle; else it closes.
-    fn keep_idle(&self, sender: Sender, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    fn keep_idle(&self, mut sender: Sender, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         if sender.is_closed() {
             return;
         }
@@ -389,7 +357,6 @@ impl TargetPool {
 
     /// An idle connection if one is usable, else a new one (waiting at most
     /// the pool's wait timeout for a slot, then the connect timeout).
-    /// `raw_ok`: the request can go on one of our own connections.
     /// `fresh`: the request cannot be retried, so it goes on a new
     /// connection (an idle one may be closing as it arrives); the
     /// connection is pooled after its response like any other. (Shared
@@ -398,23 +365,17 @@ impl TargetPool {
     pub async fn checkout(
         self: &Arc<Self>,
         connect_timeout: Duration,
-        raw_ok: bool,
         fresh: bool,
     ) -> Result<(PooledConn, Option<Duration>), UpstreamError> {
         if self.upstream.http2 {
             return self.checkout_h2(connect_timeout).await;
         }
-        let raw = self.wants_raw(raw_ok);
         if !fresh {
-            if let Some(conn) = self.reuse_idle(raw_ok).await {
+            if let Some(conn) = self.take_idle() {
                 return Ok((conn, None));
             }
         }
-        let (sender, peer, permit, took) = if raw {
-            self.open_detached(connect_timeout).await?
-        } else {
-            self.open(connect_timeout, raw).await?
-        };
+        let (sender, peer, permit, took) = self.open_detached(connect_timeout).await?;
         Ok((
             PooledConn {
                 sender,
@@ -428,133 +389,44 @@ impl TargetPool {
         ))
     }
 
-    /// An idle connection that can take the request, if there is one.
-    async fn reuse_idle(self: &Arc<Self>, raw_ok: bool) -> Option<PooledConn> {
-        let raw = self.wants_raw(raw_ok);
-        loop {
-            // One of ours when it fits (released by another request since
-            // the caller last looked, or after a stale one below).
-            if let Some(conn) = self.take_idle_raw(raw_ok) {
-                return Some(conn);
-            }
-            let taken = {
-                let mut idle = lock(&self.idle);
-                // (Staleness is checked below on the one taken, not on all.)
-                self.drop_expired(&mut idle);
-                // Newest first: one of hyper's that is ready right now (a
-                // connection whose response just ended may still need its
-                // I/O task to run), else any.
-                let ready = || {
-                    idle.iter()
-                        .rposition(|c| matches!(&c.sender, Sender::H1(s, _) if s.is_ready()))
-                };
-                match ready().or(idle.len().checked_sub(1)) {
-                    Some(pos) => idle.remove(pos),
-                    None => return None,
-                }
-            };
-            let IdleConn {
-                sender,
-                permit,
-                peer,
-                ..
-            } = taken;
-            if sender.is_closed() {
-                continue;
-            }
-            let sender = match sender {
-                Sender::Raw(c) if raw => Sender::Raw(c),
-                // One of ours, for a request hyper's client carries.
-                Sender::Raw(c) => match c.into_stream() {
-                    Some(stream) => match self.handshake_tcp(stream).await {
-                        Ok(s) => s,
-                        Err(_) => continue,
-                    },
-                    None => continue,
-                },
-                Sender::H1(mut s, socket) => {
-                    if !s.is_ready()
-                        && !tokio::time::timeout(Duration::from_millis(100), s.ready())
-                            .await
-                            .is_ok_and(|r| r.is_ok())
-                    {
-                        continue;
-                    }
-                    Sender::H1(s, socket)
-                }
-                Sender::H2(_) => continue,
-            };
-            let conn = PooledConn {
-                sender,
-                peer,
-                reused: true,
-                share: None,
-                permit: Some(permit),
-                pool: self.clone(),
-            };
-            return Some(conn);
-        }
-    }
-
-    async fn connect(&self, raw: bool) -> Result<(Sender, SocketAddr), UpstreamError> {
+    /// A connected stream (TLS when the route says so), with the HTTP/2
+    /// handshake when the route speaks it.
+    async fn connect(&self) -> Result<(Sender, SocketAddr), UpstreamError> {
         let addr = self.addr;
         let stream = connect::tcp(addr).await?;
-        let Some((config, tls)) = &self.upstream.tls else {
-            if raw {
-                return Ok((Sender::Raw(h1::RawConn::new(stream)), addr));
+        let io = match &self.upstream.tls {
+            None => h1::Io::Tcp(stream),
+            Some((config, tls)) => {
+                let stream = connect::tls(stream, config.clone(), tls, &self.target)
+                    .await
+                    .map_err(|f| {
+                        *lock(&self.last_tls_error) = Some(f.detail);
+                        f.error
+                    })?;
+                h1::Io::Tls(Box::new(stream))
             }
-            return Ok((self.handshake_tcp(stream).await?, addr));
         };
-        let (stream, socket) = shared_io::SharedIo::new(stream);
-        let stream = connect::tls(stream, config.clone(), tls, &self.target)
-            .await
-            .map_err(|f| {
-                *lock(&self.last_tls_error) = Some(f.detail);
-                f.error
-            })?;
-        Ok((self.handshake(stream, socket).await?, addr))
-    }
-
-    /// `handshake` on a plain TCP connection.
-    async fn handshake_tcp(&self, stream: TcpStream) -> Result<Sender, UpstreamError> {
-        let (io, socket) = shared_io::SharedIo::new(stream);
-        self.handshake(io, socket).await
-    }
-
-    /// The HTTP handshake on a connected stream; its I/O then runs in its
-    /// own task, which ends (closing the socket) when every sender is
-    /// dropped or the upstream closes.
-    async fn handshake<S>(
-        &self,
-        stream: S,
-        socket: std::sync::Weak<TcpStream>,
-    ) -> Result<Sender, UpstreamError>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
         if self.upstream.http2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|_| UpstreamError::ProtocolError)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
-            return Ok(Sender::H2(sender));
+            return Ok((Self::handshake_h2(io).await?, addr));
         }
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+        Ok((Sender::H1(h1::Conn::new(io)), addr))
+    }
+
+    /// The HTTP/2 handshake on a connected stream; its I/O then runs in
+    /// its own task, which ends (closing the socket) when every sender is
+    /// dropped or the upstream closes.
+    async fn handshake_h2(io: h1::Io) -> Result<Sender, UpstreamError> {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
             .await
-            .map_err(|_| UpstreamError::ConnectError)?;
+            .map_err(|_| UpstreamError::ProtocolError)?;
         tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        Ok(Sender::H1(sender, socket))
+        Ok(Sender::H2(sender))
     }
 }
 
@@ -578,7 +450,7 @@ impl PooledConn {
     /// was, a task of its own drains the response first (bounded in bytes
     /// and time), holding the pool slot meanwhile; otherwise it closes.
     pub fn settle_abandoned(mut self) {
-        let Sender::Raw(raw) = &self.sender else {
+        let Sender::H1(raw) = &self.sender else {
             return;
         };
         match raw.pending() {
@@ -592,7 +464,7 @@ impl PooledConn {
                 };
                 self.share = None; // the client is gone: its share is free
                 rt.spawn(async move {
-                    if let Sender::Raw(raw) = &mut self.sender {
+                    if let Sender::H1(raw) = &mut self.sender {
                         let kept = raw.drain(head_request).await;
                         abandoned(kept);
                         if kept {
