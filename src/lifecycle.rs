@@ -146,10 +146,14 @@ pub enum EndReason {
     /// Its route was removed by a reload, and it was still open at the
     /// end of `timeouts.route_drain`.
     RouteRemoved,
+    /// Every endpoint of the cluster is unhealthy, ejected or draining.
+    NoHealthyUpstream,
+    /// The cluster's cap on requests in flight is reached (circuit breaking).
+    UpstreamOverloaded,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 32] = [
+    pub const ALL: [EndReason; 34] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -182,6 +186,8 @@ impl EndReason {
         EndReason::UpstreamBodyTimeout,
         EndReason::RequestTimeout,
         EndReason::RouteRemoved,
+        EndReason::NoHealthyUpstream,
+        EndReason::UpstreamOverloaded,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -219,6 +225,8 @@ impl EndReason {
             EndReason::UpstreamBodyTimeout => "upstream_body_timeout",
             EndReason::RequestTimeout => "request_timeout",
             EndReason::RouteRemoved => "route_removed",
+            EndReason::NoHealthyUpstream => "no_healthy_upstream",
+            EndReason::UpstreamOverloaded => "upstream_overloaded",
         }
     }
 
@@ -257,6 +265,8 @@ impl EndReason {
             EndReason::UpstreamBodyTimeout => Side::Upstream,
             EndReason::RequestTimeout => Side::Proxy,
             EndReason::RouteRemoved => Side::Proxy,
+            EndReason::NoHealthyUpstream => Side::Upstream,
+            EndReason::UpstreamOverloaded => Side::Upstream,
         }
     }
 }
@@ -325,10 +335,14 @@ pub enum RequestEnd {
     /// The client sent part of a request head, then nothing until the
     /// header read timeout.
     ClientHeaderTimeout,
+    /// Every endpoint of the cluster is unhealthy, ejected or draining.
+    NoHealthyUpstream,
+    /// The cluster's cap on requests in flight is reached (circuit breaking).
+    UpstreamOverloaded,
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 28] = [
+    pub const ALL: [RequestEnd; 30] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::LimitRoute,
@@ -357,6 +371,8 @@ impl RequestEnd {
         RequestEnd::ClientSendTimeout,
         RequestEnd::LimitClientShare,
         RequestEnd::ClientHeaderTimeout,
+        RequestEnd::NoHealthyUpstream,
+        RequestEnd::UpstreamOverloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -389,6 +405,8 @@ impl RequestEnd {
             RequestEnd::ClientSendTimeout => "client_send_timeout",
             RequestEnd::LimitClientShare => "limit_client_share",
             RequestEnd::ClientHeaderTimeout => "client_header_timeout",
+            RequestEnd::NoHealthyUpstream => "no_healthy_upstream",
+            RequestEnd::UpstreamOverloaded => "upstream_overloaded",
         }
     }
 

@@ -120,17 +120,21 @@ impl Snapshot {
                 Route::new(i, r, stats, closing)
             })
             .collect();
-        // A cluster whose settings stay keeps its endpoints (and resolver).
+        // A cluster whose settings stay is kept whole (endpoints, states,
+        // tasks); one whose settings changed is made anew, with the run-time
+        // changes and endpoint states of the one of its name.
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
             .iter()
             .map(|c| {
-                previous
-                    .and_then(|p| p.clusters.iter().find(|o| o.config == *c))
+                let before =
+                    previous.and_then(|p| p.clusters.iter().find(|o| o.name.as_ref() == c.name));
+                before
+                    .filter(|o| o.config == *c)
                     .cloned()
                     .unwrap_or_else(|| {
-                        let cluster = Cluster::new(c.clone());
-                        cluster.start_resolving();
+                        let cluster = Cluster::new(c.clone(), before.map(|o| &**o));
+                        cluster.start();
                         cluster
                     })
             })

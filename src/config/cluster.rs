@@ -22,6 +22,7 @@ pub struct ClusterConfig {
     pub resolve_every: Duration,
     /// Made from a route's `action.forward` list.
     pub inline: bool,
+    pub policy: super::ClusterPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,11 +76,13 @@ impl Ctx<'_> {
                 &field("resolve_every"),
                 DEFAULT_RESOLVE_EVERY,
             );
+            let policy = self.cluster_policy(c, &format!("clusters[{i}]"));
             out.push(ClusterConfig {
                 name,
                 endpoints,
                 resolve_every,
                 inline: false,
+                policy,
             });
         }
         out
@@ -106,6 +109,7 @@ impl Ctx<'_> {
             endpoints,
             resolve_every: DEFAULT_RESOLVE_EVERY,
             inline: true,
+            policy: super::ClusterPolicy::default(),
         }
     }
 

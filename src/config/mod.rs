@@ -5,6 +5,7 @@
 //! built; live connections hold the `Arc` they started with.
 
 mod cluster;
+mod cluster_policy;
 mod duration;
 mod env;
 mod http;
@@ -18,6 +19,11 @@ mod syntax;
 mod tls;
 
 pub use cluster::{ClusterConfig, DEFAULT_RESOLVE_EVERY, EndpointConfig};
+pub use cluster_policy::{
+    BalanceConfig, ClusterPolicy, HashKey, HealthCheck, HttpProbe, OutlierConfig, Probe,
+    RetryConfig,
+};
+pub use duration::parse as parse_duration;
 pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
 pub use print::print;
 pub use tls::{

@@ -136,6 +136,7 @@ fn cluster(k: &super::ClusterConfig) -> Value {
     });
     put(&mut t, "endpoints", Value::Array(endpoints.collect()));
     put(&mut t, "resolve_every", duration(k.resolve_every));
+    k.policy.print(&mut t, duration);
     Value::Table(t)
 }
 

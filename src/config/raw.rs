@@ -87,6 +87,62 @@ pub struct RawCluster {
     pub name: S<String>,
     pub endpoints: S<Vec<S<RawEndpoint>>>,
     pub resolve_every: Option<S<Scalar>>,
+    /// "round_robin" (default), "least_request", "peak_ewma" or "hash".
+    pub balance: Option<S<String>>,
+    /// With `balance = "hash"`: "client_ip", "path", "header:NAME" or "cookie:NAME".
+    pub hash_key: Option<S<String>>,
+    /// When no endpoint is usable, use them all rather than answer 503.
+    pub panic: Option<S<bool>>,
+    /// Requests in flight to the cluster at most (circuit breaking).
+    pub max_requests: Option<S<Scalar>>,
+    pub health: Option<S<RawHealth>>,
+    pub outlier: Option<S<RawOutlier>>,
+    pub retries: Option<S<RawRetries>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// "http" (default) or "tcp".
+    pub kind: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub method: Option<S<String>>,
+    pub host: Option<S<String>>,
+    pub headers: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    /// Statuses that pass (default: 200 to 399).
+    pub expect_status: Option<S<Vec<S<Scalar>>>>,
+    pub body_contains: Option<S<String>>,
+    pub interval: Option<S<Scalar>>,
+    pub timeout: Option<S<Scalar>>,
+    pub healthy_threshold: Option<S<Scalar>>,
+    pub unhealthy_threshold: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Failures in a row that eject an endpoint, or "off".
+    pub consecutive_failures: Option<S<Scalar>>,
+    pub base_ejection: Option<S<Scalar>>,
+    pub max_ejection: Option<S<Scalar>>,
+    pub max_ejected_percent: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Attempts in all (1: no retry).
+    pub attempts: Option<S<Scalar>>,
+    /// What is retried besides connect failures: "reset", "timeout", "status".
+    pub on: Option<S<Vec<S<String>>>>,
+    /// With "status" in `on`: the statuses retried.
+    pub statuses: Option<S<Vec<S<Scalar>>>>,
+    /// Retries in flight at most this percent of the requests in flight…
+    pub budget_percent: Option<S<Scalar>>,
+    /// …or this many, whichever is more.
+    pub min_concurrent: Option<S<Scalar>>,
+    /// The first retry waits up to this (full jitter), doubling each time.
+    pub backoff: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -34,6 +34,8 @@ impl RequestEnd {
             RequestEnd::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             RequestEnd::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RequestEnd::UpstreamPoolExhausted
+            | RequestEnd::NoHealthyUpstream
+            | RequestEnd::UpstreamOverloaded
             | RequestEnd::LimitRoute
             | RequestEnd::LimitClientShare
             | RequestEnd::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
@@ -95,6 +97,8 @@ impl From<crate::upstream::UpstreamError> for RequestEnd {
             U::PoolExhausted => RequestEnd::UpstreamPoolExhausted,
             U::ClosedBeforeSend | U::ClosedBeforeResponse | U::Reset => RequestEnd::UpstreamReset,
             U::ResponseTimeout => RequestEnd::UpstreamResponseTimeout,
+            U::NoHealthy => RequestEnd::NoHealthyUpstream,
+            U::Overloaded => RequestEnd::UpstreamOverloaded,
         }
     }
 }

@@ -19,13 +19,16 @@ use super::body::{Body, BodyOutcome, ClientBody, ReqBody, UpstreamBody, Upstream
 use super::error::{RequestEnd, respond};
 use super::headers::{self, ForwardedFor};
 use super::log::RequestLog;
-use super::pool::{PooledConn, RoutePools, Sender, h1};
+use super::pool::{PooledConn, RoutePools, Sender, TargetPool, h1};
 use super::tunnel::{Handover, Tunnel, TunnelLog};
+use crate::config::{BalanceConfig, HashKey};
 use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
 use crate::routing::{self, RequestView, Route, RouteInput};
 use crate::runtime::{Runtime, Snapshot};
-use crate::upstream::UpstreamError;
+use crate::upstream::cluster::{Cluster, RetryToken};
+use crate::upstream::endpoint::Outcome;
+use crate::upstream::{self, UpstreamError};
 
 /// Marks a request that came as an HTTP/2 extended CONNECT (RFC 8441),
 /// handed to the handler as an HTTP/1.1-style upgrade request. For
@@ -490,10 +493,14 @@ impl Handler {
         )
     }
 
-    /// Sends the request on a pooled connection: over HTTP/1.1 by our own
-    /// client, over HTTP/2 by hyper's. A request that a reused connection
-    /// could not take (the upstream closed it while idle) goes once more on
-    /// another connection, when nothing of it was lost (`goes_again`).
+    /// Sends the request to an endpoint of the route's cluster: over
+    /// HTTP/1.1 by our own client, over HTTP/2 by hyper's. Admitted within
+    /// the cluster's cap on requests in flight; each attempt's outcome is
+    /// reported to the endpoint's passive health; a failed attempt goes to
+    /// another endpoint when `retry` allows. (A request that a reused
+    /// connection could not take, the upstream having closed it while
+    /// idle, goes once more on another connection: `goes_again`, not a
+    /// retry.)
     async fn call_upstream(
         &self,
         route: &Route,
@@ -503,128 +510,221 @@ impl Handler {
         log: &mut RequestLog,
     ) -> Exchanged {
         let policy = &route.config.policy;
+        let cluster = &pools.cluster;
+        let mut admitted = Some(cluster.admit()?);
+        let key = match &cluster.config.policy.balance {
+            BalanceConfig::Hash(k) => request_key(k, &head.req, self.info.client.ip()),
+            _ => None,
+        };
+        // Only a request without a body may go again once it was sent.
+        let bodiless = body.as_ref().is_none_or(http_body::Body::is_end_stream);
+        let idempotent = head.req.method().is_idempotent();
         // A request that cannot be retried never goes on a reused
         // connection the upstream may be closing (`checkout`).
-        let fresh = !policy.http.pool_reuse_non_idempotent && !head.req.method().is_idempotent();
+        let fresh = !policy.http.pool_reuse_non_idempotent && !idempotent;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut _retry: Option<RetryToken> = None;
         loop {
-            let pool = match pools.pick_now() {
-                Some(p) => p,
+            let pool = match pools.pick_now(key, &tried) {
+                Ok(p) => p,
                 // (The cluster's names are being resolved for the first
                 // time, or resolved to nothing.)
-                None => tokio::time::timeout(policy.connect_timeout, pools.pick())
-                    .await
-                    .map_err(|_| RequestEnd::UpstreamUnresolved)??,
-            };
-            // The line of a request that fails before a connection names
-            // the endpoint all the same.
-            log.upstream = log.upstream.or(Some(pool.addr()));
-            if head.missing_host {
-                if let Ok(v) = HeaderValue::from_str(pool.target()) {
-                    head.set.replace(header::HOST, v);
+                Err(UpstreamError::Unresolved) => {
+                    tokio::time::timeout(policy.connect_timeout, pools.pick(key, &tried))
+                        .await
+                        .map_err(|_| RequestEnd::UpstreamUnresolved)??
                 }
-            }
-            // The client's share of the target's connections, claimed
-            // before one is taken (fairness: `ClientShares`).
-            let share = pool
-                .claim(self.info.client.ip())
-                .map_err(|_| RequestEnd::LimitClientShare)?;
-            // (An idle connection at hand needs no future at all.)
-            let idle = if fresh { None } else { pool.take_idle() };
-            let (mut conn, connect_time) = match idle {
-                Some(conn) => (conn, None),
-                // Boxed: waiting for a slot or a connect is rare and its
-                // state is large; keeping it out of the request future
-                // keeps that future cheap to move.
-                None => match Box::pin(pool.checkout(policy.connect_timeout, fresh)).await {
-                    Ok(c) => c,
-                    Err(
-                        e @ (UpstreamError::TlsVerifyFailed | UpstreamError::TlsHandshakeFailed),
-                    ) => {
-                        if let Some(why) = pool.last_tls_error() {
-                            self.entry.show_upstream_error(why);
+                Err(e) => return Err(e.into()),
+            };
+            let failed = |e: UpstreamError, tried: &mut Vec<SocketAddr>| {
+                cluster.report(pool.state(), Outcome::Failure);
+                tried.push(pool.addr());
+                self.retry(
+                    cluster,
+                    e.may_retry(idempotent && bodiless, &cluster.config.policy.retries),
+                    tried.len(),
+                )
+            };
+            match self.attempt(route, &pool, head, body, log, fresh).await {
+                Attempt::Answered(mut exchanged) => {
+                    let status = exchanged.0.status();
+                    let retries = &cluster.config.policy.retries;
+                    if status.is_server_error() {
+                        cluster.report(pool.state(), Outcome::Failure);
+                        let retried =
+                            retries.statuses.contains(&status.as_u16()) && idempotent && bodiless;
+                        tried.push(pool.addr());
+                        if let Some(token) = self.retry(cluster, retried, tried.len()).await {
+                            _retry = Some(token);
+                            continue;
                         }
-                        return Err(e.into());
+                    } else {
+                        cluster.report(pool.state(), Outcome::Success);
                     }
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            conn.share = share;
-            log.upstream = Some(conn.peer);
-            self.entry.show_request(&route.stats, conn.peer);
-            if let Some(t) = connect_time {
-                route.stats.connect_latency.observe(t);
-                log.connect = Some(t);
+                    pool.state().observe_latency(log.started.elapsed());
+                    if let Some(conn) = exchanged.1.as_mut() {
+                        conn.admitted = admitted.take();
+                    } else if let UpstreamInner::Right(b) = exchanged.0.body_mut() {
+                        b.hold(admitted.take());
+                    }
+                    log.attempts = tried.len() as u32 + 1;
+                    return Ok(exchanged);
+                }
+                Attempt::Again => {}
+                Attempt::Failed(e) => {
+                    log.attempts = tried.len() as u32 + 1;
+                    match failed(e, &mut tried).await {
+                        Some(token) => _retry = Some(token),
+                        None => return Err(e.into()),
+                    }
+                }
+                Attempt::Ended(end) => return Err(end),
             }
-            if conn.sender.is_http2() {
-                // Boxed: hyper's request state is large, and the usual
-                // request (HTTP/1.1) never needs it.
-                let sent = Box::pin(self.send_h2(
-                    conn,
-                    pool.scheme(),
-                    policy.http.response_header_timeout,
-                    head,
-                    body,
-                    log,
-                ))
-                .await;
-                match sent {
-                    Some(exchanged) => return exchanged,
-                    None => continue,
-                }
+        }
+    }
+
+    /// Room for another attempt: within the cluster's attempts and retry
+    /// budget, after the backoff; `None` when the request may not go again.
+    async fn retry(
+        &self,
+        cluster: &Arc<Cluster>,
+        allowed: bool,
+        failed: usize,
+    ) -> Option<RetryToken> {
+        let retries = &cluster.config.policy.retries;
+        if !allowed || failed >= retries.attempts as usize {
+            return None;
+        }
+        let token = cluster.retry_token()?;
+        tracing::debug!(conn = self.conn_id, cluster = %cluster.name, attempt = failed + 1, "retrying on another endpoint");
+        tokio::time::sleep(upstream::cluster::backoff(retries.backoff, failed as u32)).await;
+        Some(token)
+    }
+
+    /// One attempt on an endpoint's pool.
+    async fn attempt(
+        &self,
+        route: &Route,
+        pool: &Arc<TargetPool>,
+        head: &mut UpstreamHead,
+        body: &mut Option<Body>,
+        log: &mut RequestLog,
+        fresh: bool,
+    ) -> Attempt {
+        let policy = &route.config.policy;
+        // The line of a request that fails before a connection names
+        // the endpoint all the same.
+        log.upstream = Some(pool.addr());
+        if head.missing_host {
+            if let Ok(v) = HeaderValue::from_str(pool.target()) {
+                head.set.replace(header::HOST, v);
             }
-            let reused = conn.reused;
-            let idempotent = head.req.method().is_idempotent();
-            // A body already at its end (an upgrade's) sends nothing.
-            let sending = body.as_mut().filter(|b| !b.is_end_stream());
-            let chunked =
-                sending.is_some() && !head.req.headers().contains_key(header::CONTENT_LENGTH);
-            let outgoing = h1::Outgoing {
-                head: h1::encode_request(&head.req, &head.set, chunked),
-                body: sending,
-                chunked,
-                head_request: head.req.method() == http::Method::HEAD,
-                upgrade: head.upgrade,
-            };
-            let mut exchanging = Exchanging(Some(conn));
-            let deadline = tokio::time::Instant::now() + policy.http.response_header_timeout;
-            let mut timer = self.response_timer(deadline);
-            let exchange = tokio::select! {
-                biased;
-                r = exchanging.exchange(outgoing) => Ok(r),
-                () = timer.as_mut() => Err(()),
-            };
-            self.keep_response_timer(timer);
-            match exchange {
-                Err(()) => {
-                    exchanging.close(); // slow: not drained
-                    return Err(UpstreamError::ResponseTimeout.into());
-                }
-                Ok(Ok(h)) => {
-                    let Some(conn) = exchanging.0.take() else {
-                        return Err(RequestEnd::UpstreamReset); // (never: just exchanged)
-                    };
-                    if h.response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // (Only to an upgrade: `relay` hands the connection over.)
-                        let none = h1::ResponseBody::none();
-                        return Ok((h.response.map(|()| UpstreamInner::Right(none)), Some(conn)));
+        }
+        // The client's share of the target's connections, claimed
+        // before one is taken (fairness: `ClientShares`).
+        let Ok(share) = pool.claim(self.info.client.ip()) else {
+            return Attempt::Ended(RequestEnd::LimitClientShare);
+        };
+        let load = pool.state().start();
+        // (An idle connection at hand needs no future at all.)
+        let idle = if fresh { None } else { pool.take_idle() };
+        let (mut conn, connect_time) = match idle {
+            Some(conn) => (conn, None),
+            // Boxed: waiting for a slot or a connect is rare and its
+            // state is large; keeping it out of the request future
+            // keeps that future cheap to move.
+            None => match Box::pin(pool.checkout(policy.connect_timeout, fresh)).await {
+                Ok(c) => c,
+                Err(e @ (UpstreamError::TlsVerifyFailed | UpstreamError::TlsHandshakeFailed)) => {
+                    if let Some(why) = pool.last_tls_error() {
+                        self.entry.show_upstream_error(why);
                     }
-                    let body = h1::ResponseBody::new(conn, h.decoder, h.keep_alive);
-                    return Ok((h.response.map(|()| UpstreamInner::Right(body)), None));
+                    return Attempt::Failed(e);
                 }
-                Ok(Err(h1::ExchangeError::ClientBody)) => {
-                    exchanging.close();
-                    let failure = log.request_body.as_ref().and_then(|o| o.failure());
-                    return Err(failure.unwrap_or(RequestEnd::ClientAborted));
+                Err(e) => return Attempt::Failed(e),
+            },
+        };
+        conn.share = share;
+        conn.load = Some(load);
+        log.upstream = Some(conn.peer);
+        self.entry.show_request(&route.stats, conn.peer);
+        if let Some(t) = connect_time {
+            route.stats.connect_latency.observe(t);
+            log.connect = Some(t);
+        }
+        if conn.sender.is_http2() {
+            // Boxed: hyper's request state is large, and the usual
+            // request (HTTP/1.1) never needs it.
+            let sent = Box::pin(self.send_h2(
+                conn,
+                pool.scheme(),
+                policy.http.response_header_timeout,
+                head,
+                body,
+                log,
+            ))
+            .await;
+            return match sent {
+                None => Attempt::Again,
+                Some(Ok(exchanged)) => Attempt::Answered(exchanged),
+                Some(Err(Sent::Upstream(e))) => Attempt::Failed(e),
+                Some(Err(Sent::Ended(end))) => Attempt::Ended(end),
+            };
+        }
+        let reused = conn.reused;
+        let idempotent = head.req.method().is_idempotent();
+        // A body already at its end (an upgrade's) sends nothing.
+        let sending = body.as_mut().filter(|b| !b.is_end_stream());
+        let chunked = sending.is_some() && !head.req.headers().contains_key(header::CONTENT_LENGTH);
+        let outgoing = h1::Outgoing {
+            head: h1::encode_request(&head.req, &head.set, chunked),
+            body: sending,
+            chunked,
+            head_request: head.req.method() == http::Method::HEAD,
+            upgrade: head.upgrade,
+        };
+        let mut exchanging = Exchanging(Some(conn));
+        let deadline = tokio::time::Instant::now() + policy.http.response_header_timeout;
+        let mut timer = self.response_timer(deadline);
+        let exchange = tokio::select! {
+            biased;
+            r = exchanging.exchange(outgoing) => Ok(r),
+            () = timer.as_mut() => Err(()),
+        };
+        self.keep_response_timer(timer);
+        match exchange {
+            Err(()) => {
+                exchanging.close(); // slow: not drained
+                Attempt::Failed(UpstreamError::ResponseTimeout)
+            }
+            Ok(Ok(h)) => {
+                let Some(conn) = exchanging.0.take() else {
+                    return Attempt::Ended(RequestEnd::UpstreamReset); // (never: just exchanged)
+                };
+                if h.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // (Only to an upgrade: `relay` hands the connection over.)
+                    let none = h1::ResponseBody::none();
+                    return Attempt::Answered((
+                        h.response.map(|()| UpstreamInner::Right(none)),
+                        Some(conn),
+                    ));
                 }
-                Ok(Err(e)) => {
-                    exchanging.close();
-                    let e = UpstreamError::from(e);
-                    tracing::debug!(conn = self.conn_id, error = %e, reused, "upstream request failed");
-                    if goes_again(e, reused, idempotent) {
-                        continue;
-                    }
-                    return Err(e.into());
+                let body = h1::ResponseBody::new(conn, h.decoder, h.keep_alive);
+                Attempt::Answered((h.response.map(|()| UpstreamInner::Right(body)), None))
+            }
+            Ok(Err(h1::ExchangeError::ClientBody)) => {
+                exchanging.close();
+                let failure = log.request_body.as_ref().and_then(|o| o.failure());
+                Attempt::Ended(failure.unwrap_or(RequestEnd::ClientAborted))
+            }
+            Ok(Err(e)) => {
+                exchanging.close();
+                let e = UpstreamError::from(e);
+                tracing::debug!(conn = self.conn_id, error = %e, reused, "upstream request failed");
+                if goes_again(e, reused, idempotent) {
+                    return Attempt::Again;
                 }
+                Attempt::Failed(e)
             }
         }
     }
@@ -641,28 +741,32 @@ impl Handler {
         head: &mut UpstreamHead,
         body: &mut Option<Body>,
         log: &RequestLog,
-    ) -> Option<Exchanged> {
+    ) -> Option<Result<Answer, Sent>> {
         let bodiless = body.is_none();
         let idempotent = head.req.method().is_idempotent();
         let mut request = std::mem::replace(&mut head.req, Request::new(()))
             .map(|()| body.take().unwrap_or_else(empty));
         head.set.apply(request.headers_mut());
         as_http2(&mut request, scheme);
-        // A bodiless idempotent request on a reused connection may go again
-        // if the upstream closes the connection before answering: hyper
-        // gives back only what it did not send, so keep its head.
-        let again = (bodiless && conn.reused && request.method().is_idempotent())
-            .then(|| copy_head(&request));
+        // A bodiless request may go again (on this connection's failure, or
+        // a retry): hyper gives back only what it did not send, so keep its
+        // head.
+        let again = bodiless.then(|| copy_head(&request));
         let Sender::H2(sender) = &mut conn.sender else {
-            return Some(Err(RequestEnd::UpstreamProtocolError)); // (never: HTTP/2 only)
+            return Some(Err(Sent::Ended(RequestEnd::UpstreamProtocolError))); // (never: HTTP/2 only)
         };
         let mut e = match timeout(response_timeout, sender.try_send_request(request)).await {
-            Err(_) => return Some(Err(RequestEnd::UpstreamResponseTimeout)),
+            Err(_) => {
+                if let Some(kept) = again {
+                    head.req = kept;
+                }
+                return Some(Err(Sent::Upstream(UpstreamError::ResponseTimeout)));
+            }
             Ok(Ok(resp)) => return Some(Ok((resp.map(UpstreamInner::Left), Some(conn)))),
             Ok(Err(e)) => e,
         };
         if let Some(client_side) = log.request_body.as_ref().and_then(|o| o.failure()) {
-            return Some(Err(client_side));
+            return Some(Err(Sent::Ended(client_side)));
         }
         tracing::debug!(conn = self.conn_id, error = %e.error(), reused = conn.reused, "upstream request failed");
         let unsent = e.take_message();
@@ -675,26 +779,28 @@ impl Handler {
         } else {
             UpstreamError::Reset
         };
-        if goes_again(kind, conn.reused, idempotent) {
-            // What hyper gave back, or the head kept for a bodiless
-            // request (a body it sent is gone).
-            match (unsent, again) {
-                (Some(unsent), _) => {
-                    let (parts, unsent_body) = unsent.into_parts();
-                    head.req = Request::from_parts(parts, ());
-                    if !bodiless {
-                        *body = Some(unsent_body);
-                    }
-                    return None;
+        // The head again, for another attempt: what hyper gave back (with
+        // the body), or the copy of a bodiless request's. (Without either,
+        // a body went: the request cannot go again.)
+        let restored = match (unsent, again) {
+            (Some(unsent), _) => {
+                let (parts, unsent_body) = unsent.into_parts();
+                head.req = Request::from_parts(parts, ());
+                if !bodiless {
+                    *body = Some(unsent_body);
                 }
-                (None, Some(kept)) => {
-                    head.req = kept;
-                    return None;
-                }
-                (None, None) => {}
+                true
             }
+            (None, Some(kept)) => {
+                head.req = kept;
+                true
+            }
+            (None, None) => false,
+        };
+        if restored && goes_again(kind, conn.reused, idempotent) {
+            return None;
         }
-        Some(Err(kind.into()))
+        Some(Err(Sent::Upstream(kind)))
     }
 }
 
@@ -718,7 +824,51 @@ fn copy_head<B>(req: &Request<B>) -> Request<()> {
 
 /// How the upstream exchange ended: its response (with the connection,
 /// for hyper's), or why not.
-type Exchanged = Result<(Response<UpstreamInner>, Option<PooledConn>), RequestEnd>;
+/// A response, and the connection it came on when the body does not
+/// hold it (HTTP/2's, or one an upgrade takes).
+type Answer = (Response<UpstreamInner>, Option<PooledConn>);
+type Exchanged = Result<Answer, RequestEnd>;
+
+/// How an HTTP/2 exchange failed.
+enum Sent {
+    Upstream(UpstreamError),
+    Ended(RequestEnd),
+}
+
+/// How an attempt on an endpoint went. (Returned once per attempt, as
+/// the response itself would be: no box.)
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    Answered(Answer),
+    /// A reused connection could not take the request: once more.
+    Again,
+    /// The endpoint failed (passive health; a retry may follow).
+    Failed(UpstreamError),
+    /// The request ends here (a limit, the client's side).
+    Ended(RequestEnd),
+}
+
+/// The request's hash key for a hashing cluster, when it has one.
+fn request_key(key: &HashKey, req: &Request<()>, client: std::net::IpAddr) -> Option<u64> {
+    let bytes: Vec<u8> = match key {
+        HashKey::ClientIp => match client {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        },
+        HashKey::Path => req.uri().path().as_bytes().to_vec(),
+        HashKey::Header(name) => req.headers().get(name)?.as_bytes().to_vec(),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_bytes().to_vec())?,
+    };
+    Some(upstream::balance::hash_key(&bytes))
+}
 
 /// A request's head as it goes upstream: method, target (as received:
 /// origin-form is made where it is written), version and headers (less

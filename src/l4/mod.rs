@@ -13,6 +13,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::config::{BalanceConfig, HashKey};
 use crate::config::{ProxyVersion, TlsMode};
 use crate::conn::{ConnGuard, ConnState, EndReason};
 use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
@@ -20,7 +21,9 @@ use crate::pump;
 use crate::routing::{self, RouteInput};
 use crate::runtime::{ListenerRt, Runtime, Snapshot};
 use crate::upstream::UpstreamError;
-use crate::upstream::cluster::{Cluster, Endpoint};
+use crate::upstream::balance;
+use crate::upstream::cluster::{Admitted, Cluster, Endpoint, backoff};
+use crate::upstream::endpoint::{InFlight, Outcome};
 
 /// Owns `client` until it is closed, then records the end in the table.
 /// `listener` is the listener's place in `snap`, the snapshot the
@@ -234,18 +237,19 @@ async fn run(
     guard.set_state(ConnState::Connecting);
     let cluster = &snap.clusters[forward.cluster];
     let started = Instant::now();
-    let (upstream, endpoint) = tokio::select! {
+    let (upstream, endpoint, _load) = tokio::select! {
         // Boxed: the connect future is large and needed only in this state.
-        r = Box::pin(timeout(policy.connect_timeout, connect(cluster))) => match r {
+        r = Box::pin(timeout(policy.connect_timeout, connect(cluster, client_addr.ip()))) => match r {
             Err(_elapsed) => return Step::End(EndReason::UpstreamConnectTimeout),
             Ok(Err(e)) => return Step::End(e.into()),
-            Ok(Ok(s)) => s,
+            // (Only the address is kept: the task stays small.)
+            Ok(Ok((s, e, load))) => (s, e.addr, load),
         },
         reason = client_gone(&client) => return Step::End(reason),
         _ = route.closing.closing() => return Step::End(route.closing.end_reason()),
     };
     route.stats.connect_latency.observe(started.elapsed());
-    guard.set_upstream(endpoint.addr);
+    guard.set_upstream(endpoint);
 
     // Bytes owed to the upstream before anything else the client sends;
     // the client's early bytes count as client bytes, our header does not.
@@ -382,8 +386,8 @@ async fn terminate(
     let cluster = &snap.clusters[forward.cluster];
     let started = Instant::now();
     let connect_deadline = tokio::time::Instant::now() + policy.connect_timeout;
-    let (mut upstream, endpoint) = tokio::select! {
-        r = Box::pin(tokio::time::timeout_at(connect_deadline, connect(cluster))) => match r {
+    let (mut upstream, endpoint, _load) = tokio::select! {
+        r = Box::pin(tokio::time::timeout_at(connect_deadline, connect(cluster, client_addr.ip()))) => match r {
             Err(_elapsed) => return EndReason::UpstreamConnectTimeout,
             Ok(Err(e)) => return e.into(),
             Ok(Ok(s)) => s,
@@ -493,11 +497,50 @@ pub(crate) async fn read_more(
     }
 }
 
-/// A connection to the cluster's next endpoint (the caller bounds it).
-async fn connect(cluster: &Cluster) -> Result<(TcpStream, Endpoint), UpstreamError> {
-    let endpoint = cluster.pick().await?;
-    let stream = crate::upstream::connect::tcp(endpoint.addr).await?;
-    Ok((stream, endpoint))
+/// A connection to an endpoint of the cluster, within its cap on
+/// connections in flight (the caller bounds the wait). A failed connect
+/// counts against the endpoint (passive health) and goes to another one
+/// within the cluster's attempts and retry budget (nothing was sent).
+/// Also returns the connection's count in the endpoint's and the
+/// cluster's load, to hold while it lives.
+async fn connect(
+    cluster: &Arc<Cluster>,
+    client: std::net::IpAddr,
+) -> Result<(TcpStream, Endpoint, (InFlight, Admitted)), UpstreamError> {
+    let admitted = cluster.admit()?;
+    let key = match &cluster.config.policy.balance {
+        // (The client's address is the only key a connection has.)
+        BalanceConfig::Hash(HashKey::ClientIp) => Some(match client {
+            std::net::IpAddr::V4(v4) => balance::hash_key(&v4.octets()),
+            std::net::IpAddr::V6(v6) => balance::hash_key(&v6.octets()),
+        }),
+        _ => None,
+    };
+    let retries = &cluster.config.policy.retries;
+    let mut tried = Vec::new();
+    let mut _retry = None;
+    loop {
+        let (endpoint, state) = cluster.pick(key, &tried).await?;
+        let load = state.start();
+        match crate::upstream::connect::tcp(endpoint.addr).await {
+            Ok(stream) => {
+                cluster.report(&state, Outcome::Success);
+                return Ok((stream, endpoint, (load, admitted)));
+            }
+            Err(e) => {
+                cluster.report(&state, Outcome::Failure);
+                tried.push(endpoint.addr);
+                if tried.len() >= retries.attempts as usize {
+                    return Err(e);
+                }
+                let Some(token) = cluster.retry_token() else {
+                    return Err(e);
+                };
+                _retry = Some(token);
+                tokio::time::sleep(backoff(retries.backoff, tried.len() as u32)).await;
+            }
+        }
+    }
 }
 
 /// Resolves when the client closes or resets before the upstream is ready.

@@ -1,21 +1,35 @@
-//! Clusters at run time: a cluster's endpoints (every address of every
-//! configured endpoint, with its weight) sit in an `ArcSwap` that the data
-//! plane reads without a lock. Names are resolved by the cluster, not per
-//! connect: once when it is made, then every `resolve_every` by a task of
-//! its own (which ends with the cluster); a name that fails to resolve
-//! keeps its last good addresses. Picking is smooth weighted round robin
-//! (nginx's), from a precomputed round: an index, no lock.
-//! (A route's HTTP pools, one per endpoint, are `http::pool::RoutePools`.)
+//! Clusters at run time. A cluster's endpoint set (every address of every
+//! configured endpoint, with its weight and its `EndpointState`, and the
+//! balancer made for it) sits in an `ArcSwap` that the data plane reads
+//! without a lock; the cluster is the one owner that writes it. The set is
+//! made from three things: the configured endpoints as last resolved (names
+//! are resolved by the cluster, not per connect: once when it is made,
+//! then every `resolve_every` by a task of its own; a name that fails to
+//! resolve keeps its last good addresses), the changes made at run time
+//! through the endpoint API (`add`, `remove`, `drain`, `set_weight`), and
+//! the states kept by endpoint identity (so health survives a change of
+//! the set and a reload that keeps the endpoint).
+//!
+//! A pick asks the set's balancer (`balance`) for an endpoint that is
+//! usable (not unhealthy, ejected or draining) and not yet tried by the
+//! request; when none is, "panic mode" (if configured) uses any endpoint
+//! that is not draining, else `no_healthy_upstream`. The cluster also
+//! counts requests in flight (its cap: circuit breaking) and retries in
+//! flight (its retry budget), and reports outcomes to passive health.
+//! (A route's HTTP pools, one per endpoint, are `http::pool::RoutePools`;
+//! active health checks, `health`.)
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::balance::{self, Balance, Pick};
+use super::endpoint::{EndpointState, Outcome, now_ms};
 use super::error::UpstreamError;
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, EndpointConfig};
 
 /// One address to send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,108 +42,71 @@ pub struct Endpoint {
 }
 
 /// A cluster's endpoints at one moment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointSet {
     /// One more at each change of the set.
     pub generation: u64,
     pub endpoints: Vec<Endpoint>,
-    round: Round,
+    /// Each endpoint's state, in the same order.
+    pub states: Vec<Arc<EndpointState>>,
+    balancer: Box<dyn Balance>,
     /// Every name has been looked up at least once.
     pub settled: bool,
 }
 
-/// How picks go round the endpoints, without a lock: a pick is the
-/// position `n` of a shared counter in the round.
-#[derive(Debug, Default)]
-enum Round {
-    /// No endpoint.
-    #[default]
-    Empty,
-    /// The endpoints' positions in the order nginx's smooth weighted
-    /// round robin picks them (each as often as its weight, spread out).
-    Smooth(Vec<u32>),
-    /// Above `SCHEDULE_MAX` picks a round: the running sums of the
-    /// weights (the same shares, in runs).
-    Runs(Vec<u64>),
-}
-
-/// The longest round kept as a schedule (4 bytes a pick).
-const SCHEDULE_MAX: u64 = 16_384;
-
-impl EndpointSet {
-    fn new(generation: u64, endpoints: Vec<Endpoint>, settled: bool) -> EndpointSet {
-        let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
-        let round = if endpoints.is_empty() {
-            Round::Empty
-        } else if total <= SCHEDULE_MAX {
-            Round::Smooth(smooth_round(&endpoints))
-        } else {
-            let mut sum = 0;
-            Round::Runs(
-                endpoints
-                    .iter()
-                    .map(|e| {
-                        sum += u64::from(e.weight);
-                        sum
-                    })
-                    .collect(),
-            )
-        };
-        EndpointSet {
-            generation,
-            endpoints,
-            round,
-            settled,
-        }
-    }
-
-    /// The endpoint at position `n` of the weighted cycle.
-    fn at(&self, n: usize) -> Option<usize> {
-        match &self.round {
-            Round::Empty => None,
-            Round::Smooth(order) => Some(order[n % order.len()] as usize),
-            Round::Runs(sums) => {
-                let n = n as u64 % sums.last()?;
-                Some(sums.partition_point(|&c| c <= n))
-            }
-        }
-    }
-}
-
-/// One round of smooth weighted round robin (nginx): at each pick every
-/// endpoint's current weight grows by its weight, the largest is picked
-/// and loses the total.
-fn smooth_round(endpoints: &[Endpoint]) -> Vec<u32> {
-    let total: i64 = endpoints.iter().map(|e| i64::from(e.weight)).sum();
-    let mut current = vec![0i64; endpoints.len()];
-    let mut round = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, e) in endpoints.iter().enumerate() {
-            current[i] += i64::from(e.weight);
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        round.push(best as u32);
-    }
-    round
+/// Changes made at run time, applied over the configured endpoints.
+#[derive(Debug, Default, Clone)]
+struct Changes {
+    added: Vec<Endpoint>,
+    removed: Vec<SocketAddr>,
+    weights: Vec<(SocketAddr, u32)>,
 }
 
 pub struct Cluster {
     pub name: Arc<str>,
     pub config: ClusterConfig,
     set: ArcSwap<EndpointSet>,
-    next: AtomicUsize,
     /// The generation, announced after each resolution round.
     resolved: tokio::sync::watch::Sender<u64>,
+    /// The configured endpoints as last resolved, the run-time changes,
+    /// and every endpoint's state (the lock also orders set changes).
+    inner: Mutex<Inner>,
+    /// Requests (or L4 connections) in flight through the cluster.
+    active: AtomicU32,
+    /// Retries in flight.
+    retrying: AtomicU32,
+    /// Health state changes, ejections and retries (for `/clusters`).
+    pub counters: Counters,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub became_unhealthy: AtomicU64,
+    pub became_healthy: AtomicU64,
+    pub ejections: AtomicU64,
+    pub retries: AtomicU64,
+    /// Retries the budget refused.
+    pub retries_over_budget: AtomicU64,
+    pub overloaded: AtomicU64,
+}
+
+#[derive(Default)]
+struct Inner {
+    base: Vec<Endpoint>,
+    changes: Changes,
+    states: Vec<Arc<EndpointState>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Cluster {
     /// A cluster whose address endpoints are ready at once; names are
-    /// resolved by `start_resolving`.
-    pub fn new(config: ClusterConfig) -> Arc<Cluster> {
+    /// resolved by `start`. `previous`: the cluster of the same name
+    /// before a reload, whose run-time changes and endpoint states carry
+    /// over.
+    pub fn new(config: ClusterConfig, previous: Option<&Cluster>) -> Arc<Cluster> {
         let literal: Vec<Endpoint> = config
             .endpoints
             .iter()
@@ -142,13 +119,106 @@ impl Cluster {
             })
             .collect();
         let settled = literal.len() == config.endpoints.len();
-        Arc::new(Cluster {
+        let inner = match previous {
+            Some(p) => {
+                let old = lock(&p.inner);
+                Inner {
+                    base: literal,
+                    changes: old.changes.clone(),
+                    states: old.states.clone(),
+                }
+            }
+            None => Inner {
+                base: literal,
+                ..Inner::default()
+            },
+        };
+        let empty = EndpointSet {
+            generation: 0,
+            endpoints: Vec::new(),
+            states: Vec::new(),
+            balancer: balance::for_set(&config.policy.balance, &[]),
+            settled: false,
+        };
+        let cluster = Arc::new(Cluster {
             name: config.name.as_str().into(),
-            set: ArcSwap::from_pointee(EndpointSet::new(1, literal, settled)),
-            next: AtomicUsize::new(0),
+            set: ArcSwap::from_pointee(empty),
             resolved: tokio::sync::watch::channel(1).0,
+            inner: Mutex::new(inner),
+            active: AtomicU32::new(0),
+            retrying: AtomicU32::new(0),
+            counters: Counters::default(),
             config,
-        })
+        });
+        cluster.publish(None, settled);
+        cluster
+    }
+
+    /// Makes the endpoint set from the resolved endpoints (`base`, when
+    /// they are new) and the run-time changes; a new generation when it
+    /// differs from the current one.
+    fn publish(&self, base: Option<Vec<Endpoint>>, settled: bool) {
+        let mut inner = lock(&self.inner);
+        if let Some(base) = base {
+            inner.base = base;
+        }
+        let ch = &inner.changes;
+        let mut endpoints: Vec<Endpoint> = inner
+            .base
+            .iter()
+            .chain(ch.added.iter())
+            .filter(|e| !ch.removed.contains(&e.addr))
+            .map(|e| {
+                let weight = ch
+                    .weights
+                    .iter()
+                    .rev()
+                    .find(|(a, _)| *a == e.addr)
+                    .map_or(e.weight, |(_, w)| *w);
+                Endpoint {
+                    weight,
+                    ..e.clone()
+                }
+            })
+            .collect();
+        // (An address configured and added keeps its first place.)
+        let mut seen = Vec::with_capacity(endpoints.len());
+        endpoints.retain(|e| {
+            let first = !seen.contains(&e.addr);
+            seen.push(e.addr);
+            first
+        });
+        let current = self.set.load();
+        if current.endpoints == endpoints && current.settled == settled {
+            return;
+        }
+        let states: Vec<Arc<EndpointState>> = endpoints
+            .iter()
+            .map(|e| {
+                inner
+                    .states
+                    .iter()
+                    .find(|s| s.addr == e.addr && s.target == e.target)
+                    .cloned()
+                    .unwrap_or_else(|| EndpointState::new(e.target.clone(), e.addr))
+            })
+            .collect();
+        // States of endpoints that left go, but for those still draining
+        // or in use (they may come back within a reload).
+        inner.states = states.clone();
+        let generation = current.generation + 1;
+        if current.endpoints != endpoints && current.generation > 0 {
+            let list: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
+            tracing::info!(cluster = %self.name, endpoints = %list.join(" "), "cluster endpoints changed");
+        }
+        let balancer = balance::for_set(&self.config.policy.balance, &endpoints);
+        self.set.store(Arc::new(EndpointSet {
+            generation,
+            endpoints,
+            states,
+            balancer,
+            settled,
+        }));
     }
 
     fn has_names(&self) -> bool {
@@ -158,16 +228,20 @@ impl Cluster {
             .any(|e| e.address.parse::<SocketAddr>().is_err())
     }
 
-    /// Resolves the cluster's names now and every `resolve_every` after,
-    /// in a task that ends once the cluster is dropped (no names: no task;
-    /// outside a runtime, as in unit tests: nothing).
-    pub fn start_resolving(self: &Arc<Self>) {
-        if !self.has_names() {
-            return;
-        }
+    /// Starts the cluster's tasks: name resolution now and every
+    /// `resolve_every` (if it has names) and active health checks (if
+    /// configured). They end once the cluster is dropped; outside a
+    /// runtime, as in unit tests, nothing starts.
+    pub fn start(self: &Arc<Self>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if let Some(check) = self.config.policy.health.clone() {
+            rt.spawn(super::health::run(Arc::downgrade(self), check));
+        }
+        if !self.has_names() {
+            return;
+        }
         let weak = Arc::downgrade(self);
         let every = self.config.resolve_every;
         rt.spawn(async move {
@@ -185,7 +259,7 @@ impl Cluster {
     /// One resolution round: every name's addresses now, or its last good
     /// ones where the lookup fails.
     pub async fn resolve(&self) {
-        let current = self.set.load_full();
+        let current: Vec<Endpoint> = lock(&self.inner).base.clone();
         let deadline = self.config.resolve_every.min(Duration::from_secs(5));
         let mut endpoints = Vec::new();
         for e in &self.config.endpoints {
@@ -203,7 +277,7 @@ impl Cluster {
                 .map_err(|_| format!("no answer in {deadline:?}"))
                 .and_then(|r| r.map_err(|err| err.to_string()));
             let last_good = || -> Vec<SocketAddr> {
-                let same = current.endpoints.iter().filter(|x| x.target == target);
+                let same = current.iter().filter(|x| x.target == target);
                 same.map(|x| x.addr).collect()
             };
             let mut addrs: Vec<SocketAddr> = match looked_up {
@@ -226,18 +300,8 @@ impl Cluster {
                 target: target.clone(),
             }));
         }
-        let generation = if endpoints == current.endpoints {
-            current.generation
-        } else {
-            let list: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
-            tracing::info!(cluster = %self.name, endpoints = %list.join(" "), "cluster endpoints changed");
-            current.generation + 1
-        };
-        if generation != current.generation || !current.settled {
-            self.set
-                .store(Arc::new(EndpointSet::new(generation, endpoints, true)));
-        }
-        self.resolved.send_replace(generation);
+        self.publish(Some(endpoints), true);
+        self.resolved.send_replace(self.set.load().generation);
     }
 
     /// The endpoints now.
@@ -245,18 +309,55 @@ impl Cluster {
         self.set.load()
     }
 
-    /// The position in `set` of the next endpoint (weighted round robin).
-    pub fn pick_in(&self, set: &EndpointSet) -> Option<usize> {
-        set.at(self.next.fetch_add(1, Ordering::Relaxed))
+    /// The position in `set` of the endpoint for a request (`key`: its
+    /// hash key, when the cluster hashes), avoiding those it `tried`
+    /// where another is usable.
+    pub fn pick_in(
+        &self,
+        set: &EndpointSet,
+        key: Option<u64>,
+        tried: &[SocketAddr],
+    ) -> Result<usize, UpstreamError> {
+        if set.endpoints.is_empty() {
+            return Err(UpstreamError::Unresolved);
+        }
+        let now = now_ms();
+        let pick = |usable: &dyn Fn(usize) -> bool| {
+            set.balancer.pick(&Pick {
+                endpoints: &set.endpoints,
+                states: &set.states,
+                key,
+                usable,
+            })
+        };
+        let fresh = |i: usize| set.states[i].usable(now) && !tried.contains(&set.endpoints[i].addr);
+        if let Some(i) = pick(&fresh) {
+            return Ok(i);
+        }
+        if !tried.is_empty() {
+            if let Some(i) = pick(&|i| set.states[i].usable(now)) {
+                return Ok(i);
+            }
+        }
+        if self.config.policy.panic {
+            if let Some(i) = pick(&|i| !set.states[i].draining()) {
+                return Ok(i);
+            }
+        }
+        Err(UpstreamError::NoHealthy)
     }
 
-    /// The next endpoint, waiting for the first resolution of the names
-    /// if it is still under way (the caller bounds the wait).
-    pub async fn pick(&self) -> Result<Endpoint, UpstreamError> {
+    /// The next endpoint and its state, waiting for the first resolution
+    /// of the names if it is still under way (the caller bounds the wait).
+    pub async fn pick(
+        &self,
+        key: Option<u64>,
+        tried: &[SocketAddr],
+    ) -> Result<(Endpoint, Arc<EndpointState>), UpstreamError> {
         self.settled().await;
         let set = self.endpoints();
-        let i = self.pick_in(&set).ok_or(UpstreamError::Unresolved)?;
-        Ok(set.endpoints[i].clone())
+        let i = self.pick_in(&set, key, tried)?;
+        Ok((set.endpoints[i].clone(), set.states[i].clone()))
     }
 
     /// Until every name has been looked up once.
@@ -271,58 +372,268 @@ impl Cluster {
             }
         }
     }
+
+    /// A request (or L4 connection) for the cluster, within its cap on
+    /// requests in flight (`max_requests`): `Overloaded` beyond it.
+    pub fn admit(self: &Arc<Self>) -> Result<Admitted, UpstreamError> {
+        let n = self.active.fetch_add(1, Ordering::Relaxed);
+        if self.config.policy.max_requests.is_some_and(|max| n >= max) {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(UpstreamError::Overloaded);
+        }
+        Ok(Admitted(self.clone()))
+    }
+
+    /// Requests (or L4 connections) in flight now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Room for one more retry in the budget: retries in flight at most
+    /// `budget_percent` of the requests in flight, or `min_concurrent`.
+    pub fn retry_token(self: &Arc<Self>) -> Option<RetryToken> {
+        let r = &self.config.policy.retries;
+        let active = u64::from(self.active());
+        let budget = (active * u64::from(r.budget_percent) / 100).max(u64::from(r.min_concurrent));
+        let n = self.retrying.fetch_add(1, Ordering::Relaxed);
+        if u64::from(n) >= budget {
+            self.retrying.fetch_sub(1, Ordering::Relaxed);
+            self.counters
+                .retries_over_budget
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        Some(RetryToken(self.clone()))
+    }
+
+    /// An attempt's outcome through `state`'s endpoint, for passive health.
+    pub fn report(&self, state: &EndpointState, outcome: Outcome) {
+        let outlier = &self.config.policy.outlier;
+        let ejected = state.outcome(outcome, outlier, || {
+            let set = self.endpoints();
+            let now = now_ms();
+            let ejected = set
+                .states
+                .iter()
+                .filter(|s| s.ejected(now).is_some())
+                .count();
+            // (A cluster of one endpoint never ejects it, as nginx.)
+            let cap = set.states.len() * outlier.max_percent as usize / 100;
+            ejected < cap
+        });
+        if ejected {
+            self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(cluster = %self.name, endpoint = %state.addr, "endpoint ejected after failures in a row");
+        }
+    }
+
+    /// Adds an endpoint at run time (or sets the weight of one there).
+    pub fn add(&self, addr: SocketAddr, weight: u32) {
+        {
+            let mut inner = lock(&self.inner);
+            let ch = &mut inner.changes;
+            ch.removed.retain(|a| *a != addr);
+            ch.weights.retain(|(a, _)| *a != addr);
+            ch.added.retain(|e| e.addr != addr);
+            ch.added.push(Endpoint {
+                addr,
+                weight,
+                target: addr.to_string().into(),
+            });
+            if let Some(s) = inner.states.iter().find(|s| s.addr == addr) {
+                s.set_draining(false);
+            }
+        }
+        self.publish(None, self.set.load().settled);
+    }
+
+    /// Removes an endpoint at once (its requests in flight finish).
+    /// False: no such endpoint.
+    pub fn remove(&self, addr: SocketAddr) -> bool {
+        if !self.endpoints().endpoints.iter().any(|e| e.addr == addr) {
+            return false;
+        }
+        {
+            let mut inner = lock(&self.inner);
+            let ch = &mut inner.changes;
+            ch.added.retain(|e| e.addr != addr);
+            if inner.base.iter().any(|e| e.addr == addr) {
+                inner.changes.removed.push(addr);
+            }
+        }
+        self.publish(None, self.set.load().settled);
+        true
+    }
+
+    /// Changes an endpoint's weight. False: no such endpoint.
+    pub fn set_weight(&self, addr: SocketAddr, weight: u32) -> bool {
+        if !self.endpoints().endpoints.iter().any(|e| e.addr == addr) {
+            return false;
+        }
+        lock(&self.inner).changes.weights.push((addr, weight));
+        self.publish(None, self.set.load().settled);
+        true
+    }
+
+    /// Drains an endpoint: no new requests or connections; it leaves the
+    /// cluster when its last one ends, or at `deadline`. False: no such
+    /// endpoint.
+    pub fn drain(self: &Arc<Self>, addr: SocketAddr, deadline: Duration) -> bool {
+        let set = self.endpoints();
+        let Some(state) = set.states.iter().find(|s| s.addr == addr).cloned() else {
+            return false;
+        };
+        drop(set);
+        state.set_draining(true);
+        let weak = Arc::downgrade(self);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.remove(addr);
+            return true;
+        };
+        rt.spawn(async move {
+            let idle = state.idle();
+            let ended = tokio::time::timeout(deadline, idle).await.is_ok();
+            let Some(cluster) = weak.upgrade() else {
+                return;
+            };
+            // (Unless it was added again meanwhile.)
+            if state.draining() {
+                tracing::info!(cluster = %cluster.name, endpoint = %addr, in_flight = state.in_flight(), "drained endpoint leaves the cluster{}", if ended { "" } else { " at its deadline" });
+                cluster.remove(addr);
+            }
+        });
+        true
+    }
+
+    /// The configured endpoint entries (for `/clusters`).
+    pub fn configured(&self) -> &[EndpointConfig] {
+        &self.config.endpoints
+    }
+}
+
+/// A request (or L4 connection) in flight through a cluster.
+pub struct Admitted(Arc<Cluster>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A retry in flight, within the cluster's budget.
+pub struct RetryToken(Arc<Cluster>);
+
+impl Drop for RetryToken {
+    fn drop(&mut self) {
+        self.0.retrying.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backoff before retry `n` (1 for the first): up to `base` × 2^(n-1),
+/// full jitter, at most a quarter of a second.
+pub fn backoff(base: Duration, n: u32) -> Duration {
+    let cap = base
+        .saturating_mul(1u32 << n.saturating_sub(1).min(10))
+        .min(Duration::from_millis(250));
+    let us = u64::try_from(cap.as_micros()).unwrap_or(0);
+    Duration::from_micros(fastrand::u64(0..=us))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EndpointConfig;
+    use crate::config::{ClusterPolicy, EndpointConfig};
 
     fn cluster(endpoints: &[(&str, u32)]) -> Arc<Cluster> {
-        Cluster::new(ClusterConfig {
-            name: "c".into(),
-            endpoints: endpoints
-                .iter()
-                .map(|(a, w)| EndpointConfig {
-                    address: (*a).into(),
-                    weight: *w,
-                })
-                .collect(),
-            resolve_every: Duration::from_secs(30),
-            inline: false,
-        })
+        Cluster::new(
+            ClusterConfig {
+                name: "c".into(),
+                endpoints: endpoints
+                    .iter()
+                    .map(|(a, w)| EndpointConfig {
+                        address: (*a).into(),
+                        weight: *w,
+                    })
+                    .collect(),
+                resolve_every: Duration::from_secs(30),
+                inline: false,
+                policy: ClusterPolicy::default(),
+            },
+            None,
+        )
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     #[test]
-    fn weights_share_the_cycle_spread_out() {
-        // nginx's example: weights 5, 1, 1 give a a b a c a a.
-        let c = cluster(&[("127.0.0.1:1", 5), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)]);
-        let set = c.endpoints();
-        let picks: Vec<usize> = (0..14).map(|_| c.pick_in(&set).unwrap()).collect();
-        assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
-        // Equal weights: plain turns.
+    fn picks_skip_tried_then_unusable_endpoints() {
         let c = cluster(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)]);
         let set = c.endpoints();
-        let picks: Vec<usize> = (0..4).map(|_| c.pick_in(&set).unwrap()).collect();
-        assert_eq!(picks, [0, 1, 0, 1]);
+        for _ in 0..10 {
+            let i = c.pick_in(&set, None, &[addr("127.0.0.1:1")]).unwrap();
+            assert_eq!(set.endpoints[i].addr, addr("127.0.0.1:2"));
+        }
+        // Both tried: one is picked all the same.
+        let both = [addr("127.0.0.1:1"), addr("127.0.0.1:2")];
+        assert!(c.pick_in(&set, None, &both).is_ok());
+        // Both draining: no healthy endpoint.
+        set.states.iter().for_each(|s| s.set_draining(true));
+        assert_eq!(c.pick_in(&set, None, &[]), Err(UpstreamError::NoHealthy));
     }
 
     #[test]
-    fn a_round_too_long_to_keep_still_shares_by_weight() {
-        let endpoints: Vec<_> = (0..20)
-            .map(|i| Endpoint {
-                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                weight: 1000,
-                target: "t".into(),
-            })
-            .collect();
-        let set = EndpointSet::new(1, endpoints, true);
-        assert!(matches!(set.round, Round::Runs(_)));
-        let mut counts = [0usize; 20];
-        for n in 0..20_000 {
-            counts[set.at(n).unwrap()] += 1;
-        }
-        assert!(counts.iter().all(|&n| n == 1000), "{counts:?}");
+    fn endpoints_change_at_run_time_and_keep_their_state() {
+        let c = cluster(&[("127.0.0.1:1", 1)]);
+        let first = c.endpoints().states[0].clone();
+        c.add(addr("127.0.0.1:2"), 3);
+        let set = c.endpoints();
+        assert_eq!(set.endpoints.len(), 2);
+        assert_eq!(set.endpoints[1].weight, 3);
+        assert!(
+            Arc::ptr_eq(&set.states[0], &first),
+            "the one that stayed keeps its state"
+        );
+        assert!(c.set_weight(addr("127.0.0.1:1"), 5));
+        assert_eq!(c.endpoints().endpoints[0].weight, 5);
+        assert!(c.remove(addr("127.0.0.1:1")));
+        assert_eq!(c.endpoints().endpoints.len(), 1);
+        assert!(!c.remove(addr("127.0.0.1:9")));
+        // A reload that changes the cluster keeps what was changed at run time.
+        let mut config = c.config.clone();
+        config.resolve_every = Duration::from_secs(60);
+        let next = Cluster::new(config, Some(&c));
+        let set = next.endpoints();
+        assert_eq!(set.endpoints.len(), 1);
+        assert_eq!(set.endpoints[0].addr, addr("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn the_cap_and_the_budget_are_counted() {
+        let mut c = cluster(&[("127.0.0.1:1", 1)]);
+        Arc::get_mut(&mut c).unwrap().config.policy.max_requests = Some(2);
+        let a = c.admit().unwrap();
+        let _b = c.admit().unwrap();
+        assert!(matches!(c.admit(), Err(UpstreamError::Overloaded)));
+        drop(a);
+        assert!(c.admit().is_ok());
+        // Budget: at least `min_concurrent` (3) retries in flight.
+        let tokens: Vec<_> = (0..3).filter_map(|_| c.retry_token()).collect();
+        assert_eq!(tokens.len(), 3);
+        assert!(c.retry_token().is_none());
+        drop(tokens);
+        assert!(c.retry_token().is_some());
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        let base = Duration::from_millis(10);
+        assert!(backoff(base, 1) <= Duration::from_millis(10));
+        assert!(backoff(base, 3) <= Duration::from_millis(40));
+        assert!(backoff(base, 30) <= Duration::from_millis(250));
     }
 
     #[tokio::test]
@@ -350,6 +661,9 @@ mod tests {
         let c = cluster(&[("nothing.invalid:80", 1)]);
         c.resolve().await;
         assert!(c.endpoints().settled);
-        assert_eq!(c.pick().await, Err(UpstreamError::Unresolved));
+        assert_eq!(
+            c.pick(None, &[]).await.map(|(e, _)| e),
+            Err(UpstreamError::Unresolved)
+        );
     }
 }

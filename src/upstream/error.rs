@@ -50,6 +50,12 @@ pub enum UpstreamError {
     /// The response is not valid HTTP.
     #[error("invalid response")]
     InvalidResponse,
+    /// Every endpoint is unhealthy, ejected or draining.
+    #[error("no healthy endpoint")]
+    NoHealthy,
+    /// The cluster's cap on requests in flight is reached.
+    #[error("cluster overloaded")]
+    Overloaded,
 }
 
 impl UpstreamError {
@@ -69,8 +75,35 @@ impl UpstreamError {
             | U::ProtocolError
             | U::PoolExhausted
             | U::ClosedBeforeSend => true,
+            U::NoHealthy | U::Overloaded => false,
             U::ClosedBeforeResponse => idempotent,
             U::Reset | U::ResponseTimeout | U::InvalidResponse => false,
+        }
+    }
+
+    /// Whether a request that failed this way may be retried on another
+    /// endpoint (`retries`; within its attempts and budget, which the
+    /// caller checks). Nothing was sent: always. Something was: only a
+    /// request that may be repeated (`repeatable`: idempotent, and no
+    /// body taken), and only for what the policy names (`reset`,
+    /// `timeout`). The cluster itself refusing (no healthy endpoint,
+    /// overload, nothing resolved): never.
+    pub fn may_retry(self, repeatable: bool, retries: &crate::config::RetryConfig) -> bool {
+        use UpstreamError as U;
+        match self {
+            U::Refused
+            | U::ConnectTimeout
+            | U::ConnectError
+            | U::TlsVerifyFailed
+            | U::TlsHandshakeFailed
+            | U::ProtocolError
+            | U::PoolExhausted
+            | U::ClosedBeforeSend => true,
+            U::ClosedBeforeResponse | U::Reset | U::InvalidResponse => {
+                repeatable && retries.on_reset
+            }
+            U::ResponseTimeout => repeatable && retries.on_timeout,
+            U::Unresolved | U::NoHealthy | U::Overloaded => false,
         }
     }
 
@@ -102,6 +135,8 @@ impl From<UpstreamError> for EndReason {
                 EndReason::UpstreamReset
             }
             U::ResponseTimeout => EndReason::IdleTimeout,
+            U::NoHealthy => EndReason::NoHealthyUpstream,
+            U::Overloaded => EndReason::UpstreamOverloaded,
         }
     }
 }

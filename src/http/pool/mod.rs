@@ -22,7 +22,8 @@ pub mod send_batch;
 
 pub use routes::{PoolSet, RoutePools};
 
-use crate::upstream::cluster::Endpoint;
+use crate::upstream::cluster::{Admitted, Endpoint};
+use crate::upstream::endpoint::{EndpointState, InFlight};
 use crate::upstream::{UpstreamError, connect};
 
 use std::net::{IpAddr, SocketAddr};
@@ -90,6 +91,8 @@ pub struct TargetPool {
     last_tls_error: Mutex<Option<Arc<str>>>,
     /// The endpoint's address.
     addr: SocketAddr,
+    /// What its cluster knows of the endpoint (health, load).
+    state: Arc<EndpointState>,
     max_idle: usize,
     idle_timeout: Duration,
     wait_timeout: Duration,
@@ -118,6 +121,11 @@ pub struct PooledConn {
     /// The client's claim on the target's connections, released with
     /// the connection (back to the pool or closed).
     pub share: Option<ShareClaim>,
+    /// The request's count in its endpoint's requests in flight, and in
+    /// its cluster's, until its response ends (with the connection's
+    /// return).
+    pub load: Option<InFlight>,
+    pub admitted: Option<Admitted>,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<TargetPool>,
 }
@@ -127,9 +135,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TargetPool {
-    pub fn new(endpoint: &Endpoint, policy: &HttpPolicy, upstream: Upstream) -> Arc<TargetPool> {
+    pub fn new(
+        endpoint: &Endpoint,
+        state: Arc<EndpointState>,
+        policy: &HttpPolicy,
+        upstream: Upstream,
+    ) -> Arc<TargetPool> {
         Arc::new(TargetPool {
             addr: endpoint.addr,
+            state,
             target: endpoint.target.clone(),
             shares: Arc::new(ClientShares::new(policy.pool_max_per_client)),
             upstream,
@@ -214,6 +228,8 @@ impl TargetPool {
                 peer: taken.peer,
                 reused: true,
                 share: None,
+                load: None,
+                admitted: None,
                 permit: Some(taken.permit),
                 pool: self.clone(),
             });
@@ -233,6 +249,8 @@ impl TargetPool {
                     peer: s.peer,
                     reused: true,
                     share: None,
+                    load: None,
+                    admitted: None,
                     permit: None,
                     pool: self.clone(),
                 };
@@ -255,6 +273,8 @@ impl TargetPool {
             peer,
             reused: false,
             share: None,
+            load: None,
+            admitted: None,
             permit: None,
             pool: self.clone(),
         };
@@ -341,6 +361,11 @@ impl TargetPool {
         self.addr
     }
 
+    /// The endpoint's state in its cluster.
+    pub fn state(&self) -> &Arc<EndpointState> {
+        &self.state
+    }
+
     /// Why the last TLS handshake with this target failed.
     pub fn last_tls_error(&self) -> Option<Arc<str>> {
         lock(&self.last_tls_error).clone()
@@ -382,6 +407,8 @@ impl TargetPool {
                 peer,
                 reused: false,
                 share: None,
+                load: None,
+                admitted: None,
                 permit: Some(permit),
                 pool: self.clone(),
             },

@@ -11,6 +11,7 @@ use super::{TargetPool, Upstream};
 use crate::config::HttpPolicy;
 use crate::upstream::UpstreamError;
 use crate::upstream::cluster::{Cluster, EndpointSet};
+use std::net::SocketAddr;
 
 /// A route's HTTP pools: one per endpoint of its cluster, with the route's
 /// pool settings and upstream protocol.
@@ -69,12 +70,16 @@ impl RoutePools {
             let pools = set
                 .endpoints
                 .iter()
-                .map(|e| {
+                .zip(&set.states)
+                .map(|(e, state)| {
                     old.pools
                         .iter()
                         .find(|p| p.addr() == e.addr && p.target() == &*e.target)
+                        .filter(|p| Arc::ptr_eq(p.state(), state))
                         .cloned()
-                        .unwrap_or_else(|| TargetPool::new(e, &self.policy, self.upstream.clone()))
+                        .unwrap_or_else(|| {
+                            TargetPool::new(e, state.clone(), &self.policy, self.upstream.clone())
+                        })
                 })
                 .collect();
             self.current.store(Arc::new(PoolSet {
@@ -85,18 +90,31 @@ impl RoutePools {
         self.current.load()
     }
 
-    /// The pool of the next endpoint, waiting for the cluster's first
+    /// The pool of the endpoint for a request (`key`: its hash key;
+    /// `tried`: endpoints it failed on), waiting for the cluster's first
     /// resolution if needed (the caller bounds the wait).
-    pub async fn pick(&self) -> Result<Arc<TargetPool>, UpstreamError> {
+    pub async fn pick(
+        &self,
+        key: Option<u64>,
+        tried: &[SocketAddr],
+    ) -> Result<Arc<TargetPool>, UpstreamError> {
         self.cluster.settled().await;
-        self.pick_now().ok_or(UpstreamError::Unresolved)
+        self.pick_now(key, tried)
     }
 
-    /// The pool of the next endpoint, if the cluster has one now.
-    pub fn pick_now(&self) -> Option<Arc<TargetPool>> {
+    /// The pool of the endpoint for a request, from the endpoints now.
+    pub fn pick_now(
+        &self,
+        key: Option<u64>,
+        tried: &[SocketAddr],
+    ) -> Result<Arc<TargetPool>, UpstreamError> {
         let set = self.cluster.endpoints();
-        let i = self.cluster.pick_in(&set)?;
-        self.for_set(&set).pools.get(i).cloned()
+        let i = self.cluster.pick_in(&set, key, tried)?;
+        self.for_set(&set)
+            .pools
+            .get(i)
+            .cloned()
+            .ok_or(UpstreamError::Unresolved)
     }
 
     /// Closes idle connections past their lifetime (every endpoint's).

@@ -258,13 +258,18 @@ impl Conn {
             }
         }
         let mut answered_early = false;
+        let sent_body = body.is_some();
         if let Some(body) = body {
             self.pending = Pending::Unknown;
             answered_early = matches!(self.send_body(body, chunked).await?, BodySent::Answered);
         } else {
             self.pending = Pending::Response { head_request };
         }
-        let result = self.read_head(head_request, upgrade).await;
+        let mut result = self.read_head(head_request, upgrade).await;
+        if sent_body && result.as_ref().err() == Some(&ExchangeError::ClosedEarly) {
+            // (The body was taken: the request cannot go again.)
+            result = Err(ExchangeError::Reset);
+        }
         self.pending = match result {
             Ok(_) if !answered_early => Pending::Clean,
             _ => Pending::Unknown,

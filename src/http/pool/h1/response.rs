@@ -163,6 +163,14 @@ impl ResponseBody {
         body
     }
 
+    /// Keeps the request's count in its cluster's requests in flight until
+    /// the body ends (with the connection).
+    pub fn hold(&mut self, admitted: Option<crate::upstream::cluster::Admitted>) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.admitted = admitted;
+        }
+    }
+
     /// A body with nothing to read and no connection (a `101`'s).
     pub fn none() -> ResponseBody {
         ResponseBody {

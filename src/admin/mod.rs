@@ -4,7 +4,8 @@
 //! (Prometheus text), `POST /tls/reload` (read every certificate from disk
 //! again; a file that fails keeps its previous certificate), and the
 //! running config: `GET /config`, `POST /config/reload`, `POST
-//! /config/validate`. Bounded like the data plane: a cap on concurrent
+//! /config/validate`; the clusters and their endpoints (`clusters`).
+//! Bounded like the data plane: a cap on concurrent
 //! admin connections, a deadline on reading request headers, a cap on a
 //! request body.
 
@@ -22,6 +23,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+mod clusters;
+
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 
@@ -36,7 +39,11 @@ GET  /metrics       Prometheus metrics (text format 0.0.4)\n\
 POST /tls/reload    read every certificate from disk again (JSON: what was reloaded)\n\
 GET  /config        the running config (every setting, as TOML) and its generation (JSON)\n\
 POST /config/reload read the config file again and apply it (JSON: what changed, or every error)\n\
-POST /config/validate  check the TOML in the body without applying it (JSON: every error)\n";
+POST /config/validate  check the TOML in the body without applying it (JSON: every error)\n\
+GET  /clusters      every cluster and endpoint: state, load, latency, last probe, history (JSON)\n\
+POST /clusters/NAME/endpoints          add an endpoint: {\"address\": \"ip:port\", \"weight\": 1}\n\
+PATCH /clusters/NAME/endpoints/IP:PORT set its weight: {\"weight\": 5}\n\
+DELETE /clusters/NAME/endpoints/IP:PORT[?drain=30s]  drain it (no new requests; it leaves when idle or at the deadline; 0s: at once)\n";
 
 /// The largest config accepted by `POST /config/validate`.
 const MAX_CANDIDATE: usize = 1 << 20;
@@ -206,18 +213,24 @@ async fn handle(
             };
         }
         (&Method::POST, "/config/validate") => return validate(req).await,
+        (&Method::POST | &Method::PATCH | &Method::DELETE, path)
+            if path.starts_with("/clusters/") =>
+        {
+            return change_cluster(rt, req).await;
+        }
         (&Method::GET, _) => {}
         _ => {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
-                "only GET (and POST /tls/reload, /config/reload, /config/validate)\n".into(),
+                "only GET (and POST /tls/reload, /config/reload, /config/validate; POST, PATCH, DELETE under /clusters/)\n".into(),
             );
         }
     }
     match req.uri().path() {
         "/" => reply(StatusCode::OK, "text/plain", INDEX.into()),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/clusters" => json(StatusCode::OK, clusters::list(&rt.snapshot())),
         "/connections" => {
             let body = serde_json::json!({
                 "active": rt.table.active(),
@@ -246,6 +259,7 @@ async fn handle(
             let mut text = metrics.render(&live);
             process_metrics(&mut text);
             snap.tls.certs.render_metrics(&mut text);
+            clusters::render_metrics(&snap, &mut text);
             text.push_str(&format!(
                 "# HELP gatehouse_http_parked_connections Idle connections waiting without a task: HTTP/1 keep-alive connections and upgraded tunnels.\n# TYPE gatehouse_http_parked_connections gauge\ngatehouse_http_parked_connections {}\n",
                 rt.parking.len()
@@ -265,6 +279,33 @@ async fn handle(
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// A change to a cluster's endpoints (`clusters::change`).
+async fn change_cluster(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    else {
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text/plain",
+            "at most 64 KiB\n".into(),
+        );
+    };
+    let (status, answer) = clusters::change(
+        &rt.snapshot(),
+        &method,
+        &path,
+        query.as_deref(),
+        &body.to_bytes(),
+    );
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    reply(status, "application/json", answer.to_string())
 }
 
 /// `POST /config/validate`: the body checked as a config file would be

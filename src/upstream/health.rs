@@ -1,0 +1,208 @@
+//! Active health checks: a task per cluster with a `health` check probes
+//! every endpoint each `interval` (± 10 %, so that probes of many
+//! clusters and processes do not line up), all endpoints at once. A probe
+//! uses a fresh connection of its own, never a pooled one, has a deadline
+//! (`timeout`), reads its response to the end (or to 64 KiB) and closes,
+//! so no socket is left behind in CLOSE_WAIT. Its result is recorded in
+//! the endpoint's words: `connect refused`, `timeout after 2s`,
+//! `status 503`, `body lacks "ok"`. Thresholds turn results into health
+//! (`EndpointState::probed`); a change is logged and counted.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::cluster::{Cluster, Endpoint};
+use super::endpoint::Health;
+use crate::config::{HealthCheck, HttpProbe, Probe};
+
+/// The most of a probe's response read (a body is searched within it).
+const READ_MAX: usize = 64 * 1024;
+
+/// Probes the cluster's endpoints until the cluster is dropped.
+pub async fn run(cluster: Weak<Cluster>, check: HealthCheck) {
+    loop {
+        let Some(c) = cluster.upgrade() else {
+            return;
+        };
+        let set = c.endpoints().clone();
+        let probes = set.endpoints.iter().map(|e| probe(&check, e));
+        let results = futures_util::future::join_all(probes).await;
+        for ((e, state), result) in set.endpoints.iter().zip(&set.states).zip(results) {
+            let failed = result.as_ref().err().cloned();
+            match state.probed(result, check.healthy_threshold, check.unhealthy_threshold) {
+                Some(Health::Unhealthy) => {
+                    c.counters.became_unhealthy.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(cluster = %c.name, endpoint = %e.addr, error = failed.as_deref().unwrap_or(""), "endpoint unhealthy");
+                }
+                Some(_) => {
+                    c.counters.became_healthy.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(cluster = %c.name, endpoint = %e.addr, "endpoint healthy again");
+                }
+                None => {}
+            }
+        }
+        drop((c, set));
+        tokio::time::sleep(check.interval.mul_f64(0.9 + fastrand::f64() * 0.2)).await;
+    }
+}
+
+/// One probe of an endpoint, within the check's timeout.
+pub async fn probe(check: &HealthCheck, e: &Endpoint) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, attempt(check, e)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout after {}", words(check.timeout))),
+    }
+}
+
+async fn attempt(check: &HealthCheck, e: &Endpoint) -> Result<(), String> {
+    let mut stream = match tokio::net::TcpStream::connect(e.addr).await {
+        Ok(s) => s,
+        Err(err) => {
+            return Err(match err.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connect refused".to_owned(),
+                _ => format!("connect failed: {err}"),
+            });
+        }
+    };
+    let Probe::Http(http) = &check.probe else {
+        return Ok(()); // (TCP: connected; the stream closes here)
+    };
+    stream
+        .write_all(&request(http, e))
+        .await
+        .map_err(|err| format!("write failed: {err}"))?;
+    // `Connection: close`: the response ends at the upstream's close.
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        if buf.len() >= READ_MAX {
+            break;
+        }
+        buf.reserve(4096);
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) if buf.is_empty() => return Err(format!("connection reset: {err}")),
+            Err(_) => break,
+        }
+    }
+    judge(http, &buf)
+}
+
+/// The probe's request: `Connection: close`, a `User-Agent` naming
+/// Gatehouse, `Host` as configured or the endpoint's `host:port`.
+fn request(p: &HttpProbe, e: &Endpoint) -> Vec<u8> {
+    let host = p.host.as_deref().unwrap_or(&e.target);
+    let mut out = format!(
+        "{} {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: gatehouse-health/{}\r\nconnection: close\r\n",
+        p.method,
+        p.path,
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes();
+    for (name, value) in &p.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Whether a response passes: its status among those expected, and its
+/// body (what was read of it) holding the substring, if one is asked for.
+fn judge(p: &HttpProbe, response: &[u8]) -> Result<(), String> {
+    if response.is_empty() {
+        return Err("closed without a response".to_owned());
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let body_at = match parsed.parse(response) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err("invalid response".to_owned()),
+    };
+    let status = parsed.code.unwrap_or(0);
+    if !p
+        .expect_status
+        .iter()
+        .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    {
+        return Err(format!("status {status}"));
+    }
+    if let Some(needle) = &p.body_contains {
+        let body = &response[body_at..];
+        if memchr::memmem::find(body, needle.as_bytes()).is_none() {
+            return Err(format!("body lacks {needle:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// A duration as a config would write it (`2s`, `500ms`).
+fn words(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_config() -> HttpProbe {
+        HttpProbe {
+            method: http::Method::GET,
+            path: "/healthz".into(),
+            host: None,
+            headers: vec![(
+                http::HeaderName::from_static("x-check"),
+                http::HeaderValue::from_static("1"),
+            )],
+            expect_status: vec![(200, 399)],
+            body_contains: Some("ok".into()),
+        }
+    }
+
+    #[test]
+    fn a_response_passes_on_its_status_and_body() {
+        let p = probe_config();
+        assert_eq!(
+            judge(&p, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+            Ok(())
+        );
+        assert_eq!(
+            judge(&p, b"HTTP/1.1 503 Busy\r\ncontent-length: 2\r\n\r\nok"),
+            Err("status 503".into())
+        );
+        assert_eq!(
+            judge(&p, b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfail"),
+            Err("body lacks \"ok\"".into())
+        );
+        assert_eq!(
+            judge(&p, b"SSH-2.0\r\n\r\n"),
+            Err("invalid response".into())
+        );
+        assert_eq!(judge(&p, b""), Err("closed without a response".into()));
+    }
+
+    #[test]
+    fn the_request_names_gatehouse_and_closes() {
+        let e = Endpoint {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            weight: 1,
+            target: "api.internal:8080".into(),
+        };
+        let text = String::from_utf8(request(&probe_config(), &e)).unwrap();
+        assert!(text.starts_with("GET /healthz HTTP/1.1\r\nhost: api.internal:8080\r\n"));
+        assert!(text.contains("user-agent: gatehouse-health/"));
+        assert!(text.contains("connection: close\r\n"));
+        assert!(text.ends_with("x-check: 1\r\n\r\n"));
+        assert_eq!(words(Duration::from_secs(2)), "2s");
+        assert_eq!(words(Duration::from_millis(1500)), "1500ms");
+    }
+}
