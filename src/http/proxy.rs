@@ -554,6 +554,7 @@ impl Handler {
                         let retried =
                             retries.statuses.contains(&status.as_u16()) && idempotent && bodiless;
                         tried.push(pool.addr());
+                        _retry = None;
                         if let Some(token) = self.retry(cluster, retried, tried.len()).await {
                             _retry = Some(token);
                             continue;
@@ -573,6 +574,7 @@ impl Handler {
                 Attempt::Again => {}
                 Attempt::Failed(e) => {
                     log.attempts = tried.len() as u32 + 1;
+                    _retry = None; // (the last retry ended: out of the budget)
                     match failed(e, &mut tried).await {
                         Some(token) => _retry = Some(token),
                         None => return Err(e.into()),

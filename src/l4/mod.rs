@@ -533,6 +533,7 @@ async fn connect(
                 if tried.len() >= retries.attempts as usize {
                     return Err(e);
                 }
+                _retry = None; // (the last retry ended: out of the budget)
                 let Some(token) = cluster.retry_token() else {
                     return Err(e);
                 };

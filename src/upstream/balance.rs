@@ -4,15 +4,17 @@
 //! lives with it) and pure but for the endpoints' counters it reads:
 //! - `SmoothRoundRobin`: nginx's smooth weighted round robin, from a
 //!   precomputed round (an index, no lock);
-//! - `LeastRequest`: two endpoints drawn by weight, the one with fewer
-//!   requests in flight per weight wins (Envoy's least request);
-//! - `PeakEwma`: two endpoints drawn by weight, the lower peak-EWMA
-//!   latency × (requests in flight + 1) wins (linkerd's);
+//! - `LeastRequest`: two candidates (the next of the weighted round, and
+//!   one drawn by weight), the one with fewer requests in flight per
+//!   weight wins, the round's on a tie (Envoy's least request);
+//! - `PeakEwma`: the same two candidates, the lower peak-EWMA latency ×
+//!   (requests in flight + 1) wins (linkerd's);
 //! - `Maglev`: consistent hashing on a key (client address, a header, a
 //!   cookie, the path) through a Maglev table (65,537 slots, filled by
 //!   weight): adding or removing an endpoint moves about 1/N of the keys;
-//!   with bounded load, a key whose endpoint has more than 1.25 × the
-//!   average in flight goes to the next one in the table.
+//!   with bounded load, a key whose endpoint has more than 1.25 × its
+//!   weight's share of the requests in flight goes to the next one in the
+//!   table.
 //!
 //! Every pick skips what `usable` refuses (unhealthy, ejected, draining,
 //! already tried by this request); `None` when nothing is left.
@@ -26,6 +28,7 @@ use super::endpoint::EndpointState;
 use crate::config::BalanceConfig;
 
 /// What a pick sees.
+#[derive(Clone, Copy)]
 pub struct Pick<'a> {
     pub endpoints: &'a [Endpoint],
     pub states: &'a [Arc<EndpointState>],
@@ -44,8 +47,8 @@ pub trait Balance: Send + Sync + std::fmt::Debug {
 pub fn for_set(config: &BalanceConfig, endpoints: &[Endpoint]) -> Box<dyn Balance> {
     match config {
         BalanceConfig::RoundRobin => Box::new(SmoothRoundRobin::new(endpoints)),
-        BalanceConfig::LeastRequest => Box::new(LeastRequest),
-        BalanceConfig::PeakEwma => Box::new(PeakEwma),
+        BalanceConfig::LeastRequest => Box::new(LeastRequest(SmoothRoundRobin::new(endpoints))),
+        BalanceConfig::PeakEwma => Box::new(PeakEwma(SmoothRoundRobin::new(endpoints))),
         BalanceConfig::Hash(_) => Box::new(Maglev::new(endpoints)),
     }
 }
@@ -183,10 +186,22 @@ fn draw_by_weight(p: &Pick<'_>) -> Option<usize> {
     None
 }
 
-/// Two draws by weight; `cost` decides between them (the first on a tie).
-fn two_choices(p: &Pick<'_>, cost: impl Fn(usize) -> f64) -> Option<usize> {
-    let a = draw_by_weight(p)?;
-    let Some(b) = draw_by_weight(p).filter(|&b| b != a) else {
+/// Two candidates, the next of the weighted round and another drawn by
+/// weight;
+/// `cost` decides between them, the round's on a tie (so that idle
+/// endpoints share exactly by weight).
+fn two_choices(
+    round: &SmoothRoundRobin,
+    p: &Pick<'_>,
+    cost: impl Fn(usize) -> f64,
+) -> Option<usize> {
+    let a = round.pick(p)?;
+    let others = |i: usize| i != a && (p.usable)(i);
+    let rest = Pick {
+        usable: &others,
+        ..*p
+    };
+    let Some(b) = draw_by_weight(&rest) else {
         return Some(a);
     };
     Some(if cost(b) < cost(a) { b } else { a })
@@ -195,11 +210,11 @@ fn two_choices(p: &Pick<'_>, cost: impl Fn(usize) -> f64) -> Option<usize> {
 /// Envoy's least request: power of two choices on requests in flight per
 /// weight.
 #[derive(Debug)]
-pub struct LeastRequest;
+pub struct LeastRequest(SmoothRoundRobin);
 
 impl Balance for LeastRequest {
     fn pick(&self, p: &Pick<'_>) -> Option<usize> {
-        two_choices(p, |i| {
+        two_choices(&self.0, p, |i| {
             f64::from(p.states[i].in_flight()) / f64::from(p.endpoints[i].weight)
         })
     }
@@ -207,12 +222,12 @@ impl Balance for LeastRequest {
 
 /// Power of two choices on peak-EWMA latency × load (linkerd's).
 #[derive(Debug)]
-pub struct PeakEwma;
+pub struct PeakEwma(SmoothRoundRobin);
 
 impl Balance for PeakEwma {
     fn pick(&self, p: &Pick<'_>) -> Option<usize> {
-        // (Weights are in the draws already.)
-        two_choices(p, |i| {
+        // (Weights are in the candidates already.)
+        two_choices(&self.0, p, |i| {
             let s = &p.states[i];
             s.ewma_us() as f64 * f64::from(s.in_flight() + 1)
         })
@@ -297,8 +312,14 @@ impl Balance for Maglev {
         if usable.is_empty() {
             return None;
         }
+        // Each endpoint's bound: its weight's share of the requests in
+        // flight (this one too), × `LOAD_BOUND`.
         let total: u32 = usable.iter().map(|&i| p.states[i].in_flight()).sum();
-        let bound = ((f64::from(total) + 1.0) / usable.len() as f64 * LOAD_BOUND).ceil();
+        let weights: u64 = usable
+            .iter()
+            .map(|&i| u64::from(p.endpoints[i].weight))
+            .sum();
+        let per_weight = (f64::from(total) + 1.0) / weights as f64 * LOAD_BOUND;
         let start = (key % MAGLEV_SIZE as u64) as usize;
         let mut fallback = None;
         for k in 0..MAGLEV_SIZE {
@@ -306,6 +327,7 @@ impl Balance for Maglev {
             if !(p.usable)(i) {
                 continue;
             }
+            let bound = (per_weight * f64::from(p.endpoints[i].weight)).ceil();
             if f64::from(p.states[i].in_flight() + 1) <= bound {
                 return Some(i);
             }
@@ -412,7 +434,7 @@ mod tests {
     fn least_request_avoids_the_busy_endpoint() {
         let (e, s) = endpoints(&[1, 1]);
         let _busy: Vec<_> = (0..10).map(|_| s[0].start()).collect();
-        let c = counts(&LeastRequest, &e, &s, 1000);
+        let c = counts(&LeastRequest(SmoothRoundRobin::new(&e)), &e, &s, 1000);
         // Only a draw of the busy one twice picks it: about a quarter.
         assert!(c[1] > 700, "{c:?}");
     }
@@ -422,7 +444,7 @@ mod tests {
         let (e, s) = endpoints(&[1, 1]);
         s[0].observe_latency(std::time::Duration::from_millis(80));
         s[1].observe_latency(std::time::Duration::from_millis(2));
-        let c = counts(&PeakEwma, &e, &s, 1000);
+        let c = counts(&PeakEwma(SmoothRoundRobin::new(&e)), &e, &s, 1000);
         assert!(c[1] > 700, "{c:?}");
     }
 

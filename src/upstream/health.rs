@@ -2,7 +2,8 @@
 //! every endpoint each `interval` (± 10 %, so that probes of many
 //! clusters and processes do not line up), all endpoints at once. A probe
 //! uses a fresh connection of its own, never a pooled one, has a deadline
-//! (`timeout`), reads its response to the end (or to 64 KiB) and closes,
+//! (`timeout`), reads its response to its end by its framing (or to
+//! 64 KiB) and closes,
 //! so no socket is left behind in CLOSE_WAIT. Its result is recorded in
 //! the endpoint's words: `connect refused`, `timeout after 2s`,
 //! `status 503`, `body lacks "ok"`. Thresholds turn results into health
@@ -74,10 +75,11 @@ async fn attempt(check: &HealthCheck, e: &Endpoint) -> Result<(), String> {
         .write_all(&request(http, e))
         .await
         .map_err(|err| format!("write failed: {err}"))?;
-    // `Connection: close`: the response ends at the upstream's close.
+    // The response is read to its end by its framing (or to the upstream's
+    // close), at most `READ_MAX`; then the probe closes its connection.
     let mut buf = Vec::with_capacity(4096);
     loop {
-        if buf.len() >= READ_MAX {
+        if buf.len() >= READ_MAX || complete(&buf, http.method == http::Method::HEAD) {
             break;
         }
         buf.reserve(4096);
@@ -89,6 +91,36 @@ async fn attempt(check: &HealthCheck, e: &Endpoint) -> Result<(), String> {
         }
     }
     judge(http, &buf)
+}
+
+/// Whether `buf` holds a whole response: its head, and its body by
+/// Content-Length or to the last chunk (else it ends at the close).
+fn complete(buf: &[u8], head_request: bool) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(at)) = parsed.parse(buf) else {
+        return false;
+    };
+    let status = parsed.code.unwrap_or(0);
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        return true;
+    }
+    let header = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().ends_with(b"chunked")) {
+        return buf[at..].ends_with(b"0\r\n\r\n");
+    }
+    match header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok())
+    {
+        Some(len) => buf.len() >= at + len,
+        None => false,
+    }
 }
 
 /// The probe's request: `Connection: close`, a `User-Agent` naming
@@ -188,6 +220,26 @@ mod tests {
             Err("invalid response".into())
         );
         assert_eq!(judge(&p, b""), Err("closed without a response".into()));
+    }
+
+    #[test]
+    fn a_response_is_whole_by_its_framing() {
+        assert!(!complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\no",
+            false
+        ));
+        assert!(complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false
+        ));
+        assert!(complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n",
+            true
+        ));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
+        assert!(!complete(chunked, false));
+        assert!(complete(&[&chunked[..], b"0\r\n\r\n"].concat(), false));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\n\r\nuntil close", false));
     }
 
     #[test]

@@ -1,0 +1,449 @@
+//! Clusters that stay healthy, against the real binary: active health
+//! checks take a failing endpoint out and bring it back, on fresh
+//! connections that leave nothing behind; passive health ejects an
+//! endpoint that resets everything while GETs are retried elsewhere and a
+//! sent POST is not; the retry budget bounds the attempts when everything
+//! fails; the cap on requests in flight answers 503 at once; draining and
+//! adding endpoints under load cost no request; and the defaults serve a
+//! `forward` list with a dead endpoint without an error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A keep-alive backend answering with its name, counting requests and
+/// accepted connections; `GET /healthz` answers 200, or 503 while `sick`.
+struct Backend {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    probes: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    /// Connections that ended.
+    closed: Arc<AtomicUsize>,
+    sick: Arc<AtomicBool>,
+}
+
+fn backend(name: &'static str, delay: Duration) -> Backend {
+    let (requests, probes, connections) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let sick = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (r, p, c, k) = (
+        requests.clone(),
+        probes.clone(),
+        connections.clone(),
+        sick.clone(),
+    );
+    let e = closed.clone();
+    let addr = thread_backend("127.0.0.1:0", move |mut s| {
+        c.fetch_add(1, Ordering::Relaxed);
+        while let Some(req) = read_request(&mut s) {
+            let resp = if req.request_line().contains("/healthz") {
+                p.fetch_add(1, Ordering::Relaxed);
+                assert!(req.header("user-agent")[0].starts_with("gatehouse-health/"));
+                if k.load(Ordering::Relaxed) {
+                    b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy".to_vec()
+                } else {
+                    ok_response("ok")
+                }
+            } else {
+                r.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(delay);
+                ok_response(name)
+            };
+            if s.write_all(&resp).is_err() {
+                break;
+            }
+        }
+        e.fetch_add(1, Ordering::Relaxed);
+    });
+    Backend {
+        addr,
+        requests,
+        probes,
+        connections,
+        closed,
+        sick,
+    }
+}
+
+/// A backend that reads each request and resets the connection; counts
+/// the requests it saw.
+fn resetting_backend(hold: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s2 = seen.clone();
+    let addr = thread_backend("127.0.0.1:0", move |mut s| {
+        if read_request(&mut s).is_some() {
+            s2.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(hold);
+        }
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    });
+    (addr, seen)
+}
+
+fn config(cluster: &str) -> String {
+    format!(
+        r#"admin.bind = "127.0.0.1:0"
+workers = 2
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+http.access_log = false
+
+[[routes]]
+name = "app"
+match.listener = "web"
+action.cluster = "pool"
+
+[[clusters]]
+name = "pool"
+{cluster}
+"#
+    )
+}
+
+fn get(addr: SocketAddr) -> (String, String) {
+    let (head, body) = raw_exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    (head, String::from_utf8(body).unwrap())
+}
+
+fn clusters(gh: &Gatehouse) -> serde_json::Value {
+    serde_json::from_str(&gh.get("/clusters")).unwrap()
+}
+
+/// The endpoint `addr` of cluster `name` in `/clusters`.
+fn endpoint(gh: &Gatehouse, name: &str, addr: SocketAddr) -> serde_json::Value {
+    let all = clusters(gh);
+    let cluster = all["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+        .clone();
+    cluster["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A request to the admin listener: its status and JSON answer.
+fn admin(gh: &Gatehouse, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(gh.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let (head, body) = read_response(&mut s);
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[test]
+fn a_failing_probe_takes_the_endpoint_out_and_a_passing_one_brings_it_back() {
+    let a = backend("a", Duration::ZERO);
+    let b = backend("b", Duration::ZERO);
+    let gh = Gatehouse::start(&config(&format!(
+        "endpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
+         health = {{ path = \"/healthz\", interval = \"200ms\", timeout = \"100ms\", healthy_threshold = 2, unhealthy_threshold = 2, body_contains = \"ok\" }}",
+        a.addr, b.addr
+    )));
+    let addr = gh.addr("web");
+    gh.wait_for(
+        "both endpoints probed healthy",
+        Duration::from_secs(5),
+        |gh| {
+            endpoint(gh, "pool", a.addr)["state"] == "healthy"
+                && endpoint(gh, "pool", b.addr)["state"] == "healthy"
+        },
+    );
+    let baseline = gh.fd_count();
+
+    b.sick.store(true, Ordering::Relaxed);
+    let since = Instant::now();
+    gh.wait_for("b unhealthy", Duration::from_secs(5), |gh| {
+        endpoint(gh, "pool", b.addr)["state"] == "unhealthy"
+    });
+    // interval × threshold, and a probe's round of slack.
+    assert!(
+        since.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        since.elapsed()
+    );
+    assert_eq!(endpoint(&gh, "pool", b.addr)["last_probe"], "status 503");
+    let before = b.requests.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        assert_eq!(get(addr).1, "a");
+    }
+    assert_eq!(
+        b.requests.load(Ordering::Relaxed),
+        before,
+        "no traffic to the unhealthy one"
+    );
+
+    b.sick.store(false, Ordering::Relaxed);
+    gh.wait_for("b healthy again", Duration::from_secs(5), |gh| {
+        endpoint(gh, "pool", b.addr)["state"] == "healthy"
+    });
+    let answers: Vec<String> = (0..20).map(|_| get(addr).1).collect();
+    assert!(answers.iter().any(|x| x == "b"), "{answers:?}");
+    let history = endpoint(&gh, "pool", b.addr)["history"].to_string();
+    assert!(history.contains("unhealthy (status 503)"), "{history}");
+
+    // Probes never use pooled connections: each is a connection of its own.
+    assert!(b.connections.load(Ordering::Relaxed) >= b.probes.load(Ordering::Relaxed));
+    assert!(
+        gh.metric(
+            "gatehouse_upstream_health_changes_total",
+            &[("to", "unhealthy")]
+        ) >= 1
+    );
+    // Nothing left behind by the probes.
+    assert_eq!(gh.close_wait(), 0);
+    assert!(
+        gh.fd_count() <= baseline + 2,
+        "{} fds, {baseline} before",
+        gh.fd_count()
+    );
+}
+
+#[test]
+fn an_endpoint_that_resets_everything_is_ejected_while_gets_are_retried_elsewhere() {
+    let good = backend("good", Duration::ZERO);
+    let (bad, bad_seen) = resetting_backend(Duration::ZERO);
+    let gh = Gatehouse::start(&config(&format!(
+        "endpoints = [{{ address = \"{}\" }}, {{ address = \"{bad}\" }}]",
+        good.addr
+    )));
+    let addr = gh.addr("web");
+    for _ in 0..50 {
+        let (head, body) = get(addr);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "good");
+    }
+    assert_eq!(endpoint(&gh, "pool", bad)["state"], "ejected");
+    // Ejected after three failures in a row: the bad one saw no more.
+    assert!(
+        bad_seen.load(Ordering::Relaxed) <= 3,
+        "{}",
+        bad_seen.load(Ordering::Relaxed)
+    );
+    assert!(gh.metric("gatehouse_upstream_retries_total", &[("cluster", "pool")]) >= 1);
+}
+
+#[test]
+fn a_post_that_was_sent_is_not_retried() {
+    let good = backend("good", Duration::ZERO);
+    let (bad, bad_seen) = resetting_backend(Duration::ZERO);
+    let gh = Gatehouse::start(&config(&format!(
+        "endpoints = [{{ address = \"{}\" }}, {{ address = \"{bad}\" }}]\noutlier = {{ consecutive_failures = \"off\" }}",
+        good.addr
+    )));
+    let addr = gh.addr("web");
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (status, _) = http_post(addr, "/", b"payload");
+        statuses.push(status);
+    }
+    let failed = statuses.iter().filter(|&&s| s == 502).count();
+    // Round robin: every other POST went to the resetting endpoint, and
+    // stayed failed there.
+    assert_eq!(failed, 5, "{statuses:?}");
+    assert_eq!(bad_seen.load(Ordering::Relaxed), 5);
+    assert_eq!(good.requests.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn the_retry_budget_bounds_attempts_when_every_endpoint_fails() {
+    let (a, seen_a) = resetting_backend(Duration::from_millis(200));
+    let (b, seen_b) = resetting_backend(Duration::from_millis(200));
+    let gh = Gatehouse::start(&config(&format!(
+        "endpoints = [{{ address = \"{a}\" }}, {{ address = \"{b}\" }}]\n\
+         outlier = {{ consecutive_failures = \"off\" }}\n\
+         retries = {{ attempts = 10, budget_percent = 1, min_concurrent = 1, backoff = \"1ms\" }}"
+    )));
+    let addr = gh.addr("web");
+    let clients: Vec<_> = (0..30)
+        .map(|_| std::thread::spawn(move || get(addr).0))
+        .collect();
+    for c in clients {
+        let head = c.join().unwrap();
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    }
+    let attempts = seen_a.load(Ordering::Relaxed) + seen_b.load(Ordering::Relaxed);
+    // Without a budget: 300 attempts. With one retry in flight at a time,
+    // 30 first attempts and the few retries that fit.
+    assert!((30..=45).contains(&attempts), "{attempts} attempts");
+    assert!(
+        gh.metric(
+            "gatehouse_upstream_retries_over_budget_total",
+            &[("cluster", "pool")]
+        ) >= 20
+    );
+}
+
+#[test]
+fn beyond_the_cap_on_requests_in_flight_the_answer_is_503_at_once() {
+    let slow = backend("slow", Duration::from_millis(1500));
+    let gh = Gatehouse::start(&config(&format!(
+        "endpoints = [{{ address = \"{}\" }}]\nmax_requests = 5",
+        slow.addr
+    )));
+    let addr = gh.addr("web");
+    let held: Vec<_> = (0..5)
+        .map(|_| std::thread::spawn(move || get(addr).0))
+        .collect();
+    gh.wait_for(
+        "five requests at the backend",
+        Duration::from_secs(5),
+        |_| slow.requests.load(Ordering::Relaxed) == 5,
+    );
+    let started = Instant::now();
+    let (head, _) = get(addr);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.contains("gatehouse-error: upstream_overloaded"),
+        "{head}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    for h in held {
+        assert!(h.join().unwrap().starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(
+        gh.metric(
+            "gatehouse_upstream_overloaded_total",
+            &[("cluster", "pool")]
+        ),
+        1
+    );
+}
+
+/// Keep-alive clients sending GETs until `stop`: the non-200 answers.
+fn load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<usize>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut errors = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+                    let (head, _) = read_response(&mut s);
+                    errors += usize::from(!head.starts_with("HTTP/1.1 200"));
+                }
+                errors
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn draining_and_adding_endpoints_under_load_costs_no_request() {
+    let a = backend("a", Duration::from_millis(2));
+    let b = backend("b", Duration::from_millis(2));
+    let c = backend("c", Duration::from_millis(2));
+    let gh = Gatehouse::start(&config(&format!(
+        "endpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]",
+        a.addr, b.addr
+    )));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(gh.addr("web"), 8, stop.clone());
+    gh.wait_for("traffic on both", Duration::from_secs(5), |_| {
+        a.requests.load(Ordering::Relaxed) > 50 && b.requests.load(Ordering::Relaxed) > 50
+    });
+
+    let (status, answer) = admin(
+        &gh,
+        "DELETE",
+        &format!("/clusters/pool/endpoints/{}?drain=5s", b.addr),
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+    // It leaves once its requests in flight end.
+    gh.wait_for("b drained and gone", Duration::from_secs(5), |gh| {
+        endpoint(gh, "pool", b.addr).is_null()
+    });
+    let b_after = b.requests.load(Ordering::Relaxed);
+
+    let (status, answer) = admin(
+        &gh,
+        "POST",
+        "/clusters/pool/endpoints",
+        &format!("{{\"address\": \"{}\", \"weight\": 2}}", c.addr),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let added = Instant::now();
+    gh.wait_for("c takes traffic", Duration::from_secs(5), |_| {
+        c.requests.load(Ordering::Relaxed) > 0
+    });
+    assert!(added.elapsed() < Duration::from_secs(1));
+    let a_before = a.requests.load(Ordering::Relaxed);
+    gh.wait_for("more traffic on a", Duration::from_secs(5), |_| {
+        a.requests.load(Ordering::Relaxed) > a_before + 50
+    });
+
+    // None of a's connections was closed by the changes (more were opened
+    // for b's share of the load).
+    assert_eq!(
+        a.closed.load(Ordering::Relaxed),
+        0,
+        "a's connections stayed"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let errors: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(errors, 0, "a client saw an error");
+    assert_eq!(
+        b.requests.load(Ordering::Relaxed),
+        b_after,
+        "no request to b after it left"
+    );
+}
+
+#[test]
+fn a_forward_list_with_a_dead_endpoint_serves_every_get_by_default() {
+    let good = backend("good", Duration::ZERO);
+    let dead = refused_addr();
+    let gh = Gatehouse::start(&http_config("", "", good.addr, "").replace(
+        &format!("action.forward = [\"{}\"]", good.addr),
+        &format!("action.forward = [\"{}\", \"{}\"]", good.addr, dead.addr),
+    ));
+    let addr = gh.addr("web");
+    for _ in 0..100 {
+        let (head, body) = get(addr);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "good");
+    }
+    assert_eq!(endpoint(&gh, "app", dead.addr)["state"], "ejected");
+}
