@@ -167,6 +167,40 @@ fn each_class_of_bad_config_names_its_line() {
 }
 
 #[test]
+fn bad_cluster_settings_are_named_with_their_line_and_field() {
+    let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+[[routes]]\nname = \"r\"\naction.cluster = \"nope\"\n\
+[[clusters]]\nname = \"empty\"\nendpoints = []\n\
+[[clusters]]\nname = \"c\"\n\
+endpoints = [{ address = \"127.0.0.1:1\", weight = 0 }]\n\
+balance = \"hash\"\n\
+hash_key = \"header:\"\n\
+health = { interval = \"1s\", timeout = \"2s\", unhealthy_threshold = 0 }\n\
+outlier = { base_ejection = \"1m\", max_ejection = \"10s\" }\n\
+retries = { on = [\"sometimes\", \"status\"], statuses = [404] }\n";
+    let (ok, stderr) = check(text);
+    assert!(!ok);
+    for want in [
+        "c.toml:6: routes[0].action.cluster: no cluster is named",
+        "c.toml:9: clusters[0].endpoints: list at least one endpoint",
+        "c.toml:12: clusters[1].endpoints[0].weight: must be at least 1",
+        "c.toml:14: clusters[1].hash_key: \"header:\" is not a hash key",
+        "c.toml:15: clusters[1].health.timeout: 2s is longer than the interval (1s)",
+        "c.toml:15: clusters[1].health.unhealthy_threshold: must be at least 1",
+        "c.toml:16: clusters[1].outlier.max_ejection: shorter than base_ejection (60s)",
+        "c.toml:17: clusters[1].retries.on[0]: \"sometimes\"",
+        "c.toml:17: clusters[1].retries.statuses[0]: only 5xx statuses are retried",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(want)),
+            "want a line starting {want:?}, got:\n{stderr}"
+        );
+    }
+    // Nothing else: no follow-on error.
+    assert_eq!(stderr.lines().count(), 9, "{stderr}");
+}
+
+#[test]
 fn every_error_is_reported_at_once() {
     let text = "[timeouts]\nconnect = \"0s\"\nidle = \"x\"\n[[listeners]]\nname = \"l\"\nbind = \"nope\"\n[[routes]]\nname = \"r\"\naction.forward = [\"bad\"]\n";
     let (ok, stderr) = check(text);
@@ -508,6 +542,36 @@ action = {{ redirect_https = true, redirect_port = 8443 }}
         "request_timeout = \"1m30s\"",
         "max_body_size = 1048576",
         "server_name = \"users.internal\"",
+    ] {
+        assert!(printed.contains(line), "{line:?} not in:\n{printed}");
+    }
+}
+
+#[test]
+fn a_clusters_policy_prints_and_checks_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+[[routes]]\nname = \"r\"\naction.cluster = \"c\"\n\
+[[clusters]]\nname = \"c\"\nendpoints = [{ address = \"127.0.0.1:1\", weight = 2 }]\n\
+hash_key = \"cookie:session\"\npanic = true\nmax_requests = 500\n\
+health = { path = \"/healthz\", method = \"HEAD\", host = \"api.test\", headers = { x-check = \"1\" }, expect_status = [200, 204], body_contains = \"ok\", interval = \"3s\", timeout = \"1s\" }\n\
+outlier = { consecutive_failures = \"off\" }\n\
+retries = { attempts = 3, on = [\"timeout\", \"status\"], statuses = [503], backoff = \"5ms\" }\n",
+    )
+    .unwrap();
+    let printed = print_round_trip(&path, &[]);
+    for line in [
+        "balance = \"hash\"",
+        "hash_key = \"cookie:session\"",
+        "panic = true",
+        "max_requests = 500",
+        "expect_status = [200, 204]",
+        "consecutive_failures = \"off\"",
+        "on = [\"timeout\", \"status\"]",
+        "statuses = [503]",
     ] {
         assert!(printed.contains(line), "{line:?} not in:\n{printed}");
     }

@@ -447,3 +447,41 @@ fn a_forward_list_with_a_dead_endpoint_serves_every_get_by_default() {
     }
     assert_eq!(endpoint(&gh, "app", dead.addr)["state"], "ejected");
 }
+
+#[test]
+fn l4_connections_go_round_a_dead_endpoint_and_hold_their_count_while_open() {
+    let echo = echo_backend();
+    let dead = refused_addr();
+    let gh = Gatehouse::start(&format!(
+        r#"admin.bind = "127.0.0.1:0"
+workers = 2
+
+[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "l4"
+match.listener = "tcp"
+action.cluster = "pool"
+
+[[clusters]]
+name = "pool"
+endpoints = [{{ address = "{echo}" }}, {{ address = "{}" }}]
+"#,
+        dead.addr
+    ));
+    for i in 0..40 {
+        let mut s = TcpStream::connect(gh.addr("tcp")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let msg = format!("hello {i}");
+        s.write_all(msg.as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let (got, _) = read_to_end(&mut s);
+        assert_eq!(got, msg.as_bytes(), "connection {i}");
+    }
+    assert_eq!(endpoint(&gh, "pool", dead.addr)["state"], "ejected");
+    gh.wait_empty(Duration::from_secs(5));
+    let live = endpoint(&gh, "pool", echo);
+    assert_eq!(live["in_flight"], 0, "{live}");
+}

@@ -174,14 +174,16 @@ impl Ctx<'_> {
                 }
             };
         }
-        if let (Some(k), false) = (&c.hash_key, matches!(p.balance, BalanceConfig::Hash(_))) {
-            if c.balance.is_some() {
+        // (A hash key that is not one was named already.)
+        let hashing = matches!(p.balance, BalanceConfig::Hash(_));
+        if let (Some(k), Some(key), false) = (&c.hash_key, hash_key, hashing) {
+            if c.balance.as_ref().is_some_and(|b| b.get_ref() != "hash") {
                 self.err(
                     &k.span(),
                     &field("hash_key"),
                     "only with balance = \"hash\"",
                 );
-            } else if let Some(key) = hash_key {
+            } else {
                 // (hash_key alone asks for hashing.)
                 p.balance = BalanceConfig::Hash(key);
             }
