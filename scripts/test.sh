@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole Gatehouse test suite (unit + integration tests, each test in
 # its own process via cargo-nextest). Installs what the tests need first:
-# HAProxy (for the proxy-chain tests), curl and h2load (nghttp2-client),
+# HAProxy (for the proxy-chain tests), iproute2 and nftables (the network
+# partition test), curl and h2load (nghttp2-client),
 # openssl (s_client for the TLS tests) and Pebble (the ACME test CA, with
 # its fake DNS pebble-challtestsrv) from Debian's packages, and
 # Python's websockets library (for the WebSocket test) from PyPI.
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
+# (The partition test: a backend in a network namespace cut off by nftables.)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)

@@ -34,6 +34,11 @@ fn state_word(s: &EndpointState, now: u64) -> &'static str {
 fn cluster_json(c: &Cluster) -> Value {
     let set = c.endpoints();
     let now = now_ms();
+    // (Latency is followed where the balancing uses it.)
+    let ewma = matches!(
+        c.config.policy.balance,
+        crate::config::BalanceConfig::PeakEwma
+    );
     let endpoints: Vec<Value> = set
         .endpoints
         .iter()
@@ -45,7 +50,7 @@ fn cluster_json(c: &Cluster) -> Value {
                 "weight": e.weight,
                 "state": state_word(s, now),
                 "in_flight": s.in_flight(),
-                "ewma_ms": s.ewma_us() as f64 / 1000.0,
+                "ewma_ms": ewma.then(|| s.ewma_us() as f64 / 1000.0),
                 "ejected_for_ms": s.ejected(now).map(|until| until - now),
                 "last_probe": s.last_probe(),
                 "history": s.history(),
@@ -200,7 +205,7 @@ pub fn render_metrics(snap: &Snapshot, out: &mut String) {
                 c.name,
                 e.addr,
                 state_word(s, now),
-                u8::from(s.usable(now))
+                u8::from(s.usable(|| now))
             );
         }
     }

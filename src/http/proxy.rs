@@ -511,7 +511,7 @@ impl Handler {
     ) -> Exchanged {
         let policy = &route.config.policy;
         let cluster = &pools.cluster;
-        let mut admitted = Some(cluster.admit()?);
+        let mut admitted = cluster.admit()?;
         let key = match &cluster.config.policy.balance {
             BalanceConfig::Hash(k) => request_key(k, &head.req, self.info.client.ip()),
             _ => None,
@@ -562,7 +562,9 @@ impl Handler {
                     } else {
                         cluster.report(pool.state(), Outcome::Success);
                     }
-                    pool.state().observe_latency(log.started.elapsed());
+                    if matches!(cluster.config.policy.balance, BalanceConfig::PeakEwma) {
+                        pool.state().observe_latency(log.started.elapsed());
+                    }
                     if let Some(conn) = exchanged.1.as_mut() {
                         conn.admitted = admitted.take();
                     } else if let UpstreamInner::Right(b) = exchanged.0.body_mut() {

@@ -506,7 +506,7 @@ pub(crate) async fn read_more(
 async fn connect(
     cluster: &Arc<Cluster>,
     client: std::net::IpAddr,
-) -> Result<(TcpStream, Endpoint, (InFlight, Admitted)), UpstreamError> {
+) -> Result<(TcpStream, Endpoint, (InFlight, Option<Admitted>)), UpstreamError> {
     let admitted = cluster.admit()?;
     let key = match &cluster.config.policy.balance {
         // (The client's address is the only key a connection has.)

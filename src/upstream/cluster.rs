@@ -71,7 +71,7 @@ pub struct Cluster {
     /// The configured endpoints as last resolved, the run-time changes,
     /// and every endpoint's state (the lock also orders set changes).
     inner: Mutex<Inner>,
-    /// Requests (or L4 connections) in flight through the cluster.
+    /// Requests (or L4 connections) admitted under `max_requests`.
     active: AtomicU32,
     /// Retries in flight.
     retrying: AtomicU32,
@@ -321,7 +321,17 @@ impl Cluster {
         if set.endpoints.is_empty() {
             return Err(UpstreamError::Unresolved);
         }
-        let now = now_ms();
+        // (The clock only when an endpoint has been ejected.)
+        let now = std::cell::Cell::new(0);
+        let usable = |i: usize| {
+            let s = &set.states[i];
+            s.usable(|| {
+                if now.get() == 0 {
+                    now.set(now_ms().max(1));
+                }
+                now.get()
+            })
+        };
         let pick = |usable: &dyn Fn(usize) -> bool| {
             set.balancer.pick(&Pick {
                 endpoints: &set.endpoints,
@@ -330,12 +340,12 @@ impl Cluster {
                 usable,
             })
         };
-        let fresh = |i: usize| set.states[i].usable(now) && !tried.contains(&set.endpoints[i].addr);
+        let fresh = |i: usize| usable(i) && !tried.contains(&set.endpoints[i].addr);
         if let Some(i) = pick(&fresh) {
             return Ok(i);
         }
         if !tried.is_empty() {
-            if let Some(i) = pick(&|i| set.states[i].usable(now)) {
+            if let Some(i) = pick(&usable) {
                 return Ok(i);
             }
         }
@@ -374,20 +384,24 @@ impl Cluster {
     }
 
     /// A request (or L4 connection) for the cluster, within its cap on
-    /// requests in flight (`max_requests`): `Overloaded` beyond it.
-    pub fn admit(self: &Arc<Self>) -> Result<Admitted, UpstreamError> {
+    /// requests in flight (`max_requests`): `Overloaded` beyond it. `None`:
+    /// the cluster has no cap, and nothing is counted.
+    pub fn admit(self: &Arc<Self>) -> Result<Option<Admitted>, UpstreamError> {
+        let Some(max) = self.config.policy.max_requests else {
+            return Ok(None);
+        };
         let n = self.active.fetch_add(1, Ordering::Relaxed);
-        if self.config.policy.max_requests.is_some_and(|max| n >= max) {
+        if n >= max {
             self.active.fetch_sub(1, Ordering::Relaxed);
             self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(UpstreamError::Overloaded);
         }
-        Ok(Admitted(self.clone()))
+        Ok(Some(Admitted(self.clone())))
     }
 
-    /// Requests (or L4 connections) in flight now.
+    /// Requests (or L4 connections) in flight now, over every endpoint.
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.endpoints().states.iter().map(|s| s.in_flight()).sum()
     }
 
     /// Room for one more retry in the budget: retries in flight at most

@@ -127,11 +127,16 @@ impl EndpointState {
     }
 
     /// It may take a new request or connection now: not draining, not
-    /// found unhealthy, not ejected.
-    pub fn usable(&self, now_ms: u64) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && self.health.load(Ordering::Relaxed) != Health::Unhealthy as u8
-            && self.ejected_until.load(Ordering::Relaxed) <= now_ms
+    /// found unhealthy, not ejected (`now`: `now_ms`, asked for only if
+    /// the endpoint has been ejected).
+    pub fn usable(&self, now: impl FnOnce() -> u64) -> bool {
+        if self.draining.load(Ordering::Relaxed)
+            || self.health.load(Ordering::Relaxed) == Health::Unhealthy as u8
+        {
+            return false;
+        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || until <= now()
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -351,11 +356,11 @@ mod tests {
             s.probed(Err("connect refused".into()), 2, 3),
             Some(Health::Unhealthy)
         );
-        assert!(!s.usable(now_ms()));
+        assert!(!s.usable(now_ms));
         assert_eq!(s.last_probe().as_deref(), Some("connect refused"));
         assert_eq!(s.probed(Ok(()), 2, 3), None);
         assert_eq!(s.probed(Ok(()), 2, 3), Some(Health::Healthy));
-        assert!(s.usable(now_ms()));
+        assert!(s.usable(now_ms));
         let history: Vec<String> = s.history().into_iter().map(|e| e.what).collect();
         assert!(
             history.iter().any(|h| h == "unhealthy (connect refused)"),
@@ -377,7 +382,7 @@ mod tests {
         let now = now_ms();
         let until = s.ejected(now).unwrap();
         assert!(until - now <= 10_000 && until - now > 9_000);
-        assert!(!s.usable(now));
+        assert!(!s.usable(|| now));
         // The cap: at the third ejection 25 s, not 30.
         s.ejected_until.store(0, Ordering::Relaxed);
         s.outcome(Outcome::Failure, &eject, || true);
@@ -391,7 +396,7 @@ mod tests {
         let t = state();
         t.outcome(Outcome::Failure, &eject, || false);
         assert!(!t.outcome(Outcome::Failure, &eject, || false));
-        assert!(t.usable(now_ms()));
+        assert!(t.usable(now_ms));
     }
 
     #[test]
