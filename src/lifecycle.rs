@@ -150,10 +150,13 @@ pub enum EndReason {
     NoHealthyUpstream,
     /// The cluster's cap on requests in flight is reached (circuit breaking).
     UpstreamOverloaded,
+    /// Refused at accept: the process is near its descriptor limit or over
+    /// its memory budget (load shedding).
+    Overload,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 34] = [
+    pub const ALL: [EndReason; 35] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -188,6 +191,7 @@ impl EndReason {
         EndReason::RouteRemoved,
         EndReason::NoHealthyUpstream,
         EndReason::UpstreamOverloaded,
+        EndReason::Overload,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -227,6 +231,7 @@ impl EndReason {
             EndReason::RouteRemoved => "route_removed",
             EndReason::NoHealthyUpstream => "no_healthy_upstream",
             EndReason::UpstreamOverloaded => "upstream_overloaded",
+            EndReason::Overload => "overload",
         }
     }
 
@@ -267,6 +272,7 @@ impl EndReason {
             EndReason::RouteRemoved => Side::Proxy,
             EndReason::NoHealthyUpstream => Side::Upstream,
             EndReason::UpstreamOverloaded => Side::Upstream,
+            EndReason::Overload => Side::Proxy,
         }
     }
 }
@@ -288,6 +294,7 @@ impl EndReason {
                 | EndReason::LimitGlobal
                 | EndReason::LimitPerIp
                 | EndReason::LimitRoute
+                | EndReason::Overload
         )
     }
 

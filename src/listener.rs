@@ -89,7 +89,7 @@ pub fn fd_budget(max_connections: Option<u32>) -> usize {
 /// The lowest descriptor number a data listener's accepted connection may
 /// not have: the limit less `FD_RESERVE` (descriptors are numbered lowest
 /// free first, so a connection numbered above it means the reserve is
-/// being eaten into: it is closed at once, `limit_global`). Read again
+/// being eaten into: it is closed at once, `overload`). Read again
 /// whenever an accept fails for want of descriptors, so that a limit
 /// lowered under the running process is seen.
 pub fn fd_ceiling() -> u64 {
@@ -97,6 +97,14 @@ pub fn fd_ceiling() -> u64 {
         Some(n) => n.saturating_sub(FD_RESERVE),
         None => u64::MAX,
     }
+}
+
+/// The process's resident memory in bytes (`VmRSS` of `/proc/self/status`).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 pub fn out_of_fds(e: &std::io::Error) -> bool {
@@ -178,8 +186,18 @@ pub async fn accept_loop(
         backoff.succeeded();
         let guard = runtime.table.register(name.clone(), peer);
         let fd = stream.as_raw_fd() as u64;
-        if runtime.table.active() > max || fd >= runtime.fd_ceiling.load(Ordering::Relaxed) {
+        if runtime.table.active() > max {
             guard.finish(EndReason::LimitGlobal);
+            drop(stream);
+            continue;
+        }
+        // Load shedding: near the descriptor limit, or over the memory
+        // budget, a new connection is refused at once and costs nothing
+        // more, so that those already here keep being served.
+        if fd >= runtime.fd_ceiling.load(Ordering::Relaxed)
+            || runtime.over_memory.load(Ordering::Relaxed)
+        {
+            guard.finish(EndReason::Overload);
             drop(stream);
             continue;
         }

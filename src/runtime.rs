@@ -211,6 +211,10 @@ pub struct Runtime {
     pub fd_ceiling: AtomicU64,
     /// Worker threads (set at start).
     pub workers: usize,
+    /// Resident memory is over `limits.memory_budget`: new connections are
+    /// refused (`overload`) until it is under again (the parking sweeps
+    /// look, a few times a second).
+    pub over_memory: std::sync::atomic::AtomicBool,
     live: ArcSwap<Snapshot>,
 }
 
@@ -227,6 +231,7 @@ impl Runtime {
             max_connections: limits.0,
             fd_ceiling: limits.1.into(),
             workers: snapshot.config.workers,
+            over_memory: false.into(),
             table,
             shutdown,
             parking: Default::default(),

@@ -223,6 +223,34 @@ async fn parking_sweeps(rt: Arc<Runtime>) {
             again = again.saturating_sub(1);
         }
         parked_before = parked;
+        check_memory_budget(&rt);
+    }
+}
+
+/// Sets `Runtime::over_memory` from the resident memory and the running
+/// config's `limits.memory_budget`; a change is logged.
+fn check_memory_budget(rt: &Runtime) {
+    use std::sync::atomic::Ordering;
+    let budget = rt.current().config.limits.memory_budget;
+    let over = match budget {
+        None => false,
+        Some(b) => crate::listener::resident_bytes().is_some_and(|r| r > b),
+    };
+    if rt.over_memory.swap(over, Ordering::Relaxed) != over {
+        let resident = crate::listener::resident_bytes().unwrap_or(0);
+        if over {
+            tracing::warn!(
+                resident,
+                budget,
+                "over the memory budget: new connections are refused (overload)"
+            );
+        } else {
+            tracing::info!(
+                resident,
+                budget,
+                "under the memory budget again: new connections are taken"
+            );
+        }
     }
 }
 

@@ -101,6 +101,8 @@ pub struct Limits {
     pub max_connections_per_ip: Option<u32>,
     /// Pipes for zero-copy forwarding (two FDs each); 0 turns splicing off.
     pub splice_pipes: usize,
+    /// Resident memory above which new connections are refused (bytes).
+    pub memory_budget: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -677,6 +679,9 @@ impl Ctx<'_> {
                     .count(v, "limits.splice_pipes", 65_536)
                     .map_or(DEFAULT_SPLICE_PIPES, |n| n as usize),
             },
+            memory_budget: l
+                .and_then(|l| l.memory_budget.as_ref())
+                .and_then(|v| self.size(v, "limits.memory_budget")),
         }
     }
 }

@@ -60,6 +60,13 @@ fn document(c: &Config) -> Table {
     if let Some(n) = c.limits.max_connections_per_ip {
         put(&mut limits, "max_connections_per_ip", n as i64);
     }
+    if let Some(b) = c.limits.memory_budget {
+        put(
+            &mut limits,
+            "memory_budget",
+            i64::try_from(b).unwrap_or(i64::MAX),
+        );
+    }
     match c.limits.splice_pipes {
         0 => put(&mut limits, "splice_pipes", "off"),
         n => put(&mut limits, "splice_pipes", n as i64),

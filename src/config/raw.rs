@@ -237,6 +237,8 @@ pub struct RawLimits {
     pub max_connections: Option<S<Scalar>>,
     pub max_connections_per_ip: Option<S<Scalar>>,
     pub splice_pipes: Option<S<Scalar>>,
+    /// Above this resident memory, new connections are refused (`overload`).
+    pub memory_budget: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
