@@ -200,3 +200,49 @@ pub fn admin(gh: &Gatehouse, method: &str, path: &str, body: &str) -> (u16, serd
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, serde_json::from_slice(&body).unwrap_or_default())
 }
+
+#[test]
+fn a_sticky_cookie_keeps_a_client_on_its_endpoint_until_it_leaves() {
+    let backends: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| named(n, Duration::ZERO).0)
+        .collect();
+    let endpoints: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    let gh = Gatehouse::start(&config(&format!(
+        "endpoints = [{}]\nsticky_cookie = \"gh_sticky\"",
+        endpoints.join(", ")
+    )));
+    let addr = gh.addr("web");
+    let exchange = |cookie: &str| {
+        let req = format!("GET / HTTP/1.1\r\nHost: a\r\n{cookie}Connection: close\r\n\r\n");
+        let (head, body) = raw_exchange(addr, req.as_bytes());
+        let set = head
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: gh_sticky="))
+            .map(|v| v.split(';').next().unwrap().to_string());
+        (String::from_utf8(body).unwrap(), set)
+    };
+    let (first, set) = exchange("");
+    let id = set.expect("a cookie names the endpoint");
+    assert!(!id.contains("127.0.0.1"), "no address in the cookie");
+    for _ in 0..20 {
+        let (body, set) = exchange(&format!("Cookie: theme=x; gh_sticky={id}\r\n"));
+        assert_eq!(body, first, "a sticky client stays");
+        assert_eq!(set, None, "and is not told again");
+    }
+    // Its endpoint leaves: it goes elsewhere and learns its new endpoint.
+    let gone = backends[["a", "b", "c"].iter().position(|n| *n == first).unwrap()];
+    let (status, _) = admin(
+        &gh,
+        "DELETE",
+        &format!("/clusters/pool/endpoints/{gone}?drain=0s"),
+        "",
+    );
+    assert_eq!(status, 200);
+    let (body, set) = exchange(&format!("Cookie: gh_sticky={id}\r\n"));
+    assert_ne!(body, first);
+    assert!(set.is_some_and(|s| s != id));
+}

@@ -32,6 +32,8 @@ pub enum HashKey {
 pub struct ClusterPolicy {
     pub balance: BalanceConfig,
     pub panic: bool,
+    /// Sticky sessions by this cookie (HTTP).
+    pub sticky_cookie: Option<String>,
     pub max_requests: Option<u32>,
     pub health: Option<HealthCheck>,
     pub outlier: OutlierConfig,
@@ -43,6 +45,7 @@ impl Default for ClusterPolicy {
         ClusterPolicy {
             balance: BalanceConfig::RoundRobin,
             panic: false,
+            sticky_cookie: None,
             max_requests: None,
             health: None,
             outlier: OutlierConfig::default(),
@@ -189,6 +192,19 @@ impl Ctx<'_> {
             }
         }
         p.panic = c.panic.as_ref().is_some_and(|b| *b.get_ref());
+        if let Some(v) = &c.sticky_cookie {
+            let name = self.string(v, &field("sticky_cookie")).unwrap_or_default();
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                self.err(
+                    &v.span(),
+                    &field("sticky_cookie"),
+                    &format!("{name:?} is not a cookie name"),
+                );
+            } else {
+                p.sticky_cookie = Some(name);
+            }
+        }
         p.max_requests = c
             .max_requests
             .as_ref()
@@ -519,6 +535,9 @@ impl ClusterPolicy {
         };
         put(t, "balance", Value::String(balance.into()));
         put(t, "panic", Value::Boolean(self.panic));
+        if let Some(c) = &self.sticky_cookie {
+            put(t, "sticky_cookie", Value::String(c.clone()));
+        }
         if let Some(m) = self.max_requests {
             put(t, "max_requests", int(u64::from(m)));
         }

@@ -93,6 +93,9 @@ pub struct RawCluster {
     pub hash_key: Option<S<String>>,
     /// When no endpoint is usable, use them all rather than answer 503.
     pub panic: Option<S<bool>>,
+    /// Sticky sessions: the cookie (its name) that keeps a client on the
+    /// endpoint it was first sent to.
+    pub sticky_cookie: Option<S<String>>,
     /// Requests in flight to the cluster at most (circuit breaking).
     pub max_requests: Option<S<Scalar>>,
     pub health: Option<S<RawHealth>>,

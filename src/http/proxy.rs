@@ -516,6 +516,11 @@ impl Handler {
             BalanceConfig::Hash(k) => request_key(k, &head.req, self.info.client.ip()),
             _ => None,
         };
+        let sticky_cookie = cluster.config.policy.sticky_cookie.as_deref();
+        let sticky = sticky_cookie.and_then(|name| {
+            let value = cookie(&head.req, name)?;
+            u64::from_str_radix(std::str::from_utf8(value).ok()?, 16).ok()
+        });
         // Only a request without a body may go again once it was sent.
         let bodiless = body.as_ref().is_none_or(http_body::Body::is_end_stream);
         let idempotent = head.req.method().is_idempotent();
@@ -525,12 +530,12 @@ impl Handler {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut _retry: Option<RetryToken> = None;
         loop {
-            let pool = match pools.pick_now(key, &tried) {
+            let pool = match pools.pick_now(key, sticky, &tried) {
                 Ok(p) => p,
                 // (The cluster's names are being resolved for the first
                 // time, or resolved to nothing.)
                 Err(UpstreamError::Unresolved) => {
-                    tokio::time::timeout(policy.connect_timeout, pools.pick(key, &tried))
+                    tokio::time::timeout(policy.connect_timeout, pools.pick(key, sticky, &tried))
                         .await
                         .map_err(|_| RequestEnd::UpstreamUnresolved)??
                 }
@@ -564,6 +569,16 @@ impl Handler {
                     }
                     if matches!(cluster.config.policy.balance, BalanceConfig::PeakEwma) {
                         pool.state().observe_latency(log.started.elapsed());
+                    }
+                    // A sticky cluster's client learns (or keeps) its endpoint.
+                    if let Some(name) = sticky_cookie.filter(|_| sticky != Some(pool.state().id)) {
+                        let set = format!(
+                            "{name}={:016x}; Path=/; HttpOnly; SameSite=Lax",
+                            pool.state().id
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&set) {
+                            exchanged.0.headers_mut().append(header::SET_COOKIE, v);
+                        }
                     }
                     if let Some(conn) = exchanged.1.as_mut() {
                         conn.admitted = admitted.take();
@@ -861,17 +876,21 @@ fn request_key(key: &HashKey, req: &Request<()>, client: std::net::IpAddr) -> Op
         },
         HashKey::Path => req.uri().path().as_bytes().to_vec(),
         HashKey::Header(name) => req.headers().get(name)?.as_bytes().to_vec(),
-        HashKey::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_bytes().to_vec())?,
+        HashKey::Cookie(name) => cookie(req, name)?.to_vec(),
     };
     Some(upstream::balance::hash_key(&bytes))
+}
+
+/// The value of the request's cookie `name`, if it has one.
+fn cookie<'a>(req: &'a Request<()>, name: &str) -> Option<&'a [u8]> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_bytes())
 }
 
 /// A request's head as it goes upstream: method, target (as received:

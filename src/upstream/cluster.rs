@@ -316,6 +316,7 @@ impl Cluster {
         &self,
         set: &EndpointSet,
         key: Option<u64>,
+        sticky: Option<u64>,
         tried: &[SocketAddr],
     ) -> Result<usize, UpstreamError> {
         if set.endpoints.is_empty() {
@@ -341,6 +342,12 @@ impl Cluster {
             })
         };
         let fresh = |i: usize| usable(i) && !tried.contains(&set.endpoints[i].addr);
+        // A sticky client's endpoint, while it is usable.
+        if let Some(i) = sticky.and_then(|id| set.states.iter().position(|s| s.id == id)) {
+            if fresh(i) {
+                return Ok(i);
+            }
+        }
         if let Some(i) = pick(&fresh) {
             return Ok(i);
         }
@@ -366,7 +373,7 @@ impl Cluster {
     ) -> Result<(Endpoint, Arc<EndpointState>), UpstreamError> {
         self.settled().await;
         let set = self.endpoints();
-        let i = self.pick_in(&set, key, tried)?;
+        let i = self.pick_in(&set, key, None, tried)?;
         Ok((set.endpoints[i].clone(), set.states[i].clone()))
     }
 
@@ -588,15 +595,18 @@ mod tests {
         let c = cluster(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)]);
         let set = c.endpoints();
         for _ in 0..10 {
-            let i = c.pick_in(&set, None, &[addr("127.0.0.1:1")]).unwrap();
+            let i = c.pick_in(&set, None, None, &[addr("127.0.0.1:1")]).unwrap();
             assert_eq!(set.endpoints[i].addr, addr("127.0.0.1:2"));
         }
         // Both tried: one is picked all the same.
         let both = [addr("127.0.0.1:1"), addr("127.0.0.1:2")];
-        assert!(c.pick_in(&set, None, &both).is_ok());
+        assert!(c.pick_in(&set, None, None, &both).is_ok());
         // Both draining: no healthy endpoint.
         set.states.iter().for_each(|s| s.set_draining(true));
-        assert_eq!(c.pick_in(&set, None, &[]), Err(UpstreamError::NoHealthy));
+        assert_eq!(
+            c.pick_in(&set, None, None, &[]),
+            Err(UpstreamError::NoHealthy)
+        );
     }
 
     #[test]

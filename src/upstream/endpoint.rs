@@ -76,6 +76,8 @@ pub enum Outcome {
 pub struct EndpointState {
     pub addr: SocketAddr,
     pub target: Arc<str>,
+    /// Its identity as a sticky cookie names it (a hash: no address shown).
+    pub id: u64,
     /// Requests (HTTP) or connections (L4) in flight.
     in_flight: AtomicU32,
     /// Peak-EWMA of response latency, in microseconds, and when it was
@@ -109,6 +111,7 @@ const EWMA_START_US: u64 = 1_000;
 impl EndpointState {
     pub fn new(target: Arc<str>, addr: SocketAddr) -> Arc<EndpointState> {
         Arc::new(EndpointState {
+            id: super::balance::hash_key(format!("{target}/{addr}").as_bytes()),
             addr,
             target,
             in_flight: AtomicU32::new(0),

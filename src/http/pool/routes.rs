@@ -96,20 +96,22 @@ impl RoutePools {
     pub async fn pick(
         &self,
         key: Option<u64>,
+        sticky: Option<u64>,
         tried: &[SocketAddr],
     ) -> Result<Arc<TargetPool>, UpstreamError> {
         self.cluster.settled().await;
-        self.pick_now(key, tried)
+        self.pick_now(key, sticky, tried)
     }
 
     /// The pool of the endpoint for a request, from the endpoints now.
     pub fn pick_now(
         &self,
         key: Option<u64>,
+        sticky: Option<u64>,
         tried: &[SocketAddr],
     ) -> Result<Arc<TargetPool>, UpstreamError> {
         let set = self.cluster.endpoints();
-        let i = self.cluster.pick_in(&set, key, tried)?;
+        let i = self.cluster.pick_in(&set, key, sticky, tried)?;
         self.for_set(&set)
             .pools
             .get(i)
