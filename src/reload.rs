@@ -488,6 +488,14 @@ fn route_key(c: &Config, r: &config::RouteConfig) -> String {
     // Its own cluster (`action.forward`) by content, a named one by name
     // (a change of that is the cluster's).
     let cluster = match &mut r.action {
+        config::RouteAction::Forward(f) if !f.split.is_empty() => {
+            f.cluster = 0;
+            let names: Vec<(String, u32)> = std::mem::take(&mut f.split)
+                .into_iter()
+                .filter_map(|(k, w)| Some((c.clusters.get(k)?.name.clone(), w)))
+                .collect();
+            Some(format!("{names:?}"))
+        }
         config::RouteAction::Forward(f) => {
             c.clusters.get(std::mem::take(&mut f.cluster)).map(|k| {
                 if k.inline {

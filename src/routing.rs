@@ -21,9 +21,22 @@ pub struct Route {
     /// name, and closed on its own `timeouts.route_drain` after a reload
     /// removed the route.
     pub closing: ShutdownSignal,
+    /// Turns of a split (`Forward::pick`).
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Route {
+    /// Which of its forward's clusters (`Forward::clusters`) the next
+    /// request or connection goes to: by weight with a split, else the one.
+    pub fn pick_cluster(&self) -> usize {
+        match self.config.action.forward() {
+            Some(f) if !f.split.is_empty() => {
+                f.pick(self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            }
+            _ => 0,
+        }
+    }
+
     pub fn new(
         index: usize,
         config: RouteConfig,
@@ -36,6 +49,7 @@ impl Route {
             config,
             stats,
             closing,
+            turn: Default::default(),
         }
     }
 }

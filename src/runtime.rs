@@ -62,9 +62,10 @@ pub struct Snapshot {
     /// The clusters, as `config.clusters` (a route's `Forward::cluster`
     /// is an index here).
     pub clusters: Vec<Arc<Cluster>>,
-    /// Each route's upstream HTTP pools (`None` for routes that never
+    /// Each route's upstream HTTP pools, one per cluster of the route in
+    /// `Forward::clusters` order (none for routes that never
     /// carry HTTP).
-    pub pools: Vec<Option<Arc<RoutePools>>>,
+    pub pools: Vec<Vec<Arc<RoutePools>>>,
     /// TLS client settings per route towards its targets.
     pub upstream_tls: Vec<Option<Arc<ClientConfig>>>,
     /// The certificate store and the ACME manager.
@@ -142,33 +143,46 @@ impl Snapshot {
         let pools = routes
             .iter()
             .map(|r| {
-                let cluster = clusters.get(r.config.action.forward()?.cluster)?;
+                let Some(forward) = r.config.action.forward() else {
+                    return Vec::new();
+                };
                 if !config.route_serves_http(&r.config) {
-                    return None;
+                    return Vec::new();
                 }
-                // The route's pools before: kept whole when its cluster and
-                // settings are the same, else their endpoints' pools that
-                // stay are (a cluster that gained or lost an endpoint).
-                let before = previous.and_then(|p| {
-                    let old = p.routes.iter().find(|o| o.name == r.name)?;
-                    let pools = p.pools[old.index].as_ref()?;
-                    let settings = old.config.upstream == r.config.upstream
-                        && old.config.policy.http.pools_equal(&r.config.policy.http);
-                    settings.then_some(pools)
-                });
-                if let Some(pools) = before.filter(|p| Arc::ptr_eq(&p.cluster, cluster)) {
-                    return Some(pools.clone());
-                }
-                let upstream = crate::http::pool::Upstream::new(
-                    &r.config.upstream,
-                    tls.upstreams[r.index].clone(),
-                );
-                Some(Arc::new(RoutePools::new(
-                    cluster.clone(),
-                    &r.config.policy.http,
-                    upstream,
-                    before.map(|p| &**p),
-                )))
+                // The route's pools before, when its pool and upstream
+                // settings are the same: a cluster's kept whole when the
+                // cluster is, else its endpoints' pools that stay are (a
+                // cluster that gained or lost an endpoint).
+                let before: &[Arc<RoutePools>] = previous
+                    .and_then(|p| {
+                        let old = p.routes.iter().find(|o| o.name == r.name)?;
+                        let settings = old.config.upstream == r.config.upstream
+                            && old.config.policy.http.pools_equal(&r.config.policy.http);
+                        settings.then_some(p.pools[old.index].as_slice())
+                    })
+                    .unwrap_or_default();
+                forward
+                    .clusters()
+                    .into_iter()
+                    .filter_map(|k| clusters.get(k))
+                    .map(|cluster| {
+                        if let Some(kept) = before.iter().find(|p| Arc::ptr_eq(&p.cluster, cluster))
+                        {
+                            return kept.clone();
+                        }
+                        let same_name = before.iter().find(|p| p.cluster.name == cluster.name);
+                        let upstream = crate::http::pool::Upstream::new(
+                            &r.config.upstream,
+                            tls.upstreams[r.index].clone(),
+                        );
+                        Arc::new(RoutePools::new(
+                            cluster.clone(),
+                            &r.config.policy.http,
+                            upstream,
+                            same_name.map(|p| &**p),
+                        ))
+                    })
+                    .collect()
             })
             .collect();
         Ok(Snapshot {

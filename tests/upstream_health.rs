@@ -485,3 +485,33 @@ endpoints = [{{ address = "{echo}" }}, {{ address = "{}" }}]
     let live = endpoint(&gh, "pool", echo);
     assert_eq!(live["in_flight"], 0, "{live}");
 }
+
+#[test]
+fn probes_over_tls_verify_the_endpoint_and_say_why_one_fails() {
+    use common::tls::{Pki, tls_http_backend};
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.issue("backend", &["backend.internal"]);
+    let rogue = Pki::new("rogue");
+    let (r_cert, r_key) = rogue.issue("rogue", &["backend.internal"]);
+    let (good, _) = tls_http_backend(&cert, &key);
+    let (bad, _) = tls_http_backend(&r_cert, &r_key);
+    let gh = Gatehouse::start(&config(&format!(
+        "endpoints = [{{ address = \"{good}\" }}, {{ address = \"{bad}\" }}]\n\
+         health = {{ path = \"/\", tls = true, ca = \"{}\", server_name = \"backend.internal\", interval = \"200ms\", timeout = \"150ms\", unhealthy_threshold = 2 }}",
+        pki.ca_pem.display()
+    )));
+    gh.wait_for(
+        "the rogue endpoint unhealthy",
+        Duration::from_secs(5),
+        |gh| {
+            endpoint(gh, "pool", bad)["state"] == "unhealthy"
+                && endpoint(gh, "pool", good)["state"] == "healthy"
+        },
+    );
+    let why = endpoint(&gh, "pool", bad)["last_probe"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.starts_with("TLS: ") && why.contains("issuer"), "{why}");
+    assert_eq!(gh.close_wait(), 0);
+}

@@ -57,6 +57,8 @@ impl Default for ClusterPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub probe: Probe,
+    /// Probes over TLS (verified): a handshake, or HTTPS.
+    pub tls: Option<super::UpstreamTls>,
     /// Between probes of an endpoint (each waits this ± 10 %).
     pub interval: Duration,
     pub timeout: Duration,
@@ -304,8 +306,31 @@ impl Ctx<'_> {
                 &format!("{timeout:?} is longer than the interval ({interval:?})"),
             );
         }
+        let tls_on = r.tls.as_ref().is_some_and(|t| *t.get_ref());
+        for (v, name) in [(&r.ca, "ca"), (&r.server_name, "server_name")] {
+            if let (Some(v), false) = (v, tls_on) {
+                self.err(&v.span(), &field(name), "only with tls = true");
+            }
+        }
+        let tls = tls_on.then(|| super::UpstreamTls {
+            ca: r.ca.as_ref().and_then(|c| self.file(c, &field("ca"))),
+            server_name: r.server_name.as_ref().and_then(|n| {
+                let s = self.string(n, &field("server_name"))?;
+                if rustls_pki_types::ServerName::try_from(s.as_str()).is_err() {
+                    self.err(
+                        &n.span(),
+                        &field("server_name"),
+                        &format!("{s:?} is not a DNS name or IP address"),
+                    );
+                    return None;
+                }
+                Some(s)
+            }),
+            client_cert: None,
+        });
         Some(HealthCheck {
             probe,
+            tls,
             interval,
             timeout,
             healthy_threshold: self.threshold(
@@ -567,6 +592,15 @@ impl ClusterPolicy {
                     if let Some(b) = &p.body_contains {
                         put(&mut ht, "body_contains", Value::String(b.clone()));
                     }
+                }
+            }
+            if let Some(tls) = &h.tls {
+                put(&mut ht, "tls", Value::Boolean(true));
+                if let Some(ca) = &tls.ca {
+                    put(&mut ht, "ca", Value::String(ca.display().to_string()));
+                }
+                if let Some(n) = &tls.server_name {
+                    put(&mut ht, "server_name", Value::String(n.clone()));
                 }
             }
             put(&mut ht, "interval", Value::String(duration(h.interval)));

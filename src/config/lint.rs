@@ -46,10 +46,11 @@ impl Ctx<'_> {
             .enumerate()
             .filter(|(_, c)| !c.inline)
         {
-            let used = config
-                .routes
-                .iter()
-                .any(|r| r.action.forward().is_some_and(|f| f.cluster == i));
+            let used = config.routes.iter().any(|r| {
+                r.action
+                    .forward()
+                    .is_some_and(|f| f.clusters().contains(&i))
+            });
             if let (false, Some(rc)) = (used, raw.clusters.get(i)) {
                 out.push(self.warning(
                     &rc.span(),

@@ -181,10 +181,42 @@ impl RouteAction {
     }
 }
 
+impl Forward {
+    /// The route's clusters, in order: the split's, or its one cluster.
+    pub fn clusters(&self) -> Vec<usize> {
+        if self.split.is_empty() {
+            vec![self.cluster]
+        } else {
+            self.split.iter().map(|&(c, _)| c).collect()
+        }
+    }
+
+    /// Which of `clusters()` turn `n` goes to: with a split, each cluster
+    /// as many turns in a round as its weight, in runs; else the one.
+    pub fn pick(&self, n: usize) -> usize {
+        if self.split.is_empty() {
+            return 0;
+        }
+        let total: u32 = self.split.iter().map(|&(_, w)| w).sum();
+        let mut r = (n % total.max(1) as usize) as u32;
+        for (k, &(_, w)) in self.split.iter().enumerate() {
+            if r < w {
+                return k;
+            }
+            r -= w;
+        }
+        0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Forward {
-    /// Where to: an index into `Config::clusters`.
+    /// Where to: an index into `Config::clusters` (with a split, the first
+    /// of its clusters).
     pub cluster: usize,
+    /// A split: every cluster of it (the first is `cluster`) and its
+    /// weight. Empty without one.
+    pub split: Vec<(usize, u32)>,
     pub send_proxy: Option<ProxyVersion>,
     /// Pass the TLVs of an incoming v2 header on unchanged (v2 only).
     pub pass_tlvs: bool,

@@ -295,7 +295,16 @@ fn route(c: &Config, r: &RouteConfig) -> Value {
     let mut action = Table::new();
     match &r.action {
         RouteAction::Forward(f) => {
+            let split = f.split.iter().filter_map(|&(k, w)| {
+                let mut e = Table::new();
+                put(&mut e, "cluster", c.clusters.get(k)?.name.as_str());
+                put(&mut e, "weight", i64::from(w));
+                Some(Value::Table(e))
+            });
             match c.clusters.get(f.cluster) {
+                _ if !f.split.is_empty() => {
+                    put(&mut action, "split", Value::Array(split.collect()));
+                }
                 Some(k) if k.inline => put(
                     &mut action,
                     "forward",

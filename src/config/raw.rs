@@ -119,6 +119,12 @@ pub struct RawHealth {
     pub timeout: Option<S<Scalar>>,
     pub healthy_threshold: Option<S<Scalar>>,
     pub unhealthy_threshold: Option<S<Scalar>>,
+    /// Probes over TLS: the handshake (kind "tcp") or HTTPS (kind "http").
+    pub tls: Option<S<bool>>,
+    /// With `tls`: the CA bundle the endpoints' certificates are verified with.
+    pub ca: Option<S<String>>,
+    /// With `tls`: the name sent and verified (default: the endpoint's host).
+    pub server_name: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -319,10 +325,20 @@ pub struct RawMatch {
 pub struct RawAction {
     pub forward: Option<S<Vec<S<String>>>>,
     pub cluster: Option<S<String>>,
+    /// Requests (or L4 connections) shared by weight among named clusters:
+    /// `[{ cluster = "stable", weight = 95 }, { cluster = "canary", weight = 5 }]`.
+    pub split: Option<S<Vec<S<RawSplit>>>>,
     pub send_proxy_protocol: Option<S<String>>,
     pub pass_tlvs: Option<S<bool>>,
     pub redirect_https: Option<S<bool>>,
     pub redirect_port: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub cluster: S<String>,
+    pub weight: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -202,12 +202,17 @@ impl Ctx<'_> {
         let r = rr.get_ref();
         let a = r.action.get_ref();
         let redirect = a.redirect_https.as_ref().is_some_and(|r| *r.get_ref());
-        let chosen = [a.forward.is_some(), a.cluster.is_some(), redirect];
+        let chosen = [
+            a.forward.is_some(),
+            a.cluster.is_some(),
+            a.split.is_some(),
+            redirect,
+        ];
         if chosen.iter().filter(|c| **c).count() > 1 {
             self.err(
                 &r.action.span(),
                 &field("action"),
-                "choose one action: forward, cluster or redirect_https",
+                "choose one action: forward, cluster, split or redirect_https",
             );
             return None;
         }
@@ -226,38 +231,38 @@ impl Ctx<'_> {
             }
             return Some(RouteAction::RedirectHttps { port });
         }
-        let cluster = if let Some(list) = &a.forward {
+        let mut split = Vec::new();
+        let cluster = if let Some(list) = &a.split {
+            for (j, e) in list.get_ref().iter().enumerate() {
+                let f = field(&format!("action.split[{j}]"));
+                let e = e.get_ref();
+                let weight = match &e.weight {
+                    None => Some(1),
+                    Some(w) => self
+                        .count(w, &format!("{f}.weight"), 1000)
+                        .map(|n| n as u32),
+                };
+                let at = self.named_cluster(&e.cluster, &format!("{f}.cluster"), clusters);
+                if let (Some(c), Some(w)) = (at, weight) {
+                    split.push((c, w));
+                }
+            }
+            if list.get_ref().len() < 2 {
+                self.err(&list.span(), &field("action.split"), "a split lists two clusters or more: [{ cluster = \"a\", weight = 9 }, { cluster = \"b\", weight = 1 }]");
+                return None;
+            }
+            split.first()?.0
+        } else if let Some(list) = &a.forward {
             let c = self.inline_cluster(name, list, &field("action.forward"));
             clusters.push(c);
             clusters.len() - 1
         } else if let Some(c) = &a.cluster {
-            let wanted = self.string(c, &field("action.cluster"))?;
-            let Some(i) = clusters.iter().position(|x| !x.inline && x.name == wanted) else {
-                let known: Vec<&str> = clusters
-                    .iter()
-                    .filter(|x| !x.inline)
-                    .map(|x| x.name.as_str())
-                    .collect();
-                self.err(
-                    &c.span(),
-                    &field("action.cluster"),
-                    &format!(
-                        "no cluster is named {wanted:?} (clusters: {})",
-                        if known.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                );
-                return None;
-            };
-            i
+            self.named_cluster(c, &field("action.cluster"), clusters)?
         } else {
             self.err(
                 &r.action.span(),
                 &field("action"),
-                "an action is required: forward = [\"host:port\", ...], cluster = \"name\" or redirect_https = true",
+                "an action is required: forward = [\"host:port\", ...], cluster = \"name\", split = [...] or redirect_https = true",
             );
             return None;
         };
@@ -303,8 +308,38 @@ impl Ctx<'_> {
         }
         Some(RouteAction::Forward(Forward {
             cluster,
+            split,
             send_proxy,
             pass_tlvs,
         }))
+    }
+
+    /// The index of the named cluster `v` says (not a route's own).
+    fn named_cluster(
+        &mut self,
+        v: &S<String>,
+        field: &str,
+        clusters: &[ClusterConfig],
+    ) -> Option<usize> {
+        let wanted = self.string(v, field)?;
+        let found = clusters.iter().position(|x| !x.inline && x.name == wanted);
+        if found.is_none() {
+            let known: Vec<&str> = clusters
+                .iter()
+                .filter(|x| !x.inline)
+                .map(|x| x.name.as_str())
+                .collect();
+            let known = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
+            self.err(
+                &v.span(),
+                field,
+                &format!("no cluster is named {wanted:?} (clusters: {known})"),
+            );
+        }
+        found
     }
 }

@@ -106,7 +106,7 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpstreamTls {
     /// CA bundle to verify targets with; `None`: the system's roots.
     pub ca: Option<PathBuf>,
@@ -186,7 +186,7 @@ impl Ctx<'_> {
 
     /// A path to a file that must be there and readable now (certificates,
     /// keys, CAs): an error names it, with the line and field.
-    fn file(&mut self, v: &S<String>, field: &str) -> Option<PathBuf> {
+    pub(super) fn file(&mut self, v: &S<String>, field: &str) -> Option<PathBuf> {
         let p = self.path(v, field)?;
         if let Err(e) = std::fs::File::open(&p) {
             let why = match e.kind() {

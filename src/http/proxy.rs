@@ -404,7 +404,9 @@ impl Handler {
     /// The upstream exchange under the request's deadline.
     async fn exchange(&self, out: &mut Outbound) -> Exchanged {
         let route = &out.snap.routes[out.route];
-        let Some(pools) = &out.snap.pools[out.route] else {
+        // (A split's cluster by weight.)
+        let which = route.pick_cluster();
+        let Some(pools) = out.snap.pools[out.route].get(which) else {
             return Err(RequestEnd::NoRoute);
         };
         let call = self.call_upstream(route, pools, &mut out.head, &mut out.body, &mut out.log);

@@ -235,7 +235,7 @@ async fn run(
 
     // --- connecting ---------------------------------------------------
     guard.set_state(ConnState::Connecting);
-    let cluster = &snap.clusters[forward.cluster];
+    let cluster = &snap.clusters[forward.clusters()[route.pick_cluster()]];
     let started = Instant::now();
     let (upstream, endpoint, _load) = tokio::select! {
         // Boxed: the connect future is large and needed only in this state.
@@ -383,7 +383,7 @@ async fn terminate(
     let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
 
     guard.set_state(ConnState::Connecting);
-    let cluster = &snap.clusters[forward.cluster];
+    let cluster = &snap.clusters[forward.clusters()[route.pick_cluster()]];
     let started = Instant::now();
     let connect_deadline = tokio::time::Instant::now() + policy.connect_timeout;
     let (mut upstream, endpoint, _load) = tokio::select! {

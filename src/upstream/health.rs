@@ -24,12 +24,19 @@ const READ_MAX: usize = 64 * 1024;
 
 /// Probes the cluster's endpoints until the cluster is dropped.
 pub async fn run(cluster: Weak<Cluster>, check: HealthCheck) {
+    // (The probes' TLS client, made once; settings that cannot be used
+    // make every probe fail with their reason.)
+    let tls = check.tls.as_ref().map(|up| {
+        crate::tls::settings::client_config(up, &[b"http/1.1"])
+            .map(|c| (c, up.clone()))
+            .map_err(|e| format!("TLS settings: {e}"))
+    });
     loop {
         let Some(c) = cluster.upgrade() else {
             return;
         };
         let set = c.endpoints().clone();
-        let probes = set.endpoints.iter().map(|e| probe(&check, e));
+        let probes = set.endpoints.iter().map(|e| probe(&check, tls.as_ref(), e));
         let results = futures_util::future::join_all(probes).await;
         for ((e, state), result) in set.endpoints.iter().zip(&set.states).zip(results) {
             let failed = result.as_ref().err().cloned();
@@ -50,16 +57,29 @@ pub async fn run(cluster: Weak<Cluster>, check: HealthCheck) {
     }
 }
 
+/// The probes' TLS client and its settings, or why it could not be made.
+type ProbeTls = Result<
+    (
+        std::sync::Arc<rustls::ClientConfig>,
+        crate::config::UpstreamTls,
+    ),
+    String,
+>;
+
 /// One probe of an endpoint, within the check's timeout.
-pub async fn probe(check: &HealthCheck, e: &Endpoint) -> Result<(), String> {
-    match tokio::time::timeout(check.timeout, attempt(check, e)).await {
+pub async fn probe(
+    check: &HealthCheck,
+    tls: Option<&ProbeTls>,
+    e: &Endpoint,
+) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, attempt(check, tls, e)).await {
         Ok(r) => r,
         Err(_) => Err(format!("timeout after {}", words(check.timeout))),
     }
 }
 
-async fn attempt(check: &HealthCheck, e: &Endpoint) -> Result<(), String> {
-    let mut stream = match tokio::net::TcpStream::connect(e.addr).await {
+async fn attempt(check: &HealthCheck, tls: Option<&ProbeTls>, e: &Endpoint) -> Result<(), String> {
+    let stream = match tokio::net::TcpStream::connect(e.addr).await {
         Ok(s) => s,
         Err(err) => {
             return Err(match err.kind() {
@@ -68,8 +88,26 @@ async fn attempt(check: &HealthCheck, e: &Endpoint) -> Result<(), String> {
             });
         }
     };
+    match tls {
+        None => exchange(check, e, stream).await,
+        Some(Err(why)) => Err(why.clone()),
+        Some(Ok((config, up))) => {
+            let stream = super::connect::tls(stream, config.clone(), up, &e.target)
+                .await
+                .map_err(|f| format!("TLS: {}", f.detail))?;
+            exchange(check, e, stream).await
+        }
+    }
+}
+
+/// The probe on a connected stream: done for a TCP (or TLS handshake)
+/// probe; the request and its response for an HTTP one.
+async fn exchange<S>(check: &HealthCheck, e: &Endpoint, mut stream: S) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Probe::Http(http) = &check.probe else {
-        return Ok(()); // (TCP: connected; the stream closes here)
+        return Ok(()); // (connected; the stream closes here)
     };
     stream
         .write_all(&request(http, e))
