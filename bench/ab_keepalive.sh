@@ -17,19 +17,7 @@ BACKEND_CPU=${BACKEND_CPU:-0}
 bench_setup ab
 BACKEND=127.0.0.1:18120 LISTEN=127.0.0.1:18121
 HZ=$(getconf CLK_TCK)
-cat >"$RUN/nginx.conf" <<CONF
-worker_processes 1;
-pid $RUN/nginx.pid;
-error_log $RUN/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server { listen $BACKEND backlog=4096; location / { return 200 "hello\n"; } }
-}
-CONF
-taskset -c "$BACKEND_CPU" nginx -c "$RUN/nginx.conf" -e "$RUN/nginx.err" -g 'daemon off;' &
-PIDS+=($!)
+nginx_backend "$BACKEND_CPU" "$BACKEND"
 wait_ports 18120
 
 run() { # $1: binary; prints "rate cpu_us_per_req"

@@ -21,23 +21,7 @@ G=$ROOT/target/release/gatehouse
 PORT=18110 LISTEN=127.0.0.1:18111
 HZ=$(getconf CLK_TCK)
 
-cat >"$RUN/nginx.conf" <<CONF
-worker_processes 1;
-pid $RUN/nginx.pid;
-error_log $RUN/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server {
-    listen 127.0.0.1:$PORT backlog=4096; listen 127.0.0.2:$PORT backlog=4096;
-    listen 127.0.0.3:$PORT backlog=4096; listen 127.0.0.4:$PORT backlog=4096;
-    location / { return 200 "hello\n"; }
-  }
-}
-CONF
-taskset -c 1 nginx -c "$RUN/nginx.conf" -e "$RUN/nginx.err" -g 'daemon off;' &
-PIDS+=($!)
+nginx_backend 1 "127.0.0.1:$PORT" "127.0.0.2:$PORT" "127.0.0.3:$PORT" "127.0.0.4:$PORT"
 wait_ports $PORT
 
 config() { # $1: "single" or a balance setting

@@ -18,19 +18,7 @@ cargo build --release --manifest-path "$ROOT/Cargo.toml" >/dev/null 2>&1
 G=$ROOT/target/release/gatehouse
 BACKEND=127.0.0.1:18100 LISTEN=127.0.0.1:18101 ADMIN=127.0.0.1:18102
 
-cat >"$RUN/nginx.conf" <<CONF
-worker_processes 1;
-pid $RUN/nginx.pid;
-error_log $RUN/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server { listen $BACKEND backlog=4096; location / { return 200 "hello\n"; } }
-}
-CONF
-taskset -c 1 nginx -c "$RUN/nginx.conf" -e "$RUN/nginx.err" -g 'daemon off;' &
-PIDS+=($!)
+nginx_backend 1 "$BACKEND"
 cp "$ROOT/examples/bench/http.toml" "$RUN/gatehouse.toml"
 extra=$'\n[[routes]]\nname = "reload-churn"\nmatch.listener = "bench"\nmatch.path_prefix = "/churn"\naction.forward = ["127.0.0.1:9"]\n'
 LISTEN_ADDR=$LISTEN BACKEND_ADDR=$BACKEND ADMIN_ADDR=$ADMIN WORKERS=1 \

@@ -30,29 +30,6 @@ fn named(name: &'static str, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) 
     (addr, count)
 }
 
-fn config(cluster: &str) -> String {
-    format!(
-        r#"admin.bind = "127.0.0.1:0"
-workers = 2
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-http.access_log = false
-
-[[routes]]
-name = "app"
-match.listener = "web"
-action.cluster = "pool"
-
-[[clusters]]
-name = "pool"
-{cluster}
-"#
-    )
-}
-
 /// Sends `n` requests over one keep-alive connection, `header` on each
 /// (with `{i}` replaced by the request's number): the body of each answer.
 fn requests(addr: SocketAddr, n: usize, header: &str) -> Vec<String> {
@@ -103,7 +80,7 @@ fn each_algorithm_shares_ten_thousand_requests_by_weight() {
             1,
         ),
     ] {
-        let gh = Gatehouse::start(&config(&format!("{endpoints}\n{balance}")));
+        let gh = Gatehouse::start(&cluster_config(&format!("{endpoints}\n{balance}")));
         let before = [&ca, &cb, &cc].map(|c| c.load(Ordering::Relaxed));
         // 10,000 requests from the clients at once.
         let addr = gh.addr("web");
@@ -137,7 +114,7 @@ fn a_key_stays_on_its_endpoint_and_an_added_endpoint_takes_about_one_in_n() {
         .iter()
         .map(|a| format!("{{ address = \"{a}\" }}"))
         .collect();
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{}]\nbalance = \"hash\"\nhash_key = \"cookie:session\"",
         endpoints.join(", ")
     )));
@@ -147,8 +124,7 @@ fn a_key_stays_on_its_endpoint_and_an_added_endpoint_takes_about_one_in_n() {
     assert_eq!(before, requests(addr, 10_000, keys), "every key stays put");
     assert!(!before.contains(&"e".to_string()));
 
-    let (status, _) = admin(
-        &gh,
+    let (status, _) = gh.admin_call(
         "POST",
         "/clusters/pool/endpoints",
         &format!("{{\"address\": \"{}\"}}", backends[4]),
@@ -172,7 +148,7 @@ fn a_key_stays_on_its_endpoint_and_an_added_endpoint_takes_about_one_in_n() {
 fn peak_ewma_turns_away_from_a_slow_endpoint() {
     let (fast, cf) = named("fast", Duration::ZERO);
     let (slow, cs) = named("slow", Duration::from_millis(20));
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{fast}\" }}, {{ address = \"{slow}\" }}]\nbalance = \"peak_ewma\""
     )));
     let addr = gh.addr("web");
@@ -187,20 +163,6 @@ fn peak_ewma_turns_away_from_a_slow_endpoint() {
     assert!(s < 200, "the slow endpoint took {s} of 800");
 }
 
-/// A request to the admin listener: its status and JSON answer.
-pub fn admin(gh: &Gatehouse, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(gh.admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).unwrap();
-    let (head, body) = read_response(&mut s);
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or_default())
-}
-
 #[test]
 fn a_sticky_cookie_keeps_a_client_on_its_endpoint_until_it_leaves() {
     let backends: Vec<_> = ["a", "b", "c"]
@@ -211,7 +173,7 @@ fn a_sticky_cookie_keeps_a_client_on_its_endpoint_until_it_leaves() {
         .iter()
         .map(|a| format!("{{ address = \"{a}\" }}"))
         .collect();
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{}]\nsticky_cookie = \"gh_sticky\"",
         endpoints.join(", ")
     )));
@@ -235,8 +197,7 @@ fn a_sticky_cookie_keeps_a_client_on_its_endpoint_until_it_leaves() {
     }
     // Its endpoint leaves: it goes elsewhere and learns its new endpoint.
     let gone = backends[["a", "b", "c"].iter().position(|n| *n == first).unwrap()];
-    let (status, _) = admin(
-        &gh,
+    let (status, _) = gh.admin_call(
         "DELETE",
         &format!("/clusters/pool/endpoints/{gone}?drain=0s"),
         "",

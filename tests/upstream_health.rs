@@ -94,29 +94,6 @@ fn resetting_backend(hold: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, seen)
 }
 
-fn config(cluster: &str) -> String {
-    format!(
-        r#"admin.bind = "127.0.0.1:0"
-workers = 2
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-http.access_log = false
-
-[[routes]]
-name = "app"
-match.listener = "web"
-action.cluster = "pool"
-
-[[clusters]]
-name = "pool"
-{cluster}
-"#
-    )
-}
-
 fn get(addr: SocketAddr) -> (String, String) {
     let (head, body) = raw_exchange(
         addr,
@@ -148,25 +125,11 @@ fn endpoint(gh: &Gatehouse, name: &str, addr: SocketAddr) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// A request to the admin listener: its status and JSON answer.
-fn admin(gh: &Gatehouse, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(gh.admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).unwrap();
-    let (head, body) = read_response(&mut s);
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or_default())
-}
-
 #[test]
 fn a_failing_probe_takes_the_endpoint_out_and_a_passing_one_brings_it_back() {
     let a = backend("a", Duration::ZERO);
     let b = backend("b", Duration::ZERO);
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
          health = {{ path = \"/healthz\", interval = \"200ms\", timeout = \"100ms\", healthy_threshold = 2, unhealthy_threshold = 2, body_contains = \"ok\" }}",
         a.addr, b.addr
@@ -234,7 +197,7 @@ fn a_failing_probe_takes_the_endpoint_out_and_a_passing_one_brings_it_back() {
 fn an_endpoint_that_resets_everything_is_ejected_while_gets_are_retried_elsewhere() {
     let good = backend("good", Duration::ZERO);
     let (bad, bad_seen) = resetting_backend(Duration::ZERO);
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{}\" }}, {{ address = \"{bad}\" }}]",
         good.addr
     )));
@@ -258,7 +221,7 @@ fn an_endpoint_that_resets_everything_is_ejected_while_gets_are_retried_elsewher
 fn a_post_that_was_sent_is_not_retried() {
     let good = backend("good", Duration::ZERO);
     let (bad, bad_seen) = resetting_backend(Duration::ZERO);
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{}\" }}, {{ address = \"{bad}\" }}]\noutlier = {{ consecutive_failures = \"off\" }}",
         good.addr
     )));
@@ -280,7 +243,7 @@ fn a_post_that_was_sent_is_not_retried() {
 fn the_retry_budget_bounds_attempts_when_every_endpoint_fails() {
     let (a, seen_a) = resetting_backend(Duration::from_millis(200));
     let (b, seen_b) = resetting_backend(Duration::from_millis(200));
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{a}\" }}, {{ address = \"{b}\" }}]\n\
          outlier = {{ consecutive_failures = \"off\" }}\n\
          retries = {{ attempts = 10, budget_percent = 1, min_concurrent = 1, backoff = \"1ms\" }}"
@@ -308,7 +271,7 @@ fn the_retry_budget_bounds_attempts_when_every_endpoint_fails() {
 #[test]
 fn beyond_the_cap_on_requests_in_flight_the_answer_is_503_at_once() {
     let slow = backend("slow", Duration::from_millis(1500));
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{}\" }}]\nmax_requests = 5",
         slow.addr
     )));
@@ -374,7 +337,7 @@ fn draining_and_adding_endpoints_under_load_costs_no_request() {
     let a = backend("a", Duration::from_millis(2));
     let b = backend("b", Duration::from_millis(2));
     let c = backend("c", Duration::from_millis(2));
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]",
         a.addr, b.addr
     )));
@@ -384,8 +347,7 @@ fn draining_and_adding_endpoints_under_load_costs_no_request() {
         a.requests.load(Ordering::Relaxed) > 50 && b.requests.load(Ordering::Relaxed) > 50
     });
 
-    let (status, answer) = admin(
-        &gh,
+    let (status, answer) = gh.admin_call(
         "DELETE",
         &format!("/clusters/pool/endpoints/{}?drain=5s", b.addr),
         "",
@@ -397,8 +359,7 @@ fn draining_and_adding_endpoints_under_load_costs_no_request() {
     });
     let b_after = b.requests.load(Ordering::Relaxed);
 
-    let (status, answer) = admin(
-        &gh,
+    let (status, answer) = gh.admin_call(
         "POST",
         "/clusters/pool/endpoints",
         &format!("{{\"address\": \"{}\", \"weight\": 2}}", c.addr),
@@ -495,7 +456,7 @@ fn probes_over_tls_verify_the_endpoint_and_say_why_one_fails() {
     let (r_cert, r_key) = rogue.issue("rogue", &["backend.internal"]);
     let (good, _) = tls_http_backend(&cert, &key);
     let (bad, _) = tls_http_backend(&r_cert, &r_key);
-    let gh = Gatehouse::start(&config(&format!(
+    let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{good}\" }}, {{ address = \"{bad}\" }}]\n\
          health = {{ path = \"/\", tls = true, ca = \"{}\", server_name = \"backend.internal\", interval = \"200ms\", timeout = \"150ms\", unhealthy_threshold = 2 }}",
         pki.ca_pem.display()

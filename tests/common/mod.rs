@@ -270,6 +270,21 @@ impl Gatehouse {
         self._dir.path().join("gatehouse.toml")
     }
 
+    /// A request to the admin listener with a JSON body: its status and
+    /// JSON answer.
+    pub fn admin_call(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let mut s = TcpStream::connect(self.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).unwrap();
+        let (head, body) = read_response(&mut s);
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
     /// Writes `config` to the config file and asks for a reload
     /// (`POST /config/reload`): its status and JSON answer.
     pub fn reload(&self, config: &str) -> (u16, serde_json::Value) {
@@ -860,6 +875,31 @@ action.forward = ["{target}"]
 "#
     )
 }
+/// A config with an HTTP listener `web` whose one route `app` forwards to
+/// the cluster `pool`, whose settings (endpoints included) are `cluster`.
+pub fn cluster_config(cluster: &str) -> String {
+    format!(
+        r#"admin.bind = "127.0.0.1:0"
+workers = 2
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+http.access_log = false
+
+[[routes]]
+name = "app"
+match.listener = "web"
+action.cluster = "pool"
+
+[[clusters]]
+name = "pool"
+{cluster}
+"#
+    )
+}
+
 /// A two-worker tokio runtime for a test's clients and backends.
 pub fn test_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
