@@ -212,33 +212,18 @@ fn a_sticky_cookie_keeps_a_client_on_its_endpoint_until_it_leaves() {
 fn a_split_shares_a_route_between_clusters_by_weight() {
     let (stable, cs) = named("stable", Duration::ZERO);
     let (canary, cc) = named("canary", Duration::ZERO);
-    let gh = Gatehouse::start(&format!(
-        r#"admin.bind = "127.0.0.1:0"
-workers = 2
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-http.access_log = false
-
-[[routes]]
-name = "app"
-match.listener = "web"
-action.split = [{{ cluster = "stable", weight = 9 }}, {{ cluster = "canary", weight = 1 }}]
-
-[[clusters]]
-name = "stable"
-endpoints = [{{ address = "{stable}" }}]
-
-[[clusters]]
-name = "canary"
-endpoints = [{{ address = "{canary}" }}]
-"#
-    ));
+    // The route splits between the cluster "pool" (stable) and "canary".
+    let config = cluster_config(&format!(
+        "endpoints = [{{ address = \"{stable}\" }}]\n\n[[clusters]]\nname = \"canary\"\nendpoints = [{{ address = \"{canary}\" }}]"
+    ))
+    .replace(
+        "action.cluster = \"pool\"",
+        "action.split = [{ cluster = \"pool\", weight = 9 }, { cluster = \"canary\", weight = 1 }]",
+    );
+    let gh = Gatehouse::start(&config);
     requests(gh.addr("web"), 1000, "");
     assert_eq!(cs.load(Ordering::Relaxed), 900);
     assert_eq!(cc.load(Ordering::Relaxed), 100);
     let all = gh.get("/clusters");
-    assert!(all.contains("\"stable\"") && all.contains("\"canary\""));
+    assert!(all.contains("\"pool\"") && all.contains("\"canary\""));
 }
