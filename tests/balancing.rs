@@ -147,20 +147,23 @@ fn a_key_stays_on_its_endpoint_and_an_added_endpoint_takes_about_one_in_n() {
 #[test]
 fn peak_ewma_turns_away_from_a_slow_endpoint() {
     let (fast, cf) = named("fast", Duration::ZERO);
-    let (slow, cs) = named("slow", Duration::from_millis(20));
+    // (Far slower than anything a loaded machine makes of the fast one: a
+    // peak on it counts at once and fades over seconds.)
+    let (slow, cs) = named("slow", Duration::from_millis(100));
     let gh = Gatehouse::start(&cluster_config(&format!(
         "endpoints = [{{ address = \"{fast}\" }}, {{ address = \"{slow}\" }}]\nbalance = \"peak_ewma\""
     )));
     let addr = gh.addr("web");
     let clients: Vec<_> = (0..4)
-        .map(|_| std::thread::spawn(move || requests(addr, 200, "")))
+        .map(|_| std::thread::spawn(move || requests(addr, 100, "")))
         .collect();
     for c in clients {
         c.join().unwrap();
     }
     let (f, s) = (cf.load(Ordering::Relaxed), cs.load(Ordering::Relaxed));
-    assert_eq!(f + s, 800);
-    assert!(s < 200, "the slow endpoint took {s} of 800");
+    assert_eq!(f + s, 400);
+    // Round robin would send it 200.
+    assert!(s < 100, "the slow endpoint took {s} of 400");
 }
 
 #[test]

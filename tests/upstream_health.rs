@@ -476,3 +476,36 @@ fn probes_over_tls_verify_the_endpoint_and_say_why_one_fails() {
     assert!(why.starts_with("TLS: ") && why.contains("issuer"), "{why}");
     assert_eq!(gh.close_wait(), 0);
 }
+
+#[test]
+fn a_full_endpoint_is_passed_over_and_when_all_are_full_the_answer_is_503() {
+    let a = backend("a", Duration::from_millis(1500));
+    let b = backend("b", Duration::from_millis(1500));
+    let gh = Gatehouse::start(&cluster_config(&format!(
+        "endpoints = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\nmax_requests_per_endpoint = 2",
+        a.addr, b.addr
+    )));
+    let addr = gh.addr("web");
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let h = std::thread::spawn(move || get(addr).0);
+            std::thread::sleep(Duration::from_millis(50));
+            h
+        })
+        .collect();
+    gh.wait_for(
+        "two requests at each endpoint",
+        Duration::from_secs(5),
+        |_| a.requests.load(Ordering::Relaxed) == 2 && b.requests.load(Ordering::Relaxed) == 2,
+    );
+    let started = Instant::now();
+    let (head, _) = get(addr);
+    assert!(
+        head.contains("gatehouse-error: upstream_overloaded"),
+        "{head}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(300));
+    for h in held {
+        assert!(h.join().unwrap().starts_with("HTTP/1.1 200"));
+    }
+}

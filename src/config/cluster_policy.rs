@@ -35,6 +35,9 @@ pub struct ClusterPolicy {
     /// Sticky sessions by this cookie (HTTP).
     pub sticky_cookie: Option<String>,
     pub max_requests: Option<u32>,
+    /// Requests (or L4 connections) in flight to one endpoint at most: a
+    /// full endpoint is passed over.
+    pub max_requests_per_endpoint: Option<u32>,
     pub health: Option<HealthCheck>,
     pub outlier: OutlierConfig,
     pub retries: RetryConfig,
@@ -47,6 +50,7 @@ impl Default for ClusterPolicy {
             panic: false,
             sticky_cookie: None,
             max_requests: None,
+            max_requests_per_endpoint: None,
             health: None,
             outlier: OutlierConfig::default(),
             retries: RetryConfig::default(),
@@ -211,6 +215,11 @@ impl Ctx<'_> {
             .max_requests
             .as_ref()
             .and_then(|m| self.count(m, &field("max_requests"), u64::from(u32::MAX)))
+            .map(|n| n as u32);
+        p.max_requests_per_endpoint = c
+            .max_requests_per_endpoint
+            .as_ref()
+            .and_then(|m| self.count(m, &field("max_requests_per_endpoint"), u64::from(u32::MAX)))
             .map(|n| n as u32);
         p.health = c
             .health
@@ -565,6 +574,9 @@ impl ClusterPolicy {
         }
         if let Some(m) = self.max_requests {
             put(t, "max_requests", int(u64::from(m)));
+        }
+        if let Some(m) = self.max_requests_per_endpoint {
+            put(t, "max_requests_per_endpoint", int(u64::from(m)));
         }
         if let Some(h) = &self.health {
             let mut ht = toml::Table::new();

@@ -98,6 +98,8 @@ pub struct RawCluster {
     pub sticky_cookie: Option<S<String>>,
     /// Requests in flight to the cluster at most (circuit breaking).
     pub max_requests: Option<S<Scalar>>,
+    /// Requests in flight to any one endpoint at most.
+    pub max_requests_per_endpoint: Option<S<Scalar>>,
     pub health: Option<S<RawHealth>>,
     pub outlier: Option<S<RawOutlier>>,
     pub retries: Option<S<RawRetries>>,

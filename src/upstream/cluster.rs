@@ -324,15 +324,16 @@ impl Cluster {
         }
         // (The clock only when an endpoint has been ejected.)
         let now = std::cell::Cell::new(0);
-        let usable = |i: usize| {
-            let s = &set.states[i];
-            s.usable(|| {
+        let healthy = |i: usize| {
+            set.states[i].usable(|| {
                 if now.get() == 0 {
                     now.set(now_ms().max(1));
                 }
                 now.get()
             })
         };
+        let cap = self.config.policy.max_requests_per_endpoint;
+        let usable = |i: usize| healthy(i) && cap.is_none_or(|c| set.states[i].in_flight() < c);
         let pick = |usable: &dyn Fn(usize) -> bool| {
             set.balancer.pick(&Pick {
                 endpoints: &set.endpoints,
@@ -355,6 +356,11 @@ impl Cluster {
             if let Some(i) = pick(&usable) {
                 return Ok(i);
             }
+        }
+        // Endpoints there, but every one full: overloaded.
+        if cap.is_some() && (0..set.states.len()).any(healthy) {
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(UpstreamError::Overloaded);
         }
         if self.config.policy.panic {
             if let Some(i) = pick(&|i| !set.states[i].draining()) {
