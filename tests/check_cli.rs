@@ -558,10 +558,10 @@ fn a_clusters_policy_prints_and_checks_again() {
 [[routes]]\nname = \"s\"\nmatch.path = \"/s\"\naction.split = [{ cluster = \"c\", weight = 3 }, { cluster = \"d\" }]\n\
 [[clusters]]\nname = \"d\"\nendpoints = [{ address = \"127.0.0.1:2\" }]\n\
 [[clusters]]\nname = \"c\"\nendpoints = [{ address = \"127.0.0.1:1\", weight = 2 }]\n\
-hash_key = \"cookie:session\"\npanic = true\nmax_requests = 500\n\
+hash_key = \"cookie:session\"\npanic = true\nmax_requests = 500\nmax_requests_per_endpoint = 7\n\
 health = { path = \"/healthz\", method = \"HEAD\", host = \"api.test\", headers = { x-check = \"1\" }, expect_status = [200, 204], body_contains = \"ok\", interval = \"3s\", timeout = \"1s\" }\n\
 outlier = { consecutive_failures = \"off\" }\n\
-retries = { attempts = 3, on = [\"timeout\", \"status\"], statuses = [503], backoff = \"5ms\" }\n",
+retries = { attempts = 3, on = [\"timeout\", \"status\"], statuses = [503], backoff = \"5ms\", body_limit = \"64KiB\" }\n",
     )
     .unwrap();
     let printed = print_round_trip(&path, &[]);
@@ -574,6 +574,8 @@ retries = { attempts = 3, on = [\"timeout\", \"status\"], statuses = [503], back
         "consecutive_failures = \"off\"",
         "on = [\"timeout\", \"status\"]",
         "statuses = [503]",
+        "body_limit = 65536",
+        "max_requests_per_endpoint = 7",
         "[[routes.action.split]]\ncluster = \"c\"\nweight = 3\n\n[[routes.action.split]]\ncluster = \"d\"\nweight = 1",
     ] {
         assert!(printed.contains(line), "{line:?} not in:\n{printed}");

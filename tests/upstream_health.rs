@@ -509,3 +509,48 @@ fn a_full_endpoint_is_passed_over_and_when_all_are_full_the_answer_is_503() {
         assert!(h.join().unwrap().starts_with("HTTP/1.1 200"));
     }
 }
+
+#[test]
+fn a_kept_body_goes_again_to_another_endpoint_and_a_body_not_kept_does_not() {
+    let (good, seen) = raw_http_backend(|_| ok_response("good"));
+    let (bad, bad_seen) = resetting_backend(Duration::ZERO);
+    let endpoints = format!(
+        "endpoints = [{{ address = \"{bad}\" }}, {{ address = \"{good}\" }}]\noutlier = {{ consecutive_failures = \"off\" }}"
+    );
+    let payload = pattern(4096, 5);
+    let put = |addr: SocketAddr| {
+        let mut req = format!(
+            "PUT /doc HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            payload.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&payload);
+        raw_exchange(addr, &req)
+    };
+
+    // Kept (4 KiB within the limit): every PUT is answered, the one that
+    // met the resetting endpoint by the other, with the whole body.
+    let gh = Gatehouse::start(&cluster_config(&format!(
+        "{endpoints}\nretries = {{ body_limit = \"64KiB\" }}"
+    )));
+    for _ in 0..4 {
+        let (head, body) = put(gh.addr("web"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, b"good");
+    }
+    assert!(bad_seen.load(Ordering::Relaxed) >= 2);
+    assert!(seen.lock().unwrap().iter().all(|r| r.body == payload));
+    drop(gh);
+
+    // Not kept (no limit): a PUT whose body went to the resetting
+    // endpoint is not sent again.
+    let gh = Gatehouse::start(&cluster_config(&endpoints));
+    let statuses: Vec<bool> = (0..4)
+        .map(|_| put(gh.addr("web")).0.starts_with("HTTP/1.1 502"))
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|&&failed| failed).count(),
+        2,
+        "{statuses:?}"
+    );
+}

@@ -130,6 +130,9 @@ pub struct RetryConfig {
     pub budget_percent: u32,
     pub min_concurrent: u32,
     pub backoff: Duration,
+    /// Bodies of idempotent requests up to this size (a known length) are
+    /// read whole first and kept, to be sent again; 0: none is.
+    pub body_limit: u64,
 }
 
 impl Default for RetryConfig {
@@ -142,6 +145,7 @@ impl Default for RetryConfig {
             budget_percent: 20,
             min_concurrent: 3,
             backoff: Duration::from_millis(10),
+            body_limit: 0,
         }
     }
 }
@@ -540,6 +544,9 @@ impl Ctx<'_> {
                 .map_or(out.min_concurrent, |n| n as u32);
         }
         out.backoff = self.required_duration(r.backoff.as_ref(), &field("backoff"), out.backoff);
+        if let Some(v) = &r.body_limit {
+            out.body_limit = self.size(v, &field("body_limit")).unwrap_or(0);
+        }
         out
     }
 }
@@ -664,6 +671,9 @@ impl ClusterPolicy {
         put(&mut rt, "budget_percent", int(u64::from(r.budget_percent)));
         put(&mut rt, "min_concurrent", int(u64::from(r.min_concurrent)));
         put(&mut rt, "backoff", Value::String(duration(r.backoff)));
+        if r.body_limit > 0 {
+            put(&mut rt, "body_limit", int(r.body_limit));
+        }
         put(t, "retries", Value::Table(rt));
     }
 }

@@ -154,6 +154,8 @@ pub struct RawRetries {
     pub min_concurrent: Option<S<Scalar>>,
     /// The first retry waits up to this (full jitter), doubling each time.
     pub backoff: Option<S<Scalar>>,
+    /// Bodies up to this size are kept to be sent again ("64KiB"; default none).
+    pub body_limit: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

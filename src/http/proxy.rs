@@ -523,9 +523,16 @@ impl Handler {
             let value = cookie(&head.req, name)?;
             u64::from_str_radix(std::str::from_utf8(value).ok()?, 16).ok()
         });
-        // Only a request without a body may go again once it was sent.
-        let bodiless = body.as_ref().is_none_or(http_body::Body::is_end_stream);
         let idempotent = head.req.method().is_idempotent();
+        // A small enough body of an idempotent request is kept, whole, to
+        // be sent again (`retries.body_limit`).
+        let kept = match self.keep_body(cluster, idempotent, body, log).await {
+            Ok(k) => k,
+            Err(end) => return Err(end),
+        };
+        // Only a request without a body (or with its body kept) may go
+        // again once it was sent.
+        let bodiless = kept.is_some() || body.as_ref().is_none_or(http_body::Body::is_end_stream);
         // A request that cannot be retried never goes on a reused
         // connection the upstream may be closing (`checkout`).
         let fresh = !policy.http.pool_reuse_non_idempotent && !idempotent;
@@ -564,6 +571,9 @@ impl Handler {
                         _retry = None;
                         if let Some(token) = self.retry(cluster, retried, tried.len()).await {
                             _retry = Some(token);
+                            if let Some(k) = &kept {
+                                *body = Some(super::body::full(k.clone()));
+                            }
                             continue;
                         }
                     } else {
@@ -598,8 +608,44 @@ impl Handler {
                         Some(token) => _retry = Some(token),
                         None => return Err(e.into()),
                     }
+                    if let Some(k) = &kept {
+                        *body = Some(super::body::full(k.clone()));
+                    }
                 }
                 Attempt::Ended(end) => return Err(end),
+            }
+        }
+    }
+
+    /// The request's body read whole and kept (and put back as the body to
+    /// send), when the cluster keeps bodies for retries and this one is
+    /// of an idempotent request with a known length within the limit.
+    async fn keep_body(
+        &self,
+        cluster: &Cluster,
+        idempotent: bool,
+        body: &mut Option<Body>,
+        log: &RequestLog,
+    ) -> Result<Option<bytes::Bytes>, RequestEnd> {
+        use http_body_util::BodyExt as _;
+        let limit = cluster.config.policy.retries.body_limit;
+        let fits =
+            |b: &Body| !b.is_end_stream() && b.size_hint().exact().is_some_and(|n| n <= limit);
+        if limit == 0 || !idempotent || !body.as_ref().is_some_and(fits) {
+            return Ok(None);
+        }
+        let Some(b) = body.take() else {
+            return Ok(None);
+        };
+        match b.collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                *body = Some(super::body::full(bytes.clone()));
+                Ok(Some(bytes))
+            }
+            Err(_) => {
+                let failure = log.request_body.as_ref().and_then(|o| o.failure());
+                Err(failure.unwrap_or(RequestEnd::ClientAborted))
             }
         }
     }

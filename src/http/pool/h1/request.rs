@@ -92,7 +92,9 @@ impl Conn {
         s: &mut Sending<'_>,
     ) -> Poll<Result<BodySent, ExchangeError>> {
         loop {
-            if !s.read_closed && self.poll_answered(cx, &mut s.read_closed)? {
+            // (A response once every byte has gone is no early one.)
+            let all_gone = s.ended && s.queue.is_empty();
+            if !s.read_closed && !all_gone && self.poll_answered(cx, &mut s.read_closed)? {
                 return Poll::Ready(Ok(BodySent::Answered));
             }
             if let Some(front) = s.queue.front_mut() {
