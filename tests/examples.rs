@@ -46,6 +46,8 @@ fn commands(text: &str) -> Vec<String> {
 /// `${NAME:-PORT}` (a port) in the file.
 fn free_ports(text: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
+    // (Held until every port is picked: a port let go may be picked again.)
+    let mut held = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         rest = &rest[start + 2..];
@@ -56,11 +58,9 @@ fn free_ports(text: &str) -> BTreeMap<String, String> {
         if env.contains_key(name) {
             continue;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        held.push(listener);
         if default.starts_with("127.0.0.1:") {
             env.insert(name.to_owned(), format!("127.0.0.1:{port}"));
         } else if default.bytes().all(|b| b.is_ascii_digit()) {

@@ -554,3 +554,102 @@ fn a_kept_body_goes_again_to_another_endpoint_and_a_body_not_kept_does_not() {
         "{statuses:?}"
     );
 }
+
+/// Thousands of slow requests at once against a capped cluster: those
+/// beyond the cap are answered 503 at once, memory and descriptors stay
+/// bounded while they are held, and come back to where they were after.
+/// (8,000 at once: the client and the proxy share this host's limit of
+/// 20,000 descriptors per process.)
+#[test]
+fn thousands_of_slow_requests_against_the_cap_stay_bounded_and_leave_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENTS: usize = 8000;
+    const CAP: u32 = 100;
+    let slow = backend("slow", Duration::from_millis(3000));
+    let gh = Gatehouse::start(
+        &cluster_config(&format!(
+            "endpoints = [{{ address = \"{}\" }}]\nmax_requests = {CAP}",
+            slow.addr
+        ))
+        .replace("workers = 2", "workers = 2\nlimits.max_connections = 19000")
+        .replace(
+            "http.access_log = false",
+            "http.access_log = false\nhttp.keepalive_timeout = \"1s\"",
+        )
+        // (Idle upstream connections age out at once: the baseline comes back.)
+        .replace(
+            "action.cluster = \"pool\"",
+            "action.cluster = \"pool\"\npolicy.pool_idle_timeout = \"1s\"",
+        ),
+    );
+    let addr = gh.addr("web");
+    let (fds_before, rss_before) = (gh.fd_count(), gh.rss_kib());
+    let rt = test_runtime();
+    let (ok, overloaded, peak_rss, peak_fds) = rt.block_on(async {
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                        .await
+                        .ok()?;
+                    let mut out = Vec::new();
+                    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    Some(String::from_utf8_lossy(&out).to_string())
+                })
+            })
+            .collect();
+        // While they are held: the cap's requests wait on the backend.
+        let mut peak_rss = 0;
+        let mut peak_fds = 0;
+        while slow.requests.load(Ordering::Relaxed) < CAP as usize {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..5 {
+            peak_rss = peak_rss.max(rss_kib_of(gh.pid()));
+            peak_fds = peak_fds.max(gh.fd_count());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (mut ok, mut overloaded) = (0, 0);
+        for t in tasks {
+            let answer = t.await.unwrap().unwrap_or_default();
+            if answer.starts_with("HTTP/1.1 200") {
+                ok += 1;
+            } else if answer.contains("gatehouse-error: upstream_overloaded") {
+                overloaded += 1;
+            }
+        }
+        (ok, overloaded, peak_rss, peak_fds)
+    });
+    assert_eq!(
+        ok + overloaded,
+        CLIENTS,
+        "every request answered: {ok} ok, {overloaded} overloaded"
+    );
+    assert!(ok >= CAP as usize && ok <= 2 * CAP as usize, "{ok} served");
+    assert_eq!(
+        slow.requests.load(Ordering::Relaxed),
+        ok,
+        "nothing past the cap reached the backend"
+    );
+    // Held: a few KiB per client at most; descriptors: the clients' and
+    // the cap's upstream connections, never an upstream one per client.
+    assert!(
+        peak_rss < rss_before + 64 * 1024,
+        "RSS {rss_before} KiB before, {peak_rss} at the peak"
+    );
+    assert!(
+        peak_fds < fds_before + CLIENTS + CAP as usize + 64,
+        "{peak_fds} fds at the peak, {fds_before} before"
+    );
+    gh.wait_empty(Duration::from_secs(10));
+    gh.wait_for(
+        "descriptors back at baseline",
+        Duration::from_secs(10),
+        |gh| gh.fd_count() <= fds_before + 3,
+    );
+    assert_eq!(gh.close_wait(), 0);
+}
