@@ -375,6 +375,14 @@ fn draining_and_adding_endpoints_under_load_costs_no_request() {
         a.requests.load(Ordering::Relaxed) > a_before + 50
     });
 
+    // `/clusters` counts a's upstream connections, open and idle.
+    let open = endpoint(&gh, "pool", a.addr)["connections"]["open"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        open >= 1 && open as usize <= a.connections.load(Ordering::Relaxed),
+        "{open}"
+    );
     // None of a's connections was closed by the changes (more were opened
     // for b's share of the load).
     assert_eq!(

@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -31,7 +32,24 @@ fn state_word(s: &EndpointState, now: u64) -> &'static str {
     }
 }
 
-fn cluster_json(c: &Cluster) -> Value {
+/// Upstream HTTP connections to `addr`, open and idle, over every route's
+/// pools on cluster `c`.
+fn connections(snap: &Snapshot, c: &Arc<Cluster>, addr: SocketAddr) -> (usize, usize) {
+    let pools = snap
+        .pools
+        .iter()
+        .flatten()
+        .filter(|p| Arc::ptr_eq(&p.cluster, c));
+    pools.fold((0, 0), |(open, idle), p| {
+        let set = p.pools();
+        let there = set.pools.iter().filter(|t| t.addr() == addr);
+        there.fold((open, idle), |(o, i), t| {
+            (o + t.open_count(), i + t.idle_count())
+        })
+    })
+}
+
+fn cluster_json(snap: &Snapshot, c: &Arc<Cluster>) -> Value {
     let set = c.endpoints();
     let now = now_ms();
     // (Latency is followed where the balancing uses it.)
@@ -44,12 +62,14 @@ fn cluster_json(c: &Cluster) -> Value {
         .iter()
         .zip(&set.states)
         .map(|(e, s)| {
+            let (open, idle) = connections(snap, c, e.addr);
             json!({
                 "address": e.addr.to_string(),
                 "target": &*e.target,
                 "weight": e.weight,
                 "state": state_word(s, now),
                 "in_flight": s.in_flight(),
+                "connections": { "open": open, "idle": idle },
                 "ewma_ms": ewma.then(|| s.ewma_us() as f64 / 1000.0),
                 "ejected_for_ms": s.ejected(now).map(|until| until - now),
                 "last_probe": s.last_probe(),
@@ -82,7 +102,7 @@ fn cluster_json(c: &Cluster) -> Value {
 
 /// `GET /clusters`.
 pub fn list(snap: &Snapshot) -> Value {
-    json!({ "clusters": snap.clusters.iter().map(|c| cluster_json(c)).collect::<Vec<_>>() })
+    json!({ "clusters": snap.clusters.iter().map(|c| cluster_json(snap, c)).collect::<Vec<_>>() })
 }
 
 /// What a change to a cluster's endpoints answers: a status and JSON.

@@ -94,6 +94,8 @@ pub struct TargetPool {
     /// What its cluster knows of the endpoint (health, load).
     state: Arc<EndpointState>,
     max_idle: usize,
+    /// Its cap on connections (the slots).
+    max_connections: usize,
     idle_timeout: Duration,
     wait_timeout: Duration,
 }
@@ -152,6 +154,7 @@ impl TargetPool {
             slots: Arc::new(Semaphore::new(policy.pool_max_connections)),
             last_tls_error: Mutex::new(None),
             max_idle: policy.pool_max_idle,
+            max_connections: policy.pool_max_connections,
             idle_timeout: policy.pool_idle_timeout,
             wait_timeout: policy.pool_wait_timeout,
         })
@@ -177,8 +180,8 @@ impl TargetPool {
     }
 
     /// Connections open now (idle or in use).
-    pub fn open_count(&self, max: usize) -> usize {
-        max - self.slots.available_permits()
+    pub fn open_count(&self) -> usize {
+        self.max_connections - self.slots.available_permits()
     }
 
     /// Closes idle connections past their lifetime or closed by the upstream.

@@ -119,6 +119,11 @@ impl RoutePools {
             .ok_or(UpstreamError::Unresolved)
     }
 
+    /// The pools now, one per endpoint of the set they were made for.
+    pub fn pools(&self) -> arc_swap::Guard<Arc<PoolSet>> {
+        self.current.load()
+    }
+
     /// Closes idle connections past their lifetime (every endpoint's).
     pub fn reap(&self) {
         self.current.load().pools.iter().for_each(|p| p.reap());
