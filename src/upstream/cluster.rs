@@ -203,8 +203,8 @@ impl Cluster {
                     .unwrap_or_else(|| EndpointState::new(e.target.clone(), e.addr))
             })
             .collect();
-        // States of endpoints that left go, but for those still draining
-        // or in use (they may come back within a reload).
+        // States of endpoints that left go (a request still in flight to
+        // one holds its state until it ends).
         inner.states = states.clone();
         let generation = current.generation + 1;
         if current.endpoints != endpoints && current.generation > 0 {
