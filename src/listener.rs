@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::conn::EndReason;
 use crate::conn::log_limit::{Admit, LogLimit};
-use crate::runtime::Runtime;
+use crate::http::Plane;
 
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -157,9 +157,10 @@ impl AcceptBackoff {
 pub async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
-    runtime: Arc<Runtime>,
+    plane: Arc<Plane>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<TcpListener> {
+    let runtime = &plane.rt;
     let max = runtime.max_connections;
     let draining = runtime.shutdown.draining();
     tokio::pin!(draining);
@@ -215,7 +216,7 @@ pub async fn accept_loop(
             guard,
             snapshot,
             index,
-            runtime.clone(),
+            plane.clone(),
         )));
     }
     // Closed before it is reported: once the line is out, a connect is refused.

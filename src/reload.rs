@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{self, Config};
+use crate::http::Plane;
 use crate::runtime::{Runtime, Snapshot};
 
 /// An accept loop this process runs, and how to stop it.
@@ -83,7 +84,8 @@ pub enum Refused {
 }
 
 pub struct Reloader {
-    rt: Arc<Runtime>,
+    /// The HTTP plane, and through it the runtime.
+    plane: Arc<Plane>,
     path: Option<PathBuf>,
     /// A hash of the file's bytes at the last reload (applied or refused),
     /// so that a change seen by the watch is tried once.
@@ -93,18 +95,22 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(rt: Arc<Runtime>, path: Option<PathBuf>) -> Arc<Reloader> {
+    pub fn new(plane: Arc<Plane>, path: Option<PathBuf>) -> Arc<Reloader> {
         Arc::new(Reloader {
-            rt,
+            plane,
             path,
             last_read: Default::default(),
             running: Default::default(),
         })
     }
 
+    fn rt(&self) -> &Arc<Runtime> {
+        &self.plane.rt
+    }
+
     /// Starts the accept loops of the listeners bound at start.
     pub async fn start_bound(&self, bound: Vec<(String, TcpListener)>) {
-        let snap = self.rt.snapshot();
+        let snap = self.rt().snapshot();
         let mut running = self.running.lock().await;
         for (name, socket) in bound {
             running.insert(name.clone(), self.start(&snap, name, socket));
@@ -121,7 +127,7 @@ impl Reloader {
         let task = tokio::spawn(crate::listener::accept_loop(
             socket,
             name.into(),
-            self.rt.clone(),
+            self.plane.clone(),
             stopped,
         ));
         Running {
@@ -153,7 +159,7 @@ impl Reloader {
             Ok(c) => self.apply(c).await,
             Err(e) => Err(Refused::Invalid(e)),
         };
-        let metrics = self.rt.metrics();
+        let metrics = self.rt().metrics();
         match &result {
             Ok(changes) => {
                 metrics.reloads[0].fetch_add(1, Ordering::Relaxed);
@@ -189,7 +195,7 @@ impl Reloader {
         }
         // One reload at a time: the accept loops' map is held throughout.
         let mut running = self.running.lock().await;
-        let previous = self.rt.snapshot();
+        let previous = self.rt().snapshot();
         let old = &previous.config;
         if old.acme != config.acme && (old.acme.is_some() || config.acme.is_some()) {
             return Err(Refused::Settings(
@@ -222,7 +228,7 @@ impl Reloader {
         let config = Arc::new(config);
         let next = Snapshot::build(
             config.clone(),
-            self.rt.shared(),
+            self.rt().shared(),
             changes.generation,
             Some(&previous),
         )
@@ -302,8 +308,9 @@ impl Reloader {
         clusters_diff(old, &config, &mut changes.clusters);
         let next_generation = next.generation;
         let next = Arc::new(next);
-        self.rt.swap_arc(next.clone());
-        self.rt
+        self.rt().swap_arc(next.clone());
+        self.plane.publish(next.clone());
+        self.rt()
             .metrics()
             .generation
             .store(next_generation, Ordering::Relaxed);
@@ -381,7 +388,7 @@ impl Reloader {
         tracing::info!(file = %path.display(), "watching the config file for changes");
         let this = self.clone();
         tokio::spawn(async move {
-            let draining = this.rt.shutdown.draining();
+            let draining = this.rt().shutdown.draining();
             tokio::pin!(draining);
             loop {
                 tokio::select! {
@@ -414,9 +421,9 @@ impl Reloader {
             let Some(route) = previous.routes.iter().find(|r| *r.name == **name) else {
                 continue;
             };
-            self.rt.metrics().retire(route.stats.clone());
+            self.rt().metrics().retire(route.stats.clone());
             let closing = route.closing.clone();
-            let rt = self.rt.clone();
+            let rt = self.rt().clone();
             let name = name.clone();
             tokio::spawn(async move {
                 tokio::select! {

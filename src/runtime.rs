@@ -1,11 +1,12 @@
 //! What the data plane reads. `Runtime` is what lives as long as the
 //! process: the connection table (and the metrics in it), the shutdown
-//! signal, the parking lot, the connection limits. In it, the running
-//! `Snapshot` of what the config decides (its generation, the listeners'
-//! settings, the routes in their matching order with their upstream pools
-//! and TLS settings, the certificates) sits in an `ArcSwap`: a reload builds
-//! a new one with `Snapshot::build` (as the start does) and swaps it in
-//! whole; nothing the data plane reads is ever locked for it.
+//! signal, the connection limits. In it, the running `Snapshot` of what the
+//! config decides (its generation, the listeners' settings, the routes in
+//! their matching order, the clusters, the TLS settings and certificates)
+//! sits in an `ArcSwap`: a reload builds a new one with `Snapshot::build`
+//! (as the start does) and swaps it in whole; nothing the data plane reads
+//! is ever locked for it. The HTTP plane keeps its own state beside it
+//! (`http::Plane`: the parking lot, and each snapshot's upstream pools).
 //!
 //! Which snapshot a connection sees: an L4, TLS or upgraded connection
 //! keeps the one it started with, with its route, for its whole life. An
@@ -22,7 +23,6 @@ use rustls::{ClientConfig, ServerConfig};
 
 use crate::config::{Config, ListenerConfig};
 use crate::conn::ConnTable;
-use crate::http::pool::RoutePools;
 use crate::metrics::Metrics;
 use crate::routing::Route;
 use crate::shutdown::ShutdownSignal;
@@ -62,10 +62,6 @@ pub struct Snapshot {
     /// The clusters, as `config.clusters` (a route's `Forward::cluster`
     /// is an index here).
     pub clusters: Vec<Arc<Cluster>>,
-    /// Each route's upstream HTTP pools, one per cluster of the route in
-    /// `Forward::clusters` order (none for routes that never
-    /// carry HTTP).
-    pub pools: Vec<Vec<Arc<RoutePools>>>,
     /// TLS client settings per route towards its targets.
     pub upstream_tls: Vec<Option<Arc<ClientConfig>>>,
     /// The certificate store and the ACME manager.
@@ -74,10 +70,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The snapshot of `config`. From `previous` (a reload), it keeps what
-    /// did not change: the upstream pools (and their idle connections) of
-    /// routes whose targets and upstream settings are the same, and the
-    /// certificate store and ACME manager when the certificates' settings
-    /// are. Fails on a certificate, key or CA file that cannot be used.
+    /// did not change: route signals by name, clusters whose settings are
+    /// the same (endpoints, states, tasks), and the certificate store and
+    /// ACME manager when the certificates' settings are. Fails on a certificate, key or CA file that cannot be used.
     pub fn build(
         config: Arc<Config>,
         shared: Shared<'_>,
@@ -140,58 +135,12 @@ impl Snapshot {
                     })
             })
             .collect();
-        let pools = routes
-            .iter()
-            .map(|r| {
-                let Some(forward) = r.config.action.forward() else {
-                    return Vec::new();
-                };
-                if !config.route_serves_http(&r.config) {
-                    return Vec::new();
-                }
-                // The route's pools before, when its pool and upstream
-                // settings are the same: a cluster's kept whole when the
-                // cluster is, else its endpoints' pools that stay are (a
-                // cluster that gained or lost an endpoint).
-                let before: &[Arc<RoutePools>] = previous
-                    .and_then(|p| {
-                        let old = p.routes.iter().find(|o| o.name == r.name)?;
-                        let settings = old.config.upstream == r.config.upstream
-                            && old.config.policy.http.pools_equal(&r.config.policy.http);
-                        settings.then_some(p.pools[old.index].as_slice())
-                    })
-                    .unwrap_or_default();
-                forward
-                    .clusters()
-                    .into_iter()
-                    .filter_map(|k| clusters.get(k))
-                    .map(|cluster| {
-                        if let Some(kept) = before.iter().find(|p| Arc::ptr_eq(&p.cluster, cluster))
-                        {
-                            return kept.clone();
-                        }
-                        let same_name = before.iter().find(|p| p.cluster.name == cluster.name);
-                        let upstream = crate::http::pool::Upstream::new(
-                            &r.config.upstream,
-                            tls.upstreams[r.index].clone(),
-                        );
-                        Arc::new(RoutePools::new(
-                            cluster.clone(),
-                            &r.config.policy.http,
-                            upstream,
-                            same_name.map(|p| &**p),
-                        ))
-                    })
-                    .collect()
-            })
-            .collect();
         Ok(Snapshot {
             generation,
             http_order: crate::routing::http_order(&routes),
             upstream_tls: tls.upstreams.clone(),
             routes,
             clusters,
-            pools,
             listeners,
             config,
             tls,
@@ -202,19 +151,12 @@ impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRt>> {
         self.listeners.iter().find(|l| &*l.name == name)
     }
-
-    /// Closes pooled upstream connections past their idle lifetime.
-    pub fn reap_pools(&self) {
-        self.pools.iter().flatten().for_each(|p| p.reap());
-    }
 }
 
 /// Everything a connection task needs that outlives a config.
 pub struct Runtime {
     pub table: Arc<ConnTable>,
     pub shutdown: ShutdownSignal,
-    /// Idle keep-alive HTTP/1 connections waiting without a task.
-    pub parking: crate::http::park::ParkingLot,
     /// Live connections the data listeners take: `limits.max_connections`,
     /// lowered to what the descriptor limit allows (`listener::fd_budget`).
     /// Set at start.
@@ -248,7 +190,6 @@ impl Runtime {
             over_memory: false.into(),
             table,
             shutdown,
-            parking: Default::default(),
             live: ArcSwap::from_pointee(snapshot),
         }
     }

@@ -58,7 +58,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
         shutdown.clone(),
         limits,
     ));
-    let reloader = Reloader::new(runtime.clone(), path);
+    let plane = crate::http::Plane::new(runtime.clone());
+    let reloader = Reloader::new(plane.clone(), path);
 
     // Everything is bound before anything is announced or served: a port
     // taken (the admin's too) stops the start with nothing said listening.
@@ -82,11 +83,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     reloader.start_bound(bound).await;
     if let Some(admin) = admin {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
-        tokio::spawn(crate::admin::serve(
-            admin,
-            runtime.clone(),
-            reloader.clone(),
-        ));
+        tokio::spawn(crate::admin::serve(admin, plane.clone(), reloader.clone()));
     }
     crate::notify::notify("READY=1");
 
@@ -94,7 +91,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
         tokio::spawn(acme.run());
     }
 
-    tokio::spawn(housekeeping(runtime.clone()));
+    tokio::spawn(housekeeping(plane.clone()));
 
     // Upstream request heads go out once per scheduler round (see
     // `send_batch`): only where every task runs on this one thread.
@@ -104,9 +101,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     {
         tokio::spawn(crate::http::pool::send_batch::flusher());
     }
-    tokio::spawn(crate::http::park::watch(runtime.clone()));
+    tokio::spawn(crate::http::park::watch(plane.clone()));
     // Parked connections' keep-alive deadlines, kept to within a quarter second.
-    tokio::spawn(parking_sweeps(runtime.clone()));
+    tokio::spawn(parking_sweeps(plane.clone()));
 
     // SIGHUP: reload the config (refused candidates leave it running).
     while let Signal::Reload = signals.recv().await {
@@ -120,7 +117,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     shutdown.advance(Phase::Draining);
     // Parked keep-alive connections have nothing in flight: they end now.
     // (Parked tunnels are live connections: they end with the drain.)
-    runtime.parking.close_all(false);
+    plane.parking.close_all(false);
     for task in reloader.take_tasks().await {
         let _ = task.await;
     }
@@ -134,7 +131,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
         );
     }
     shutdown.advance(Phase::Closing);
-    runtime.parking.close_all(true);
+    plane.parking.close_all(true);
     if tokio::time::timeout(std::time::Duration::from_secs(5), table.wait_empty())
         .await
         .is_err()
@@ -160,7 +157,8 @@ struct Signals {
 /// Every half of the splice pipes' idle lifetime: the internal issuer's
 /// renewals, the splice pool's and the upstream pools' idle entries, the
 /// descriptor ceiling, certificate files changed on disk.
-async fn housekeeping(rt: Arc<Runtime>) {
+async fn housekeeping(plane: Arc<crate::http::Plane>) {
+    let rt = &plane.rt;
     let mut tick = tokio::time::interval(crate::splice::IDLE_PIPE_TTL / 2);
     let mut renewal_checked = tokio::time::Instant::now();
     loop {
@@ -173,7 +171,7 @@ async fn housekeeping(rt: Arc<Runtime>) {
             snap.tls.certs.renew_internal();
         }
         crate::splice::trim();
-        snap.reap_pools();
+        plane.reap_pools();
         // (A descriptor limit changed under the process is seen.)
         rt.fd_ceiling.store(
             crate::listener::fd_ceiling(),
@@ -185,7 +183,8 @@ async fn housekeeping(rt: Arc<Runtime>) {
 
 /// The parking lot's sweeps (keep-alive deadlines, to within a quarter
 /// second), and memory given back when the process goes quiet.
-async fn parking_sweeps(rt: Arc<Runtime>) {
+async fn parking_sweeps(plane: Arc<crate::http::Plane>) {
+    let rt = &plane.rt;
     let mut tick = tokio::time::interval(crate::http::park::SWEEP_EVERY);
     let mut parked_before = 0;
     // The most live connections since memory was last given back, the
@@ -199,12 +198,12 @@ async fn parking_sweeps(rt: Arc<Runtime>) {
     let mut again = 0u32;
     loop {
         tick.tick().await;
-        rt.parking.sweep();
+        plane.parking.sweep();
         // Gone quiet — more parked and few still active, most of a
         // crowd (a flood) gone, or a crowd arrived and settled (its
         // set-up's buffers freed) — : give the memory their tasks and
         // buffers held back to the system.
-        let parked = rt.parking.len();
+        let parked = plane.parking.len();
         let live = rt.table.active();
         let active = live.saturating_sub(parked);
         high = high.max(live);
@@ -223,7 +222,7 @@ async fn parking_sweeps(rt: Arc<Runtime>) {
             again = again.saturating_sub(1);
         }
         parked_before = parked;
-        check_memory_budget(&rt);
+        check_memory_budget(rt);
     }
 }
 

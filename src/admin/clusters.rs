@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::http::View;
 use crate::runtime::Snapshot;
 use crate::upstream::cluster::Cluster;
 use crate::upstream::endpoint::{EndpointState, now_ms};
@@ -34,8 +35,8 @@ fn state_word(s: &EndpointState, now: u64) -> &'static str {
 
 /// Upstream HTTP connections to `addr`, open and idle, over every route's
 /// pools on cluster `c`.
-fn connections(snap: &Snapshot, c: &Arc<Cluster>, addr: SocketAddr) -> (usize, usize) {
-    let pools = snap
+fn connections(view: &View, c: &Arc<Cluster>, addr: SocketAddr) -> (usize, usize) {
+    let pools = view
         .pools
         .iter()
         .flatten()
@@ -49,7 +50,7 @@ fn connections(snap: &Snapshot, c: &Arc<Cluster>, addr: SocketAddr) -> (usize, u
     })
 }
 
-fn cluster_json(snap: &Snapshot, c: &Arc<Cluster>) -> Value {
+fn cluster_json(view: &View, c: &Arc<Cluster>) -> Value {
     let set = c.endpoints();
     let now = now_ms();
     // (Latency is followed where the balancing uses it.)
@@ -62,7 +63,7 @@ fn cluster_json(snap: &Snapshot, c: &Arc<Cluster>) -> Value {
         .iter()
         .zip(&set.states)
         .map(|(e, s)| {
-            let (open, idle) = connections(snap, c, e.addr);
+            let (open, idle) = connections(view, c, e.addr);
             json!({
                 "address": e.addr.to_string(),
                 "target": &*e.target,
@@ -101,8 +102,9 @@ fn cluster_json(snap: &Snapshot, c: &Arc<Cluster>) -> Value {
 }
 
 /// `GET /clusters`.
-pub fn list(snap: &Snapshot) -> Value {
-    json!({ "clusters": snap.clusters.iter().map(|c| cluster_json(snap, c)).collect::<Vec<_>>() })
+pub fn list(view: &View) -> Value {
+    let clusters = view.snap.clusters.iter();
+    json!({ "clusters": clusters.map(|c| cluster_json(view, c)).collect::<Vec<_>>() })
 }
 
 /// What a change to a cluster's endpoints answers: a status and JSON.

@@ -25,8 +25,8 @@ use tokio::sync::Semaphore;
 
 mod clusters;
 
+use crate::http::Plane;
 use crate::reload::Reloader;
-use crate::runtime::Runtime;
 
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 
@@ -144,7 +144,7 @@ fn refill_reserve(r: &Reserve) {
     }
 }
 
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader>) {
+pub async fn serve(listener: TcpListener, plane: Arc<Plane>, reloader: Arc<Reloader>) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     // (Shared with the connections' tasks: the descriptor of one that
     // ends becomes the reserve when it is missing: `AdminIo`.)
@@ -173,13 +173,13 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reload
             null: null.clone(),
         };
         let reserve = reserve.clone();
-        let rt = rt.clone();
+        let plane = plane.clone();
         let reloader = reloader.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let rt = rt.clone();
+                let plane = plane.clone();
                 let reloader = reloader.clone();
-                async move { Ok::<_, Infallible>(handle(&rt, &reloader, req).await) }
+                async move { Ok::<_, Infallible>(handle(&plane, &reloader, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -193,10 +193,11 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reload
 }
 
 async fn handle(
-    rt: &Runtime,
+    plane: &Plane,
     reloader: &Reloader,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let rt = &plane.rt;
     let json = |status, v: serde_json::Value| reply(status, "application/json", v.to_string());
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/tls/reload") => {
@@ -230,7 +231,7 @@ async fn handle(
     match req.uri().path() {
         "/" => reply(StatusCode::OK, "text/plain", INDEX.into()),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/clusters" => json(StatusCode::OK, clusters::list(&rt.snapshot())),
+        "/clusters" => json(StatusCode::OK, clusters::list(&plane.view())),
         "/connections" => {
             let body = serde_json::json!({
                 "active": rt.table.active(),
@@ -262,7 +263,7 @@ async fn handle(
             clusters::render_metrics(&snap, &mut text);
             text.push_str(&format!(
                 "# HELP gatehouse_http_parked_connections Idle connections waiting without a task: HTTP/1 keep-alive connections and upgraded tunnels.\n# TYPE gatehouse_http_parked_connections gauge\ngatehouse_http_parked_connections {}\n",
-                rt.parking.len()
+                plane.parking.len()
             ));
             text.push_str(&format!(
                 "# HELP gatehouse_config_generation The running config's generation: 1 at start, one more per applied reload.\n# TYPE gatehouse_config_generation gauge\ngatehouse_config_generation {}\n\
@@ -282,7 +283,10 @@ async fn handle(
 }
 
 /// A change to a cluster's endpoints (`clusters::change`).
-async fn change_cluster(rt: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn change_cluster(
+    rt: &crate::runtime::Runtime,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt as _;
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();

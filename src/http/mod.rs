@@ -2,7 +2,8 @@
 //! task (this file) runs our HTTP/1.1 loop (`h1`) or our HTTP/2 server (`h2`)
 //! for one client connection, owns its table entry, and after an upgrade
 //! runs the tunnel itself; an idle HTTP/1 connection is handed to `park`.
-//! `proxy` handles each request; `body`, `headers`, `error`, `log` and
+//! `plane` is the plane's own state (the parking lot, the view of the
+//! running config with its upstream pools). `proxy` handles each request; `body`, `headers`, `error`, `log` and
 //! `tunnel` are its parts.
 
 pub mod body;
@@ -12,6 +13,7 @@ mod h2;
 pub mod headers;
 mod log;
 pub mod park;
+mod plane;
 pub mod pool;
 mod proxy;
 mod tunnel;
@@ -25,11 +27,12 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+pub use plane::{Plane, View};
 pub use proxy::{ConnInfo, TlsInfo};
 
 use crate::conn::{ConnEntry, ConnGuard, ConnState, EndReason};
 use crate::io::Prefixed;
-use crate::runtime::{ListenerRt, Runtime};
+use crate::runtime::ListenerRt;
 use crate::shutdown::ShutdownSignal;
 
 /// Serves HTTP on an accepted connection until it ends; returns why.
@@ -40,7 +43,7 @@ pub async fn serve(
     info: ConnInfo,
     guard: &ConnGuard,
     listener: &Arc<ListenerRt>,
-    rt: &Arc<Runtime>,
+    plane: &Arc<Plane>,
 ) -> Served<Prefixed<TcpStream>> {
     let Some(cfg) = listener.config.http.clone() else {
         return Served::End(EndReason::Internal);
@@ -63,7 +66,7 @@ pub async fn serve(
         false
     };
     let io = Prefixed::new(client, early, guard.entry_arc());
-    serve_io(io, h2, info, guard, listener, rt).await
+    serve_io(io, h2, info, guard, listener, plane).await
 }
 
 /// How a server connection's run ended: closed, or idle and handed back
@@ -100,7 +103,7 @@ pub async fn serve_io<S>(
     info: ConnInfo,
     guard: &ConnGuard,
     listener: &Arc<ListenerRt>,
-    rt: &Arc<Runtime>,
+    plane: &Arc<Plane>,
 ) -> Served<S>
 where
     S: h1::ConnIo,
@@ -109,25 +112,25 @@ where
         return Served::End(EndReason::Internal);
     };
     let handler = Arc::new(proxy::Handler::new(
-        rt.clone(),
+        plane.clone(),
         listener.name.clone(),
         cfg.clone(),
         info,
         guard.entry_arc(),
     ));
     if !h2 {
-        return serve_h1(io, handler, cfg, None, guard, rt).await;
+        return serve_h1(io, handler, cfg, None, guard, plane).await;
     }
-    let idle = idle_rule(rt, guard);
+    let idle = idle_rule(&plane.rt, guard);
     // Boxed: an HTTP/2 connection's state is kilobytes, and an HTTP/1
     // connection must not carry it.
-    Served::End(Box::pin(serve_h2(io, handler, cfg, idle, guard, rt)).await)
+    Served::End(Box::pin(serve_h2(io, handler, cfg, idle, guard, plane)).await)
 }
 
 /// The connection's idle timeout (`timeouts.idle`, read from the running
 /// config) and the table entry whose traffic resets it.
 fn idle_rule<'a>(
-    rt: &Runtime,
+    rt: &crate::runtime::Runtime,
     guard: &'a ConnGuard,
 ) -> Option<(std::time::Duration, &'a crate::conn::ConnEntry)> {
     rt.current()
@@ -145,18 +148,18 @@ pub async fn serve_h1<S: h1::ConnIo>(
     cfg: Arc<crate::config::HttpListener>,
     resume: Option<(u64, tokio::time::Instant)>,
     guard: &ConnGuard,
-    rt: &Arc<Runtime>,
+    plane: &Arc<Plane>,
 ) -> Served<S> {
-    let idle = idle_rule(rt, guard);
-    let conn = h1::serve(io, handler, cfg, guard, &rt.shutdown, resume);
+    let idle = idle_rule(&plane.rt, guard);
+    let conn = h1::serve(io, handler, cfg, guard, &plane.rt.shutdown, resume);
     tokio::pin!(conn);
-    match drive(conn, &rt.shutdown, idle, |_| {}).await {
+    match drive(conn, &plane.rt.shutdown, idle, |_| {}).await {
         Driven::Done(h1::H1End::End(reason)) => Served::End(reason),
         Driven::Done(h1::H1End::Upgrade(u)) => Served::Upgrade(u),
         Driven::Done(h1::H1End::Park(mut p)) => {
             // The connection has been idle for `PARK_AFTER`: the global idle
             // deadline keeps running while it is parked.
-            if let Some(idle) = rt.current().config.timeouts.idle {
+            if let Some(idle) = plane.rt.current().config.timeouts.idle {
                 let cap = tokio::time::Instant::now() + idle.saturating_sub(h1::PARK_AFTER);
                 p.deadline = p.deadline.min(cap);
             }
@@ -174,11 +177,11 @@ async fn serve_h2<S: h1::ConnIo>(
     cfg: Arc<crate::config::HttpListener>,
     idle: Option<(Duration, &ConnEntry)>,
     guard: &ConnGuard,
-    rt: &Arc<Runtime>,
+    plane: &Arc<Plane>,
 ) -> EndReason {
     let conn = h2::Server::new(io, handler, &cfg);
     tokio::pin!(conn);
-    match drive(conn, &rt.shutdown, idle, |c| {
+    match drive(conn, &plane.rt.shutdown, idle, |c| {
         c.get_mut().graceful_shutdown()
     })
     .await
@@ -322,13 +325,14 @@ mod tests {
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
         let guard = rt.table.register(listener.name.clone(), peer);
+        let plane = Plane::new(rt);
         let info = ConnInfo {
             client: peer,
             peer,
             local: peer,
             tls: None,
         };
-        let fut = serve(stream, Vec::new(), info, &guard, &listener, &rt);
+        let fut = serve(stream, Vec::new(), info, &guard, &listener, &plane);
         let size = std::mem::size_of_val(&fut);
         eprintln!("HTTP connection future: {size} bytes");
         assert!(size <= 2560, "HTTP connection future is {size} bytes");

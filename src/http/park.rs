@@ -29,12 +29,13 @@ use tokio::time::Instant;
 
 use super::Served;
 use super::h1::Parked;
+use super::plane::Plane;
 use super::proxy::{ConnInfo, Handler};
 use super::tunnel::PumpTunnel;
 use crate::conn::{ConnGuard, EndReason};
 use crate::io::Prefixed;
 use crate::pump;
-use crate::runtime::{ListenerRt, Runtime};
+use crate::runtime::ListenerRt;
 use crate::shutdown::ShutdownSignal;
 
 type Io = Prefixed<TcpStream>;
@@ -49,7 +50,7 @@ pub const TUNNEL_PARK_AFTER: std::time::Duration = std::time::Duration::from_sec
 /// Readiness events taken from the lot's epoll set per system call.
 const EVENTS_PER_WAIT: usize = 256;
 
-/// The parked connections of one runtime.
+/// The parked connections of one HTTP plane.
 pub struct ParkingLot {
     /// The lot's epoll set; `None` when it could not be made (then a
     /// connection handed over to be parked goes on in a task at once).
@@ -291,8 +292,8 @@ fn register(epoll: Arc<OwnedFd>) -> std::io::Result<AsyncFd<Arc<OwnedFd>>> {
 
 /// The lot's watcher: waits for its epoll set to have events, and gives
 /// each woken connection a task again. Runs for the runtime's life.
-pub async fn watch(rt: Arc<Runtime>) {
-    let Some(epoll) = rt.parking.epoll.clone() else {
+pub async fn watch(plane: Arc<Plane>) {
+    let Some(epoll) = plane.parking.epoll.clone() else {
         return;
     };
     let watched = match register(epoll) {
@@ -306,11 +307,11 @@ pub async fn watch(rt: Arc<Runtime>) {
         let Ok(mut ready) = watched.readable().await else {
             return;
         };
-        match wake_ready(&rt) {
+        match wake_ready(&plane) {
             Ok(()) => ready.clear_ready(),
             Err(e) => {
                 tracing::error!(error = %e, "parking lot: epoll_wait failed; closing parked connections");
-                rt.parking.close_all(true);
+                plane.parking.close_all(true);
                 return;
             }
         }
@@ -318,8 +319,8 @@ pub async fn watch(rt: Arc<Runtime>) {
 }
 
 /// Resumes every parked connection the epoll set has an event for.
-fn wake_ready(rt: &Arc<Runtime>) -> rustix::io::Result<()> {
-    let Some(epoll) = &rt.parking.epoll else {
+fn wake_ready(plane: &Arc<Plane>) -> rustix::io::Result<()> {
+    let Some(epoll) = &plane.parking.epoll else {
         return Ok(());
     };
     let no_wait = rustix::event::Timespec {
@@ -338,10 +339,10 @@ fn wake_ready(rt: &Arc<Runtime>) -> rustix::io::Result<()> {
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e),
         }
-        for conn in rt.parking.take_woken(&events) {
+        for conn in plane.parking.take_woken(&events) {
             match conn {
-                Occupant::Http(c) => resume(c, rt),
-                Occupant::Tunnel(t) => resume_tunnel(*t, rt.clone()),
+                Occupant::Http(c) => resume(c, plane),
+                Occupant::Tunnel(t) => resume_tunnel(*t, plane.clone()),
             }
         }
         if events.len() < EVENTS_PER_WAIT {
@@ -356,12 +357,12 @@ fn wake_ready(rt: &Arc<Runtime>) -> rustix::io::Result<()> {
 /// loop's state. One task takes the hand-over; the pump, which an idle
 /// tunnel is, runs in another, whose future is only the pump's and the
 /// two sockets.
-fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runtime>) {
+fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, plane: Arc<Plane>) {
     use super::tunnel::{Prepared, prepare};
     tokio::spawn(async move {
         match prepare(*u, &guard).await {
             Prepared::Pump(tunnel) => {
-                tokio::spawn(run_tunnel(tunnel, guard, rt));
+                tokio::spawn(run_tunnel(tunnel, guard, plane));
             }
             Prepared::Copy(tunnel) => {
                 let reason = Box::pin(tunnel.run()).await;
@@ -374,14 +375,14 @@ fn spawn_upgraded(u: Box<super::h1::Upgrade<Io>>, guard: ConnGuard, rt: Arc<Runt
 
 /// A plain-TCP tunnel's pump, until the tunnel ends or has been idle for
 /// `TUNNEL_PARK_AFTER`: then it is parked.
-async fn run_tunnel(tunnel: PumpTunnel<Io>, guard: ConnGuard, rt: Arc<Runtime>) {
+async fn run_tunnel(tunnel: PumpTunnel<Io>, guard: ConnGuard, plane: Arc<Plane>) {
     // (Without the lot's epoll set, a tunnel stays in its task.)
-    let park_after = rt.parking.epoll.is_some().then_some(TUNNEL_PARK_AFTER);
+    let park_after = plane.parking.epoll.is_some().then_some(TUNNEL_PARK_AFTER);
     let idle = match tunnel.run_parking(&guard, park_after).await {
         Ok(reason) => return guard.finish(reason),
         Err(idle) => idle,
     };
-    if rt.shutdown.is_closing() {
+    if plane.rt.shutdown.is_closing() {
         return guard.finish(EndReason::Shutdown);
     }
     let (client, upstream, deadlines, closing) = idle.into_parts();
@@ -405,22 +406,22 @@ async fn run_tunnel(tunnel: PumpTunnel<Io>, guard: ConnGuard, rt: Arc<Runtime>) 
         closing,
         guard,
     };
-    if let Err(conn) = rt.parking.park(Occupant::Tunnel(Box::new(tunnel))) {
+    if let Err(conn) = plane.parking.park(Occupant::Tunnel(Box::new(tunnel))) {
         if let Occupant::Tunnel(t) = conn {
-            resume_tunnel(*t, rt.clone());
+            resume_tunnel(*t, plane.clone());
         }
         return;
     }
     // A drain that reached its end meanwhile has emptied the lot already:
     // this one too.
-    if rt.shutdown.is_closing() {
-        rt.parking.close_all(true);
+    if plane.rt.shutdown.is_closing() {
+        plane.parking.close_all(true);
     }
 }
 
 /// A task again for a parked tunnel whose client or upstream sent
 /// something (or left).
-fn resume_tunnel(t: ParkedTunnel, rt: Arc<Runtime>) {
+fn resume_tunnel(t: ParkedTunnel, plane: Arc<Plane>) {
     tokio::spawn(async move {
         let ParkedTunnel {
             client,
@@ -430,7 +431,7 @@ fn resume_tunnel(t: ParkedTunnel, rt: Arc<Runtime>) {
             guard,
             ..
         } = t;
-        if let Some(epoll) = &rt.parking.epoll {
+        if let Some(epoll) = &plane.parking.epoll {
             let _ = epoll::delete(epoll, &client);
             let _ = epoll::delete(epoll, &upstream);
         }
@@ -440,13 +441,13 @@ fn resume_tunnel(t: ParkedTunnel, rt: Arc<Runtime>) {
             return guard.finish(EndReason::Internal);
         };
         let tunnel = PumpTunnel::from_parts(client, upstream, deadlines, closing, &guard);
-        run_tunnel(tunnel, guard, rt).await;
+        run_tunnel(tunnel, guard, plane).await;
     });
 }
 
 /// Where a served connection goes next: its end is recorded, its tunnel
 /// is run (upgraded), or it is parked until its next request.
-pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, rt: Arc<Runtime>) {
+pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, plane: Arc<Plane>) {
     let Parked {
         io,
         handler,
@@ -454,10 +455,10 @@ pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, r
         deadline,
     } = match served {
         Served::End(reason) => return guard.finish(reason),
-        Served::Upgrade(u) => return spawn_upgraded(u, guard, rt),
+        Served::Upgrade(u) => return spawn_upgraded(u, guard, plane),
         Served::Park(p) => p,
     };
-    if rt.shutdown.is_draining() {
+    if plane.rt.shutdown.is_draining() {
         return guard.finish(EndReason::Shutdown);
     }
     // The handler is rebuilt on the next request; the socket leaves tokio's
@@ -474,21 +475,21 @@ pub fn settle(served: Served<Io>, guard: ConnGuard, listener: Arc<ListenerRt>, r
         guard,
         listener,
     };
-    if let Err(conn) = rt.parking.park(Occupant::Http(conn)) {
+    if let Err(conn) = plane.parking.park(Occupant::Http(conn)) {
         if let Occupant::Http(c) = conn {
-            resume(c, &rt);
+            resume(c, &plane);
         }
         return;
     }
     // A drain that began meanwhile has emptied the lot already: this one too.
-    if rt.shutdown.is_draining() {
-        rt.parking.close_all(false);
+    if plane.rt.shutdown.is_draining() {
+        plane.parking.close_all(false);
     }
 }
 
 /// A task again for a parked connection whose client sent something (or left).
-fn resume(c: ParkedConn, rt: &Arc<Runtime>) {
-    let rt = rt.clone();
+fn resume(c: ParkedConn, plane: &Arc<Plane>) {
+    let plane = plane.clone();
     tokio::spawn(async move {
         let ParkedConn {
             socket,
@@ -497,7 +498,7 @@ fn resume(c: ParkedConn, rt: &Arc<Runtime>) {
             guard,
             listener,
         } = c;
-        if let Some(epoll) = &rt.parking.epoll {
+        if let Some(epoll) = &plane.parking.epoll {
             // Out of the lot's set (one-shot left it there, disabled), so
             // that it can be parked again.
             let _ = epoll::delete(epoll, &socket);
@@ -519,14 +520,15 @@ fn resume(c: ParkedConn, rt: &Arc<Runtime>) {
             tls: None,
         };
         let handler = Arc::new(Handler::new(
-            rt.clone(),
+            plane.clone(),
             listener.name.clone(),
             cfg.clone(),
             info,
             guard.entry_arc(),
         ));
         let io = Prefixed::new(stream, Vec::new(), guard.entry_arc());
-        let served = super::serve_h1(io, handler, cfg, Some((served, deadline)), &guard, &rt).await;
-        settle(served, guard, listener, rt);
+        let served =
+            super::serve_h1(io, handler, cfg, Some((served, deadline)), &guard, &plane).await;
+        settle(served, guard, listener, plane);
     });
 }

@@ -16,6 +16,7 @@ use tokio::time::timeout;
 use crate::config::{BalanceConfig, HashKey};
 use crate::config::{ProxyVersion, TlsMode};
 use crate::conn::{ConnGuard, ConnState, EndReason};
+use crate::http::Plane;
 use crate::proxy_protocol::{self, Framing, ProxyHeader, Tlv};
 use crate::pump;
 use crate::routing::{self, RouteInput};
@@ -33,12 +34,12 @@ pub async fn serve(
     mut guard: ConnGuard,
     snap: Arc<Snapshot>,
     listener: u32,
-    rt: Arc<Runtime>,
+    plane: Arc<Plane>,
 ) {
     let Some(l) = snap.listeners.get(listener as usize) else {
         return guard.finish(EndReason::Internal);
     };
-    match run(client, &mut guard, l, &snap, &rt).await {
+    match run(client, &mut guard, l, &snap, &plane.rt).await {
         Step::End(reason) => guard.finish(reason),
         Step::Http(h) => {
             // Boxed: the HTTP connection's state is not part of an L4
@@ -47,8 +48,8 @@ pub async fn serve(
             // its own.) It reads the newest snapshot per request.
             let listener = l.clone();
             drop(snap);
-            let served = Box::pin(serve_http(*h, &mut guard, &listener, &rt)).await;
-            crate::http::park::settle(served, guard, listener, rt);
+            let served = Box::pin(serve_http(*h, &mut guard, &listener, &plane)).await;
+            crate::http::park::settle(served, guard, listener, plane);
         }
     }
 }
@@ -71,17 +72,17 @@ async fn serve_http(
     h: HttpHandoff,
     guard: &mut ConnGuard,
     listener: &Arc<ListenerRt>,
-    rt: &Arc<Runtime>,
+    plane: &Arc<Plane>,
 ) -> crate::http::Served<crate::io::Prefixed<TcpStream>> {
     match h.tls_deadline {
         // Boxed: TLS state must not enlarge plaintext connections' tasks.
         Some(deadline) => crate::http::Served::End(
             Box::pin(serve_https(
-                h.client, h.early, h.info, deadline, guard, listener, rt,
+                h.client, h.early, h.info, deadline, guard, listener, plane,
             ))
             .await,
         ),
-        None => crate::http::serve(h.client, h.early, h.info, guard, listener, rt).await,
+        None => crate::http::serve(h.client, h.early, h.info, guard, listener, plane).await,
     }
 }
 
@@ -325,9 +326,9 @@ async fn serve_https(
     deadline: tokio::time::Instant,
     guard: &mut ConnGuard,
     listener: &Arc<ListenerRt>,
-    rt: &Arc<Runtime>,
+    plane: &Arc<Plane>,
 ) -> EndReason {
-    let stream = match tls::accept(client, early, guard, listener, rt, deadline).await {
+    let stream = match tls::accept(client, early, guard, listener, &plane.rt, deadline).await {
         Ok(s) => s,
         Err(reason) => return reason,
     };
@@ -340,7 +341,7 @@ async fn serve_https(
     info.tls = Some(tls::tls_info(&stream));
     let h2 = tls::negotiated_h2(&stream);
     guard.set_state(ConnState::Established);
-    crate::http::serve_io(stream, h2, info, guard, listener, rt)
+    crate::http::serve_io(stream, h2, info, guard, listener, plane)
         .await
         .finish(guard)
         .await
@@ -580,7 +581,7 @@ mod tests {
             guard,
             rt.snapshot(),
             listener.index as u32,
-            rt.clone(),
+            Plane::new(rt.clone()),
         );
         let size = std::mem::size_of_val(&fut);
         eprintln!("connection task future: {size} bytes");

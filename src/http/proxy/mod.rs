@@ -23,10 +23,10 @@ use super::pool::{PooledConn, Sender};
 use super::tunnel::{Handover, Tunnel, TunnelLog};
 
 mod call;
+use super::plane::{Plane, View};
 use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
 use crate::routing::{self, RequestView, RouteInput};
-use crate::runtime::{Runtime, Snapshot};
 
 /// Marks a request that came as an HTTP/2 extended CONNECT (RFC 8441),
 /// handed to the handler as an HTTP/1.1-style upgrade request. For
@@ -63,7 +63,7 @@ pub struct TlsInfo {
 const KEPT_TIMERS: usize = 16;
 
 pub struct Handler {
-    rt: Arc<Runtime>,
+    plane: Arc<Plane>,
     /// The connection's listener, found by name in each request's snapshot.
     listener: Arc<str>,
     http: Arc<HttpListener>,
@@ -88,7 +88,7 @@ pub struct Handler {
 
 impl Handler {
     pub fn new(
-        rt: Arc<Runtime>,
+        plane: Arc<Plane>,
         listener: Arc<str>,
         http: Arc<HttpListener>,
         info: ConnInfo,
@@ -100,7 +100,7 @@ impl Handler {
             .any(|n| n.contains(&info.peer.ip()));
         let client_value = ip_value(info.client.ip());
         Handler {
-            rt,
+            plane,
             listener,
             http,
             info,
@@ -148,7 +148,7 @@ impl Handler {
     }
 
     pub fn shutdown(&self) -> &crate::shutdown::ShutdownSignal {
-        &self.rt.shutdown
+        &self.plane.rt.shutdown
     }
 
     pub fn take_tunnel(&self) -> Option<Tunnel> {
@@ -206,7 +206,8 @@ impl Handler {
     #[allow(clippy::result_large_err)]
     fn prepare(&self, req: Request<ReqBody>) -> Result<Outbound, Response<Body>> {
         // The newest config, for this request.
-        let snap = self.rt.snapshot();
+        let live = self.plane.view();
+        let snap = &live.snap;
         let checked = match req.body() {
             ReqBody::H2(_) => headers::check_request(&req),
             // Our HTTP/1 parser applied the framing rules already.
@@ -215,7 +216,7 @@ impl Handler {
         // (An invalid Host is never reflected: not even in the log.)
         let host = checked.is_ok().then(|| request_host(&req)).flatten();
         let mut log = RequestLog::new(
-            self.rt.table.metrics().clone(),
+            self.plane.rt.table.metrics().clone(),
             self.http.access_log,
             self.conn_id,
             req.method().as_str(),
@@ -385,7 +386,7 @@ impl Handler {
         let started = tokio::time::Instant::from_std(log.started);
         Ok(Outbound {
             route: route.index,
-            snap: snap.clone(),
+            view: live.clone(),
             head: UpstreamHead {
                 req: Request::from_parts(parts, ()),
                 set,
@@ -401,10 +402,10 @@ impl Handler {
 
     /// The upstream exchange under the request's deadline.
     async fn exchange(&self, out: &mut Outbound) -> Exchanged {
-        let route = &out.snap.routes[out.route];
+        let route = &out.view.snap.routes[out.route];
         // (A split's cluster by weight.)
         let which = route.pick_cluster();
-        let Some(pools) = out.snap.pools[out.route].get(which) else {
+        let Some(pools) = out.view.pools[out.route].get(which) else {
             return Err(RequestEnd::NoRoute);
         };
         let call = self.call_upstream(route, pools, &mut out.head, &mut out.body, &mut out.log);
@@ -419,7 +420,7 @@ impl Handler {
     /// The upstream's response relayed with a streaming body (or the end
     /// of the exchange as the proxy's answer).
     fn relay(&self, out: Outbound, exchanged: Exchanged) -> Response<Body> {
-        let policy = &out.snap.routes[out.route].config.policy;
+        let policy = &out.view.snap.routes[out.route].config.policy;
         let mut log = out.log;
         let (resp, pooled) = match exchanged {
             Ok(r) => r,
@@ -448,7 +449,7 @@ impl Handler {
                 upstream: Handover::new(conn.into_upgraded()),
                 idle: policy.idle_timeout,
                 max_lifetime: policy.max_lifetime,
-                closing: out.snap.routes[out.route].closing.clone(),
+                closing: out.view.snap.routes[out.route].closing.clone(),
                 log: (extended && log.access_log).then(|| {
                     Arc::new(TunnelLog {
                         conn: log.conn,
@@ -514,8 +515,9 @@ struct UpstreamHead {
 
 /// A request on its way upstream: what the wait for its response needs.
 struct Outbound {
-    /// The snapshot the request was routed in, and its route there.
-    snap: Arc<Snapshot>,
+    /// The view (snapshot and pools) the request was routed in, and its
+    /// route there.
+    view: Arc<View>,
     route: usize,
     head: UpstreamHead,
     /// The request body; `None` when there is none and no upgrade.
