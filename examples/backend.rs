@@ -90,8 +90,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+        // Headers a Gatehouse filter set (`x-gatehouse-…`) are shown too.
+        let set: String = req
+            .headers()
+            .iter()
+            .filter(|(n, _)| n.as_str().starts_with("x-gatehouse-"))
+            .map(|(n, v)| format!(" {n}={}", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
         let line = format!(
-            "backend {me}: {:?} {} {} from {client}\n",
+            "backend {me}: {:?} {} {} from {client}{set}\n",
             req.version(),
             req.method(),
             req.uri()

@@ -3,7 +3,8 @@
 //! Data plane: `listener` (accept, global limits) → `l4` (one owner task per
 //! connection: PROXY header, routing, connect, `pump`) → `http` for HTTP
 //! connections, with `conn` (the connection table), `lifecycle` (states and
-//! end reasons), `upstream` (clusters, the connector), reading the running
+//! end reasons), `upstream` (clusters, the connector), `filter` (what a
+//! route does to requests before and after the upstream), reading the running
 //! config's `runtime::Snapshot`. Control plane: `config`, `reload` (live
 //! config changes), `admin`, `metrics`, `notify` (readiness for systemd),
 //! and `server`, the root (start-up, signals and graceful shutdown).
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod alloc;
 pub mod config;
 pub mod conn;
+pub mod filter;
 pub mod http;
 pub mod io;
 pub mod l4;

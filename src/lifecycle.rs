@@ -153,10 +153,12 @@ pub enum EndReason {
     /// Refused at accept: the process is near its descriptor limit or over
     /// its memory budget (load shedding).
     Overload,
+    /// The route's IP rules refuse the client's address.
+    IpDenied,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 35] = [
+    pub const ALL: [EndReason; 36] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -192,6 +194,7 @@ impl EndReason {
         EndReason::NoHealthyUpstream,
         EndReason::UpstreamOverloaded,
         EndReason::Overload,
+        EndReason::IpDenied,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -232,6 +235,7 @@ impl EndReason {
             EndReason::NoHealthyUpstream => "no_healthy_upstream",
             EndReason::UpstreamOverloaded => "upstream_overloaded",
             EndReason::Overload => "overload",
+            EndReason::IpDenied => "ip_denied",
         }
     }
 
@@ -273,6 +277,7 @@ impl EndReason {
             EndReason::NoHealthyUpstream => Side::Upstream,
             EndReason::UpstreamOverloaded => Side::Upstream,
             EndReason::Overload => Side::Proxy,
+            EndReason::IpDenied => Side::Client,
         }
     }
 }
@@ -295,6 +300,7 @@ impl EndReason {
                 | EndReason::LimitPerIp
                 | EndReason::LimitRoute
                 | EndReason::Overload
+                | EndReason::IpDenied
         )
     }
 
@@ -346,10 +352,20 @@ pub enum RequestEnd {
     NoHealthyUpstream,
     /// The cluster's cap on requests in flight is reached (circuit breaking).
     UpstreamOverloaded,
+    /// A filter asks for credentials and the request has none (401).
+    AuthRequired,
+    /// The request's credentials are wrong or not allowed (403).
+    AuthDenied,
+    /// The route's IP rules refuse the client's address.
+    IpDenied,
+    /// Over a rate limit (429).
+    RateLimited,
+    /// A CORS preflight from an origin the route does not allow.
+    CorsDenied,
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 30] = [
+    pub const ALL: [RequestEnd; 35] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::LimitRoute,
@@ -380,6 +396,11 @@ impl RequestEnd {
         RequestEnd::ClientHeaderTimeout,
         RequestEnd::NoHealthyUpstream,
         RequestEnd::UpstreamOverloaded,
+        RequestEnd::AuthRequired,
+        RequestEnd::AuthDenied,
+        RequestEnd::IpDenied,
+        RequestEnd::RateLimited,
+        RequestEnd::CorsDenied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -414,6 +435,11 @@ impl RequestEnd {
             RequestEnd::ClientHeaderTimeout => "client_header_timeout",
             RequestEnd::NoHealthyUpstream => "no_healthy_upstream",
             RequestEnd::UpstreamOverloaded => "upstream_overloaded",
+            RequestEnd::AuthRequired => "auth_required",
+            RequestEnd::AuthDenied => "auth_denied",
+            RequestEnd::IpDenied => "ip_denied",
+            RequestEnd::RateLimited => "rate_limited",
+            RequestEnd::CorsDenied => "cors_denied",
         }
     }
 
@@ -435,7 +461,12 @@ impl RequestEnd {
             | RequestEnd::HeadersTooLarge
             | RequestEnd::ClientSendTimeout
             | RequestEnd::LimitClientShare
-            | RequestEnd::ClientHeaderTimeout => Side::Client,
+            | RequestEnd::ClientHeaderTimeout
+            | RequestEnd::AuthRequired
+            | RequestEnd::AuthDenied
+            | RequestEnd::IpDenied
+            | RequestEnd::RateLimited
+            | RequestEnd::CorsDenied => Side::Client,
             _ => Side::Upstream,
         }
     }

@@ -93,6 +93,12 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
     },
+    /// Print the hash of a password (argon2id), for a basic_auth filter's
+    /// `users`: the password is read from standard input (its first line).
+    HashPassword,
+    /// Print the hash of an API key (`sha256:…`), for an api_key filter's
+    /// `keys`: the key is read from standard input (its first line).
+    HashKey,
     /// Print a completion script for a shell, to be sourced or installed
     /// (for example: gatehouse completions bash > /etc/bash_completion.d/gatehouse).
     Completions {
@@ -186,6 +192,28 @@ fn main() -> ExitCode {
         Command::Schema => {
             print!("{}", config::json_schema());
             ExitCode::SUCCESS
+        }
+        command @ (Command::HashPassword | Command::HashKey) => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("cannot read standard input");
+                return ExitCode::FAILURE;
+            }
+            let secret = line.trim_end_matches(['\r', '\n']);
+            let hashed = match command {
+                Command::HashKey => Ok(gatehouse::filter::hash_key(secret)),
+                _ => gatehouse::filter::hash_password(secret),
+            };
+            match hashed {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;

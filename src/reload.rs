@@ -514,7 +514,12 @@ fn route_key(c: &Config, r: &config::RouteConfig) -> String {
         }
         config::RouteAction::RedirectHttps { .. } => None,
     };
-    format!("{r:?}{listener:?}{cluster:?}")
+    // Its filters by name (a change of one is the filter's).
+    let filters: Vec<&str> = std::mem::take(&mut r.filters)
+        .into_iter()
+        .filter_map(|i| Some(c.filters.get(i)?.name.as_str()))
+        .collect();
+    format!("{r:?}{listener:?}{cluster:?}{filters:?}")
 }
 
 fn bind_one(name: &str, addr: SocketAddr, backlog: u32) -> Result<TcpListener, Refused> {

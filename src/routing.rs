@@ -21,6 +21,8 @@ pub struct Route {
     /// name, and closed on its own `timeouts.route_drain` after a reload
     /// removed the route.
     pub closing: ShutdownSignal,
+    /// Its filters, in order (empty for most routes).
+    pub filters: crate::filter::Chain,
     /// Turns of a split (`Forward::pick`).
     turn: std::sync::atomic::AtomicUsize,
 }
@@ -42,6 +44,7 @@ impl Route {
         config: RouteConfig,
         stats: Arc<RouteStats>,
         closing: ShutdownSignal,
+        filters: crate::filter::Chain,
     ) -> Route {
         Route {
             index,
@@ -49,6 +52,7 @@ impl Route {
             config,
             stats,
             closing,
+            filters,
             turn: Default::default(),
         }
     }
@@ -211,7 +215,7 @@ mod tests {
             .enumerate()
             .map(|(i, r)| {
                 let stats = metrics.route(&r.name);
-                Route::new(i, r, stats, ShutdownSignal::new())
+                Route::new(i, r, stats, ShutdownSignal::new(), Default::default())
             })
             .collect()
     }

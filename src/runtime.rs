@@ -66,6 +66,8 @@ pub struct Snapshot {
     pub upstream_tls: Vec<Option<Arc<ClientConfig>>>,
     /// The certificate store and the ACME manager.
     pub tls: TlsRt,
+    /// The filter definitions, as `config.filters`.
+    pub filters: Vec<crate::filter::Built>,
 }
 
 impl Snapshot {
@@ -102,6 +104,11 @@ impl Snapshot {
                 })
             })
             .collect();
+        // A definition whose settings stay is kept (a rate limit's counts).
+        let filters = crate::filter::build_all(
+            &config.filters,
+            previous.map_or(&[][..], |p| &p.filters[..]),
+        );
         let routes: Vec<Route> = config
             .routes
             .iter()
@@ -113,7 +120,13 @@ impl Snapshot {
                 let closing = previous
                     .and_then(|p| p.routes.iter().find(|o| *o.name == *r.name))
                     .map_or_else(|| shared.shutdown.child(), |o| o.closing.clone());
-                Route::new(i, r, stats, closing)
+                let chain = crate::filter::Chain::new(
+                    r.filters
+                        .iter()
+                        .filter_map(|&f| filters.get(f).map(|b| b.filter.clone()))
+                        .collect(),
+                );
+                Route::new(i, r, stats, closing, chain)
             })
             .collect();
         // A cluster whose settings stay is kept whole (endpoints, states,
@@ -144,6 +157,7 @@ impl Snapshot {
             listeners,
             config,
             tls,
+            filters,
         })
     }
 

@@ -468,6 +468,7 @@ fn print_shows_the_effective_config_which_checks_again() {
         "examples/gatehouse.toml",
         "examples/http.toml",
         "examples/proxy-chain.toml",
+        "examples/filters.toml",
         "examples/bench/http.toml",
         "examples/bench/tcp.toml",
     ] {
@@ -580,4 +581,51 @@ retries = { attempts = 3, on = [\"timeout\", \"status\"], statuses = [503], back
     ] {
         assert!(printed.contains(line), "{line:?} not in:\n{printed}");
     }
+}
+
+#[test]
+fn bad_filter_settings_are_named_with_their_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_jwks = dir.path().join("keys.json");
+    std::fs::write(&not_jwks, "{\"not\": \"a jwks\"}").unwrap();
+    let ec_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .unwrap()
+        .public_key_pem();
+    let text = format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+[[routes]]\nname = \"r\"\naction.forward = [\"127.0.0.1:9\"]\nfilters = [\"nope\", \"limit\"]\n\
+[[filters]]\nname = \"limit\"\nkind = \"rate_limit\"\nrate = \"0/s\"\n\
+[[filters]]\nname = \"keys\"\nkind = \"jwt\"\njwks_file = \"{}\"\n\
+[[filters]]\nname = \"rsa\"\nkind = \"jwt\"\nalgorithm = \"RS256\"\npublic_key = \"\"\"\n{ec_key}\"\"\"\n\
+[[filters]]\nname = \"plain\"\nkind = \"basic_auth\"\nusers = {{ demo = \"demo-pass\" }}\n\
+[[filters]]\nname = \"odd\"\nkind = \"gzip\"\n\
+[[filters]]\nname = \"mixed\"\nkind = \"ip\"\nrate = \"1/s\"\n",
+        not_jwks.display()
+    );
+    let (ok, stderr) = check(&text);
+    assert!(!ok);
+    let stderr = stderr.replace(&not_jwks.display().to_string(), "keys.json");
+    for want in [
+        "c.toml:8: routes[0].filters: no filter is named \"nope\"",
+        "c.toml:12: filters[0].rate: must be more than zero",
+        "c.toml:16: filters[1].jwks_file: keys.json: not a JWKS document",
+        "c.toml:21: filters[2].public_key: not a RS256 public key (PEM)",
+        "c.toml:30: filters[3].users.demo: passwords are stored hashed",
+        "c.toml:33: filters[4].kind: unknown filter kind \"gzip\"",
+        "c.toml:37: filters[5].rate: not a setting of kind \"ip\"",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(want)),
+            "want a line starting {want:?}, got:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), 7, "{stderr}");
+    // Only IP rules on a TCP route.
+    let tcp = format!("{OK}filters = [\"k\"]\n[[filters]]\nname = \"k\"\nkind = \"request_id\"\n");
+    let (ok, stderr) = check(&tcp);
+    assert!(!ok);
+    assert!(
+        stderr.contains("c.toml:7: routes[0].filters: filter \"k\" needs an HTTP route"),
+        "{stderr}"
+    );
 }

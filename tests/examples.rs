@@ -121,3 +121,8 @@ fn the_proxy_chain_example_runs_as_its_header_says() {
 fn the_tls_example_runs_as_its_header_says() {
     run_example("examples/tls.toml");
 }
+
+#[test]
+fn the_filters_example_runs_as_its_header_says() {
+    run_example("examples/filters.toml");
+}

@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_policy;
 mod duration;
 mod env;
+mod filter;
 mod http;
 mod lint;
 mod listener;
@@ -24,6 +25,10 @@ pub use cluster_policy::{
     RetryConfig,
 };
 pub use duration::parse as parse_duration;
+pub use filter::{
+    ApiKey, BasicAuth, Cors, FilterConfig, FilterKind, HeaderRules, IpRules, Jwt, JwtKeyMaterial,
+    JwtKeys, KeyPlace, LimitKey, Part, RateLimit, RequestId, Template, check_jwks, decoding_key,
+};
 pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
 pub use print::print;
 pub use tls::{
@@ -56,6 +61,8 @@ pub struct Config {
     /// Named clusters (`[[clusters]]`), then the routes' own
     /// (`action.forward` lists), in route order.
     pub clusters: Vec<ClusterConfig>,
+    /// Filter definitions (`[[filters]]`), which routes name.
+    pub filters: Vec<FilterConfig>,
     pub certificates: Vec<CertificateConfig>,
     pub acme: Option<AcmeConfig>,
     /// Where the local CA (`issuer = "internal"`) keeps its files.
@@ -141,6 +148,8 @@ pub struct RouteConfig {
     pub tls_mode: TlsMode,
     /// TLS and protocol towards the targets.
     pub upstream: UpstreamConfig,
+    /// Its filters, in order: indices into `Config::filters`.
+    pub filters: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -358,6 +367,7 @@ pub fn parse(
         text,
         env,
         errors: Vec::new(),
+        filter_names: Vec::new(),
     };
     let read = syntax::read_all(text);
     for e in &read.errors {
@@ -385,6 +395,9 @@ struct Ctx<'a> {
     text: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
     errors: Vec<ConfigError>,
+    /// Every `[[filters]]` name, valid or not (a route naming one that
+    /// has errors of its own gets no follow-on error).
+    filter_names: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -562,11 +575,12 @@ impl Ctx<'_> {
 
         let (listeners, facts, mut needs_certificate) = self.listeners(&raw, &timeouts);
         let mut clusters = self.clusters(&raw);
+        let filters = self.filters(&raw.filters);
         let routes = self.routes(
             &raw,
             &facts,
             &timeouts,
-            &mut clusters,
+            (&mut clusters, &filters),
             &mut needs_certificate,
         );
 
@@ -604,6 +618,7 @@ impl Ctx<'_> {
             listeners,
             routes,
             clusters,
+            filters,
             certificates,
             acme,
             internal_ca,

@@ -3,6 +3,8 @@
 //! itself a config that `check` accepts (and prints the same way again).
 //! Values from `${VAR}` appear substituted.
 
+mod filters;
+
 use std::time::Duration;
 
 use toml::{Table, Value};
@@ -128,6 +130,10 @@ fn document(c: &Config) -> Table {
         .collect();
     if !clusters.is_empty() {
         put(&mut doc, "clusters", Value::Array(clusters));
+    }
+    if !c.filters.is_empty() {
+        let list = c.filters.iter().map(filters::filter).collect();
+        put(&mut doc, "filters", Value::Array(list));
     }
     doc
 }
@@ -367,6 +373,10 @@ fn route(c: &Config, r: &RouteConfig) -> Value {
         put(&mut t, "upstream", up);
     }
     put(&mut t, "policy", policy(r, serves_http));
+    if !r.filters.is_empty() {
+        let names = r.filters.iter().filter_map(|&i| c.filters.get(i));
+        put(&mut t, "filters", strings(names.map(|f| &f.name)));
+    }
     Value::Table(t)
 }
 

@@ -75,6 +75,9 @@ pub struct RawConfig {
     pub routes: Vec<S<RawRoute>>,
     #[serde(default)]
     pub clusters: Vec<S<RawCluster>>,
+    /// Filter definitions, referenced by name from routes' `filters`.
+    #[serde(default)]
+    pub filters: Vec<S<RawFilter>>,
     #[serde(default)]
     pub certificates: Vec<S<RawCertificate>>,
     pub acme: Option<S<RawAcme>>,
@@ -305,6 +308,9 @@ pub struct RawRoute {
     pub policy: Option<RawPolicy>,
     pub tls: Option<S<String>>,
     pub upstream: Option<S<RawUpstream>>,
+    /// Names of `[[filters]]`, run in this order (before the upstream in
+    /// this order, after it in reverse).
+    pub filters: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -366,4 +372,74 @@ pub struct RawPolicy {
     pub allow_domain_fronting: Option<S<bool>>,
     pub pool_reuse_non_idempotent: Option<S<bool>>,
     pub pool_max_per_client: Option<S<Scalar>>,
+}
+
+/// A filter definition (`[[filters]]`): `kind` says which, and which of
+/// the other settings apply (docs/filters.md).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    pub name: S<String>,
+    /// "basic_auth", "api_key", "jwt", "ip", "rate_limit", "headers",
+    /// "request_id" or "cors".
+    pub kind: S<String>,
+    // -- authentication (basic_auth, api_key, jwt)
+    pub realm: Option<S<String>>,
+    /// basic_auth: user name to password hash (argon2 PHC string or bcrypt).
+    pub users: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    /// basic_auth: a file of `user:hash` lines.
+    pub users_file: Option<S<String>>,
+    /// api_key: key name to `sha256:HEX` of the key.
+    pub keys: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    /// api_key: a file of `name sha256:HEX` lines.
+    pub keys_file: Option<S<String>>,
+    /// api_key: the header carrying the key (default `x-api-key`).
+    pub header: Option<S<String>>,
+    /// api_key: the query parameter carrying the key (instead of a header).
+    pub query: Option<S<String>>,
+    /// jwt: "HS256", "RS256", "ES256", "EdDSA", … (with `secret` or `public_key`).
+    pub algorithm: Option<S<String>>,
+    pub secret: Option<S<String>>,
+    pub secret_file: Option<S<String>>,
+    pub public_key: Option<S<String>>,
+    pub public_key_file: Option<S<String>>,
+    /// jwt: a JWKS file, read again when it changes.
+    pub jwks_file: Option<S<String>>,
+    pub issuer: Option<S<Vec<S<String>>>>,
+    pub audience: Option<S<Vec<S<String>>>>,
+    pub clock_skew: Option<S<Scalar>>,
+    /// jwt: claim name to the request header it is forwarded in.
+    pub claims_to_headers: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    /// Keep the credentials in the request that goes upstream.
+    pub forward_credentials: Option<S<bool>>,
+    // -- ip
+    pub allow: Option<S<Vec<S<String>>>>,
+    pub deny: Option<S<Vec<S<String>>>>,
+    // -- rate_limit
+    /// "100/s", "600/m" or "1000/h".
+    pub rate: Option<S<String>>,
+    pub burst: Option<S<Scalar>>,
+    /// "client_ip" (default), "header:NAME", "claim:NAME", "api_key",
+    /// "user" or "route".
+    pub key: Option<S<String>>,
+    pub max_keys: Option<S<Scalar>>,
+    // -- headers
+    pub request_set: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    pub request_add: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    pub request_remove: Option<S<Vec<S<String>>>>,
+    pub response_set: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    pub response_add: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    pub response_remove: Option<S<Vec<S<String>>>>,
+    // -- request_id
+    /// Peers whose request id is kept (default: every peer).
+    pub trust_from: Option<S<Vec<S<String>>>>,
+    /// Echo the id in the response (default true).
+    pub echo: Option<S<bool>>,
+    // -- cors
+    pub allow_origins: Option<S<Vec<S<String>>>>,
+    pub allow_methods: Option<S<Vec<S<String>>>>,
+    pub allow_headers: Option<S<Vec<S<String>>>>,
+    pub expose_headers: Option<S<Vec<S<String>>>>,
+    pub allow_credentials: Option<S<bool>>,
+    pub max_age: Option<S<Scalar>>,
 }

@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::cluster::ClusterConfig;
+use super::filter::FilterConfig;
 use super::listener::ListenerFacts;
 use super::raw::{RawConfig, RawRoute, S};
 use super::{
@@ -19,7 +20,7 @@ impl Ctx<'_> {
         raw: &RawConfig,
         facts: &ListenerFacts,
         timeouts: &Timeouts,
-        clusters: &mut Vec<ClusterConfig>,
+        (clusters, filters): (&mut Vec<ClusterConfig>, &[FilterConfig]),
         needs_certificate: &mut Option<Range<usize>>,
     ) -> Vec<RouteConfig> {
         let mut names: Vec<String> = Vec::new();
@@ -31,7 +32,7 @@ impl Ctx<'_> {
                 &mut names,
                 facts,
                 timeouts,
-                clusters,
+                (clusters, filters),
                 needs_certificate,
             ) {
                 routes.push(r);
@@ -51,7 +52,7 @@ impl Ctx<'_> {
         names: &mut Vec<String>,
         facts: &ListenerFacts,
         timeouts: &Timeouts,
-        clusters: &mut Vec<ClusterConfig>,
+        (clusters, filters): (&mut Vec<ClusterConfig>, &[FilterConfig]),
         needs_certificate: &mut Option<Range<usize>>,
     ) -> Option<RouteConfig> {
         let field = |f: &str| format!("routes[{i}].{f}");
@@ -179,6 +180,7 @@ impl Ctx<'_> {
                 "passthrough forwards the client's TLS untouched; [routes.upstream] needs tls = \"terminate_and_reencrypt\"",
             );
         }
+        let filters = self.route_filters(r.filters.as_ref(), filters, on_http, &field("filters"));
         Some(RouteConfig {
             name,
             matcher,
@@ -186,6 +188,7 @@ impl Ctx<'_> {
             policy,
             tls_mode,
             upstream,
+            filters,
         })
     }
 

@@ -32,6 +32,11 @@ impl RequestEnd {
             | RequestEnd::UpstreamTlsVerifyFailed
             | RequestEnd::UpstreamTlsHandshakeFailed => StatusCode::BAD_GATEWAY,
             RequestEnd::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            RequestEnd::AuthRequired => StatusCode::UNAUTHORIZED,
+            RequestEnd::AuthDenied | RequestEnd::IpDenied | RequestEnd::CorsDenied => {
+                StatusCode::FORBIDDEN
+            }
+            RequestEnd::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             RequestEnd::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RequestEnd::UpstreamPoolExhausted
             | RequestEnd::NoHealthyUpstream

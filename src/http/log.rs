@@ -34,6 +34,8 @@ pub struct RequestLog {
     pub finished: bool,
     /// The request body's counters, read when the record ends.
     pub request_body: Option<Arc<super::body::BodyOutcome>>,
+    /// Its id (a `request_id` filter's).
+    pub request_id: Option<http::HeaderValue>,
 }
 
 impl RequestLog {
@@ -77,6 +79,7 @@ impl RequestLog {
             end: RequestEnd::Ok,
             finished: false,
             request_body: None,
+            request_id: None,
         }
     }
 
@@ -119,6 +122,7 @@ impl Drop for RequestLog {
             tracing::info!(
                 target: "gatehouse::access",
                 conn = self.conn,
+                request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()),
                 method = %self.method,
                 host = %self.host,
                 path = %self.path,

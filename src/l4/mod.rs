@@ -207,6 +207,16 @@ async fn run(
     if let Err(reason) = guard.claim_route(&route.stats, route.config.policy.max_connections) {
         return Step::End(reason);
     }
+    // IP rules (the only filters an L4 route has), on the real client.
+    if !route.config.filters.is_empty()
+        && !crate::filter::ip_allowed(
+            &snap.config.filters,
+            &route.config.filters,
+            client_addr.ip(),
+        )
+    {
+        return Step::End(EndReason::IpDenied);
+    }
     let Some(forward) = route.config.action.forward() else {
         return Step::End(EndReason::NoRoute);
     };

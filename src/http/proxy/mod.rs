@@ -26,6 +26,7 @@ mod call;
 use super::plane::{Plane, View};
 use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
+use crate::filter;
 use crate::routing::{self, RequestView, RouteInput};
 
 /// Marks a request that came as an HTTP/2 extended CONNECT (RFC 8441),
@@ -174,7 +175,13 @@ impl Handler {
                 Err(_) => Err(RequestEnd::Ok), // (not read: the answer is ready)
             };
             let mut resp = match prepared {
-                Ok(out) => self.relay(out, exchanged),
+                Ok(mut out) => match out.filters.take() {
+                    None => self.relay(out, exchanged),
+                    Some(state) => {
+                        let chain = out.view.snap.routes[out.route].filters.clone();
+                        filtered(&chain, self.relay(out, exchanged), &state)
+                    }
+                },
                 Err(answer) => answer,
             };
             // HTTP/2 streams end on their own (our HTTP/2 server removes
@@ -291,6 +298,13 @@ impl Handler {
         if let RouteAction::RedirectHttps { port } = &route.config.action {
             return Err(self.redirect_https(&req, host.as_deref(), *port, log));
         }
+        // The route's filters (most routes have none: nothing is made).
+        let (req, filters, mut log) = if route.filters.is_empty() {
+            (req, None, log)
+        } else {
+            let (req, state, log) = self.run_filters(route, req, log)?;
+            (req, Some(state), log)
+        };
 
         // Body policy, checked before any upstream work. (A request whose
         // body has already ended, the usual GET, has no length or coding
@@ -397,7 +411,80 @@ impl Handler {
             extended,
             deadline: policy.http.request_timeout.map(|d| started + d),
             log,
+            filters,
         })
+    }
+
+    /// The route's filters on a request: it goes on (changed or not), with
+    /// its filter state, or is answered here.
+    #[allow(clippy::result_large_err, clippy::type_complexity)]
+    fn run_filters(
+        &self,
+        route: &routing::Route,
+        req: Request<ReqBody>,
+        mut log: RequestLog,
+    ) -> Result<(Request<ReqBody>, Box<filter::State>, RequestLog), Response<Body>> {
+        let (mut parts, body) = req.into_parts();
+        let sni = self.info.tls.as_ref().and_then(|t| t.sni.as_deref());
+        let mut state = Box::new(filter::State::new(
+            self.filter_client(&parts.headers),
+            self.info.peer.ip(),
+            route.name.clone(),
+            sni.map(Arc::from),
+        ));
+        let verdict = route.filters.request(&mut filter::Request {
+            method: &parts.method,
+            uri: &mut parts.uri,
+            headers: &mut parts.headers,
+            state: &mut state,
+        });
+        log.request_id = state.request_id.clone();
+        let answer = match verdict {
+            Ok(()) => return Ok((Request::from_parts(parts, body), state, log)),
+            Err(answer) => answer,
+        };
+        log.end = answer.end;
+        log.status = answer.status.as_u16();
+        let mut resp = if answer.end == RequestEnd::Ok {
+            log.finished = true;
+            Response::new(empty())
+        } else {
+            respond(answer.end, self.http.server_header.as_deref())
+        };
+        *resp.status_mut() = answer.status;
+        for (name, value) in answer.headers {
+            resp.headers_mut().append(name, value);
+        }
+        Err(filtered(&route.filters, resp, &state))
+    }
+
+    /// The client's address for filters: the connection's (after a PROXY
+    /// header), or from a trusted proxy, the last `X-Forwarded-For` address
+    /// that is not one of the trusted proxies.
+    fn filter_client(&self, headers: &http::HeaderMap) -> std::net::IpAddr {
+        let direct = self.info.client.ip();
+        if !self.trusted_peer {
+            return direct;
+        }
+        let trusted = &self.http.trusted_proxies;
+        let listed = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .rev()
+            .flat_map(|v| {
+                v.to_str()
+                    .unwrap_or("")
+                    .rsplit(',')
+                    .map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+            });
+        for addr in listed {
+            match addr {
+                Some(a) if trusted.iter().any(|n| n.contains(&a)) => continue,
+                Some(a) => return a,
+                None => break,
+            }
+        }
+        direct
     }
 
     /// The upstream exchange under the request's deadline.
@@ -527,6 +614,15 @@ struct Outbound {
     /// The request's deadline (`request_timeout` from the record's start).
     deadline: Option<tokio::time::Instant>,
     log: RequestLog,
+    /// The filter state of a route with filters.
+    filters: Option<Box<filter::State>>,
+}
+
+/// `resp` after the response side of the filters that ran on its request.
+fn filtered(chain: &filter::Chain, resp: Response<Body>, state: &filter::State) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    chain.response(&mut parts.status, &mut parts.headers, state);
+    Response::from_parts(parts, body)
 }
 
 impl Handler {

@@ -1,0 +1,963 @@
+//! `[[filters]]`: the definitions routes name in `filters`, each of one
+//! `kind`, validated with their key material read and checked (a JWKS file
+//! that is not one, a key of the wrong type for its algorithm, a password
+//! stored in plain text are refused here, by `gatehouse check` too).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use jsonwebtoken::{Algorithm, DecodingKey, jwk::JwkSet};
+
+use super::Ctx;
+use super::raw::{RawFilter, S};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterConfig {
+    pub name: String,
+    pub kind: FilterKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterKind {
+    BasicAuth(BasicAuth),
+    ApiKey(ApiKey),
+    Jwt(Jwt),
+    Ip(IpRules),
+    RateLimit(RateLimit),
+    Headers(HeaderRules),
+    RequestId(RequestId),
+    Cors(Cors),
+}
+
+impl FilterKind {
+    /// Whether it can run on an L4 (TCP or TLS) route: only IP rules can.
+    pub fn works_at_l4(&self) -> bool {
+        matches!(self, FilterKind::Ip(_))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicAuth {
+    pub realm: String,
+    /// User name and password hash (argon2 PHC string, or bcrypt).
+    pub users: Vec<(String, String)>,
+    pub forward_credentials: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyPlace {
+    Header(HeaderName),
+    Query(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub realm: String,
+    pub place: KeyPlace,
+    /// Key name and the SHA-256 of the key.
+    pub keys: Vec<(String, [u8; 32])>,
+    pub forward_credentials: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwtKeys {
+    /// One key and its algorithm.
+    Static {
+        algorithm: Algorithm,
+        key: JwtKeyMaterial,
+    },
+    /// A JWKS file, read again when it changes (its keys as read now).
+    Jwks { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwtKeyMaterial {
+    Secret(Vec<u8>),
+    Pem(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Jwt {
+    pub realm: String,
+    pub keys: JwtKeys,
+    pub issuer: Vec<String>,
+    pub audience: Vec<String>,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub clock_skew: u64,
+    pub claims_to_headers: Vec<(String, HeaderName)>,
+    pub forward_credentials: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpRules {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LimitKey {
+    ClientIp,
+    Header(HeaderName),
+    Claim(String),
+    ApiKey,
+    User,
+    Route,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Requests allowed per `window`, in the long run.
+    pub count: u32,
+    pub window: std::time::Duration,
+    /// Requests allowed at once (the bucket's size).
+    pub burst: u32,
+    pub key: LimitKey,
+    /// Keys tracked at most (memory: about 32 bytes each).
+    pub max_keys: usize,
+}
+
+/// A header value with variables: `{client_ip}`, `{route}`,
+/// `{request_id}`, `{sni}`, `{claim.NAME}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template(pub Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    ClientIp,
+    Route,
+    RequestId,
+    Sni,
+    Claim(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderRules {
+    pub request_set: Vec<(HeaderName, Template)>,
+    pub request_add: Vec<(HeaderName, Template)>,
+    pub request_remove: Vec<HeaderName>,
+    pub response_set: Vec<(HeaderName, Template)>,
+    pub response_add: Vec<(HeaderName, Template)>,
+    pub response_remove: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestId {
+    pub header: HeaderName,
+    /// Peers whose id is kept; `None`: every peer's.
+    pub trust_from: Option<Vec<IpNet>>,
+    pub echo: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cors {
+    /// Empty: any origin (`*`).
+    pub origins: Vec<String>,
+    pub methods: String,
+    pub headers: Option<String>,
+    pub expose: Option<String>,
+    pub credentials: bool,
+    pub max_age: Option<u64>,
+}
+
+/// The settings of each kind (besides `name` and `kind`).
+const SETTINGS: &[(&str, &[&str])] = &[
+    (
+        "basic_auth",
+        &["realm", "users", "users_file", "forward_credentials"],
+    ),
+    (
+        "api_key",
+        &[
+            "realm",
+            "keys",
+            "keys_file",
+            "header",
+            "query",
+            "forward_credentials",
+        ],
+    ),
+    (
+        "jwt",
+        &[
+            "realm",
+            "algorithm",
+            "secret",
+            "secret_file",
+            "public_key",
+            "public_key_file",
+            "jwks_file",
+            "issuer",
+            "audience",
+            "clock_skew",
+            "claims_to_headers",
+            "forward_credentials",
+        ],
+    ),
+    ("ip", &["allow", "deny"]),
+    ("rate_limit", &["rate", "burst", "key", "max_keys"]),
+    (
+        "headers",
+        &[
+            "request_set",
+            "request_add",
+            "request_remove",
+            "response_set",
+            "response_add",
+            "response_remove",
+        ],
+    ),
+    ("request_id", &["header", "trust_from", "echo"]),
+    (
+        "cors",
+        &[
+            "allow_origins",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "allow_credentials",
+            "max_age",
+        ],
+    ),
+];
+
+/// The settings written in `f`, with their places.
+fn written(f: &RawFilter) -> Vec<(&'static str, std::ops::Range<usize>)> {
+    macro_rules! present {
+        ($($field:ident),*) => {{
+            let mut out = Vec::new();
+            $( if let Some(v) = &f.$field { out.push((stringify!($field), v.span())); } )*
+            out
+        }};
+    }
+    present!(
+        realm,
+        users,
+        users_file,
+        keys,
+        keys_file,
+        header,
+        query,
+        algorithm,
+        secret,
+        secret_file,
+        public_key,
+        public_key_file,
+        jwks_file,
+        issuer,
+        audience,
+        clock_skew,
+        claims_to_headers,
+        forward_credentials,
+        allow,
+        deny,
+        rate,
+        burst,
+        key,
+        max_keys,
+        request_set,
+        request_add,
+        request_remove,
+        response_set,
+        response_add,
+        response_remove,
+        trust_from,
+        echo,
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        allow_credentials,
+        max_age
+    )
+}
+
+impl Ctx<'_> {
+    /// The `[[filters]]` definitions, in file order.
+    pub(super) fn filters(&mut self, raw: &[S<RawFilter>]) -> Vec<FilterConfig> {
+        let mut out: Vec<FilterConfig> = Vec::new();
+        for (i, rf) in raw.iter().enumerate() {
+            let field = |f: &str| format!("filters[{i}].{f}");
+            let f = rf.get_ref();
+            let name = self.string(&f.name, &field("name")).unwrap_or_default();
+            self.filter_names.push(name.clone());
+            if name.is_empty() {
+                self.err(&f.name.span(), &field("name"), "must not be empty");
+            } else if out.iter().any(|o| o.name == name) {
+                let message = format!("duplicate filter name {name:?}");
+                self.err(&f.name.span(), &field("name"), &message);
+            }
+            let Some(kind) = self.string(&f.kind, &field("kind")) else {
+                continue;
+            };
+            let Some((_, allowed)) = SETTINGS.iter().find(|(k, _)| *k == kind) else {
+                let kinds: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
+                let message = format!("unknown filter kind {kind:?} (one of {})", kinds.join(", "));
+                self.err(&f.kind.span(), &field("kind"), &message);
+                continue;
+            };
+            let mut stray = false;
+            for (setting, span) in written(f) {
+                if !allowed.contains(&setting) {
+                    let message = format!("not a setting of kind {kind:?}");
+                    self.err(&span, &field(setting), &message);
+                    stray = true;
+                }
+            }
+            if stray {
+                continue;
+            }
+            let kind = match kind.as_str() {
+                "basic_auth" => self.basic_auth(f, &field).map(FilterKind::BasicAuth),
+                "api_key" => self.api_key(f, &field).map(FilterKind::ApiKey),
+                "jwt" => self.jwt(f, &field).map(FilterKind::Jwt),
+                "ip" => Some(FilterKind::Ip(IpRules {
+                    allow: f
+                        .allow
+                        .as_ref()
+                        .map(|l| self.cidrs(l, &field("allow")))
+                        .unwrap_or_default(),
+                    deny: f
+                        .deny
+                        .as_ref()
+                        .map(|l| self.cidrs(l, &field("deny")))
+                        .unwrap_or_default(),
+                })),
+                "rate_limit" => self.rate_limit(f, &field).map(FilterKind::RateLimit),
+                "headers" => Some(FilterKind::Headers(self.header_rules(f, &field))),
+                "request_id" => self.request_id(f, &field).map(FilterKind::RequestId),
+                _ => self.cors(f, &field).map(FilterKind::Cors),
+            };
+            if let Some(kind) = kind {
+                out.push(FilterConfig { name, kind });
+            }
+        }
+        out
+    }
+
+    fn header_name(&mut self, v: &S<String>, field: &str) -> Option<HeaderName> {
+        let s = self.string(v, field)?;
+        let name = HeaderName::from_bytes(s.as_bytes()).ok();
+        if name.is_none() {
+            self.err(&v.span(), field, &format!("{s:?} is not a header name"));
+        }
+        name
+    }
+
+    fn strings(&mut self, v: &S<Vec<S<String>>>, field: &str) -> Vec<String> {
+        v.get_ref()
+            .iter()
+            .filter_map(|s| self.string(s, field))
+            .collect()
+    }
+
+    /// A file's text, read at validation (and so at every reload).
+    fn file_text(&mut self, v: &S<String>, field: &str) -> Option<(PathBuf, String)> {
+        let path = PathBuf::from(self.string(v, field)?);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some((path, text)),
+            Err(e) => {
+                let message = format!("cannot read {}: {e}", path.display());
+                self.err(&v.span(), field, &message);
+                None
+            }
+        }
+    }
+
+    fn realm(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> String {
+        f.realm
+            .as_ref()
+            .and_then(|r| self.string(r, &field("realm")))
+            .filter(|r| !r.contains('"'))
+            .unwrap_or_else(|| "gatehouse".into())
+    }
+
+    fn forward_credentials(&self, f: &RawFilter) -> bool {
+        f.forward_credentials.as_ref().is_some_and(|v| *v.get_ref())
+    }
+
+    fn basic_auth(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> Option<BasicAuth> {
+        let mut users = Vec::new();
+        if let Some(map) = &f.users {
+            for (user, hash) in map.get_ref() {
+                let Some(h) = self.string(hash, &field(&format!("users.{user}"))) else {
+                    continue;
+                };
+                match password_hash_problem(&h) {
+                    None => users.push((user.clone(), h)),
+                    Some(m) => self.err(&hash.span(), &field(&format!("users.{user}")), m),
+                }
+            }
+        }
+        if let Some(file) = &f.users_file {
+            if let Some((path, text)) = self.file_text(file, &field("users_file")) {
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    match line.split_once(':') {
+                        Some((user, hash)) if password_hash_problem(hash).is_none() => {
+                            users.push((user.to_owned(), hash.to_owned()))
+                        }
+                        _ => {
+                            let message = format!(
+                                "{}:{}: not `user:hash` with an argon2 or bcrypt hash",
+                                path.display(),
+                                n + 1
+                            );
+                            self.err(&file.span(), &field("users_file"), &message);
+                        }
+                    }
+                }
+            }
+        }
+        if users.is_empty() && f.users.is_none() && f.users_file.is_none() {
+            self.err(
+                &f.kind.span(),
+                &field("users"),
+                "basic_auth needs users or users_file",
+            );
+            return None;
+        }
+        Some(BasicAuth {
+            realm: self.realm(f, field),
+            users,
+            forward_credentials: self.forward_credentials(f),
+        })
+    }
+
+    fn api_key(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> Option<ApiKey> {
+        let place = match (&f.header, &f.query) {
+            (Some(_), Some(q)) => {
+                self.err(&q.span(), &field("query"), "header or query, not both");
+                return None;
+            }
+            (_, Some(q)) => KeyPlace::Query(self.string(q, &field("query"))?),
+            (Some(h), None) => KeyPlace::Header(self.header_name(h, &field("header"))?),
+            (None, None) => KeyPlace::Header(HeaderName::from_static("x-api-key")),
+        };
+        const HASHED: &str = "keys are stored hashed: \"sha256:\" and 64 hex digits";
+        let mut keys = Vec::new();
+        if let Some(map) = &f.keys {
+            for (name, v) in map.get_ref() {
+                let at = field(&format!("keys.{name}"));
+                if let Some(value) = self.string(v, &at) {
+                    match key_hash(&value) {
+                        Some(h) => keys.push((name.clone(), h)),
+                        None => self.err(&v.span(), &at, HASHED),
+                    }
+                }
+            }
+        }
+        if let Some(file) = &f.keys_file {
+            if let Some((_, text)) = self.file_text(file, &field("keys_file")) {
+                for line in text.lines().map(str::trim) {
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let (name, value) = line.split_once(char::is_whitespace).unwrap_or(("", line));
+                    match key_hash(value.trim()) {
+                        Some(h) => keys.push((name.to_owned(), h)),
+                        None => self.err(&file.span(), &field("keys_file"), HASHED),
+                    }
+                }
+            }
+        }
+        if f.keys.is_none() && f.keys_file.is_none() {
+            self.err(
+                &f.kind.span(),
+                &field("keys"),
+                "api_key needs keys or keys_file",
+            );
+            return None;
+        }
+        Some(ApiKey {
+            realm: self.realm(f, field),
+            place,
+            keys,
+            forward_credentials: self.forward_credentials(f),
+        })
+    }
+
+    fn jwt(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> Option<Jwt> {
+        let keys = if let Some(jwks) = &f.jwks_file {
+            if let Some(other) = [&f.secret, &f.secret_file, &f.public_key, &f.public_key_file]
+                .into_iter()
+                .flatten()
+                .next()
+            {
+                self.err(
+                    &other.span(),
+                    &field("jwks_file"),
+                    "jwks_file or one key, not both",
+                );
+                return None;
+            }
+            let (path, text) = self.file_text(jwks, &field("jwks_file"))?;
+            if let Err(m) = check_jwks(&text) {
+                let message = format!("{}: {m}", path.display());
+                self.err(&jwks.span(), &field("jwks_file"), &message);
+                return None;
+            }
+            JwtKeys::Jwks { path }
+        } else {
+            let Some(alg) = &f.algorithm else {
+                self.err(
+                    &f.kind.span(),
+                    &field("algorithm"),
+                    "jwt needs jwks_file, or algorithm with a key",
+                );
+                return None;
+            };
+            let alg_text = self.string(alg, &field("algorithm"))?;
+            let Ok(algorithm) = alg_text.parse::<Algorithm>() else {
+                let message = format!(
+                    "{alg_text:?} is not one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+                );
+                self.err(&alg.span(), &field("algorithm"), &message);
+                return None;
+            };
+            let key = self.jwt_key(f, field, algorithm)?;
+            JwtKeys::Static { algorithm, key }
+        };
+        let list = |ctx: &mut Self, v: &Option<S<Vec<S<String>>>>, at: &str| {
+            v.as_ref()
+                .map(|l| ctx.strings(l, &field(at)))
+                .unwrap_or_default()
+        };
+        let issuer = list(self, &f.issuer, "issuer");
+        let audience = list(self, &f.audience, "audience");
+        let clock_skew = match &f.clock_skew {
+            Some(v) => self
+                .duration(v, &field("clock_skew"), true)
+                .flatten()
+                .map_or(0, |d| d.as_secs()),
+            None => 30,
+        };
+        let mut claims_to_headers = Vec::new();
+        if let Some(map) = &f.claims_to_headers {
+            for (claim, header) in map.get_ref() {
+                let at = field(&format!("claims_to_headers.{claim}"));
+                if let Some(h) = self.header_name(header, &at) {
+                    claims_to_headers.push((claim.clone(), h));
+                }
+            }
+        }
+        Some(Jwt {
+            realm: self.realm(f, field),
+            keys,
+            issuer,
+            audience,
+            clock_skew,
+            claims_to_headers,
+            forward_credentials: self.forward_credentials(f),
+        })
+    }
+
+    /// The one key of a `jwt` filter, checked against its algorithm.
+    fn jwt_key(
+        &mut self,
+        f: &RawFilter,
+        field: &dyn Fn(&str) -> String,
+        algorithm: Algorithm,
+    ) -> Option<JwtKeyMaterial> {
+        let hmac = matches!(
+            algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        );
+        let (which, span, bytes) =
+            match (&f.secret, &f.secret_file, &f.public_key, &f.public_key_file) {
+                (Some(s), None, None, None) => (
+                    "secret",
+                    s.span(),
+                    self.string(s, &field("secret"))?.into_bytes(),
+                ),
+                (None, Some(p), None, None) => {
+                    let (_, text) = self.file_text(p, &field("secret_file"))?;
+                    ("secret_file", p.span(), text.trim_end().as_bytes().to_vec())
+                }
+                (None, None, Some(k), None) => (
+                    "public_key",
+                    k.span(),
+                    self.string(k, &field("public_key"))?.into_bytes(),
+                ),
+                (None, None, None, Some(p)) => {
+                    let (_, text) = self.file_text(p, &field("public_key_file"))?;
+                    ("public_key_file", p.span(), text.into_bytes())
+                }
+                _ => {
+                    self.err(
+                        &f.kind.span(),
+                        &field("algorithm"),
+                        "exactly one of secret, secret_file, public_key, public_key_file",
+                    );
+                    return None;
+                }
+            };
+        let secret = which.starts_with("secret");
+        if hmac != secret {
+            let message = if hmac {
+                format!("{algorithm:?} verifies with a secret, not a public key")
+            } else {
+                format!("{algorithm:?} verifies with a public key, not a secret")
+            };
+            self.err(&span, &field(which), &message);
+            return None;
+        }
+        if hmac {
+            if bytes.len() < 32 {
+                self.err(
+                    &span,
+                    &field(which),
+                    "an HMAC secret needs at least 32 bytes",
+                );
+                return None;
+            }
+            return Some(JwtKeyMaterial::Secret(bytes));
+        }
+        if let Err(e) = decoding_key(algorithm, &bytes) {
+            let message = format!("not a {algorithm:?} public key (PEM): {e}");
+            self.err(&span, &field(which), &message);
+            return None;
+        }
+        Some(JwtKeyMaterial::Pem(bytes))
+    }
+
+    fn rate_limit(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> Option<RateLimit> {
+        let Some(rate) = &f.rate else {
+            self.err(
+                &f.kind.span(),
+                &field("rate"),
+                "rate_limit needs a rate, e.g. \"100/s\"",
+            );
+            return None;
+        };
+        let text = self.string(rate, &field("rate"))?;
+        let parsed = text.split_once('/').and_then(|(n, w)| {
+            let n: u32 = n.trim().parse().ok()?;
+            let secs = match w.trim() {
+                "s" | "second" => 1,
+                "m" | "minute" => 60,
+                "h" | "hour" => 3600,
+                _ => return None,
+            };
+            Some((n, std::time::Duration::from_secs(secs)))
+        });
+        let (count, window) = match parsed {
+            Some((n, w)) if n > 0 => (n, w),
+            Some(_) => {
+                self.err(&rate.span(), &field("rate"), "must be more than zero");
+                return None;
+            }
+            None => {
+                let message =
+                    format!("{text:?} is not a rate like \"100/s\", \"600/m\" or \"1000/h\"");
+                self.err(&rate.span(), &field("rate"), &message);
+                return None;
+            }
+        };
+        let burst = match &f.burst {
+            Some(b) => self.count(b, &field("burst"), 1_000_000)? as u32,
+            None => count.min(1_000_000),
+        };
+        let key = match &f.key {
+            None => LimitKey::ClientIp,
+            Some(k) => {
+                let text = self.string(k, &field("key"))?;
+                match text.as_str() {
+                    "client_ip" => LimitKey::ClientIp,
+                    "api_key" => LimitKey::ApiKey,
+                    "user" => LimitKey::User,
+                    "route" => LimitKey::Route,
+                    t => match (t.strip_prefix("header:"), t.strip_prefix("claim:")) {
+                        (Some(h), _) => match HeaderName::from_bytes(h.as_bytes()) {
+                            Ok(h) => LimitKey::Header(h),
+                            Err(_) => {
+                                self.err(
+                                    &k.span(),
+                                    &field("key"),
+                                    &format!("{h:?} is not a header name"),
+                                );
+                                return None;
+                            }
+                        },
+                        (_, Some(c)) if !c.is_empty() => LimitKey::Claim(c.to_owned()),
+                        _ => {
+                            let message = format!(
+                                "{t:?} is not client_ip, header:NAME, claim:NAME, api_key, user or route"
+                            );
+                            self.err(&k.span(), &field("key"), &message);
+                            return None;
+                        }
+                    },
+                }
+            }
+        };
+        let max_keys = match &f.max_keys {
+            Some(m) => self.count(m, &field("max_keys"), 100_000_000)? as usize,
+            None => 100_000,
+        };
+        Some(RateLimit {
+            count,
+            window,
+            burst,
+            key,
+            max_keys,
+        })
+    }
+
+    fn header_rules(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> HeaderRules {
+        let map = |ctx: &mut Self,
+                   v: &Option<S<BTreeMap<String, S<String>>>>,
+                   at: &str|
+         -> Vec<(HeaderName, Template)> {
+            let Some(v) = v else { return Vec::new() };
+            let mut out = Vec::new();
+            for (name, value) in v.get_ref() {
+                let at = field(&format!("{at}.{name}"));
+                let Ok(h) = HeaderName::from_bytes(name.as_bytes()) else {
+                    ctx.err(&v.span(), &at, &format!("{name:?} is not a header name"));
+                    continue;
+                };
+                let Some(text) = ctx.string(value, &at) else {
+                    continue;
+                };
+                match template(&text) {
+                    Ok(t) => out.push((h, t)),
+                    Err(m) => ctx.err(&value.span(), &at, &m),
+                }
+            }
+            out
+        };
+        let request_set = map(self, &f.request_set, "request_set");
+        let request_add = map(self, &f.request_add, "request_add");
+        let response_set = map(self, &f.response_set, "response_set");
+        let response_add = map(self, &f.response_add, "response_add");
+        let names = |ctx: &mut Self, v: &Option<S<Vec<S<String>>>>, at: &str| {
+            let Some(v) = v else { return Vec::new() };
+            v.get_ref()
+                .iter()
+                .filter_map(|s| ctx.header_name(s, &field(at)))
+                .collect()
+        };
+        HeaderRules {
+            request_set,
+            request_add,
+            request_remove: names(self, &f.request_remove, "request_remove"),
+            response_set,
+            response_add,
+            response_remove: names(self, &f.response_remove, "response_remove"),
+        }
+    }
+
+    fn request_id(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> Option<RequestId> {
+        let header = match &f.header {
+            Some(h) => self.header_name(h, &field("header"))?,
+            None => HeaderName::from_static("x-request-id"),
+        };
+        Some(RequestId {
+            header,
+            trust_from: f
+                .trust_from
+                .as_ref()
+                .map(|l| self.cidrs(l, &field("trust_from"))),
+            echo: f.echo.as_ref().is_none_or(|e| *e.get_ref()),
+        })
+    }
+
+    fn cors(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> Option<Cors> {
+        let Some(origins) = &f.allow_origins else {
+            self.err(
+                &f.kind.span(),
+                &field("allow_origins"),
+                "cors needs allow_origins (\"*\" for any)",
+            );
+            return None;
+        };
+        let mut list = self.strings(origins, &field("allow_origins"));
+        let any = list.iter().any(|o| o == "*");
+        let credentials = f.allow_credentials.as_ref().is_some_and(|c| *c.get_ref());
+        if any && credentials {
+            self.err(
+                &origins.span(),
+                &field("allow_origins"),
+                "\"*\" cannot go with allow_credentials: list the origins",
+            );
+            return None;
+        }
+        if any {
+            list.clear();
+        }
+        let joined = |ctx: &mut Self, v: &Option<S<Vec<S<String>>>>, at: &str| {
+            v.as_ref()
+                .map(|l| ctx.strings(l, &field(at)).join(", "))
+                .filter(|s| !s.is_empty())
+        };
+        Some(Cors {
+            origins: list,
+            methods: joined(self, &f.allow_methods, "allow_methods")
+                .unwrap_or_else(|| "GET, HEAD, POST".into()),
+            headers: joined(self, &f.allow_headers, "allow_headers"),
+            expose: joined(self, &f.expose_headers, "expose_headers"),
+            credentials,
+            max_age: match &f.max_age {
+                Some(v) => self
+                    .duration(v, &field("max_age"), false)
+                    .flatten()
+                    .map(|d| d.as_secs()),
+                None => None,
+            },
+        })
+    }
+
+    /// A route's `filters`: indices into `filters`. Where the route is not
+    /// HTTP, only IP rules.
+    pub(super) fn route_filters(
+        &mut self,
+        list: Option<&S<Vec<S<String>>>>,
+        filters: &[FilterConfig],
+        on_http: bool,
+        field: &str,
+    ) -> Vec<usize> {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for v in list.get_ref() {
+            let Some(name) = self.string(v, field) else {
+                continue;
+            };
+            match filters.iter().position(|f| f.name == name) {
+                Some(i) if !on_http && !filters[i].kind.works_at_l4() => self.err(
+                    &v.span(),
+                    field,
+                    &format!("filter {name:?} needs an HTTP route (only ip filters work on TCP and TLS routes)"),
+                ),
+                Some(i) => out.push(i),
+                None if self.filter_names.contains(&name) => {}
+                None => self.err(&v.span(), field, &format!("no filter is named {name:?}")),
+            }
+        }
+        out
+    }
+}
+
+/// Why `hash` is not a password hash we verify, if it is not.
+fn password_hash_problem(hash: &str) -> Option<&'static str> {
+    if hash.starts_with("$argon2") {
+        return argon2::PasswordHash::new(hash)
+            .err()
+            .map(|_| "not a valid argon2 hash (PHC string)");
+    }
+    if hash.starts_with("$2") {
+        return hash
+            .parse::<bcrypt::HashParts>()
+            .err()
+            .map(|_| "not a valid bcrypt hash");
+    }
+    Some("passwords are stored hashed: an argon2 PHC string ($argon2id$…) or a bcrypt hash ($2b$…)")
+}
+
+/// `sha256:HEX` as bytes.
+fn key_hash(v: &str) -> Option<[u8; 32]> {
+    let hex = v.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The verifying key of a PEM public key for `algorithm`.
+pub fn decoding_key(algorithm: Algorithm, pem: &[u8]) -> Result<DecodingKey, String> {
+    use Algorithm as A;
+    let key = match algorithm {
+        A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
+            DecodingKey::from_rsa_pem(pem)
+        }
+        A::ES256 | A::ES384 => DecodingKey::from_ec_pem(pem),
+        A::EdDSA => DecodingKey::from_ed_pem(pem),
+        A::HS256 | A::HS384 | A::HS512 => return Ok(DecodingKey::from_secret(pem)),
+        _ => return Err(format!("{algorithm:?} is not supported")),
+    };
+    key.map_err(|e| e.to_string())
+}
+
+/// Checks a JWKS document: JSON, with keys, each usable for verifying.
+pub fn check_jwks(text: &str) -> Result<JwkSet, String> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    if set.keys.is_empty() {
+        return Err("the JWKS has no keys".into());
+    }
+    for (i, k) in set.keys.iter().enumerate() {
+        DecodingKey::from_jwk(k).map_err(|e| format!("key {i}: {e}"))?;
+    }
+    Ok(set)
+}
+
+/// A header value template.
+fn template(text: &str) -> Result<Template, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(Part::Text(rest[..open].to_owned()));
+        }
+        let Some(close) = rest[open..].find('}') else {
+            return Err(format!("unclosed {{ in {text:?}"));
+        };
+        let var = &rest[open + 1..open + close];
+        parts.push(match var {
+            "client_ip" => Part::ClientIp,
+            "route" => Part::Route,
+            "request_id" => Part::RequestId,
+            "sni" => Part::Sni,
+            v => match v.strip_prefix("claim.") {
+                Some(c) if !c.is_empty() => Part::Claim(c.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "unknown variable {{{var}}}: {{client_ip}}, {{route}}, {{request_id}}, {{sni}} or {{claim.NAME}}"
+                    ));
+                }
+            },
+        });
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_owned()));
+    }
+    if let Some(Part::Text(t)) = parts
+        .iter()
+        .find(|p| matches!(p, Part::Text(t) if http::HeaderValue::from_str(t).is_err()))
+    {
+        return Err(format!("{t:?} cannot be in a header value"));
+    }
+    Ok(Template(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse_their_variables() {
+        let t = template("r={route} c={claim.sub}").unwrap();
+        assert_eq!(t.0.len(), 4);
+        assert!(template("{nope}").is_err());
+        assert!(template("{route").is_err());
+    }
+
+    #[test]
+    fn key_hashes_are_hex() {
+        assert!(key_hash(&format!("sha256:{}", "ab".repeat(32))).is_some());
+        assert!(key_hash("plain").is_none());
+        assert!(key_hash("sha256:zz").is_none());
+    }
+}

@@ -1,0 +1,245 @@
+//! The filter chain: what a route does to a request before its upstream
+//! and to the response after it. A filter is a `Filter`: `request` sees
+//! the request head (method, target, headers, the real client address)
+//! and lets it go on, changed or not, or answers it (`Answer`: a
+//! rejection with its reason and side, or an answer of its own such as a
+//! CORS preflight's); `response` sees the status and headers of every
+//! response to a request it let through (the upstream's, or the proxy's
+//! own when a later filter or the upstream failed it). A route's filters
+//! run in its order before the upstream and in reverse after it.
+//!
+//! The built-in kinds (`config::FilterKind`) are here: authentication
+//! (`auth`: HTTP Basic and API keys; `jwt`), IP rules, header rules,
+//! request ids and CORS (`rules`), and rate limits (`limit`). Their
+//! definitions are built once per snapshot (`build`) and kept across
+//! reloads while their settings stay, so a rate limit's state survives a
+//! reload. A route without filters has an empty `Chain`: the proxy does
+//! not even make a `State` for its requests.
+
+mod auth;
+mod jwt;
+mod limit;
+mod rules;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use serde_json::Value;
+
+use crate::config::{FilterConfig, FilterKind, Part, Template};
+pub use crate::lifecycle::RequestEnd;
+pub use auth::{hash_key, hash_password};
+
+/// A filter on a route's requests and their responses.
+pub trait Filter: Send + Sync {
+    /// Before the upstream: change the request, or answer it (`Err`).
+    fn request(&self, req: &mut Request<'_>) -> Result<(), Answer>;
+
+    /// Before the response goes to the client: change its status or
+    /// headers. Runs for every request whose `request` this filter passed.
+    fn response(&self, _resp: &mut Response<'_>) {}
+}
+
+/// A request before its upstream, as a filter sees it.
+pub struct Request<'a> {
+    pub method: &'a Method,
+    pub uri: &'a mut Uri,
+    pub headers: &'a mut HeaderMap,
+    /// What the filters have learned so far, and the request's facts.
+    pub state: &'a mut State,
+}
+
+/// A response as a filter sees it.
+pub struct Response<'a> {
+    pub status: &'a mut StatusCode,
+    pub headers: &'a mut HeaderMap,
+    pub state: &'a State,
+}
+
+/// One request's filter state: its facts (client, route, TLS name) and
+/// what filters found (identity, claims, request id), for the filters
+/// after them and for header templates.
+pub struct State {
+    /// The real client address (PROXY protocol, or `X-Forwarded-For` from
+    /// a trusted proxy).
+    pub client: IpAddr,
+    /// The address the connection came from (a proxy, or the client).
+    pub peer: IpAddr,
+    pub route: Arc<str>,
+    pub sni: Option<Arc<str>>,
+    pub request_id: Option<HeaderValue>,
+    /// Who the request is from: the Basic user, the API key's name, or
+    /// the token's `sub`.
+    pub user: Option<Box<str>>,
+    /// The name of the API key the request presented.
+    pub api_key: Option<Box<str>>,
+    /// A verified token's claims.
+    pub claims: Option<Arc<serde_json::Map<String, Value>>>,
+    /// Headers every response to the request gets (rate-limit state, CORS).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Filters that ran `request` (their `response` runs).
+    ran: usize,
+}
+
+impl State {
+    pub fn new(client: IpAddr, peer: IpAddr, route: Arc<str>, sni: Option<Arc<str>>) -> State {
+        State {
+            client,
+            peer,
+            route,
+            sni,
+            request_id: None,
+            user: None,
+            api_key: None,
+            claims: None,
+            response_headers: Vec::new(),
+            ran: 0,
+        }
+    }
+
+    /// A claim of the verified token, as header text.
+    pub fn claim(&self, name: &str) -> Option<String> {
+        match self.claims.as_ref()?.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            v => Some(v.to_string()),
+        }
+    }
+
+    /// `t` with its variables filled in; `None` when the result is not a
+    /// header value (a claim with a line break, say).
+    pub fn render(&self, t: &Template) -> Option<HeaderValue> {
+        let mut out = String::new();
+        for p in &t.0 {
+            match p {
+                Part::Text(s) => out.push_str(s),
+                Part::ClientIp => out.push_str(&self.client.to_string()),
+                Part::Route => out.push_str(&self.route),
+                Part::RequestId => {
+                    out.push_str(self.request_id.as_ref().and_then(|v| v.to_str().ok())?)
+                }
+                Part::Sni => out.push_str(self.sni.as_deref().unwrap_or("")),
+                Part::Claim(c) => out.push_str(&self.claim(c).unwrap_or_default()),
+            }
+        }
+        HeaderValue::from_str(&out).ok()
+    }
+}
+
+/// A filter's answer instead of the upstream's.
+#[derive(Debug)]
+pub struct Answer {
+    /// Why the request ends here: a rejection's reason (and so its side
+    /// and status), or `Ok` for an answer such as a CORS preflight's.
+    pub end: RequestEnd,
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Answer {
+    /// A rejection: the reason's status, and the proxy's error body.
+    pub fn reject(end: RequestEnd) -> Answer {
+        Answer {
+            end,
+            status: end.status(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, name: HeaderName, value: HeaderValue) -> Answer {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// A route's filters, in order.
+#[derive(Clone, Default)]
+pub struct Chain {
+    filters: Arc<[Arc<dyn Filter>]>,
+}
+
+impl Chain {
+    pub fn new(filters: Vec<Arc<dyn Filter>>) -> Chain {
+        Chain {
+            filters: filters.into(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Runs the filters' `request` in order, until one answers.
+    pub fn request(&self, req: &mut Request<'_>) -> Result<(), Answer> {
+        for f in self.filters.iter() {
+            req.state.ran += 1;
+            f.request(req)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `response` of the filters whose `request` ran, in reverse, then
+    /// adds the headers they asked every response to get.
+    pub fn response(&self, status: &mut StatusCode, headers: &mut HeaderMap, state: &State) {
+        for (name, value) in &state.response_headers {
+            headers.append(name.clone(), value.clone());
+        }
+        let mut resp = Response {
+            status,
+            headers,
+            state,
+        };
+        for f in self.filters[..state.ran.min(self.filters.len())]
+            .iter()
+            .rev()
+        {
+            f.response(&mut resp);
+        }
+    }
+}
+
+/// A built filter definition and the settings it was built from.
+pub struct Built {
+    pub config: FilterConfig,
+    pub filter: Arc<dyn Filter>,
+}
+
+/// The filters of `defs`, keeping from `previous` those whose definition is
+/// the same (a rate limit keeps its counts across a reload).
+pub fn build_all(defs: &[FilterConfig], previous: &[Built]) -> Vec<Built> {
+    defs.iter()
+        .map(|c| Built {
+            filter: previous
+                .iter()
+                .find(|p| p.config == *c)
+                .map_or_else(|| build(c), |p| p.filter.clone()),
+            config: c.clone(),
+        })
+        .collect()
+}
+
+/// One filter from its definition.
+pub fn build(c: &FilterConfig) -> Arc<dyn Filter> {
+    match &c.kind {
+        FilterKind::BasicAuth(b) => Arc::new(auth::Basic::new(b)),
+        FilterKind::ApiKey(k) => Arc::new(auth::ApiKeys::new(k)),
+        FilterKind::Jwt(j) => Arc::new(jwt::JwtAuth::new(&c.name, j)),
+        FilterKind::Ip(r) => Arc::new(rules::Ip::new(r)),
+        FilterKind::RateLimit(l) => Arc::new(limit::Limiter::new(&c.name, l)),
+        FilterKind::Headers(h) => Arc::new(rules::Headers(h.clone())),
+        FilterKind::RequestId(r) => Arc::new(rules::RequestIdFilter(r.clone())),
+        FilterKind::Cors(c) => Arc::new(rules::CorsFilter::new(c)),
+    }
+}
+
+/// Whether the IP rules of `filters` let `client` in (L4 routes, where IP
+/// rules are the only filters).
+pub fn ip_allowed(defs: &[FilterConfig], route_filters: &[usize], client: IpAddr) -> bool {
+    route_filters
+        .iter()
+        .all(|&i| match defs.get(i).map(|d| &d.kind) {
+            Some(FilterKind::Ip(r)) => rules::ip_allows(r, client),
+            _ => true,
+        })
+}
