@@ -155,10 +155,12 @@ pub enum EndReason {
     Overload,
     /// The route's IP rules refuse the client's address.
     IpDenied,
+    /// Over the route's connection-rate limit.
+    RateLimited,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 36] = [
+    pub const ALL: [EndReason; 37] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -195,6 +197,7 @@ impl EndReason {
         EndReason::UpstreamOverloaded,
         EndReason::Overload,
         EndReason::IpDenied,
+        EndReason::RateLimited,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -236,6 +239,7 @@ impl EndReason {
             EndReason::UpstreamOverloaded => "upstream_overloaded",
             EndReason::Overload => "overload",
             EndReason::IpDenied => "ip_denied",
+            EndReason::RateLimited => "rate_limited",
         }
     }
 
@@ -277,7 +281,7 @@ impl EndReason {
             EndReason::NoHealthyUpstream => Side::Upstream,
             EndReason::UpstreamOverloaded => Side::Upstream,
             EndReason::Overload => Side::Proxy,
-            EndReason::IpDenied => Side::Client,
+            EndReason::IpDenied | EndReason::RateLimited => Side::Client,
         }
     }
 }
@@ -301,6 +305,7 @@ impl EndReason {
                 | EndReason::LimitRoute
                 | EndReason::Overload
                 | EndReason::IpDenied
+                | EndReason::RateLimited
         )
     }
 

@@ -669,3 +669,40 @@ fn filters_answer_in_order_and_later_ones_see_what_earlier_ones_found() {
     assert_eq!(call(web, "/", &[("Authorization", &token("bob"))]).0, 200);
     assert_no_secrets(&gh, &[secret, &alice[7..]]);
 }
+
+#[test]
+fn a_connection_rate_limit_on_a_tcp_route_counts_connections_per_client() {
+    let echo = echo_backend();
+    let gh = Gatehouse::start(&format!(
+        r#"admin.bind = "127.0.0.1:0"
+[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:0"
+
+[[routes]]
+name = "db"
+match.listener = "tcp"
+action.forward = ["{echo}"]
+filters = ["connections"]
+
+[[filters]]
+name = "connections"
+kind = "rate_limit"
+rate = "2/m"
+burst = 2
+"#
+    ));
+    let tcp = gh.addr("tcp");
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(tcp).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+    let mut third = TcpStream::connect(tcp).unwrap();
+    let _ = third.write_all(b"ping");
+    let (got, _) = read_to_end(&mut third);
+    assert!(got.is_empty(), "the third connection was served");
+    gh.wait_closed_count("rate_limited", 1);
+}

@@ -32,9 +32,14 @@ pub enum FilterKind {
 }
 
 impl FilterKind {
-    /// Whether it can run on an L4 (TCP or TLS) route: only IP rules can.
+    /// Whether it can run on an L4 (TCP or TLS) route: IP rules, and rate
+    /// limits of connections per client address or per route.
     pub fn works_at_l4(&self) -> bool {
-        matches!(self, FilterKind::Ip(_))
+        match self {
+            FilterKind::Ip(_) => true,
+            FilterKind::RateLimit(l) => matches!(l.key, LimitKey::ClientIp | LimitKey::Route),
+            _ => false,
+        }
     }
 }
 
@@ -834,7 +839,7 @@ impl Ctx<'_> {
                 Some(i) if !on_http && !filters[i].kind.works_at_l4() => self.err(
                     &v.span(),
                     field,
-                    &format!("filter {name:?} needs an HTTP route (only ip filters work on TCP and TLS routes)"),
+                    &format!("filter {name:?} needs an HTTP route (match.listener naming an HTTP listener, or only HTTP listeners): on TCP and TLS connections only ip filters and rate_limit by client_ip or route work"),
                 ),
                 Some(i) => out.push(i),
                 None if self.filter_names.contains(&name) => {}

@@ -180,7 +180,13 @@ impl Ctx<'_> {
                 "passthrough forwards the client's TLS untouched; [routes.upstream] needs tls = \"terminate_and_reencrypt\"",
             );
         }
-        let filters = self.route_filters(r.filters.as_ref(), filters, on_http, &field("filters"));
+        // HTTP filters where every connection the route takes is HTTP (an
+        // L4 connection runs only IP rules: no silent difference).
+        let only_http = match matcher.listener {
+            Some(_) => on_http,
+            None => facts.is_http.iter().all(|&h| h),
+        };
+        let filters = self.route_filters(r.filters.as_ref(), filters, only_http, &field("filters"));
         Some(RouteConfig {
             name,
             matcher,

@@ -102,15 +102,15 @@ impl JwtAuth {
             started: Instant::now(),
             verified: Mutex::new(HashMap::new()),
         };
-        auth.refresh_jwks();
+        auth.refresh_jwks(Instant::now());
         auth
     }
 
     /// Reads the JWKS file again if it changed (at most once a second); a
     /// file that cannot be used leaves the keys as they were.
-    fn refresh_jwks(&self) {
+    fn refresh_jwks(&self, now: Instant) {
         let Some(j) = &self.jwks else { return };
-        let now = self.started.elapsed().as_millis() as u64;
+        let now = now.saturating_duration_since(self.started).as_millis() as u64;
         let next = j.next_check.load(Ordering::Relaxed);
         if now < next
             || j.next_check
@@ -171,8 +171,7 @@ impl JwtAuth {
         })
     }
 
-    fn verify(&self, token: &str) -> Option<Claims> {
-        let now = jsonwebtoken::get_current_timestamp();
+    fn verify(&self, token: &str, now: u64) -> Option<Claims> {
         let skew = self.settings.clock_skew;
         {
             let kept = self.verified.lock().unwrap_or_else(|p| p.into_inner());
@@ -248,7 +247,7 @@ fn validation(c: &Jwt, algorithm: Algorithm) -> Validation {
 
 impl Filter for JwtAuth {
     fn request(&self, req: &mut Request<'_>) -> Result<(), Answer> {
-        self.refresh_jwks();
+        self.refresh_jwks(req.state.now);
         // A client's own headers of the names claims go in are not trusted.
         for (_, h) in &self.settings.claims_to_headers {
             req.headers.remove(h);
@@ -265,7 +264,7 @@ impl Filter for JwtAuth {
             return Err(Answer::reject(RequestEnd::AuthRequired)
                 .with(WWW_AUTHENTICATE, self.challenge.clone()));
         };
-        let Some(claims) = self.verify(token) else {
+        let Some(claims) = self.verify(token, req.state.unix_secs()) else {
             return Err(
                 Answer::reject(RequestEnd::AuthDenied).with(WWW_AUTHENTICATE, self.invalid.clone())
             );

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue};
 
-use super::{Answer, Filter, Request, RequestEnd};
+use super::{Answer, EndReason, Filter, Request, RequestEnd};
 use crate::config::{LimitKey, RateLimit};
 
 const SHARDS: usize = 16;
@@ -83,8 +83,8 @@ impl Limiter {
         Some(h.finish())
     }
 
-    fn check(&self, key: u64) -> Verdict {
-        let now = self.started.elapsed().as_nanos() as u64;
+    fn check(&self, key: u64, now: Instant) -> Verdict {
+        let now = now.saturating_duration_since(self.started).as_nanos() as u64;
         let shard = &self.shards[(key as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= self.per_shard && !map.contains_key(&key) {
@@ -106,6 +106,20 @@ impl Limiter {
             reset: Duration::from_nanos(ahead).as_secs_f64().ceil() as u64,
         }
     }
+}
+
+/// `n` in decimal, written into `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// Drops keys whose bucket is full again; if that frees too little, some
@@ -130,10 +144,16 @@ impl Filter for Limiter {
         let policy = HeaderName::from_static("ratelimit-policy");
         let state = HeaderName::from_static("ratelimit");
         let value = |r: u64, t: u64| {
-            HeaderValue::from_str(&format!("\"{}\";r={r};t={t}", self.name))
-                .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""))
+            let mut v = String::with_capacity(self.name.len() + 24);
+            v.push('"');
+            v.push_str(&self.name);
+            v.push_str("\";r=");
+            v.push_str(itoa(r, &mut [0u8; 20]));
+            v.push_str(";t=");
+            v.push_str(itoa(t, &mut [0u8; 20]));
+            HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("\"limit\""))
         };
-        match self.check(key) {
+        match self.check(key, req.state.now) {
             Verdict::Allowed { remaining, reset } => {
                 let h = &mut req.state.response_headers;
                 h.push((policy, self.policy.clone()));
@@ -144,6 +164,21 @@ impl Filter for Limiter {
                 .with(http::header::RETRY_AFTER, HeaderValue::from(retry_after))
                 .with(policy, self.policy.clone())
                 .with(state, value(0, retry_after))),
+        }
+    }
+
+    /// A connection-rate limit (key `client_ip` or `route`; validation
+    /// allows no other on L4 routes).
+    fn connection(&self, client: std::net::IpAddr, now: Instant) -> Result<(), EndReason> {
+        let mut h = self.hasher.build_hasher();
+        match &self.key {
+            LimitKey::ClientIp => client.hash(&mut h),
+            LimitKey::Route => 0u8.hash(&mut h),
+            _ => return Ok(()),
+        }
+        match self.check(h.finish(), now) {
+            Verdict::Allowed { .. } => Ok(()),
+            Verdict::Limited { .. } => Err(EndReason::RateLimited),
         }
     }
 }
@@ -169,24 +204,27 @@ mod tests {
     fn a_burst_passes_then_the_rate_holds() {
         let l = limiter(10, 5, 100);
         for i in 0..5 {
-            match l.check(1) {
+            match l.check(1, Instant::now()) {
                 Verdict::Allowed { remaining, .. } => assert_eq!(remaining, 4 - i),
                 Verdict::Limited { .. } => panic!("request {i} of the burst limited"),
             }
         }
-        match l.check(1) {
+        match l.check(1, Instant::now()) {
             Verdict::Limited { retry_after } => assert_eq!(retry_after, 1),
             Verdict::Allowed { .. } => panic!("past the burst allowed"),
         }
         // Another key has its own bucket.
-        assert!(matches!(l.check(2), Verdict::Allowed { .. }));
+        assert!(matches!(
+            l.check(2, Instant::now()),
+            Verdict::Allowed { .. }
+        ));
     }
 
     #[test]
     fn the_keyspace_stays_under_its_cap() {
         let l = limiter(1, 1, 1000);
         for k in 0..100_000u64 {
-            l.check(k);
+            l.check(k, Instant::now());
         }
         let tracked: usize = l.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(tracked <= 1000 + SHARDS, "{tracked} keys tracked");

@@ -28,7 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use serde_json::Value;
 
 use crate::config::{FilterConfig, FilterKind, Part, Template};
-pub use crate::lifecycle::RequestEnd;
+pub use crate::lifecycle::{EndReason, RequestEnd};
 pub use auth::{hash_key, hash_password};
 
 /// A filter on a route's requests and their responses.
@@ -39,6 +39,12 @@ pub trait Filter: Send + Sync {
     /// Before the response goes to the client: change its status or
     /// headers. Runs for every request whose `request` this filter passed.
     fn response(&self, _resp: &mut Response<'_>) {}
+
+    /// A TCP or TLS connection from `client` on an L4 route (IP rules and
+    /// connection-rate limits are the kinds that work there): `Err` ends it.
+    fn connection(&self, _client: IpAddr, _now: std::time::Instant) -> Result<(), EndReason> {
+        Ok(())
+    }
 }
 
 /// A request before its upstream, as a filter sees it.
@@ -61,6 +67,8 @@ pub struct Response<'a> {
 /// what filters found (identity, claims, request id), for the filters
 /// after them and for header templates.
 pub struct State {
+    /// When the request began (the one clock read filters use).
+    pub now: std::time::Instant,
     /// The real client address (PROXY protocol, or `X-Forwarded-For` from
     /// a trusted proxy).
     pub client: IpAddr,
@@ -83,8 +91,15 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(client: IpAddr, peer: IpAddr, route: Arc<str>, sni: Option<Arc<str>>) -> State {
+    pub fn new(
+        now: std::time::Instant,
+        client: IpAddr,
+        peer: IpAddr,
+        route: Arc<str>,
+        sni: Option<Arc<str>>,
+    ) -> State {
         State {
+            now,
             client,
             peer,
             route,
@@ -95,6 +110,22 @@ impl State {
             claims: None,
             response_headers: Vec::new(),
             ran: 0,
+        }
+    }
+
+    /// Seconds since the Unix epoch at `now`, from one reading of the wall
+    /// clock at the process's first request (no clock read per request).
+    pub fn unix_secs(&self) -> u64 {
+        static BASE: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+        let (at, secs) = BASE.get_or_init(|| {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            (std::time::Instant::now(), wall)
+        });
+        match self.now.checked_duration_since(*at) {
+            Some(d) => secs + d.as_secs(),
+            None => secs.saturating_sub(at.duration_since(self.now).as_secs()),
         }
     }
 
@@ -179,11 +210,19 @@ impl Chain {
         Ok(())
     }
 
+    /// Runs the filters' `connection` (an L4 connection), until one ends it.
+    pub fn connection(&self, client: IpAddr) -> Result<(), EndReason> {
+        let now = std::time::Instant::now();
+        self.filters
+            .iter()
+            .try_for_each(|f| f.connection(client, now))
+    }
+
     /// Runs `response` of the filters whose `request` ran, in reverse, then
     /// adds the headers they asked every response to get.
-    pub fn response(&self, status: &mut StatusCode, headers: &mut HeaderMap, state: &State) {
-        for (name, value) in &state.response_headers {
-            headers.append(name.clone(), value.clone());
+    pub fn response(&self, status: &mut StatusCode, headers: &mut HeaderMap, state: &mut State) {
+        for (name, value) in state.response_headers.drain(..) {
+            headers.append(name, value);
         }
         let mut resp = Response {
             status,
@@ -231,15 +270,4 @@ pub fn build(c: &FilterConfig) -> Arc<dyn Filter> {
         FilterKind::RequestId(r) => Arc::new(rules::RequestIdFilter(r.clone())),
         FilterKind::Cors(c) => Arc::new(rules::CorsFilter::new(c)),
     }
-}
-
-/// Whether the IP rules of `filters` let `client` in (L4 routes, where IP
-/// rules are the only filters).
-pub fn ip_allowed(defs: &[FilterConfig], route_filters: &[usize], client: IpAddr) -> bool {
-    route_filters
-        .iter()
-        .all(|&i| match defs.get(i).map(|d| &d.kind) {
-            Some(FilterKind::Ip(r)) => rules::ip_allows(r, client),
-            _ => true,
-        })
 }

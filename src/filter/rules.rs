@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use super::{Answer, Filter, Request, RequestEnd, Response};
+use super::{Answer, EndReason, Filter, Request, RequestEnd, Response};
 use crate::config::{Cors, HeaderRules, IpRules, RequestId};
 
 /// Deny wins; a non-empty allow list admits only its networks.
@@ -34,6 +34,14 @@ impl Filter for Ip {
             Ok(())
         } else {
             Err(Answer::reject(RequestEnd::IpDenied))
+        }
+    }
+
+    fn connection(&self, client: IpAddr, _now: std::time::Instant) -> Result<(), EndReason> {
+        if ip_allows(&self.0, client) {
+            Ok(())
+        } else {
+            Err(EndReason::IpDenied)
         }
     }
 }

@@ -207,15 +207,11 @@ async fn run(
     if let Err(reason) = guard.claim_route(&route.stats, route.config.policy.max_connections) {
         return Step::End(reason);
     }
-    // IP rules (the only filters an L4 route has), on the real client.
-    if !route.config.filters.is_empty()
-        && !crate::filter::ip_allowed(
-            &snap.config.filters,
-            &route.config.filters,
-            client_addr.ip(),
-        )
-    {
-        return Step::End(EndReason::IpDenied);
+    // IP rules and connection-rate limits, on the real client.
+    if !route.filters.is_empty() {
+        if let Err(reason) = route.filters.connection(client_addr.ip()) {
+            return Step::End(reason);
+        }
     }
     let Some(forward) = route.config.action.forward() else {
         return Step::End(EndReason::NoRoute);

@@ -177,9 +177,9 @@ impl Handler {
             let mut resp = match prepared {
                 Ok(mut out) => match out.filters.take() {
                     None => self.relay(out, exchanged),
-                    Some(state) => {
+                    Some(mut state) => {
                         let chain = out.view.snap.routes[out.route].filters.clone();
-                        filtered(&chain, self.relay(out, exchanged), &state)
+                        filtered(&chain, self.relay(out, exchanged), &mut state)
                     }
                 },
                 Err(answer) => answer,
@@ -421,26 +421,31 @@ impl Handler {
     fn run_filters(
         &self,
         route: &routing::Route,
-        req: Request<ReqBody>,
+        mut req: Request<ReqBody>,
         mut log: RequestLog,
     ) -> Result<(Request<ReqBody>, Box<filter::State>, RequestLog), Response<Body>> {
-        let (mut parts, body) = req.into_parts();
         let sni = self.info.tls.as_ref().and_then(|t| t.sni.as_deref());
         let mut state = Box::new(filter::State::new(
-            self.filter_client(&parts.headers),
+            log.started,
+            self.filter_client(req.headers()),
             self.info.peer.ip(),
             route.name.clone(),
             sni.map(Arc::from),
         ));
+        // (The head stays in place: a standard method's clone is a copy,
+        // the target moves out and back.)
+        let method = req.method().clone();
+        let mut uri = std::mem::take(req.uri_mut());
         let verdict = route.filters.request(&mut filter::Request {
-            method: &parts.method,
-            uri: &mut parts.uri,
-            headers: &mut parts.headers,
+            method: &method,
+            uri: &mut uri,
+            headers: req.headers_mut(),
             state: &mut state,
         });
+        *req.uri_mut() = uri;
         log.request_id = state.request_id.clone();
         let answer = match verdict {
-            Ok(()) => return Ok((Request::from_parts(parts, body), state, log)),
+            Ok(()) => return Ok((req, state, log)),
             Err(answer) => answer,
         };
         log.end = answer.end;
@@ -455,7 +460,7 @@ impl Handler {
         for (name, value) in answer.headers {
             resp.headers_mut().append(name, value);
         }
-        Err(filtered(&route.filters, resp, &state))
+        Err(filtered(&route.filters, resp, &mut state))
     }
 
     /// The client's address for filters: the connection's (after a PROXY
@@ -619,10 +624,15 @@ struct Outbound {
 }
 
 /// `resp` after the response side of the filters that ran on its request.
-fn filtered(chain: &filter::Chain, resp: Response<Body>, state: &filter::State) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    chain.response(&mut parts.status, &mut parts.headers, state);
-    Response::from_parts(parts, body)
+fn filtered(
+    chain: &filter::Chain,
+    mut resp: Response<Body>,
+    state: &mut filter::State,
+) -> Response<Body> {
+    let mut status = resp.status();
+    chain.response(&mut status, resp.headers_mut(), state);
+    *resp.status_mut() = status;
+    resp
 }
 
 impl Handler {
