@@ -29,6 +29,12 @@ pub enum FilterKind {
     Headers(HeaderRules),
     RequestId(RequestId),
     Cors(Cors),
+    /// A kind a program built on the library registered
+    /// (`filter::register`), with its settings.
+    Custom {
+        kind: String,
+        settings: serde_json::Value,
+    },
 }
 
 impl FilterKind {
@@ -275,8 +281,36 @@ fn written(f: &RawFilter) -> Vec<(&'static str, std::ops::Range<usize>)> {
         allow_headers,
         expose_headers,
         allow_credentials,
-        max_age
+        max_age,
+        settings
     )
+}
+
+/// Checks a custom kind's settings: its factory, run on them.
+pub type CustomCheck = Box<dyn Fn(&serde_json::Value) -> Result<(), String> + Send + Sync>;
+
+static CUSTOM: std::sync::Mutex<Vec<(String, std::sync::Arc<CustomCheck>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Makes `kind` a filter kind configs may name (`filter::register` calls
+/// this): its definitions take one setting, `settings`, which `check`
+/// validates. A built-in kind's name cannot be taken.
+pub fn register_custom_kind(kind: &str, check: CustomCheck) -> Result<(), String> {
+    if SETTINGS.iter().any(|(k, _)| *k == kind) {
+        return Err(format!("{kind:?} is a built-in filter kind"));
+    }
+    let mut custom = CUSTOM.lock().unwrap_or_else(|p| p.into_inner());
+    custom.retain(|(k, _)| k != kind);
+    custom.push((kind.to_owned(), std::sync::Arc::new(check)));
+    Ok(())
+}
+
+fn custom_check(kind: &str) -> Option<std::sync::Arc<CustomCheck>> {
+    let custom = CUSTOM.lock().unwrap_or_else(|p| p.into_inner());
+    custom
+        .iter()
+        .find(|(k, _)| k == kind)
+        .map(|(_, c)| c.clone())
 }
 
 impl Ctx<'_> {
@@ -297,6 +331,12 @@ impl Ctx<'_> {
             let Some(kind) = self.string(&f.kind, &field("kind")) else {
                 continue;
             };
+            if let Some(check) = custom_check(&kind) {
+                if let Some(kind) = self.custom(f, &field, kind, &check) {
+                    out.push(FilterConfig { name, kind });
+                }
+                continue;
+            }
             let Some((_, allowed)) = SETTINGS.iter().find(|(k, _)| *k == kind) else {
                 let kinds: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
                 let message = format!("unknown filter kind {kind:?} (one of {})", kinds.join(", "));
@@ -340,6 +380,34 @@ impl Ctx<'_> {
             }
         }
         out
+    }
+
+    /// A custom kind's definition: only `settings`, checked by its factory.
+    fn custom(
+        &mut self,
+        f: &RawFilter,
+        field: &dyn Fn(&str) -> String,
+        kind: String,
+        check: &CustomCheck,
+    ) -> Option<FilterKind> {
+        let mut stray = false;
+        for (setting, span) in written(f) {
+            if setting != "settings" {
+                let message = format!("not a setting of kind {kind:?} (it takes `settings`)");
+                self.err(&span, &field(setting), &message);
+                stray = true;
+            }
+        }
+        let settings = f
+            .settings
+            .as_ref()
+            .map_or(serde_json::Value::Null, |s| s.get_ref().clone());
+        if let Err(m) = check(&settings) {
+            let span = f.settings.as_ref().map_or(f.kind.span(), |s| s.span());
+            self.err(&span, &field("settings"), &m);
+            return None;
+        }
+        (!stray).then_some(FilterKind::Custom { kind, settings })
     }
 
     fn header_name(&mut self, v: &S<String>, field: &str) -> Option<HeaderName> {

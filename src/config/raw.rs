@@ -442,4 +442,7 @@ pub struct RawFilter {
     pub expose_headers: Option<S<Vec<S<String>>>>,
     pub allow_credentials: Option<S<bool>>,
     pub max_age: Option<S<Scalar>>,
+    // -- a kind registered by a program built on the library
+    /// The settings of a custom kind, as its factory reads them.
+    pub settings: Option<S<serde_json::Value>>,
 }

@@ -269,5 +269,56 @@ pub fn build(c: &FilterConfig) -> Arc<dyn Filter> {
         FilterKind::Headers(h) => Arc::new(rules::Headers(h.clone())),
         FilterKind::RequestId(r) => Arc::new(rules::RequestIdFilter(r.clone())),
         FilterKind::Cors(c) => Arc::new(rules::CorsFilter::new(c)),
+        FilterKind::Custom { kind, settings } => {
+            let factory = factory(kind);
+            match factory
+                .ok_or("not registered".to_owned())
+                .and_then(|f| f(settings))
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    // (Validation ran the same factory on the same settings:
+                    // refusing every request is the safe answer if it now fails.)
+                    tracing::error!(filter = %c.name, kind = %kind, error = %e, "custom filter not made; its routes refuse every request");
+                    Arc::new(Unmade)
+                }
+            }
+        }
+    }
+}
+
+/// Makes a filter of a custom kind from its definition's `settings`.
+pub type Factory = Arc<dyn Fn(&Value) -> Result<Arc<dyn Filter>, String> + Send + Sync>;
+
+static FACTORIES: std::sync::Mutex<Vec<(String, Factory)>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a filter kind of a program built on this library: configs
+/// may then define filters with `kind = "<kind>"` and a `settings` table,
+/// which `factory` turns into the filter (at validation too, so that
+/// `check` names a bad setting). Call it before the config is loaded.
+pub fn register(
+    kind: &str,
+    factory: impl Fn(&Value) -> Result<Arc<dyn Filter>, String> + Send + Sync + 'static,
+) -> Result<(), String> {
+    let factory: Factory = Arc::new(factory);
+    let check = factory.clone();
+    crate::config::register_custom_kind(kind, Box::new(move |v| check(v).map(|_| ())))?;
+    let mut all = FACTORIES.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(k, _)| k != kind);
+    all.push((kind.to_owned(), factory));
+    Ok(())
+}
+
+fn factory(kind: &str) -> Option<Factory> {
+    let all = FACTORIES.lock().unwrap_or_else(|p| p.into_inner());
+    all.iter().find(|(k, _)| k == kind).map(|(_, f)| f.clone())
+}
+
+/// A custom filter whose factory failed: it refuses every request.
+struct Unmade;
+
+impl Filter for Unmade {
+    fn request(&self, _req: &mut Request<'_>) -> Result<(), Answer> {
+        Err(Answer::reject(RequestEnd::AuthDenied))
     }
 }

@@ -170,6 +170,12 @@ pub fn filter(f: &FilterConfig) -> Value {
                 );
             }
         }
+        FilterKind::Custom { kind, settings } => {
+            put(&mut t, "kind", kind.as_str());
+            if let Ok(v) = Value::try_from(settings) {
+                put(&mut t, "settings", v);
+            }
+        }
     }
     Value::Table(t)
 }
