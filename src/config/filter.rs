@@ -29,6 +29,7 @@ pub enum FilterKind {
     Headers(HeaderRules),
     RequestId(RequestId),
     Cors(Cors),
+    Compress(Compress),
     /// A kind a program built on the library registered
     /// (`filter::register`), with its settings.
     Custom {
@@ -173,6 +174,51 @@ pub struct Cors {
     pub max_age: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Zstd,
+    Brotli,
+    Gzip,
+}
+
+impl Encoding {
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Zstd => "zstd",
+            Encoding::Brotli => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compress {
+    /// In the proxy's order of preference.
+    pub encodings: Vec<Encoding>,
+    pub min_size: u64,
+    /// Content types (`text/*` for a whole top-level type), lower case.
+    pub types: Vec<String>,
+}
+
+/// Compressed unless the filter says otherwise.
+pub const COMPRESSED_TYPES: &[&str] = &[
+    "text/*",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "application/wasm",
+    "application/x-javascript",
+    "application/ld+json",
+    "application/manifest+json",
+    "application/vnd.api+json",
+    "image/svg+xml",
+    "font/ttf",
+    "font/otf",
+];
+
 /// The settings of each kind (besides `name` and `kind`).
 const SETTINGS: &[(&str, &[&str])] = &[
     (
@@ -221,6 +267,7 @@ const SETTINGS: &[(&str, &[&str])] = &[
         ],
     ),
     ("request_id", &["header", "trust_from", "echo"]),
+    ("compress", &["encodings", "min_size", "types"]),
     (
         "cors",
         &[
@@ -282,6 +329,9 @@ fn written(f: &RawFilter) -> Vec<(&'static str, std::ops::Range<usize>)> {
         expose_headers,
         allow_credentials,
         max_age,
+        encodings,
+        min_size,
+        types,
         settings
     )
 }
@@ -373,6 +423,7 @@ impl Ctx<'_> {
                 "rate_limit" => self.rate_limit(f, &field).map(FilterKind::RateLimit),
                 "headers" => Some(FilterKind::Headers(self.header_rules(f, &field))),
                 "request_id" => self.request_id(f, &field).map(FilterKind::RequestId),
+                "compress" => self.compress(f, &field).map(FilterKind::Compress),
                 _ => self.cors(f, &field).map(FilterKind::Cors),
             };
             if let Some(kind) = kind {
@@ -838,6 +889,55 @@ impl Ctx<'_> {
                 .as_ref()
                 .map(|l| self.cidrs(l, &field("trust_from"))),
             echo: f.echo.as_ref().is_none_or(|e| *e.get_ref()),
+        })
+    }
+
+    fn compress(&mut self, f: &RawFilter, field: &dyn Fn(&str) -> String) -> Option<Compress> {
+        let encodings = match &f.encodings {
+            None => vec![Encoding::Zstd, Encoding::Brotli, Encoding::Gzip],
+            Some(list) => {
+                let mut out = Vec::new();
+                for v in list.get_ref() {
+                    let Some(t) = self.string(v, &field("encodings")) else {
+                        continue;
+                    };
+                    match t.as_str() {
+                        "zstd" => out.push(Encoding::Zstd),
+                        "br" => out.push(Encoding::Brotli),
+                        "gzip" => out.push(Encoding::Gzip),
+                        _ => {
+                            let message = format!("{t:?} is not zstd, br or gzip");
+                            self.err(&v.span(), &field("encodings"), &message);
+                        }
+                    }
+                }
+                if out.is_empty() {
+                    self.err(
+                        &list.span(),
+                        &field("encodings"),
+                        "name at least one encoding",
+                    );
+                    return None;
+                }
+                out
+            }
+        };
+        let min_size = match &f.min_size {
+            Some(v) => self.size(v, &field("min_size"))?,
+            None => 1024,
+        };
+        let types = match &f.types {
+            Some(list) => self
+                .strings(list, &field("types"))
+                .into_iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+            None => COMPRESSED_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        Some(Compress {
+            encodings,
+            min_size,
+            types,
         })
     }
 

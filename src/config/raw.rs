@@ -442,6 +442,13 @@ pub struct RawFilter {
     pub expose_headers: Option<S<Vec<S<String>>>>,
     pub allow_credentials: Option<S<bool>>,
     pub max_age: Option<S<Scalar>>,
+    // -- compress
+    /// "zstd", "br", "gzip", in the order the proxy prefers them.
+    pub encodings: Option<S<Vec<S<String>>>>,
+    /// Responses smaller than this (by Content-Length) are sent as they are.
+    pub min_size: Option<S<Scalar>>,
+    /// Content types compressed ("text/*" matches every text type).
+    pub types: Option<S<Vec<S<String>>>>,
     // -- a kind registered by a program built on the library
     /// The settings of a custom kind, as its factory reads them.
     pub settings: Option<S<serde_json::Value>>,

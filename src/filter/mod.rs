@@ -17,6 +17,7 @@
 //! not even make a `State` for its requests.
 
 mod auth;
+mod compress;
 mod jwt;
 mod limit;
 mod rules;
@@ -61,6 +62,16 @@ pub struct Response<'a> {
     pub status: &'a mut StatusCode,
     pub headers: &'a mut HeaderMap,
     pub state: &'a State,
+    /// Transforms of the body, applied in order as it streams (a filter
+    /// that changes the body adds one; it never holds the whole body).
+    pub transforms: &'a mut Vec<Box<dyn Transform>>,
+}
+
+/// A streaming change of a response body: each piece of the body in, what
+/// is ready out (possibly nothing yet), and at the end what is left.
+pub trait Transform: Send {
+    fn data(&mut self, chunk: &[u8]) -> std::io::Result<bytes::Bytes>;
+    fn finish(&mut self) -> std::io::Result<bytes::Bytes>;
 }
 
 /// One request's filter state: its facts (client, route, TLS name) and
@@ -86,6 +97,8 @@ pub struct State {
     pub claims: Option<Arc<serde_json::Map<String, Value>>>,
     /// Headers every response to the request gets (rate-limit state, CORS).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whatever else a filter keeps for the response side (by type).
+    pub extensions: http::Extensions,
     /// Filters that ran `request` (their `response` runs).
     ran: usize,
 }
@@ -109,6 +122,7 @@ impl State {
             api_key: None,
             claims: None,
             response_headers: Vec::new(),
+            extensions: http::Extensions::new(),
             ran: 0,
         }
     }
@@ -220,7 +234,13 @@ impl Chain {
 
     /// Runs `response` of the filters whose `request` ran, in reverse, then
     /// adds the headers they asked every response to get.
-    pub fn response(&self, status: &mut StatusCode, headers: &mut HeaderMap, state: &mut State) {
+    pub fn response(
+        &self,
+        status: &mut StatusCode,
+        headers: &mut HeaderMap,
+        state: &mut State,
+        transforms: &mut Vec<Box<dyn Transform>>,
+    ) {
         for (name, value) in state.response_headers.drain(..) {
             headers.append(name, value);
         }
@@ -228,6 +248,7 @@ impl Chain {
             status,
             headers,
             state,
+            transforms,
         };
         for f in self.filters[..state.ran.min(self.filters.len())]
             .iter()
@@ -269,6 +290,7 @@ pub fn build(c: &FilterConfig) -> Arc<dyn Filter> {
         FilterKind::Headers(h) => Arc::new(rules::Headers(h.clone())),
         FilterKind::RequestId(r) => Arc::new(rules::RequestIdFilter(r.clone())),
         FilterKind::Cors(c) => Arc::new(rules::CorsFilter::new(c)),
+        FilterKind::Compress(c) => Arc::new(compress::Compressor(c.clone())),
         FilterKind::Custom { kind, settings } => {
             let factory = factory(kind);
             match factory

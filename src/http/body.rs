@@ -592,3 +592,92 @@ impl Drop for UpstreamBody {
         }
     }
 }
+
+/// A response body through filters' transforms (`filter::Transform`), in
+/// order, as it streams: pieces in, what each transform has ready out; at
+/// the body's end (before its trailers) what each has left.
+pub struct Transformed {
+    inner: Body,
+    transforms: Vec<Box<dyn crate::filter::Transform>>,
+    trailers: Option<http::HeaderMap>,
+    done: bool,
+}
+
+impl Transformed {
+    pub fn new(inner: Body, transforms: Vec<Box<dyn crate::filter::Transform>>) -> Transformed {
+        Transformed {
+            inner,
+            transforms,
+            trailers: None,
+            done: false,
+        }
+    }
+
+    /// `data` through every transform; with `end`, each one's rest too
+    /// (fed to the ones after it).
+    fn run(&mut self, data: &[u8], end: bool) -> io::Result<Bytes> {
+        let mut out = Bytes::copy_from_slice(data);
+        for t in &mut self.transforms {
+            out = if out.is_empty() {
+                Bytes::new()
+            } else {
+                t.data(&out)?
+            };
+            if end {
+                let rest = t.finish()?;
+                if !rest.is_empty() {
+                    let mut joined = Vec::with_capacity(out.len() + rest.len());
+                    joined.extend_from_slice(&out);
+                    joined.extend_from_slice(&rest);
+                    out = joined.into();
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl HttpBody for Transformed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.done = true;
+                    let rest = this.run(&[], true)?;
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+            };
+            let out = match frame.into_data() {
+                Ok(data) => this.run(&data, false)?,
+                Err(frame) => {
+                    // Trailers: the transformed body ends before them.
+                    this.trailers = frame.into_trailers().ok();
+                    this.done = true;
+                    this.run(&[], true)?
+                }
+            };
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailers.is_none()
+    }
+}

@@ -170,6 +170,16 @@ pub fn filter(f: &FilterConfig) -> Value {
                 );
             }
         }
+        FilterKind::Compress(c) => {
+            put(&mut t, "kind", "compress");
+            put(
+                &mut t,
+                "encodings",
+                strings(c.encodings.iter().map(|e| e.token())),
+            );
+            put(&mut t, "min_size", c.min_size as i64);
+            put(&mut t, "types", strings(c.types.iter()));
+        }
         FilterKind::Custom { kind, settings } => {
             put(&mut t, "kind", kind.as_str());
             if let Ok(v) = Value::try_from(settings) {

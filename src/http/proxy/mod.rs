@@ -630,9 +630,17 @@ fn filtered(
     state: &mut filter::State,
 ) -> Response<Body> {
     let mut status = resp.status();
-    chain.response(&mut status, resp.headers_mut(), state);
+    let mut transforms = Vec::new();
+    chain.response(&mut status, resp.headers_mut(), state, &mut transforms);
     *resp.status_mut() = status;
-    resp
+    if transforms.is_empty() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(
+        parts,
+        Body::boxed(super::body::Transformed::new(body, transforms)),
+    )
 }
 
 impl Handler {
