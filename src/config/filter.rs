@@ -30,6 +30,7 @@ pub enum FilterKind {
     RequestId(RequestId),
     Cors(Cors),
     Compress(Compress),
+    Cache(CacheConfig),
     /// A kind a program built on the library registered
     /// (`filter::register`), with its settings.
     Custom {
@@ -200,6 +201,12 @@ pub struct Compress {
     pub types: Vec<String>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub max_bytes: u64,
+    pub max_object_bytes: u64,
+}
+
 /// Compressed unless the filter says otherwise.
 pub const COMPRESSED_TYPES: &[&str] = &[
     "text/*",
@@ -268,6 +275,7 @@ const SETTINGS: &[(&str, &[&str])] = &[
     ),
     ("request_id", &["header", "trust_from", "echo"]),
     ("compress", &["encodings", "min_size", "types"]),
+    ("cache", &["max_bytes", "max_object_bytes"]),
     (
         "cors",
         &[
@@ -332,6 +340,8 @@ fn written(f: &RawFilter) -> Vec<(&'static str, std::ops::Range<usize>)> {
         encodings,
         min_size,
         types,
+        max_bytes,
+        max_object_bytes,
         settings
     )
 }
@@ -424,6 +434,35 @@ impl Ctx<'_> {
                 "headers" => Some(FilterKind::Headers(self.header_rules(f, &field))),
                 "request_id" => self.request_id(f, &field).map(FilterKind::RequestId),
                 "compress" => self.compress(f, &field).map(FilterKind::Compress),
+                "cache" => {
+                    let max_bytes = match &f.max_bytes {
+                        Some(v) => self.size(v, &field("max_bytes")),
+                        None => Some(64 << 20),
+                    };
+                    let max_object_bytes = match &f.max_object_bytes {
+                        Some(v) => self.size(v, &field("max_object_bytes")),
+                        None => Some(1 << 20),
+                    };
+                    match (max_bytes, max_object_bytes) {
+                        (Some(max_bytes), Some(max_object_bytes))
+                            if max_object_bytes > max_bytes =>
+                        {
+                            let span = f
+                                .max_object_bytes
+                                .as_ref()
+                                .map_or(f.kind.span(), |v| v.span());
+                            self.err(&span, &field("max_object_bytes"), "larger than max_bytes");
+                            None
+                        }
+                        (Some(max_bytes), Some(max_object_bytes)) => {
+                            Some(FilterKind::Cache(CacheConfig {
+                                max_bytes,
+                                max_object_bytes,
+                            }))
+                        }
+                        _ => None,
+                    }
+                }
                 _ => self.cors(f, &field).map(FilterKind::Cors),
             };
             if let Some(kind) = kind {

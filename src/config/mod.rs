@@ -26,9 +26,9 @@ pub use cluster_policy::{
 };
 pub use duration::parse as parse_duration;
 pub use filter::{
-    ApiKey, BasicAuth, Compress, Cors, CustomCheck, Encoding, FilterConfig, FilterKind,
-    HeaderRules, IpRules, Jwt, JwtKeyMaterial, JwtKeys, KeyPlace, LimitKey, Part, RateLimit,
-    RequestId, Template, check_jwks, decoding_key, register_custom_kind,
+    ApiKey, BasicAuth, CacheConfig, Compress, Cors, CustomCheck, Encoding, FilterConfig,
+    FilterKind, HeaderRules, IpRules, Jwt, JwtKeyMaterial, JwtKeys, KeyPlace, LimitKey, Part,
+    RateLimit, RequestId, Template, check_jwks, decoding_key, register_custom_kind,
 };
 pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
 pub use print::print;

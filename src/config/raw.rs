@@ -449,6 +449,11 @@ pub struct RawFilter {
     pub min_size: Option<S<Scalar>>,
     /// Content types compressed ("text/*" matches every text type).
     pub types: Option<S<Vec<S<String>>>>,
+    // -- cache
+    /// The cache's size cap (bodies and heads), e.g. "64MiB".
+    pub max_bytes: Option<S<Scalar>>,
+    /// Responses larger than this are not stored.
+    pub max_object_bytes: Option<S<Scalar>>,
     // -- a kind registered by a program built on the library
     /// The settings of a custom kind, as its factory reads them.
     pub settings: Option<S<serde_json::Value>>,

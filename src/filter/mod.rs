@@ -17,11 +17,13 @@
 //! not even make a `State` for its requests.
 
 mod auth;
+mod cache;
 mod compress;
 mod jwt;
 mod limit;
 mod rules;
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -99,6 +101,11 @@ pub struct State {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Whatever else a filter keeps for the response side (by type).
     pub extensions: http::Extensions,
+    /// Awaited before the upstream request (within the request's
+    /// deadline): an answer instead of the upstream's, or none to go on (a
+    /// cache's request for an object another request is fetching waits
+    /// for it here).
+    pub before_upstream: Option<std::pin::Pin<Box<dyn Future<Output = Option<Answer>> + Send>>>,
     /// Filters that ran `request` (their `response` runs).
     ran: usize,
 }
@@ -123,6 +130,7 @@ impl State {
             claims: None,
             response_headers: Vec::new(),
             extensions: http::Extensions::new(),
+            before_upstream: None,
             ran: 0,
         }
     }
@@ -180,6 +188,8 @@ pub struct Answer {
     pub end: RequestEnd,
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body of an answer that is not a rejection (a cached response's).
+    pub body: bytes::Bytes,
 }
 
 impl Answer {
@@ -189,6 +199,7 @@ impl Answer {
             end,
             status: end.status(),
             headers: Vec::new(),
+            body: bytes::Bytes::new(),
         }
     }
 
@@ -291,6 +302,7 @@ pub fn build(c: &FilterConfig) -> Arc<dyn Filter> {
         FilterKind::RequestId(r) => Arc::new(rules::RequestIdFilter(r.clone())),
         FilterKind::Cors(c) => Arc::new(rules::CorsFilter::new(c)),
         FilterKind::Compress(c) => Arc::new(compress::Compressor(c.clone())),
+        FilterKind::Cache(c) => Arc::new(cache::Cache::new(c)),
         FilterKind::Custom { kind, settings } => {
             let factory = factory(kind);
             match factory

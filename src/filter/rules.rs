@@ -221,6 +221,7 @@ impl Filter for CorsFilter {
             end: RequestEnd::Ok,
             status: StatusCode::NO_CONTENT,
             headers: out,
+            body: bytes::Bytes::new(),
         })
     }
 }

@@ -180,6 +180,11 @@ pub fn filter(f: &FilterConfig) -> Value {
             put(&mut t, "min_size", c.min_size as i64);
             put(&mut t, "types", strings(c.types.iter()));
         }
+        FilterKind::Cache(c) => {
+            put(&mut t, "kind", "cache");
+            put(&mut t, "max_bytes", c.max_bytes as i64);
+            put(&mut t, "max_object_bytes", c.max_object_bytes as i64);
+        }
         FilterKind::Custom { kind, settings } => {
             put(&mut t, "kind", kind.as_str());
             if let Ok(v) = Value::try_from(settings) {

@@ -170,19 +170,32 @@ impl Handler {
         async move {
             // `prepared` is borrowed across the wait and consumed after it:
             // moved into a binding, it would be stored twice in this future.
-            let exchanged = match &mut prepared {
-                Ok(out) => self.exchange(out).await,
-                Err(_) => Err(RequestEnd::Ok), // (not read: the answer is ready)
+            // A filter's wait before the upstream (a coalesced cache miss),
+            // which may answer the request instead.
+            let early = match &mut prepared {
+                Ok(out) => match out.filters.as_mut().and_then(|s| s.before_upstream.take()) {
+                    Some(wait) => match out.deadline {
+                        Some(d) => tokio::time::timeout_at(d, wait).await.ok().flatten(),
+                        None => wait.await,
+                    },
+                    None => None,
+                },
+                Err(_) => None,
             };
-            let mut resp = match prepared {
-                Ok(mut out) => match out.filters.take() {
+            let exchanged = match (&mut prepared, &early) {
+                (Ok(out), None) => self.exchange(out).await,
+                _ => Err(RequestEnd::Ok), // (not read: the answer is ready)
+            };
+            let mut resp = match (prepared, early) {
+                (Ok(out), Some(answer)) => self.filter_answer(out, answer),
+                (Ok(mut out), None) => match out.filters.take() {
                     None => self.relay(out, exchanged),
                     Some(mut state) => {
                         let chain = out.view.snap.routes[out.route].filters.clone();
                         filtered(&chain, self.relay(out, exchanged), &mut state)
                     }
                 },
-                Err(answer) => answer,
+                (Err(answer), _) => answer,
             };
             // HTTP/2 streams end on their own (our HTTP/2 server removes
             // connection-specific headers from every response).
@@ -452,7 +465,8 @@ impl Handler {
         log.status = answer.status.as_u16();
         let mut resp = if answer.end == RequestEnd::Ok {
             log.finished = true;
-            Response::new(empty())
+            log.bytes_down = answer.body.len() as u64;
+            Response::new(super::body::full(answer.body))
         } else {
             respond(answer.end, self.http.server_header.as_deref())
         };
@@ -461,6 +475,30 @@ impl Handler {
             resp.headers_mut().append(name, value);
         }
         Err(filtered(&route.filters, resp, &mut state))
+    }
+
+    /// A filter's answer given instead of the upstream's (after a wait
+    /// before the upstream), through the response side of the filters.
+    fn filter_answer(&self, mut out: Outbound, answer: filter::Answer) -> Response<Body> {
+        let state = out.filters.take();
+        let mut log = out.log;
+        log.end = answer.end;
+        log.status = answer.status.as_u16();
+        log.finished = true;
+        log.bytes_down = answer.body.len() as u64;
+        let mut resp = Response::new(super::body::full(answer.body));
+        *resp.status_mut() = answer.status;
+        for (name, value) in answer.headers {
+            resp.headers_mut().append(name, value);
+        }
+        drop(log);
+        match state {
+            Some(mut state) => {
+                let chain = out.view.snap.routes[out.route].filters.clone();
+                filtered(&chain, resp, &mut state)
+            }
+            None => resp,
+        }
     }
 
     /// The client's address for filters: the connection's (after a PROXY
