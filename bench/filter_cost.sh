@@ -4,7 +4,9 @@
 # bare route, against the same route with JWT authentication (HS256, every
 # request carrying the same token), a rate limit per client address (set
 # high enough never to refuse) and two header rules; and nginx as a bare
-# proxy on the same layout. Runs alternate and repeat; the report is the
+# proxy on the same layout; and the same route with a response cache
+# (every request a hit) against wrk going straight to the backend. Runs
+# alternate and repeat; the report is the
 # rate and the proxy's CPU per request of each. BACKEND_CPU=0 puts the
 # backend beside wrk on CPU 0 and leaves CPU 1 to the proxy alone (the
 # proxy's own cost, without the scheduling effects of sharing a CPU with
@@ -36,11 +38,31 @@ PY
 )
 
 BACKEND_CPU=${BACKEND_CPU:-1}
-nginx_backend "$BACKEND_CPU" "127.0.0.1:$PORT"
+# The backend's answers may be cached for an hour (the cached runs).
+cat >"$RUN/backend.conf" <<CONF
+worker_processes 1;
+pid $RUN/backend.pid;
+error_log $RUN/backend.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  server { listen 127.0.0.1:$PORT backlog=4096;
+    location / { add_header Cache-Control "max-age=3600"; return 200 "hello\n"; } }
+}
+CONF
+taskset -c "$BACKEND_CPU" nginx -c "$RUN/backend.conf" -e "$RUN/backend.err" -g 'daemon off;' &
+PIDS+=($!)
 wait_ports $PORT
 
-config() { # $1: bare or filtered
+config() { # $1: bare, filtered or cached
   local filters=
+  if [ "$1" = cached ]; then
+    filters="filters = [\"cache\"]
+[[filters]]
+name = \"cache\"
+kind = \"cache\""
+  fi
   if [ "$1" = filtered ]; then
     filters="filters = [\"token\", \"per-client\", \"route\", \"client\"]
 [[filters]]
@@ -103,7 +125,11 @@ cpu_of() { # CPU ticks of $1 and its children (nginx's worker)
   echo "$t"
 }
 
-run() { # $1: bare, filtered or nginx; prints "rate cpu_us_per_req"
+run() { # $1: bare, filtered, nginx, cached or direct; prints "rate cpu_us_per_req"
+  if [ "$1" = direct ]; then
+    run_direct
+    return
+  fi
   if [ "$1" = nginx ]; then
     nginx_proxy_conf >"$RUN/proxy.conf"
     taskset -c 1 nginx -c "$RUN/proxy.conf" -e "$RUN/proxy.err" -g 'daemon off;' &
@@ -113,11 +139,14 @@ run() { # $1: bare, filtered or nginx; prints "rate cpu_us_per_req"
   fi
   local pid=$!
   wait_ports 18121
-  local auth=(-H "Authorization: Bearer $TOKEN")
-  taskset -c 0 wrk -t1 -c50 -d2s "${auth[@]}" "http://$LISTEN/" >/dev/null   # warm-up
+  # (The token only where it is checked: a shared cache stores no
+  # response to a request with credentials.)
+  local auth=()
+  [ "$1" != filtered ] || auth=(-H "Authorization: Bearer $TOKEN")
+  taskset -c 0 wrk -t1 -c50 -d2s ${auth[@]+"${auth[@]}"} "http://$LISTEN/" >/dev/null   # warm-up
   local t0 t1 out
   t0=$(cpu_of "$pid")
-  out=$(taskset -c 0 wrk -t1 -c50 -d"${DUR}s" "${auth[@]}" "http://$LISTEN/")
+  out=$(taskset -c 0 wrk -t1 -c50 -d"${DUR}s" ${auth[@]+"${auth[@]}"} "http://$LISTEN/")
   t1=$(cpu_of "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local reqs rate non2xx
@@ -128,8 +157,15 @@ run() { # $1: bare, filtered or nginx; prints "rate cpu_us_per_req"
   echo "$rate $(echo "($t1 - $t0) / $HZ * 1000000 / $reqs" | bc -l)"
 }
 
+run_direct() { # wrk straight to the backend: its rate (no proxy CPU)
+  local out
+  taskset -c 0 wrk -t1 -c50 -d2s "http://127.0.0.1:$PORT/" >/dev/null
+  out=$(taskset -c 0 wrk -t1 -c50 -d"${DUR}s" "http://127.0.0.1:$PORT/")
+  echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") 0"
+}
+
 declare -A RATE CPU
-NAMES="bare filtered nginx"
+NAMES="bare filtered nginx cached direct"
 for r in $(seq "$ROUNDS"); do
   for n in $NAMES; do
     read -r rate cpu < <(run "$n")
