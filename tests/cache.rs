@@ -39,7 +39,9 @@ fn backend() -> (SocketAddr, Counts, Arc<Mutex<Vec<SeenRequest>>>) {
             sn.lock().unwrap().push(req.clone());
             let body = format!("{path} #{n}");
             let (status, extra) = match path.as_str() {
-                "/fresh" | "/auth" => ("200 OK", "Cache-Control: max-age=60\r\n".to_owned()),
+                "/fresh" | "/auth" | "/cold" => {
+                    ("200 OK", "Cache-Control: max-age=60\r\n".to_owned())
+                }
                 "/no-store" => ("200 OK", "Cache-Control: no-store\r\n".to_owned()),
                 "/private" => (
                     "200 OK",
@@ -153,6 +155,16 @@ fn hits_misses_and_what_is_never_stored() {
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(count(&counts, "/fresh"), 1);
+    // A HEAD first stores nothing (its response has no body): the GET
+    // after it gets the body.
+    let (head, _) = raw_exchange(
+        web,
+        b"HEAD /cold HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, body) = get(web, "/cold", &[]);
+    assert_eq!(body, "/cold #2", "{head}");
+    assert_eq!(get(web, "/cold", &[]).1, "/cold #2");
     // Another host is another object.
     let (_, body) = raw_exchange(
         web,

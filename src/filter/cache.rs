@@ -74,9 +74,14 @@ impl Store {
         }
     }
 
-    fn insert(&mut self, key: String, policy: CachePolicy, body: Bytes, cap: usize) {
+    /// `heads`: the bytes of the request and response heads the policy
+    /// keeps, counted with the body against the cap.
+    fn insert(&mut self, key: String, policy: CachePolicy, body: Bytes, heads: usize, cap: usize) {
         self.remove(&key);
-        let size = body.len() + key.len() + 512;
+        let size = body.len() + key.len() + heads + 256;
+        if size > cap {
+            return;
+        }
         while self.bytes + size > cap {
             let Some((_, oldest)) = self.lru.pop_first() else {
                 break;
@@ -256,6 +261,8 @@ impl Filter for Cache {
                     req.state.extensions.insert(Pending::Hit);
                     return Err(answer);
                 }
+                // (A HEAD's response has no body to store or reuse.)
+                BeforeRequest::Stale { .. } if head => {}
                 BeforeRequest::Stale {
                     request,
                     matches: true,
@@ -270,6 +277,12 @@ impl Filter for Cache {
                 }
                 BeforeRequest::Stale { .. } => {}
             }
+        }
+        if head {
+            // Answered from a stored GET only: its own response has no
+            // body to store.
+            req.state.extensions.insert(Pending::Bypass("fwd=miss"));
+            return Ok(());
         }
         if stale.is_none() {
             if let Some(fetching) = store.fetching.get(&key).cloned() {
@@ -355,13 +368,10 @@ impl Filter for Cache {
                     cache_status(),
                     HeaderValue::from_static("gatehouse; fwd=stale; fwd-status=304"),
                 );
+                let heads = head_bytes(&fetch.request.headers) + head_bytes(resp.headers);
+                let cap = self.cfg.max_bytes as usize;
                 let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-                store.insert(
-                    fetch.key.clone(),
-                    policy,
-                    body.clone(),
-                    self.cfg.max_bytes as usize,
-                );
+                store.insert(fetch.key.clone(), policy, body.clone(), heads, cap);
                 drop(store);
                 resp.transforms.push(Box::new(Replace(Some(body.clone()))));
                 return;
@@ -390,7 +400,10 @@ impl Filter for Cache {
             resp.headers.insert(cache_status(), v);
         }
         if storable {
+            let heads = head_bytes(&fetch.request.headers) + head_bytes(resp.headers);
             resp.transforms.push(Box::new(Tee {
+                heads,
+                expected: length.map(|l| l as usize),
                 fetch: Some(fetch),
                 policy: Some(policy),
                 body: Vec::new(),
@@ -399,6 +412,11 @@ impl Filter for Cache {
             }));
         }
     }
+}
+
+/// What a head's fields take in memory, about.
+fn head_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum()
 }
 
 impl Req<'_> {
@@ -441,6 +459,10 @@ async fn wait_for(
 
 /// Passes the body through and keeps a copy; at its end, stores it.
 struct Tee {
+    heads: usize,
+    /// The body's length when the response says it: stored at its last
+    /// byte, before the client can ask again.
+    expected: Option<usize>,
     fetch: Option<Arc<Fetch>>,
     policy: Option<CachePolicy>,
     body: Vec<u8>,
@@ -457,19 +479,28 @@ impl Transform for Tee {
                 self.body = Vec::new();
             } else {
                 self.body.extend_from_slice(chunk);
+                if self.expected == Some(self.body.len()) {
+                    self.store();
+                }
             }
         }
         Ok(Bytes::copy_from_slice(chunk))
     }
 
     fn finish(&mut self) -> std::io::Result<Bytes> {
+        self.store();
+        Ok(Bytes::new())
+    }
+}
+
+impl Tee {
+    fn store(&mut self) {
         if let (Some(policy), Some(fetch)) = (self.policy.take(), self.fetch.take()) {
             let body = Bytes::from(std::mem::take(&mut self.body));
             let mut store = fetch.store.lock().unwrap_or_else(|p| p.into_inner());
-            store.insert(fetch.key.clone(), policy, body, self.cap);
+            store.insert(fetch.key.clone(), policy, body, self.heads, self.cap);
         }
         // (The fetch ends here, when dropped: waiters find the object.)
-        Ok(Bytes::new())
     }
 }
 
