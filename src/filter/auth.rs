@@ -145,7 +145,7 @@ impl Filter for Basic {
 pub struct ApiKeys {
     challenge: HeaderValue,
     place: KeyPlace,
-    keys: Vec<(Box<str>, [u8; 32])>,
+    keys: Vec<(std::sync::Arc<str>, [u8; 32])>,
     forward: bool,
 }
 
@@ -164,12 +164,12 @@ impl ApiKeys {
     }
 
     /// The key's name, comparing against every key in constant time.
-    fn find(&self, key: &[u8]) -> Option<&str> {
+    fn find(&self, key: &[u8]) -> Option<&std::sync::Arc<str>> {
         let hash = sha256(&[key]);
         let mut found = None;
         for (name, h) in &self.keys {
             if bool::from(h.ct_eq(&hash)) {
-                found = Some(&**name);
+                found = Some(name);
             }
         }
         found
@@ -189,9 +189,9 @@ impl Filter for ApiKeys {
         let Some(name) = self.find(&key) else {
             return Err(Answer::reject(RequestEnd::AuthDenied));
         };
-        req.state.api_key = Some(name.into());
+        req.state.api_key = Some(name.clone());
         if req.state.user.is_none() {
-            req.state.user = Some(name.into());
+            req.state.user = Some(name.clone());
         }
         if !self.forward {
             match &self.place {

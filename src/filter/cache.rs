@@ -40,6 +40,10 @@ fn cache_status() -> HeaderName {
 
 struct Entry {
     policy: CachePolicy,
+    /// The stored response's fields as a hit sends them (less framing and
+    /// `Age`), for hits that need no revalidation or `Vary` check.
+    fields: Vec<(HeaderName, HeaderValue)>,
+    varies: bool,
     body: Bytes,
     size: usize,
     used: u64,
@@ -76,8 +80,26 @@ impl Store {
 
     /// `heads`: the bytes of the request and response heads the policy
     /// keeps, counted with the body against the cap.
-    fn insert(&mut self, key: String, policy: CachePolicy, body: Bytes, heads: usize, cap: usize) {
+    fn insert(
+        &mut self,
+        key: String,
+        (policy, fields): (CachePolicy, &HeaderMap),
+        body: Bytes,
+        heads: usize,
+        cap: usize,
+    ) {
         self.remove(&key);
+        let varies = fields.contains_key(header::VARY);
+        let fields = fields
+            .iter()
+            .filter(|(n, _)| {
+                !matches!(
+                    *n,
+                    &header::CONTENT_LENGTH | &header::TRANSFER_ENCODING | &header::AGE
+                ) && n.as_str() != "cache-status"
+            })
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
         let size = body.len() + key.len() + heads + 256;
         if size > cap {
             return;
@@ -97,6 +119,8 @@ impl Store {
             key,
             Entry {
                 policy,
+                fields,
+                varies,
                 body,
                 size,
                 used: self.tick,
@@ -247,6 +271,29 @@ impl Filter for Cache {
         let now = SystemTime::now();
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         let mut stale = None;
+        // The usual hit: no Vary, no request directives, still fresh.
+        let plain = !req.headers.contains_key(header::CACHE_CONTROL)
+            && !req.headers.contains_key(header::PRAGMA);
+        if let Some(e) = store.entries.get(&key).filter(|e| plain && !e.varies) {
+            let ttl = e.policy.time_to_live(now).as_secs();
+            if ttl > 0 {
+                let mut headers = e.fields.clone();
+                headers.push((header::AGE, HeaderValue::from(e.policy.age(now).as_secs())));
+                let status = format!("gatehouse; hit; ttl={ttl}");
+                if let Ok(v) = HeaderValue::from_str(&status) {
+                    headers.push((cache_status(), v));
+                }
+                let answer = Answer {
+                    end: RequestEnd::Ok,
+                    status: StatusCode::OK,
+                    headers,
+                    body: if head { Bytes::new() } else { e.body.clone() },
+                };
+                store.touch(&key);
+                req.state.extensions.insert(Pending::Hit);
+                return Err(answer);
+            }
+        }
         if let Some(e) = store.entries.get(&key) {
             let r = Req {
                 method: &Method::GET,
@@ -371,7 +418,13 @@ impl Filter for Cache {
                 let heads = head_bytes(&fetch.request.headers) + head_bytes(resp.headers);
                 let cap = self.cfg.max_bytes as usize;
                 let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-                store.insert(fetch.key.clone(), policy, body.clone(), heads, cap);
+                store.insert(
+                    fetch.key.clone(),
+                    (policy, &*resp.headers),
+                    body.clone(),
+                    heads,
+                    cap,
+                );
                 drop(store);
                 resp.transforms.push(Box::new(Replace(Some(body.clone()))));
                 return;
@@ -403,6 +456,7 @@ impl Filter for Cache {
             let heads = head_bytes(&fetch.request.headers) + head_bytes(resp.headers);
             resp.transforms.push(Box::new(Tee {
                 heads,
+                fields: resp.headers.clone(),
                 expected: length.map(|l| l as usize),
                 fetch: Some(fetch),
                 policy: Some(policy),
@@ -460,6 +514,7 @@ async fn wait_for(
 /// Passes the body through and keeps a copy; at its end, stores it.
 struct Tee {
     heads: usize,
+    fields: HeaderMap,
     /// The body's length when the response says it: stored at its last
     /// byte, before the client can ask again.
     expected: Option<usize>,
@@ -498,7 +553,13 @@ impl Tee {
         if let (Some(policy), Some(fetch)) = (self.policy.take(), self.fetch.take()) {
             let body = Bytes::from(std::mem::take(&mut self.body));
             let mut store = fetch.store.lock().unwrap_or_else(|p| p.into_inner());
-            store.insert(fetch.key.clone(), policy, body, self.heads, self.cap);
+            store.insert(
+                fetch.key.clone(),
+                (policy, &self.fields),
+                body,
+                self.heads,
+                self.cap,
+            );
         }
         // (The fetch ends here, when dropped: waiters find the object.)
     }

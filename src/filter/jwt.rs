@@ -32,6 +32,15 @@ const JWKS_CHECK_EVERY_MS: u64 = 1000;
 
 type Claims = Arc<Map<String, Value>>;
 
+/// A verified token: its claims and what the request gets from them,
+/// made once per token.
+struct Verified {
+    claims: Claims,
+    exp: u64,
+    user: Option<Arc<str>>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
 struct Key {
     kid: Option<String>,
     algorithm: Algorithm,
@@ -54,7 +63,7 @@ pub struct JwtAuth {
     jwks: Option<Jwks>,
     started: Instant,
     /// Token → its claims and expiry (seconds since the epoch).
-    verified: Mutex<HashMap<Box<str>, (Claims, u64)>>,
+    verified: Mutex<HashMap<Box<str>, Arc<Verified>>>,
 }
 
 impl JwtAuth {
@@ -171,13 +180,13 @@ impl JwtAuth {
         })
     }
 
-    fn verify(&self, token: &str, now: u64) -> Option<Claims> {
+    fn verify(&self, token: &str, now: u64) -> Option<Arc<Verified>> {
         let skew = self.settings.clock_skew;
         {
             let kept = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((claims, exp)) = kept.get(token) {
-                if now <= exp.saturating_add(skew) {
-                    return Some(claims.clone());
+            if let Some(v) = kept.get(token) {
+                if now <= v.exp.saturating_add(skew) {
+                    return Some(v.clone());
                 }
             }
         }
@@ -194,15 +203,31 @@ impl JwtAuth {
             jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation).ok()?;
         let exp = data.claims.get("exp").and_then(Value::as_u64)?;
         let claims = Arc::new(data.claims);
+        let text = |name: &str| match claims.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            v => Some(v.to_string()),
+        };
+        let verified = Arc::new(Verified {
+            user: text("sub").map(Into::into),
+            headers: self
+                .settings
+                .claims_to_headers
+                .iter()
+                .filter_map(|(c, h)| Some((h.clone(), HeaderValue::from_str(&text(c)?).ok()?)))
+                .collect(),
+            claims,
+            exp,
+        });
         let mut kept = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if kept.len() >= VERIFIED_KEPT {
-            kept.retain(|_, (_, e)| now <= e.saturating_add(skew));
+            kept.retain(|_, v| now <= v.exp.saturating_add(skew));
             if kept.len() >= VERIFIED_KEPT {
                 kept.clear();
             }
         }
-        kept.insert(token.into(), (claims.clone(), exp));
-        Some(claims)
+        kept.insert(token.into(), verified.clone());
+        Some(verified)
     }
 }
 
@@ -264,21 +289,15 @@ impl Filter for JwtAuth {
             return Err(Answer::reject(RequestEnd::AuthRequired)
                 .with(WWW_AUTHENTICATE, self.challenge.clone()));
         };
-        let Some(claims) = self.verify(token, req.state.unix_secs()) else {
+        let Some(verified) = self.verify(token, req.state.unix_secs()) else {
             return Err(
                 Answer::reject(RequestEnd::AuthDenied).with(WWW_AUTHENTICATE, self.invalid.clone())
             );
         };
-        req.state.claims = Some(claims);
-        req.state.user = req.state.claim("sub").map(Into::into);
-        for (claim, h) in &self.settings.claims_to_headers {
-            if let Some(v) = req
-                .state
-                .claim(claim)
-                .and_then(|v| HeaderValue::from_str(&v).ok())
-            {
-                req.headers.insert(HeaderName::clone(h), v);
-            }
+        req.state.claims = Some(verified.claims.clone());
+        req.state.user = verified.user.clone();
+        for (h, v) in &verified.headers {
+            req.headers.insert(h.clone(), v.clone());
         }
         if !self.settings.forward_credentials {
             req.headers.remove(AUTHORIZATION);

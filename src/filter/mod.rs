@@ -92,9 +92,9 @@ pub struct State {
     pub request_id: Option<HeaderValue>,
     /// Who the request is from: the Basic user, the API key's name, or
     /// the token's `sub`.
-    pub user: Option<Box<str>>,
+    pub user: Option<Arc<str>>,
     /// The name of the API key the request presented.
-    pub api_key: Option<Box<str>>,
+    pub api_key: Option<Arc<str>>,
     /// A verified token's claims.
     pub claims: Option<Arc<serde_json::Map<String, Value>>>,
     /// Headers every response to the request gets (rate-limit state, CORS).
@@ -163,6 +163,25 @@ impl State {
     /// `t` with its variables filled in; `None` when the result is not a
     /// header value (a claim with a line break, say).
     pub fn render(&self, t: &Template) -> Option<HeaderValue> {
+        // One variable alone (the usual rule) needs no assembly.
+        if let [part] = &t.0[..] {
+            return match part {
+                Part::Route => HeaderValue::from_str(&self.route).ok(),
+                Part::RequestId => self.request_id.clone(),
+                Part::ClientIp => {
+                    let mut buf = [0u8; 48];
+                    let mut w = std::io::Cursor::new(&mut buf[..]);
+                    std::io::Write::write_fmt(&mut w, format_args!("{}", self.client)).ok()?;
+                    let n = w.position() as usize;
+                    HeaderValue::from_bytes(&buf[..n]).ok()
+                }
+                _ => self.render_parts(t),
+            };
+        }
+        self.render_parts(t)
+    }
+
+    fn render_parts(&self, t: &Template) -> Option<HeaderValue> {
         let mut out = String::new();
         for p in &t.0 {
             match p {
