@@ -174,10 +174,12 @@ impl Handler {
             // which may answer the request instead.
             let early = match &mut prepared {
                 Ok(out) => match out.filters.as_mut().and_then(|s| s.before_upstream.take()) {
+                    // (Boxed: the answer is held across the upstream wait.)
                     Some(wait) => match out.deadline {
                         Some(d) => tokio::time::timeout_at(d, wait).await.ok().flatten(),
                         None => wait.await,
-                    },
+                    }
+                    .map(Box::new),
                     None => None,
                 },
                 Err(_) => None,
@@ -187,7 +189,7 @@ impl Handler {
                 _ => Err(RequestEnd::Ok), // (not read: the answer is ready)
             };
             let mut resp = match (prepared, early) {
-                (Ok(out), Some(answer)) => self.filter_answer(out, answer),
+                (Ok(out), Some(answer)) => self.filter_answer(out, *answer),
                 (Ok(mut out), None) => match out.filters.take() {
                     None => self.relay(out, exchanged),
                     Some(mut state) => {
