@@ -706,3 +706,36 @@ burst = 2
     assert!(got.is_empty(), "the third connection was served");
     gh.wait_closed_count("rate_limited", 1);
 }
+
+#[test]
+fn an_rs256_key_refuses_an_hmac_signed_with_the_public_key() {
+    let (backend, _) = ok_backend();
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let (private, public) = (kp.serialize_pem(), kp.public_key_pem());
+    let filters = format!(
+        "[[filters]]\nname = \"token\"\nkind = \"jwt\"\nalgorithm = \"RS256\"\npublic_key = \"\"\"\n{public}\"\"\"\n"
+    );
+    let gh = Gatehouse::start(&config(backend, "\"token\"", &filters));
+    let web = gh.addr("web");
+    let claims = json!({"sub": "carol", "exp": now() + 300});
+    let rs = encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        call(web, "/", &[("Authorization", &format!("Bearer {rs}"))]).0,
+        200
+    );
+    for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+        let forged = encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(public.as_bytes()),
+        )
+        .unwrap();
+        let (status, head, _) = call(web, "/", &[("Authorization", &format!("Bearer {forged}"))]);
+        assert_eq!(status, 403, "{alg:?}: {head}");
+    }
+}

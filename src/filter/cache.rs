@@ -261,10 +261,12 @@ impl Filter for Cache {
             return Ok(());
         }
         let head = method == Method::HEAD;
-        let conditional = req.headers.contains_key(header::IF_NONE_MATCH)
+        // (An upgrade is no object to store, nor to wait for.)
+        let bypass = req.headers.contains_key(header::UPGRADE)
+            || req.headers.contains_key(header::IF_NONE_MATCH)
             || req.headers.contains_key(header::IF_MODIFIED_SINCE)
             || req.headers.contains_key(header::RANGE);
-        if conditional {
+        if bypass {
             req.state.extensions.insert(Pending::Bypass("fwd=request"));
             return Ok(());
         }
