@@ -24,6 +24,39 @@ use serde_json::{Map, Value};
 use super::{Answer, Filter, Request, RequestEnd};
 use crate::config::{Jwt, JwtKeyMaterial, JwtKeys};
 
+/// The remembered tokens' hash: a fast one (the whole token is compared
+/// on a match, and only tokens whose signature verified are ever stored,
+/// so a client cannot choose colliding keys to slow the table down).
+#[derive(Default, Clone, Copy)]
+struct TokenHash;
+
+struct TokenHasher(u64);
+
+impl std::hash::BuildHasher for TokenHash {
+    type Hasher = TokenHasher;
+    fn build_hasher(&self) -> TokenHasher {
+        TokenHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for TokenHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Verified tokens remembered at most.
 const VERIFIED_KEPT: usize = 4096;
 
@@ -63,7 +96,7 @@ pub struct JwtAuth {
     jwks: Option<Jwks>,
     started: Instant,
     /// Token → its claims and expiry (seconds since the epoch).
-    verified: Mutex<HashMap<Box<str>, Arc<Verified>>>,
+    verified: Mutex<HashMap<Box<str>, Arc<Verified>, TokenHash>>,
 }
 
 impl JwtAuth {
@@ -109,7 +142,7 @@ impl JwtAuth {
             keys: ArcSwap::from_pointee(keys),
             jwks,
             started: Instant::now(),
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::default()),
         };
         auth.refresh_jwks(Instant::now());
         auth
