@@ -39,20 +39,8 @@ PY
 
 BACKEND_CPU=${BACKEND_CPU:-1}
 # The backend's answers may be cached for an hour (the cached runs).
-cat >"$RUN/backend.conf" <<CONF
-worker_processes 1;
-pid $RUN/backend.pid;
-error_log $RUN/backend.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:$PORT backlog=4096;
-    location / { add_header Cache-Control "max-age=3600"; return 200 "hello\n"; } }
-}
-CONF
-taskset -c "$BACKEND_CPU" nginx -c "$RUN/backend.conf" -e "$RUN/backend.err" -g 'daemon off;' &
-PIDS+=($!)
+NGINX_LOCATION='add_header Cache-Control "max-age=3600";' \
+  nginx_backend "$BACKEND_CPU" "127.0.0.1:$PORT"
 wait_ports $PORT
 
 config() { # $1: bare, filtered or cached

@@ -19,6 +19,7 @@ wait_ports() {
 
 # nginx_backend CPU ADDR...: an nginx answering "hello" on each address
 # (keep-alive without a request limit), pinned to CPU; it joins PIDS.
+# NGINX_LOCATION: directives added before the answer (headers, say).
 nginx_backend() {
   local cpu=$1 listens="" a
   shift
@@ -31,7 +32,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 100000000;
-  server { $listens location / { return 200 "hello\n"; } }
+  server { $listens location / { ${NGINX_LOCATION:-} return 200 "hello\n"; } }
 }
 CONF
   taskset -c "$cpu" nginx -c "$RUN/nginx.conf" -e "$RUN/nginx.err" -g 'daemon off;' &

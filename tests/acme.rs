@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -16,14 +16,6 @@ use common::tls::{Pki, tls_connect};
 use common::*;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Pebble {
     dir: tempfile::TempDir,

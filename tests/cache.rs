@@ -113,13 +113,6 @@ fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (String, Strin
     (head, String::from_utf8(body).unwrap())
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-}
-
 fn count(c: &Counts, path: &str) -> u32 {
     c.lock().unwrap().get(path).copied().unwrap_or(0)
 }
@@ -133,19 +126,19 @@ fn hits_misses_and_what_is_never_stored() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, "/fresh #1");
     assert_eq!(
-        header(&head, "cache-status"),
+        head_field(&head, "cache-status"),
         Some("gatehouse; fwd=miss; stored")
     );
     for _ in 0..3 {
         let (head, body) = get(web, "/fresh", &[]);
         assert_eq!(body, "/fresh #1", "{head}");
         assert!(
-            header(&head, "cache-status")
+            head_field(&head, "cache-status")
                 .unwrap()
                 .starts_with("gatehouse; hit; ttl="),
             "{head}"
         );
-        assert!(header(&head, "age").is_some(), "{head}");
+        assert!(head_field(&head, "age").is_some(), "{head}");
     }
     assert_eq!(count(&counts, "/fresh"), 1);
     // HEAD from the stored GET.
@@ -176,7 +169,10 @@ fn hits_misses_and_what_is_never_stored() {
         get(web, path, &[]);
         let (head, body) = get(web, path, &[]);
         assert_eq!(body, format!("{path} #2"), "{head}");
-        assert_eq!(header(&head, "cache-status"), Some("gatehouse; fwd=miss"));
+        assert_eq!(
+            head_field(&head, "cache-status"),
+            Some("gatehouse; fwd=miss")
+        );
     }
     // A response to a request with credentials is not shared.
     get(web, "/auth", &[("Authorization", "Bearer a")]);
@@ -184,7 +180,10 @@ fn hits_misses_and_what_is_never_stored() {
     assert_eq!(body, "/auth #2");
     // An unsafe method invalidates its target.
     let (head, _) = raw_exchange(web, b"POST /fresh HTTP/1.1\r\nHost: site.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    assert_eq!(header(&head, "cache-status"), Some("gatehouse; fwd=method"));
+    assert_eq!(
+        head_field(&head, "cache-status"),
+        Some("gatehouse; fwd=method")
+    );
     let (_, body) = get(web, "/fresh", &[]);
     assert_eq!(body, "/fresh #4");
 }
@@ -200,7 +199,7 @@ fn stale_objects_are_revalidated_and_variants_kept_apart() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, "/revalidate #1", "the stored body after a 304");
     assert_eq!(
-        header(&head, "cache-status"),
+        head_field(&head, "cache-status"),
         Some("gatehouse; fwd=stale; fwd-status=304")
     );
     let last = seen.lock().unwrap().last().cloned().unwrap();
@@ -229,19 +228,19 @@ fn the_byte_cap_evicts_the_least_recently_used() {
     }
     // /big0 used again: /big1 is now the least recently used.
     assert!(
-        header(&get(web, "/big0", &[]).0, "cache-status")
+        head_field(&get(web, "/big0", &[]).0, "cache-status")
             .unwrap()
             .contains("hit")
     );
     get(web, "/big4", &[]);
     assert!(
-        header(&get(web, "/big0", &[]).0, "cache-status")
+        head_field(&get(web, "/big0", &[]).0, "cache-status")
             .unwrap()
             .contains("hit")
     );
     let (head, _) = get(web, "/big1", &[]);
     assert_eq!(
-        header(&head, "cache-status"),
+        head_field(&head, "cache-status"),
         Some("gatehouse; fwd=miss; stored")
     );
     assert_eq!(count(&counts, "/big1"), 2);
@@ -264,7 +263,7 @@ fn a_hundred_concurrent_requests_for_a_cold_object_make_one_upstream_request() {
     assert_eq!(count(&counts, "/slow"), 1);
     let collapsed = answers
         .iter()
-        .filter(|(h, _)| header(h, "cache-status") == Some("gatehouse; hit; collapsed"))
+        .filter(|(h, _)| head_field(h, "cache-status") == Some("gatehouse; hit; collapsed"))
         .count();
     assert!(collapsed > 50, "{collapsed} of 100 collapsed");
 }

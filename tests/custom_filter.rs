@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ok_response, raw_exchange, raw_http_backend};
+use common::{free_port, ok_response, raw_exchange, raw_http_backend};
 use gatehouse::filter::{self, Answer, Filter, Request, RequestEnd, Response};
 use http::{HeaderName, HeaderValue};
 
@@ -44,14 +44,6 @@ impl Filter for Maintenance {
             }
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

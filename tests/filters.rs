@@ -44,13 +44,6 @@ fn status_of(head: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-}
-
 fn ok_backend() -> (
     SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<SeenRequest>>>,
@@ -95,10 +88,10 @@ fn basic_auth_answers_401_without_credentials_403_when_wrong_and_strips_them() {
     let (status, head, _) = call(web, "/", &[]);
     assert_eq!(status, 401, "{head}");
     assert_eq!(
-        header(&head, "www-authenticate"),
+        head_field(&head, "www-authenticate"),
         Some("Basic realm=\"shop\", charset=\"UTF-8\"")
     );
-    assert_eq!(header(&head, "gatehouse-error"), Some("auth_required"));
+    assert_eq!(head_field(&head, "gatehouse-error"), Some("auth_required"));
     let basic = |u: &str, p: &str| {
         format!(
             "Basic {}",
@@ -107,7 +100,7 @@ fn basic_auth_answers_401_without_credentials_403_when_wrong_and_strips_them() {
     };
     let (status, head, _) = call(web, "/", &[("Authorization", &basic("demo", "WRONGPASS"))]);
     assert_eq!(status, 403, "{head}");
-    assert_eq!(header(&head, "gatehouse-error"), Some("auth_denied"));
+    assert_eq!(head_field(&head, "gatehouse-error"), Some("auth_denied"));
     let (status, head, _) = call(
         web,
         "/",
@@ -200,7 +193,7 @@ keys = {{ client-a = "{hashed}" }}
     let web = gh.addr("web");
     let (status, head, _) = call(web, "/", &[]);
     assert_eq!(status, 401, "{head}");
-    assert!(header(&head, "www-authenticate").is_some());
+    assert!(head_field(&head, "www-authenticate").is_some());
     assert_eq!(call(web, "/", &[("x-api-key", "KEY-OF-SOMEONE")]).0, 403);
     let (status, _, _) = call(web, "/", &[("x-api-key", "KEY-OF-CLIENT-A")]);
     assert_eq!(status, 200);
@@ -267,7 +260,7 @@ fn jwt_checks_signature_algorithm_issuer_audience_and_time_and_forwards_claims()
     let (status, head, _) = call(web, "/", &[]);
     assert_eq!(status, 401, "{head}");
     assert_eq!(
-        header(&head, "www-authenticate"),
+        head_field(&head, "www-authenticate"),
         Some("Bearer realm=\"gatehouse\"")
     );
     // Right: claims forwarded (a client's own x-user is not), the token not.
@@ -304,7 +297,7 @@ fn jwt_checks_signature_algorithm_issuer_audience_and_time_and_forwards_claims()
         let (status, head, _) = call(web, "/", &[("Authorization", &bearer(t))]);
         assert_eq!(status, 403, "{what}: {head}");
         assert_eq!(
-            header(&head, "gatehouse-error"),
+            head_field(&head, "gatehouse-error"),
             Some("auth_denied"),
             "{what}"
         );
@@ -422,7 +415,7 @@ deny = ["198.51.100.66/32"]
     assert!(http("198.51.100.7").starts_with("HTTP/1.1 200"));
     let denied = http("203.0.113.7");
     assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
-    assert_eq!(header(&denied, "gatehouse-error"), Some("ip_denied"));
+    assert_eq!(head_field(&denied, "gatehouse-error"), Some("ip_denied"));
     assert!(http("198.51.100.66").starts_with("HTTP/1.1 403"));
     assert_eq!(seen.lock().unwrap().len(), 1);
 
@@ -466,7 +459,7 @@ fn a_rate_limit_holds_its_rate_at_twice_the_rate_and_says_when_to_retry() {
         match status_of(&head) {
             200 => {
                 allowed += 1;
-                assert!(header(&head, "ratelimit-policy").is_some(), "{head}");
+                assert!(head_field(&head, "ratelimit-policy").is_some(), "{head}");
             }
             429 => {
                 limited += 1;
@@ -484,14 +477,14 @@ fn a_rate_limit_holds_its_rate_at_twice_the_rate_and_says_when_to_retry() {
     );
     assert_eq!(allowed + limited, 1000);
     let head = first_limited.unwrap();
-    assert_eq!(header(&head, "retry-after"), Some("1"), "{head}");
-    assert_eq!(header(&head, "gatehouse-error"), Some("rate_limited"));
+    assert_eq!(head_field(&head, "retry-after"), Some("1"), "{head}");
+    assert_eq!(head_field(&head, "gatehouse-error"), Some("rate_limited"));
     assert_eq!(
-        header(&head, "ratelimit-policy"),
+        head_field(&head, "ratelimit-policy"),
         Some("\"per-client\";q=10;w=1")
     );
     assert!(
-        header(&head, "ratelimit")
+        head_field(&head, "ratelimit")
             .unwrap()
             .starts_with("\"per-client\";r=0;t=")
     );
@@ -553,10 +546,10 @@ fn header_rules_and_request_ids_reach_the_upstream_the_response_and_the_log() {
     let web = gh.addr("web");
     let (status, head, _) = call(web, "/p", &[("x-internal", "1")]);
     assert_eq!(status, 200, "{head}");
-    let id = header(&head, "x-request-id").unwrap().to_owned();
+    let id = head_field(&head, "x-request-id").unwrap().to_owned();
     assert_eq!(id.len(), 36, "{id}");
-    assert_eq!(header(&head, "x-served-by"), Some("gatehouse/app"));
-    assert!(header(&head, "x-powered-by").is_none());
+    assert_eq!(head_field(&head, "x-served-by"), Some("gatehouse/app"));
+    assert!(head_field(&head, "x-powered-by").is_none());
     let up = last_seen(&seen);
     assert_eq!(up.header("x-request-id"), vec![id.clone()]);
     assert_eq!(up.header("x-gatehouse-route"), vec!["app"]);
@@ -565,7 +558,7 @@ fn header_rules_and_request_ids_reach_the_upstream_the_response_and_the_log() {
     assert!(up.header("x-internal").is_empty());
     // A client's id is kept (every peer is trusted by default).
     let (_, head, _) = call(web, "/p", &[("x-request-id", "client-id-42")]);
-    assert_eq!(header(&head, "x-request-id"), Some("client-id-42"));
+    assert_eq!(head_field(&head, "x-request-id"), Some("client-id-42"));
     assert_eq!(
         last_seen(&seen).header("x-request-id"),
         vec!["client-id-42"]
@@ -596,18 +589,18 @@ fn cors_preflights_are_answered_here_and_responses_get_their_headers() {
     );
     assert_eq!(status, 204, "{head}");
     assert_eq!(
-        header(&head, "access-control-allow-origin"),
+        head_field(&head, "access-control-allow-origin"),
         Some("https://app.example")
     );
     assert_eq!(
-        header(&head, "access-control-allow-methods"),
+        head_field(&head, "access-control-allow-methods"),
         Some("GET, PUT")
     );
     assert_eq!(
-        header(&head, "access-control-allow-headers"),
+        head_field(&head, "access-control-allow-headers"),
         Some("content-type")
     );
-    assert_eq!(header(&head, "access-control-max-age"), Some("600"));
+    assert_eq!(head_field(&head, "access-control-max-age"), Some("600"));
     assert!(
         seen.lock().unwrap().is_empty(),
         "the preflight went upstream"
@@ -622,20 +615,20 @@ fn cors_preflights_are_answered_here_and_responses_get_their_headers() {
         ],
     );
     assert_eq!(status, 403, "{head}");
-    assert_eq!(header(&head, "gatehouse-error"), Some("cors_denied"));
+    assert_eq!(head_field(&head, "gatehouse-error"), Some("cors_denied"));
     let (status, head, _) = call(web, "/items", &[("Origin", "https://app.example")]);
     assert_eq!(status, 200);
     assert_eq!(
-        header(&head, "access-control-allow-origin"),
+        head_field(&head, "access-control-allow-origin"),
         Some("https://app.example")
     );
     assert_eq!(
-        header(&head, "access-control-expose-headers"),
+        head_field(&head, "access-control-expose-headers"),
         Some("x-total")
     );
-    assert_eq!(header(&head, "vary"), Some("Origin"));
+    assert_eq!(head_field(&head, "vary"), Some("Origin"));
     let (_, head, _) = call(web, "/items", &[("Origin", "https://evil.example")]);
-    assert!(header(&head, "access-control-allow-origin").is_none());
+    assert!(head_field(&head, "access-control-allow-origin").is_none());
 }
 
 #[test]

@@ -19,6 +19,7 @@
 //! for the last request's variant, and other variants are misses.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -132,6 +133,9 @@ impl Store {
 pub struct Cache {
     cfg: CacheConfig,
     store: Arc<Mutex<Store>>,
+    /// Bytes of response bodies being copied for the cache now: held
+    /// under `max_bytes`, like what is stored.
+    buffering: Arc<AtomicUsize>,
 }
 
 /// What the request side left for the response side.
@@ -230,6 +234,7 @@ impl Cache {
         Cache {
             cfg: cfg.clone(),
             store: Arc::default(),
+            buffering: Arc::default(),
         }
     }
 
@@ -457,6 +462,7 @@ impl Filter for Cache {
         if storable {
             let heads = head_bytes(&fetch.request.headers) + head_bytes(resp.headers);
             resp.transforms.push(Box::new(Tee {
+                buffering: self.buffering.clone(),
                 heads,
                 fields: resp.headers.clone(),
                 expected: length.map(|l| l as usize),
@@ -515,6 +521,8 @@ async fn wait_for(
 
 /// Passes the body through and keeps a copy; at its end, stores it.
 struct Tee {
+    /// The cache's count of body bytes being copied (`Cache::buffering`).
+    buffering: Arc<AtomicUsize>,
     heads: usize,
     fields: HeaderMap,
     /// The body's length when the response says it: stored at its last
@@ -528,20 +536,27 @@ struct Tee {
 }
 
 impl Transform for Tee {
-    fn data(&mut self, chunk: &[u8]) -> std::io::Result<Bytes> {
+    fn data(&mut self, chunk: Bytes) -> std::io::Result<Bytes> {
         if self.policy.is_some() {
-            if self.body.len() + chunk.len() > self.max_object {
+            let n = chunk.len();
+            let over_object = self.body.len() + n > self.max_object;
+            // Bodies being copied count against the cache's size too, so that
+            // many large misses at once cannot hold more than it.
+            if over_object || self.buffering.fetch_add(n, Ordering::Relaxed) + n > self.cap {
+                if !over_object {
+                    self.buffering.fetch_sub(n, Ordering::Relaxed);
+                }
                 // Too large to keep: passed on, not stored.
                 self.policy = None;
-                self.body = Vec::new();
+                self.release();
             } else {
-                self.body.extend_from_slice(chunk);
+                self.body.extend_from_slice(&chunk);
                 if self.expected == Some(self.body.len()) {
                     self.store();
                 }
             }
         }
-        Ok(Bytes::copy_from_slice(chunk))
+        Ok(chunk)
     }
 
     fn finish(&mut self) -> std::io::Result<Bytes> {
@@ -550,9 +565,22 @@ impl Transform for Tee {
     }
 }
 
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl Tee {
+    /// Gives the copy up (its bytes leave the buffering count).
+    fn release(&mut self) {
+        self.buffering.fetch_sub(self.body.len(), Ordering::Relaxed);
+        self.body = Vec::new();
+    }
+
     fn store(&mut self) {
         if let (Some(policy), Some(fetch)) = (self.policy.take(), self.fetch.take()) {
+            self.buffering.fetch_sub(self.body.len(), Ordering::Relaxed);
             let body = Bytes::from(std::mem::take(&mut self.body));
             let mut store = fetch.store.lock().unwrap_or_else(|p| p.into_inner());
             store.insert(
@@ -571,11 +599,52 @@ impl Tee {
 struct Replace(Option<Bytes>);
 
 impl Transform for Replace {
-    fn data(&mut self, _chunk: &[u8]) -> std::io::Result<Bytes> {
+    fn data(&mut self, _chunk: Bytes) -> std::io::Result<Bytes> {
         Ok(Bytes::new())
     }
 
     fn finish(&mut self) -> std::io::Result<Bytes> {
         Ok(self.0.take().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tee(buffering: &Arc<AtomicUsize>) -> Tee {
+        let (req, ()) = http::Request::new(()).into_parts();
+        let fields = HeaderMap::new();
+        Tee {
+            buffering: buffering.clone(),
+            heads: 0,
+            policy: Some(CachePolicy::new(&req, &Res(StatusCode::OK, &fields))),
+            fields,
+            expected: None,
+            fetch: None,
+            body: Vec::new(),
+            max_object: 1000,
+            cap: 1500,
+        }
+    }
+
+    #[test]
+    fn copies_in_flight_count_against_the_cache_size() {
+        let buffering = Arc::new(AtomicUsize::new(0));
+        let (mut a, mut b) = (tee(&buffering), tee(&buffering));
+        let piece = Bytes::from(vec![7u8; 800]);
+        assert_eq!(a.data(piece.clone()).unwrap(), piece, "passed on as it is");
+        assert!(a.policy.is_some());
+        assert_eq!(buffering.load(Ordering::Relaxed), 800);
+        // A second copy would pass the cap: given up, the body still passed on.
+        assert_eq!(b.data(piece.clone()).unwrap(), piece);
+        assert!(b.policy.is_none());
+        assert_eq!(buffering.load(Ordering::Relaxed), 800);
+        // Too large an object is given up too, and its bytes released.
+        assert_eq!(a.data(piece.clone()).unwrap(), piece);
+        assert!(a.policy.is_none());
+        assert_eq!(buffering.load(Ordering::Relaxed), 0);
+        drop((a, b));
+        assert_eq!(buffering.load(Ordering::Relaxed), 0);
     }
 }

@@ -202,20 +202,20 @@ impl Encoder {
 }
 
 impl Transform for Encoder {
-    fn data(&mut self, chunk: &[u8]) -> std::io::Result<Bytes> {
+    fn data(&mut self, chunk: Bytes) -> std::io::Result<Bytes> {
         let out = match self {
             Encoder::Gzip(e) => {
-                e.write_all(chunk)?;
+                e.write_all(&chunk)?;
                 e.flush()?;
                 e.get_mut()
             }
             Encoder::Brotli(e) => {
-                e.write_all(chunk)?;
+                e.write_all(&chunk)?;
                 e.flush()?;
                 e.get_mut()
             }
             Encoder::Zstd(e) => {
-                e.write_all(chunk)?;
+                e.write_all(&chunk)?;
                 e.flush()?;
                 e.get_mut()
             }
@@ -244,7 +244,7 @@ mod tests {
         let mut e = Encoder::new(enc).unwrap();
         let mut wire = Vec::new();
         for p in pieces {
-            wire.extend_from_slice(&e.data(p).unwrap());
+            wire.extend_from_slice(&e.data(Bytes::copy_from_slice(p)).unwrap());
         }
         wire.extend_from_slice(&e.finish().unwrap());
         let mut out = Vec::new();

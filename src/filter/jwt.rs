@@ -236,11 +236,7 @@ impl JwtAuth {
             jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation).ok()?;
         let exp = data.claims.get("exp").and_then(Value::as_u64)?;
         let claims = Arc::new(data.claims);
-        let text = |name: &str| match claims.get(name)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            v => Some(v.to_string()),
-        };
+        let text = |name: &str| super::claim_text(claims.get(name)?);
         let verified = Arc::new(Verified {
             user: text("sub").map(Into::into),
             headers: self

@@ -10,7 +10,9 @@
 //!
 //! The built-in kinds (`config::FilterKind`) are here: authentication
 //! (`auth`: HTTP Basic and API keys; `jwt`), IP rules, header rules,
-//! request ids and CORS (`rules`), and rate limits (`limit`). Their
+//! request ids and CORS (`rules`), rate limits (`limit`), compression
+//! (`compress`) and the response cache (`cache`); programs built on the
+//! library add kinds of their own (`register`). Their
 //! definitions are built once per snapshot (`build`) and kept across
 //! reloads while their settings stay, so a rate limit's state survives a
 //! reload. A route without filters has an empty `Chain`: the proxy does
@@ -72,7 +74,7 @@ pub struct Response<'a> {
 /// A streaming change of a response body: each piece of the body in, what
 /// is ready out (possibly nothing yet), and at the end what is left.
 pub trait Transform: Send {
-    fn data(&mut self, chunk: &[u8]) -> std::io::Result<bytes::Bytes>;
+    fn data(&mut self, chunk: bytes::Bytes) -> std::io::Result<bytes::Bytes>;
     fn finish(&mut self) -> std::io::Result<bytes::Bytes>;
 }
 
@@ -153,11 +155,7 @@ impl State {
 
     /// A claim of the verified token, as header text.
     pub fn claim(&self, name: &str) -> Option<String> {
-        match self.claims.as_ref()?.get(name)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            v => Some(v.to_string()),
-        }
+        claim_text(self.claims.as_ref()?.get(name)?)
     }
 
     /// `t` with its variables filled in; `None` when the result is not a
@@ -196,6 +194,16 @@ impl State {
             }
         }
         HeaderValue::from_str(&out).ok()
+    }
+}
+
+/// A claim's value as header text: a string as it is, other values as
+/// JSON, null as nothing.
+fn claim_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        v => Some(v.to_string()),
     }
 }
 

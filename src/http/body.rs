@@ -615,14 +615,11 @@ impl Transformed {
 
     /// `data` through every transform; with `end`, each one's rest too
     /// (fed to the ones after it).
-    fn run(&mut self, data: &[u8], end: bool) -> io::Result<Bytes> {
-        let mut out = Bytes::copy_from_slice(data);
+    fn run(&mut self, mut out: Bytes, end: bool) -> io::Result<Bytes> {
         for t in &mut self.transforms {
-            out = if out.is_empty() {
-                Bytes::new()
-            } else {
-                t.data(&out)?
-            };
+            if !out.is_empty() {
+                out = t.data(out)?;
+            }
             if end {
                 let rest = t.finish()?;
                 if !rest.is_empty() {
@@ -655,7 +652,7 @@ impl HttpBody for Transformed {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     this.done = true;
-                    let rest = this.run(&[], true)?;
+                    let rest = this.run(Bytes::new(), true)?;
                     if rest.is_empty() {
                         continue;
                     }
@@ -663,12 +660,12 @@ impl HttpBody for Transformed {
                 }
             };
             let out = match frame.into_data() {
-                Ok(data) => this.run(&data, false)?,
+                Ok(data) => this.run(data, false)?,
                 Err(frame) => {
                     // Trailers: the transformed body ends before them.
                     this.trailers = frame.into_trailers().ok();
                     this.done = true;
-                    this.run(&[], true)?
+                    this.run(Bytes::new(), true)?
                 }
             };
             if !out.is_empty() {

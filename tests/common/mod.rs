@@ -933,3 +933,20 @@ where
 }
 
 pub mod tls;
+
+/// A field of a response head (case-insensitive name), if present.
+pub fn head_field<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// A loopback port free a moment ago (for servers a test cannot ask).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -459,10 +459,32 @@ impl Handler {
         });
         *req.uri_mut() = uri;
         log.request_id = state.request_id.clone();
-        let answer = match verdict {
-            Ok(()) => return Ok((req, state, log)),
-            Err(answer) => answer,
-        };
+        match verdict {
+            Ok(()) => Ok((req, state, log)),
+            Err(answer) => {
+                let resp = self.answer_response(answer, log);
+                Err(filtered(&route.filters, resp, &mut state))
+            }
+        }
+    }
+
+    /// A filter's answer given instead of the upstream's (after a wait
+    /// before the upstream), through the response side of the filters.
+    fn filter_answer(&self, mut out: Outbound, answer: filter::Answer) -> Response<Body> {
+        let state = out.filters.take();
+        let resp = self.answer_response(answer, out.log);
+        match state {
+            Some(mut state) => {
+                let chain = out.view.snap.routes[out.route].filters.clone();
+                filtered(&chain, resp, &mut state)
+            }
+            None => resp,
+        }
+    }
+
+    /// A filter's answer as the response (a rejection's with the proxy's
+    /// error body), and the request's record ended with it.
+    fn answer_response(&self, answer: filter::Answer, mut log: RequestLog) -> Response<Body> {
         log.end = answer.end;
         log.status = answer.status.as_u16();
         let mut resp = if answer.end == RequestEnd::Ok {
@@ -476,31 +498,7 @@ impl Handler {
         for (name, value) in answer.headers {
             resp.headers_mut().append(name, value);
         }
-        Err(filtered(&route.filters, resp, &mut state))
-    }
-
-    /// A filter's answer given instead of the upstream's (after a wait
-    /// before the upstream), through the response side of the filters.
-    fn filter_answer(&self, mut out: Outbound, answer: filter::Answer) -> Response<Body> {
-        let state = out.filters.take();
-        let mut log = out.log;
-        log.end = answer.end;
-        log.status = answer.status.as_u16();
-        log.finished = true;
-        log.bytes_down = answer.body.len() as u64;
-        let mut resp = Response::new(super::body::full(answer.body));
-        *resp.status_mut() = answer.status;
-        for (name, value) in answer.headers {
-            resp.headers_mut().append(name, value);
-        }
-        drop(log);
-        match state {
-            Some(mut state) => {
-                let chain = out.view.snap.routes[out.route].filters.clone();
-                filtered(&chain, resp, &mut state)
-            }
-            None => resp,
-        }
+        resp
     }
 
     /// The client's address for filters: the connection's (after a PROXY
