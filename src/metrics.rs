@@ -55,6 +55,39 @@ pub struct RouteStats {
     pub http_end: [AtomicU64; RequestEnd::ALL.len()],
     pub http_in_flight: AtomicI64,
     pub http_latency: Histogram,
+    /// Copies of its requests for its mirror, by outcome.
+    pub mirror: [AtomicU64; MirrorOutcome::ALL.len()],
+}
+
+/// What became of a request's copy for a route's mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorOutcome {
+    /// The shadow cluster answered (any status).
+    Sent,
+    /// The shadow exchange failed or ran out of time.
+    Failed,
+    /// Every place for copies was taken: not mirrored.
+    Dropped,
+    /// Its body was too long for a copy, or never finished.
+    Skipped,
+}
+
+impl MirrorOutcome {
+    pub const ALL: [MirrorOutcome; 4] = [
+        MirrorOutcome::Sent,
+        MirrorOutcome::Failed,
+        MirrorOutcome::Dropped,
+        MirrorOutcome::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorOutcome::Sent => "sent",
+            MirrorOutcome::Failed => "failed",
+            MirrorOutcome::Dropped => "dropped",
+            MirrorOutcome::Skipped => "skipped",
+        }
+    }
 }
 
 impl RouteStats {
@@ -70,7 +103,12 @@ impl RouteStats {
             http_end: std::array::from_fn(|_| AtomicU64::new(0)),
             http_in_flight: AtomicI64::new(0),
             http_latency: Histogram::new(),
+            mirror: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    pub fn mirror_outcome(&self, outcome: MirrorOutcome) {
+        self.mirror[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -303,6 +341,21 @@ impl Metrics {
                         stats.name,
                         end.as_str(),
                         end.side().as_str()
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP gatehouse_mirror_requests_total Copies of requests for routes' mirrors, by outcome (sent, failed, dropped, skipped).\n");
+        out.push_str("# TYPE gatehouse_mirror_requests_total counter\n");
+        for stats in all {
+            for outcome in MirrorOutcome::ALL {
+                let n = stats.mirror[outcome as usize].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "gatehouse_mirror_requests_total{{route=\"{}\",outcome=\"{}\"}} {n}",
+                        stats.name,
+                        outcome.as_str()
                     );
                 }
             }

@@ -25,6 +25,8 @@ pub struct Route {
     pub filters: crate::filter::Chain,
     /// Turns of a split (`Forward::pick`).
     turn: std::sync::atomic::AtomicUsize,
+    /// Requests counted for its mirror's sampling.
+    mirror_turn: std::sync::atomic::AtomicU64,
 }
 
 impl Route {
@@ -37,6 +39,12 @@ impl Route {
             }
             _ => 0,
         }
+    }
+
+    /// The next turn of its mirror's sampling.
+    pub fn mirror_turn(&self) -> u64 {
+        self.mirror_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn new(
@@ -54,6 +62,7 @@ impl Route {
             closing,
             filters,
             turn: Default::default(),
+            mirror_turn: Default::default(),
         }
     }
 }

@@ -509,8 +509,14 @@ proxy_protocol.trusted = ["127.0.0.0/8"]
 name = "plain"
 bind = "127.0.0.1:0"
 protocol = "http"
+http = {{ access_log_headers = ["user-agent"], access_log_query = false }}
+[[clusters]]
+name = "shadow"
+endpoints = [{{ address = "127.0.0.1:8" }}]
 [[routes]]
 name = "users"
+mirror = {{ cluster = "shadow", percent = 5, max_body = "4KiB", timeout = "2s" }}
+log_redact = {{ headers = ["x-session"], query = ["ticket"] }}
 match = {{ listener = "edge", path_pattern = "/users/{{id}}/{{*rest}}", methods = ["GET"], headers = {{ x-env = "prod" }}, headers_present = ["x-trace"] }}
 action.forward = ["127.0.0.1:9"]
 upstream = {{ tls = true, server_name = "users.internal", protocol = "http2" }}
@@ -543,6 +549,10 @@ action = {{ redirect_https = true, redirect_port = 8443 }}
         "request_timeout = \"1m30s\"",
         "max_body_size = 1048576",
         "server_name = \"users.internal\"",
+        "[routes.mirror]\ncluster = \"shadow\"\npercent = 5\nmax_body = 4096\ntimeout = \"2s\"",
+        "[routes.log_redact]\nheaders = [\"x-session\"]\nquery = [\"ticket\"]",
+        "access_log_headers = [\"user-agent\"]",
+        "access_log_query = false",
     ] {
         assert!(printed.contains(line), "{line:?} not in:\n{printed}");
     }

@@ -43,6 +43,10 @@ pub struct HttpListener {
     /// `Server` header on the proxy's own responses (`None`: no header).
     pub server_header: Option<String>,
     pub access_log: bool,
+    /// Request headers written in each access-log line.
+    pub access_log_headers: Vec<http::HeaderName>,
+    /// The query string in the access log (sensitive values redacted).
+    pub access_log_query: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +168,8 @@ impl Ctx<'_> {
             via: true,
             server_header: Some("gatehouse".into()),
             access_log: true,
+            access_log_headers: Vec::new(),
+            access_log_query: true,
         };
         let Some(r) = raw else { return l };
         if let Some(v) = &r.max_header_bytes {
@@ -242,6 +248,14 @@ impl Ctx<'_> {
         l.forwarded = r.forwarded.as_ref().is_some_and(|b| *b.get_ref());
         l.via = r.via.as_ref().is_none_or(|b| *b.get_ref());
         l.access_log = r.access_log.as_ref().is_none_or(|b| *b.get_ref());
+        l.access_log_query = r.access_log_query.as_ref().is_none_or(|b| *b.get_ref());
+        if let Some(list) = &r.access_log_headers {
+            l.access_log_headers = list
+                .get_ref()
+                .iter()
+                .filter_map(|h| self.header_name(h, &field("http.access_log_headers")))
+                .collect();
+        }
         if let Some(v) = &r.server_header {
             let s = self
                 .string(v, &field("http.server_header"))

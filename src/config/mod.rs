@@ -15,6 +15,7 @@ mod listener;
 mod print;
 mod raw;
 mod route;
+mod route_http;
 mod size;
 mod syntax;
 mod tls;
@@ -32,6 +33,7 @@ pub use filter::{
 };
 pub use http::{HostMatch, HttpListener, HttpMatch, HttpPolicy, PathMatch, Segment};
 pub use print::print;
+pub use route_http::{LogRedact, MirrorConfig};
 pub use tls::{
     AcmeChallenge, AcmeConfig, CertSource, CertificateConfig, ClientAuth, TlsListener, TlsMode,
     TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTls, host_pattern,
@@ -151,6 +153,10 @@ pub struct RouteConfig {
     pub upstream: UpstreamConfig,
     /// Its filters, in order: indices into `Config::filters`.
     pub filters: Vec<usize>,
+    /// Copies of its requests to a shadow cluster (HTTP routes).
+    pub mirror: Option<MirrorConfig>,
+    /// What its access-log lines never show.
+    pub log_redact: std::sync::Arc<LogRedact>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -216,6 +216,14 @@ fn listener(l: &super::ListenerConfig) -> Value {
             h.server_header.clone().unwrap_or_default(),
         );
         put(&mut http, "access_log", h.access_log);
+        if !h.access_log_headers.is_empty() {
+            put(
+                &mut http,
+                "access_log_headers",
+                strings(h.access_log_headers.iter()),
+            );
+        }
+        put(&mut http, "access_log_query", h.access_log_query);
         put(&mut t, "http", http);
     }
     if let Some(tls) = &l.tls {
@@ -376,6 +384,23 @@ fn route(c: &Config, r: &RouteConfig) -> Value {
     if !r.filters.is_empty() {
         let names = r.filters.iter().filter_map(|&i| c.filters.get(i));
         put(&mut t, "filters", strings(names.map(|f| &f.name)));
+    }
+    if let Some(m) = &r.mirror {
+        let mut mt = Table::new();
+        if let Some(cluster) = c.clusters.get(m.cluster) {
+            put(&mut mt, "cluster", cluster.name.as_str());
+        }
+        put(&mut mt, "percent", i64::from(m.percent));
+        put(&mut mt, "max_body", m.max_body as i64);
+        put(&mut mt, "timeout", duration(m.timeout));
+        put(&mut t, "mirror", mt);
+    }
+    let redact = &r.log_redact;
+    if !redact.headers.is_empty() || !redact.query.is_empty() {
+        let mut lt = Table::new();
+        put(&mut lt, "headers", strings(redact.headers.iter()));
+        put(&mut lt, "query", strings(redact.query.iter()));
+        put(&mut t, "log_redact", lt);
     }
     Value::Table(t)
 }

@@ -288,6 +288,12 @@ pub struct RawHttpListener {
     pub via: Option<S<bool>>,
     pub server_header: Option<S<String>>,
     pub access_log: Option<S<bool>>,
+    /// Request headers written in each access-log line (values of
+    /// sensitive ones as "(redacted)").
+    pub access_log_headers: Option<S<Vec<S<String>>>>,
+    /// Write the query string in the access log (sensitive parameters'
+    /// values as "(redacted)"); default true.
+    pub access_log_query: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -311,6 +317,30 @@ pub struct RawRoute {
     /// Names of `[[filters]]`, run in this order (before the upstream in
     /// this order, after it in reverse).
     pub filters: Option<S<Vec<S<String>>>>,
+    /// A copy of (some of) the route's requests sent to a shadow cluster.
+    pub mirror: Option<S<RawMirror>>,
+    /// Headers and query parameters never written to logs (on top of the
+    /// built-in sensitive ones).
+    pub log_redact: Option<S<RawLogRedact>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub cluster: S<String>,
+    /// Share of requests mirrored, 1 to 100 (default 100).
+    pub percent: Option<S<Scalar>>,
+    /// Requests with a larger body are not mirrored (default "64KiB").
+    pub max_body: Option<S<Scalar>>,
+    /// The shadow exchange's deadline (default "5s").
+    pub timeout: Option<S<Scalar>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogRedact {
+    pub headers: Option<S<Vec<S<String>>>>,
+    pub query: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -186,7 +186,13 @@ impl Ctx<'_> {
             Some(_) => on_http,
             None => facts.is_http.iter().all(|&h| h),
         };
-        let filters = self.route_filters(r.filters.as_ref(), filters, only_http, &field("filters"));
+        let route_filters =
+            self.route_filters(r.filters.as_ref(), filters, only_http, &field("filters"));
+        let mirror = r
+            .mirror
+            .as_ref()
+            .and_then(|m| self.mirror(m, only_http, &field, clusters));
+        let log_redact = self.log_redact(r.log_redact.as_ref(), &route_filters, filters, &field);
         Some(RouteConfig {
             name,
             matcher,
@@ -194,7 +200,9 @@ impl Ctx<'_> {
             policy,
             tls_mode,
             upstream,
-            filters,
+            filters: route_filters,
+            mirror,
+            log_redact: std::sync::Arc::new(log_redact),
         })
     }
 
@@ -324,7 +332,7 @@ impl Ctx<'_> {
     }
 
     /// The index of the named cluster `v` says (not a route's own).
-    fn named_cluster(
+    pub(super) fn named_cluster(
         &mut self,
         v: &S<String>,
         field: &str,

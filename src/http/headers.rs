@@ -240,7 +240,7 @@ pub struct ForwardedFor<'a> {
 /// as bytes by our HTTP/1.1 client, which then leaves out the map's fields
 /// of those names (a set costs no hashing and no growth of the map). Each
 /// entry replaces every field of its name; `None` removes them.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct SetFields {
     fields: Vec<(HeaderName, Option<HeaderValue>)>,
 }

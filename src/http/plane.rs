@@ -27,6 +27,8 @@ pub struct View {
     /// Each route's pools, one per cluster of the route in
     /// `Forward::clusters` order (none for routes that never carry HTTP).
     pub pools: Vec<Vec<Arc<RoutePools>>>,
+    /// Each route's pools for its mirror's cluster, when it has one.
+    pub mirrors: Vec<Option<Arc<RoutePools>>>,
 }
 
 impl Plane {
@@ -35,6 +37,7 @@ impl Plane {
         let snap = rt.snapshot();
         let view = View {
             pools: build_pools(&snap, None),
+            mirrors: build_mirrors(&snap, None),
             snap,
         };
         Arc::new(Plane {
@@ -54,7 +57,12 @@ impl Plane {
     pub fn publish(&self, snap: Arc<Snapshot>) {
         let previous = self.live.load_full();
         let pools = build_pools(&snap, Some(&previous));
-        self.live.store(Arc::new(View { snap, pools }));
+        let mirrors = build_mirrors(&snap, Some(&previous));
+        self.live.store(Arc::new(View {
+            snap,
+            pools,
+            mirrors,
+        }));
     }
 
     /// Closes pooled upstream connections past their idle lifetime.
@@ -64,6 +72,7 @@ impl Plane {
             .pools
             .iter()
             .flatten()
+            .chain(self.live.load().mirrors.iter().flatten())
             .for_each(|p| p.reap());
     }
 }
@@ -109,6 +118,35 @@ fn build_pools(snap: &Snapshot, previous: Option<&View>) -> Vec<Vec<Arc<RoutePoo
                     ))
                 })
                 .collect()
+        })
+        .collect()
+}
+
+/// The pools of `snap`'s routes' mirrors (with the route's upstream and
+/// pool settings), kept from `previous` like the routes' own.
+fn build_mirrors(snap: &Snapshot, previous: Option<&View>) -> Vec<Option<Arc<RoutePools>>> {
+    snap.routes
+        .iter()
+        .map(|r| {
+            let m = r.config.mirror.as_ref()?;
+            let cluster = snap.clusters.get(m.cluster)?;
+            let before = previous.and_then(|p| {
+                let old = p.snap.routes.iter().find(|o| o.name == r.name)?;
+                let settings = old.config.upstream == r.config.upstream
+                    && old.config.policy.http.pools_equal(&r.config.policy.http);
+                p.mirrors[old.index].clone().filter(|_| settings)
+            });
+            if let Some(kept) = before.as_ref().filter(|p| Arc::ptr_eq(&p.cluster, cluster)) {
+                return Some(kept.clone());
+            }
+            let same_name = before.filter(|p| p.cluster.name == cluster.name);
+            let upstream = Upstream::new(&r.config.upstream, snap.upstream_tls[r.index].clone());
+            Some(Arc::new(RoutePools::new(
+                cluster.clone(),
+                &r.config.policy.http,
+                upstream,
+                same_name.as_deref(),
+            )))
         })
         .collect()
 }

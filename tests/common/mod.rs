@@ -467,7 +467,8 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     assert!(
         found
             || name == "gatehouse_connections_closed_total"
-            || name == "gatehouse_http_request_end_total",
+            || name == "gatehouse_http_request_end_total"
+            || name == "gatehouse_mirror_requests_total",
         "no sample of {name} {labels:?} in:\n{text}"
     );
     sum

@@ -427,7 +427,7 @@ async fn watch_client<S: ConnIo>(io: &mut S, buf: &mut BytesMut, limit: usize) -
 
 /// Answers a request refused before routing, then the connection closes.
 async fn refuse<S: ConnIo>(io: &mut S, end: RequestEnd, cfg: &HttpListener) {
-    let resp = respond(end, cfg.server_header.as_deref());
+    let resp = respond(end, cfg.server_header.as_deref(), false);
     let mut keep_alive = false;
     let limit = cfg.send_timeout;
     if write_response(io, resp, false, Version::HTTP_11, &mut keep_alive, limit)

@@ -465,7 +465,7 @@ fn cookie<'a>(req: &'a Request<()>, name: &str) -> Option<&'a [u8]> {
 
 /// Makes a request HTTP/2-ready for an upstream: version 2, and the host
 /// moved from `Host` into the target's authority (`:authority`).
-fn as_http2(req: &mut Request<Body>, scheme: &str) {
+pub(super) fn as_http2(req: &mut Request<Body>, scheme: &str) {
     if req.version() == Version::HTTP_2 {
         return;
     }

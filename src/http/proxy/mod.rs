@@ -23,6 +23,7 @@ use super::pool::{PooledConn, Sender};
 use super::tunnel::{Handover, Tunnel, TunnelLog};
 
 mod call;
+mod mirror;
 use super::plane::{Plane, View};
 use crate::config::{HttpListener, RouteAction};
 use crate::conn::ConnEntry;
@@ -218,7 +219,7 @@ impl Handler {
     fn fail(&self, mut log: RequestLog, end: RequestEnd) -> Response<Body> {
         log.end = end;
         log.status = end.status().as_u16();
-        respond(end, self.http.server_header.as_deref())
+        respond(end, self.http.server_header.as_deref(), log.grpc)
     }
 
     /// Everything before the upstream: the request's checks, its route and
@@ -245,6 +246,8 @@ impl Handler {
             host.as_deref().unwrap_or(""),
             req.uri().path(),
         );
+        log.grpc = super::error::is_grpc(req.headers());
+        log.capture(&self.http, req.uri().query(), req.headers());
         if uri_len(req.uri()) > self.http.max_uri_bytes {
             return Err(self.fail(log, RequestEnd::UriTooLong));
         }
@@ -297,6 +300,7 @@ impl Handler {
         };
         let policy = &route.config.policy;
         let in_flight = log.set_route(&route.stats);
+        log.redact_for(&route.config.log_redact);
         if policy
             .max_connections
             .is_some_and(|max| in_flight >= i64::from(max))
@@ -411,13 +415,32 @@ impl Handler {
             }
         }
         parts.version = Version::HTTP_11;
+        let req = Request::from_parts(parts, ());
+        // A copy for the route's mirror, sampled.
+        let body = match (&route.config.mirror, &live.mirrors[route.index]) {
+            (Some(m), Some(pools))
+                if !upgrade && mirror::sampled(route.mirror_turn(), m.percent) =>
+            {
+                mirror::tap(
+                    m,
+                    pools,
+                    &route.stats,
+                    policy.connect_timeout,
+                    &req,
+                    &set,
+                    body,
+                    length,
+                )
+            }
+            _ => body,
+        };
         // The request's deadline counts from its record's start.
         let started = tokio::time::Instant::from_std(log.started);
         Ok(Outbound {
             route: route.index,
             view: live.clone(),
             head: UpstreamHead {
-                req: Request::from_parts(parts, ()),
+                req,
                 set,
                 missing_host,
                 upgrade,
@@ -492,9 +515,12 @@ impl Handler {
             log.bytes_down = answer.body.len() as u64;
             Response::new(super::body::full(answer.body))
         } else {
-            respond(answer.end, self.http.server_header.as_deref())
+            respond(answer.end, self.http.server_header.as_deref(), log.grpc)
         };
-        *resp.status_mut() = answer.status;
+        // (A gRPC client reads the failure in the trailers, under a 200.)
+        if answer.end == RequestEnd::Ok || !log.grpc {
+            *resp.status_mut() = answer.status;
+        }
         for (name, value) in answer.headers {
             resp.headers_mut().append(name, value);
         }
