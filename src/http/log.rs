@@ -214,11 +214,7 @@ impl RequestLog {
             if secret {
                 out.push_str(REDACTED);
             } else {
-                out.push_str(
-                    &String::from_utf8_lossy(value.as_bytes())
-                        .escape_debug()
-                        .to_string(),
-                );
+                out.extend(String::from_utf8_lossy(value.as_bytes()).escape_debug());
             }
         }
         Some(out)

@@ -94,9 +94,7 @@ fn build_pools(snap: &Snapshot, previous: Option<&View>) -> Vec<Vec<Arc<RoutePoo
             let before: &[Arc<RoutePools>] = previous
                 .and_then(|p| {
                     let old = p.snap.routes.iter().find(|o| o.name == r.name)?;
-                    let settings = old.config.upstream == r.config.upstream
-                        && old.config.policy.http.pools_equal(&r.config.policy.http);
-                    settings.then_some(p.pools[old.index].as_slice())
+                    same_pool_settings(old, r).then_some(p.pools[old.index].as_slice())
                 })
                 .unwrap_or_default();
             forward
@@ -132,9 +130,9 @@ fn build_mirrors(snap: &Snapshot, previous: Option<&View>) -> Vec<Option<Arc<Rou
             let cluster = snap.clusters.get(m.cluster)?;
             let before = previous.and_then(|p| {
                 let old = p.snap.routes.iter().find(|o| o.name == r.name)?;
-                let settings = old.config.upstream == r.config.upstream
-                    && old.config.policy.http.pools_equal(&r.config.policy.http);
-                p.mirrors[old.index].clone().filter(|_| settings)
+                p.mirrors[old.index]
+                    .clone()
+                    .filter(|_| same_pool_settings(old, r))
             });
             if let Some(kept) = before.as_ref().filter(|p| Arc::ptr_eq(&p.cluster, cluster)) {
                 return Some(kept.clone());
@@ -149,4 +147,11 @@ fn build_mirrors(snap: &Snapshot, previous: Option<&View>) -> Vec<Option<Arc<Rou
             )))
         })
         .collect()
+}
+
+/// Whether a route's pools can be kept across a reload: the same upstream
+/// protocol and TLS, and the same pool settings.
+fn same_pool_settings(old: &crate::routing::Route, new: &crate::routing::Route) -> bool {
+    old.config.upstream == new.config.upstream
+        && old.config.policy.http.pools_equal(&new.config.policy.http)
 }

@@ -99,6 +99,7 @@ impl Copy {
     /// held until the exchange ends.
     fn send(self, body: Bytes) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.stats.mirror_outcome(MirrorOutcome::Failed); // (never: requests run on tokio)
             return;
         };
         let Copy {
