@@ -80,10 +80,19 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     // Reload when the file changes (kept for the process's life). Set up
     // before anything is announced: its descriptors are part of the start.
     let _watch = if watch { reloader.watch() } else { None };
+    // (The admin listener's reserve descriptors are opened before any
+    // data listener accepts.)
+    let admin = match admin {
+        Some(a) => Some((
+            a.local_addr()?,
+            crate::admin::serve(a, plane.clone(), reloader.clone()),
+        )),
+        None => None,
+    };
     reloader.start_bound(bound).await;
-    if let Some(admin) = admin {
-        tracing::info!(addr = %admin.local_addr()?, "admin listening");
-        tokio::spawn(crate::admin::serve(admin, plane.clone(), reloader.clone()));
+    if let Some((addr, serve)) = admin {
+        tracing::info!(%addr, "admin listening");
+        tokio::spawn(serve);
     }
     crate::notify::notify("READY=1");
 

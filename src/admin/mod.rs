@@ -144,12 +144,30 @@ fn refill_reserve(r: &Reserve) {
     }
 }
 
-pub async fn serve(listener: TcpListener, plane: Arc<Plane>, reloader: Arc<Reloader>) {
-    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+/// The admin listener's accept loop. Its reserve descriptors are opened
+/// here, before the loop is spawned, so that they are among the lowest
+/// numbers: one freed must be under the descriptor limit even when the
+/// limit is later lowered under the running process.
+pub fn serve(
+    listener: TcpListener,
+    plane: Arc<Plane>,
+    reloader: Arc<Reloader>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     // (Shared with the connections' tasks: the descriptor of one that
     // ends becomes the reserve when it is missing: `AdminIo`.)
     let reserve = Arc::new(std::sync::Mutex::new(reserve_fd()));
     let null = reserve_fd().map(Arc::new);
+    accept_loop(listener, plane, reloader, reserve, null)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    plane: Arc<Plane>,
+    reloader: Arc<Reloader>,
+    reserve: Reserve,
+    null: Option<Arc<std::fs::File>>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     let mut backoff = crate::listener::AcceptBackoff::default();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
