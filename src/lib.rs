@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod notify;
 pub mod proxy_protocol;
 pub mod pump;
+pub mod registry;
 pub mod reload;
 pub mod routing;
 pub mod runtime;

@@ -211,6 +211,7 @@ impl Reloader {
         let starts_only = [
             (old.workers != config.workers, "workers"),
             (old.admin != config.admin, "admin"),
+            (old.registry != config.registry, "registry"),
             (
                 old.limits.max_connections != config.limits.max_connections,
                 "limits.max_connections",

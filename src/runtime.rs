@@ -24,6 +24,7 @@ use rustls::{ClientConfig, ServerConfig};
 use crate::config::{Config, ListenerConfig};
 use crate::conn::ConnTable;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::routing::Route;
 use crate::shutdown::ShutdownSignal;
 use crate::tls::TlsRt;
@@ -34,6 +35,8 @@ use crate::upstream::cluster::Cluster;
 pub struct Shared<'a> {
     pub metrics: &'a Metrics,
     pub shutdown: &'a ShutdownSignal,
+    /// Where clusters that name a service take their endpoints from.
+    pub registry: &'a Registry,
 }
 
 /// A listener's settings in a snapshot.
@@ -143,6 +146,7 @@ impl Snapshot {
                     .cloned()
                     .unwrap_or_else(|| {
                         let cluster = Cluster::new(c.clone(), before.map(|o| &**o));
+                        shared.registry.fill(&cluster);
                         cluster.start();
                         cluster
                     })
@@ -185,6 +189,8 @@ pub struct Runtime {
     /// refused (`overload`) until it is under again (the parking sweeps
     /// look, a few times a second).
     pub over_memory: std::sync::atomic::AtomicBool,
+    /// The registered services (for the process's life).
+    pub registry: Arc<Registry>,
     live: ArcSwap<Snapshot>,
 }
 
@@ -196,8 +202,11 @@ impl Runtime {
         table: Arc<ConnTable>,
         shutdown: ShutdownSignal,
         limits: (usize, u64),
+        registry: Arc<Registry>,
     ) -> Runtime {
+        registry.attach(&snapshot.clusters, || ());
         Runtime {
+            registry,
             max_connections: limits.0,
             fd_ceiling: limits.1.into(),
             workers: snapshot.config.workers,
@@ -223,12 +232,16 @@ impl Runtime {
         Shared {
             metrics: self.table.metrics(),
             shutdown: &self.shutdown,
+            registry: &self.registry,
         }
     }
 
     /// Makes `next` the running snapshot; returns the one it replaces.
+    /// Its clusters that name a service take the registry's instances as
+    /// they are after the swap.
     pub fn swap_arc(&self, next: Arc<Snapshot>) -> Arc<Snapshot> {
-        self.live.swap(next)
+        let clusters = next.clusters.clone();
+        self.registry.attach(&clusters, || self.live.swap(next))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -245,13 +258,21 @@ pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
     );
     let table = ConnTable::new(Arc::new(Metrics::new()));
     let shutdown = ShutdownSignal::new();
+    let registry = Arc::new(Registry::memory(16));
     let shared = Shared {
         metrics: table.metrics(),
         shutdown: &shutdown,
+        registry: &registry,
     };
     let snapshot = Snapshot::build(config, shared, 1, None).unwrap_or_else(|e| panic!("{e}"));
     let listener = snapshot.listeners[0].clone();
     let limits = (1024, u64::MAX);
-    let runtime = Arc::new(Runtime::new(snapshot, table, shutdown.clone(), limits));
+    let runtime = Arc::new(Runtime::new(
+        snapshot,
+        table,
+        shutdown.clone(),
+        limits,
+        registry,
+    ));
     (runtime, listener)
 }

@@ -43,9 +43,12 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     crate::splice::set_max_pipes(config.limits.splice_pipes);
     let table = ConnTable::new(Arc::new(Metrics::new()));
     let shutdown = ShutdownSignal::new();
+    let registry =
+        Arc::new(crate::registry::Registry::open(&config.registry).context("registry.data_dir")?);
     let shared = crate::runtime::Shared {
         metrics: table.metrics(),
         shutdown: &shutdown,
+        registry: &registry,
     };
     let snapshot = Snapshot::build(config.clone(), shared, 1, None).context("TLS settings")?;
     let limits = (
@@ -57,7 +60,10 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
         table.clone(),
         shutdown.clone(),
         limits,
+        registry.clone(),
     ));
+    let stop = shutdown.clone();
+    tokio::spawn(async move { registry.run_lapses(stop.draining()).await });
     let plane = crate::http::Plane::new(runtime.clone());
     let reloader = Reloader::new(plane.clone(), path);
 

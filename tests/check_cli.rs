@@ -32,9 +32,11 @@ fn the_examples_are_valid() {
         "examples/gatehouse.toml",
         "examples/proxy-chain.toml",
         "examples/bench/tcp.toml",
+        "examples/registry.toml",
     ] {
         let out = Command::new(BIN)
             .args(["check", "--config", f])
+            .env("ADMIN_TOKEN", "example-token-0123456789")
             .env("LISTEN_ADDR", "127.0.0.1:1")
             .env("BACKEND_ADDR", "127.0.0.1:2")
             .output()
@@ -636,6 +638,54 @@ fn bad_filter_settings_are_named_with_their_line_and_field() {
     assert!(!ok);
     assert!(
         stderr.contains("c.toml:7: routes[0].filters: filter \"k\" needs an HTTP route"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_registry_and_admin_settings_are_named_with_their_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.token");
+    std::fs::write(&short, "abc\n").unwrap();
+    let text = format!(
+        "admin.token_file = \"{}\"\n\
+registry.max_instances = 0\n\
+[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+[[routes]]\nname = \"r\"\naction.cluster = \"both\"\n\
+[[clusters]]\nname = \"both\"\nservice = \"demo\"\n\
+endpoints = [{{ address = \"127.0.0.1:1\" }}]\n\
+[[clusters]]\nname = \"bad\"\nservice = \"../etc\"\n\
+[[clusters]]\nname = \"none\"\n",
+        short.display()
+    );
+    let (ok, stderr) = check(&text);
+    assert!(!ok);
+    for want in [
+        "c.toml:1: admin.token_file: the token must be at least 16 characters",
+        "c.toml:2: registry.max_instances: must be at least 1",
+        "c.toml:12: clusters[0].endpoints: a cluster takes its endpoints from a list or from a service, not both",
+        "c.toml:15: clusters[1].service: \"../etc\" is not a name",
+        "c.toml:17: clusters[2].endpoints: list at least one endpoint",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(want)),
+            "want a line starting {want:?}, got:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), 5, "{stderr}");
+    // A token's variable that is not set; private reads without a token.
+    let (ok, stderr) = check(&format!("admin.token_env = \"NOT_SET_ANYWHERE\"\n{OK}"));
+    assert!(!ok);
+    assert!(
+        stderr.starts_with(
+            "c.toml:1: admin.token_env: the environment variable NOT_SET_ANYWHERE is not set"
+        ),
+        "{stderr}"
+    );
+    let (ok, stderr) = check(&format!("admin.public_reads = false\n{OK}"));
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("c.toml:1: admin.public_reads: public_reads = false needs a token"),
         "{stderr}"
     );
 }

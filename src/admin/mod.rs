@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 mod clusters;
+mod services;
 
 use crate::http::Plane;
 use crate::reload::Reloader;
@@ -43,7 +44,13 @@ POST /config/validate  check the TOML in the body without applying it (JSON: eve
 GET  /clusters      every cluster and endpoint: state, load, latency, last probe, history (JSON)\n\
 POST /clusters/NAME/endpoints          add an endpoint: {\"address\": \"ip:port\", \"weight\": 1}\n\
 PATCH /clusters/NAME/endpoints/IP:PORT set its weight: {\"weight\": 5}\n\
-DELETE /clusters/NAME/endpoints/IP:PORT[?drain=30s]  drain it (no new requests; it leaves when idle or at the deadline; 0s: at once)\n";
+DELETE /clusters/NAME/endpoints/IP:PORT[?drain=30s]  drain it (no new requests; it leaves when idle or at the deadline; 0s: at once)\n\
+GET  /services      registered services and their instances (JSON)\n\
+PUT  /services/SERVICE/instances/ID            register an instance: {\"address\": \"ip:port\", \"ttl\": \"30s\", \"weight\": 1, \"tags\": []}\n\
+POST /services/SERVICE/instances/ID/heartbeat  renew its TTL\n\
+DELETE /services/SERVICE/instances/ID          deregister it\n\
+Every path is also under /v1 (e.g. /v1/services). With admin.token_file or\n\
+admin.token_env set, writes need Authorization: Bearer <token>.\n";
 
 /// The largest config accepted by `POST /config/validate`.
 const MAX_CANDIDATE: usize = 1 << 20;
@@ -210,6 +217,59 @@ async fn accept_loop(
     }
 }
 
+/// The request body, up to `max` bytes (`None`: longer, or cut).
+async fn read_body(req: Request<Incoming>, max: usize) -> Option<Bytes> {
+    use http_body_util::BodyExt as _;
+    let body = http_body_util::Limited::new(req.into_body(), max);
+    body.collect().await.ok().map(|b| b.to_bytes())
+}
+
+/// With a token configured: a write (any method but GET and HEAD), or a
+/// read when reads are not public, without `Authorization: Bearer` is
+/// 401; with another token, 403. `None`: let through. The token is never
+/// logged or echoed.
+fn authorize(
+    access: &crate::config::AdminAccess,
+    req: &Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    let token = access.token.as_ref()?;
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    // (Liveness stays open: probes carry no token.)
+    if read && (access.public_reads || req.uri().path() == "/healthz") {
+        return None;
+    }
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    let (status, message) = match presented {
+        None => (
+            StatusCode::UNAUTHORIZED,
+            "this needs the admin token: Authorization: Bearer <token>",
+        ),
+        Some(t) if token.matches(t.as_bytes()) => return None,
+        Some(_) => (
+            StatusCode::FORBIDDEN,
+            "the admin token presented is not the right one",
+        ),
+    };
+    let mut resp = reply(
+        status,
+        "application/json",
+        serde_json::json!({ "error": message }).to_string(),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
+        );
+    }
+    Some(resp)
+}
+
 async fn handle(
     plane: &Plane,
     reloader: &Reloader,
@@ -217,7 +277,28 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let rt = &plane.rt;
     let json = |status, v: serde_json::Value| reply(status, "application/json", v.to_string());
-    match (req.method(), req.uri().path()) {
+    if let Some(denied) = authorize(&rt.current().config.admin_access, &req) {
+        return denied;
+    }
+    // (Every path is under /v1 too.)
+    let path = match req.uri().path().strip_prefix("/v1") {
+        Some("") => "/".to_owned(),
+        Some(p) if p.starts_with('/') => p.to_owned(),
+        _ => req.uri().path().to_owned(),
+    };
+    if path == "/services" || path.starts_with("/services/") {
+        let method = req.method().clone();
+        let Some(body) = read_body(req, services::MAX_BODY).await else {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("body: at most {} bytes", services::MAX_BODY) }),
+            );
+        };
+        let (status, v) = services::handle(&rt.registry, &method, &path, &body).await;
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return json(status, v);
+    }
+    match (req.method(), path.as_str()) {
         (&Method::POST, "/tls/reload") => {
             let loaded = rt.snapshot().tls.certs.reload_all();
             return json(StatusCode::OK, serde_json::json!({ "reloaded": loaded }));
@@ -235,7 +316,7 @@ async fn handle(
         (&Method::POST | &Method::PATCH | &Method::DELETE, path)
             if path.starts_with("/clusters/") =>
         {
-            return change_cluster(rt, req).await;
+            return change_cluster(rt, path, req).await;
         }
         (&Method::GET, _) => {}
         _ => {
@@ -246,7 +327,7 @@ async fn handle(
             );
         }
     }
-    match req.uri().path() {
+    match path.as_str() {
         "/" => reply(StatusCode::OK, "text/plain", INDEX.into()),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/clusters" => json(StatusCode::OK, clusters::list(&plane.view())),
@@ -303,11 +384,11 @@ async fn handle(
 /// A change to a cluster's endpoints (`clusters::change`).
 async fn change_cluster(
     rt: &crate::runtime::Runtime,
+    path: &str,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt as _;
     let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
@@ -322,7 +403,7 @@ async fn change_cluster(
     let (status, answer) = clusters::change(
         &rt.snapshot(),
         &method,
-        &path,
+        path,
         query.as_deref(),
         &body.to_bytes(),
     );

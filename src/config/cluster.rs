@@ -17,6 +17,9 @@ const MAX_WEIGHT: u64 = 1000;
 pub struct ClusterConfig {
     pub name: String,
     pub endpoints: Vec<EndpointConfig>,
+    /// The registered service whose instances are the endpoints (then
+    /// `endpoints` is empty).
+    pub service: Option<String>,
     /// Names among the endpoints are resolved again this often (every
     /// address a name has becomes an endpoint).
     pub resolve_every: Duration,
@@ -51,7 +54,8 @@ impl Ctx<'_> {
                 );
             }
             let mut endpoints = Vec::new();
-            for (j, e) in c.endpoints.get_ref().iter().enumerate() {
+            let listed = c.endpoints.as_ref().map_or(&[][..], |l| &l.get_ref()[..]);
+            for (j, e) in listed.iter().enumerate() {
                 let field = |f: &str| format!("clusters[{i}].endpoints[{j}].{f}");
                 let e = e.get_ref();
                 let weight = match &e.weight {
@@ -64,12 +68,31 @@ impl Ctx<'_> {
                     endpoints.push(EndpointConfig { address, weight });
                 }
             }
-            if c.endpoints.get_ref().is_empty() {
-                self.err(
-                    &c.endpoints.span(),
+            let service = c.service.as_ref().and_then(|s| {
+                let name = self.string(s, &field("service"))?;
+                if let Err(m) = check_service_name(&name) {
+                    self.err(&s.span(), &field("service"), &m);
+                    return None;
+                }
+                Some(name)
+            });
+            match (&c.endpoints, &c.service) {
+                (Some(l), Some(_)) => self.err(
+                    &l.span(),
+                    &field("endpoints"),
+                    "a cluster takes its endpoints from a list or from a service, not both",
+                ),
+                (Some(l), None) if l.get_ref().is_empty() => self.err(
+                    &l.span(),
                     &field("endpoints"),
                     "list at least one endpoint: { address = \"host:port\" }",
-                );
+                ),
+                (None, None) => self.err(
+                    &c.name.span(),
+                    &field("endpoints"),
+                    "list at least one endpoint: { address = \"host:port\" }, or name a registered service: service = \"name\"",
+                ),
+                _ => {}
             }
             let resolve_every = self.required_duration(
                 c.resolve_every.as_ref(),
@@ -80,6 +103,7 @@ impl Ctx<'_> {
             out.push(ClusterConfig {
                 name,
                 endpoints,
+                service,
                 resolve_every,
                 inline: false,
                 policy,
@@ -107,6 +131,7 @@ impl Ctx<'_> {
         ClusterConfig {
             name: route.to_owned(),
             endpoints,
+            service: None,
             resolve_every: DEFAULT_RESOLVE_EVERY,
             inline: true,
             policy: super::ClusterPolicy::default(),
@@ -126,5 +151,23 @@ impl Ctx<'_> {
 
     fn weight(&mut self, v: &S<Scalar>, field: &str) -> Option<u32> {
         self.count(v, field, MAX_WEIGHT).map(|w| w as u32)
+    }
+}
+
+/// A service's name or an instance's id: 1 to 128 of letters, digits,
+/// `.`, `_` and `-`, beginning with a letter or digit (they name files of
+/// the registry's store).
+pub fn check_service_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a name: 1 to 128 letters, digits, '.', '_' or '-', beginning with a letter or digit"
+        ))
     }
 }

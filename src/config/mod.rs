@@ -4,6 +4,7 @@
 //! every error naming the file, line and field. A `Config` is immutable once
 //! built; live connections hold the `Arc` they started with.
 
+mod admin;
 mod cluster;
 mod cluster_policy;
 mod duration;
@@ -20,7 +21,8 @@ mod size;
 mod syntax;
 mod tls;
 
-pub use cluster::{ClusterConfig, DEFAULT_RESOLVE_EVERY, EndpointConfig};
+pub use admin::{AdminAccess, AdminToken, RegistryConfig, TokenSource};
+pub use cluster::{ClusterConfig, DEFAULT_RESOLVE_EVERY, EndpointConfig, check_service_name};
 pub use cluster_policy::{
     BalanceConfig, ClusterPolicy, HashKey, HealthCheck, HttpProbe, OutlierConfig, Probe,
     RetryConfig,
@@ -56,6 +58,10 @@ pub struct Config {
     pub workers: usize,
     /// `None` when the admin listener is disabled.
     pub admin: Option<SocketAddr>,
+    /// Who may use the admin API.
+    pub admin_access: AdminAccess,
+    /// The service registry's settings.
+    pub registry: RegistryConfig,
     pub log: LogConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -576,6 +582,8 @@ impl Ctx<'_> {
             None => DEFAULT_ADMIN_BIND.parse().ok(),
         };
 
+        let admin_access = self.admin_access(raw.admin.as_ref());
+        let registry = self.registry(raw.registry.as_ref());
         let log = self.log(&raw);
         let timeouts = self.timeouts(&raw);
         let limits = self.limits(&raw);
@@ -619,6 +627,8 @@ impl Ctx<'_> {
         Config {
             workers,
             admin,
+            admin_access,
+            registry,
             log,
             timeouts,
             limits,

@@ -33,7 +33,24 @@ fn document(c: &Config) -> Table {
         Some(a) => put(&mut admin, "bind", a.to_string()),
         None => put(&mut admin, "enabled", false),
     }
+    // (Where the token is, never its value.)
+    match c.admin_access.token.as_ref().map(|t| &t.source) {
+        Some(super::TokenSource::File(p)) => put(&mut admin, "token_file", p.display().to_string()),
+        Some(super::TokenSource::Env(n)) => put(&mut admin, "token_env", n.as_str()),
+        None => {}
+    }
+    put(&mut admin, "public_reads", c.admin_access.public_reads);
     put(&mut doc, "admin", admin);
+    let mut registry = Table::new();
+    if let Some(d) = &c.registry.data_dir {
+        put(&mut registry, "data_dir", d.display().to_string());
+    }
+    put(
+        &mut registry,
+        "max_instances",
+        c.registry.max_instances as i64,
+    );
+    put(&mut doc, "registry", registry);
     let mut log = Table::new();
     put(&mut log, "level", c.log.level.as_str());
     let format = match c.log.format {
@@ -147,7 +164,10 @@ fn cluster(k: &super::ClusterConfig) -> Value {
         put(&mut t, "weight", i64::from(e.weight));
         Value::Table(t)
     });
-    put(&mut t, "endpoints", Value::Array(endpoints.collect()));
+    match &k.service {
+        Some(s) => put(&mut t, "service", s.as_str()),
+        None => put(&mut t, "endpoints", Value::Array(endpoints.collect())),
+    }
     put(&mut t, "resolve_every", duration(k.resolve_every));
     k.policy.print(&mut t, duration);
     Value::Table(t)

@@ -66,6 +66,7 @@ impl<T: JsonSchema> JsonSchema for S<T> {
 pub struct RawConfig {
     pub workers: Option<S<Scalar>>,
     pub admin: Option<RawAdmin>,
+    pub registry: Option<RawRegistry>,
     pub log: Option<RawLog>,
     pub timeouts: Option<RawTimeouts>,
     pub limits: Option<RawLimits>,
@@ -88,7 +89,11 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub name: S<String>,
-    pub endpoints: S<Vec<S<RawEndpoint>>>,
+    /// The endpoints; or none, with `service`.
+    pub endpoints: Option<S<Vec<S<RawEndpoint>>>>,
+    /// The registered service whose instances are the endpoints (instead
+    /// of `endpoints`).
+    pub service: Option<S<String>>,
     pub resolve_every: Option<S<Scalar>>,
     /// "round_robin" (default), "least_request", "peak_ewma" or "hash".
     pub balance: Option<S<String>>,
@@ -225,6 +230,23 @@ pub struct RawUpstream {
 pub struct RawAdmin {
     pub bind: Option<S<String>>,
     pub enabled: Option<S<bool>>,
+    /// A file holding the token every admin write needs (`Authorization:
+    /// Bearer …`); at least 16 characters.
+    pub token_file: Option<S<String>>,
+    /// The environment variable holding that token (instead of a file).
+    pub token_env: Option<S<String>>,
+    /// Whether reads (GET) are open without the token (default true).
+    pub public_reads: Option<S<bool>>,
+}
+
+/// The service registry: instances registered over the admin API.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    /// Where registrations are kept across restarts (none: memory only).
+    pub data_dir: Option<S<String>>,
+    /// Registered instances at most, over every service (default 100000).
+    pub max_instances: Option<S<Scalar>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -182,34 +182,41 @@ impl Cluster {
             })
             .collect();
         // (An address configured and added keeps its first place.)
-        let mut seen = Vec::with_capacity(endpoints.len());
-        endpoints.retain(|e| {
-            let first = !seen.contains(&e.addr);
-            seen.push(e.addr);
-            first
-        });
+        let mut seen = std::collections::HashSet::with_capacity(endpoints.len());
+        endpoints.retain(|e| seen.insert(e.addr));
         let current = self.set.load();
         if current.endpoints == endpoints && current.settled == settled {
             return;
         }
+        // (By address: a service's cluster may have thousands.)
+        let known: std::collections::HashMap<(SocketAddr, &str), &Arc<EndpointState>> = inner
+            .states
+            .iter()
+            .map(|s| ((s.addr, &*s.target), s))
+            .collect();
         let states: Vec<Arc<EndpointState>> = endpoints
             .iter()
-            .map(|e| {
-                inner
-                    .states
-                    .iter()
-                    .find(|s| s.addr == e.addr && s.target == e.target)
-                    .cloned()
-                    .unwrap_or_else(|| EndpointState::new(e.target.clone(), e.addr))
+            .map(|e| match known.get(&(e.addr, &*e.target)) {
+                Some(s) => Arc::clone(s),
+                None => EndpointState::new(e.target.clone(), e.addr),
             })
             .collect();
+        drop(known);
         // States of endpoints that left go (a request still in flight to
         // one holds its state until it ends).
         inner.states = states.clone();
         let generation = current.generation + 1;
         if current.endpoints != endpoints && current.generation > 0 {
-            let list: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
-            tracing::info!(cluster = %self.name, endpoints = %list.join(" "), "cluster endpoints changed");
+            // (The first few: a service's cluster may have thousands.)
+            let mut list: Vec<String> = endpoints
+                .iter()
+                .take(16)
+                .map(|e| e.addr.to_string())
+                .collect();
+            if endpoints.len() > 16 {
+                list.push(format!("(and {} more)", endpoints.len() - 16));
+            }
+            tracing::info!(cluster = %self.name, count = endpoints.len(), endpoints = %list.join(" "), "cluster endpoints changed");
         }
         let balancer = balance::for_set(&self.config.policy.balance, &endpoints);
         self.set.store(Arc::new(EndpointSet {
@@ -320,6 +327,10 @@ impl Cluster {
         tried: &[SocketAddr],
     ) -> Result<usize, UpstreamError> {
         if set.endpoints.is_empty() {
+            // (A service's cluster with no instance registered: none healthy.)
+            if self.config.service.is_some() {
+                return Err(UpstreamError::NoHealthy);
+            }
             return Err(UpstreamError::Unresolved);
         }
         // (The clock only when an endpoint has been ejected.)
@@ -456,6 +467,13 @@ impl Cluster {
         }
     }
 
+    /// Replaces the endpoints the cluster has from its source (a
+    /// registered service's instances); run-time changes still apply over
+    /// them. One that leaves takes no new request; those in flight finish.
+    pub fn set_base(&self, base: Vec<Endpoint>) {
+        self.publish(Some(base), true);
+    }
+
     /// Adds an endpoint at run time (or sets the weight of one there).
     pub fn add(&self, addr: SocketAddr, weight: u32) {
         {
@@ -584,6 +602,7 @@ mod tests {
                         weight: *w,
                     })
                     .collect(),
+                service: None,
                 resolve_every: Duration::from_secs(30),
                 inline: false,
                 policy: ClusterPolicy::default(),

@@ -1,0 +1,124 @@
+//! The service registry on the admin listener:
+//! `PUT /v1/services/{service}/instances/{id}` registers (or renews) an
+//! instance from a JSON body, `POST …/{id}/heartbeat` renews its TTL,
+//! `DELETE …/{id}` deregisters it, `GET /v1/services[/{service}]` lists.
+//! Bad input is a 400 naming what is wrong, and nothing of it is applied.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::registry::{Put, Registration, Registry, RegistryError};
+
+/// The largest registration body.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// A registration's body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    /// `ip:port`.
+    address: String,
+    /// A duration such as "30s" (default 30s; 1s to 24h).
+    ttl: Option<String>,
+    /// 1 to 10000 (default 1).
+    weight: Option<u32>,
+    tags: Option<Vec<String>>,
+}
+
+fn bad(message: impl Into<String>) -> (u16, Value) {
+    (400, json!({ "error": message.into() }))
+}
+
+/// The registration `body` asks for.
+fn registration(service: &str, id: &str, body: &[u8]) -> Result<Registration, String> {
+    let b: Body = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+    let address = b.address.parse().map_err(|_| {
+        format!(
+            "address: {:?} is not an address like 10.0.0.5:8080",
+            b.address
+        )
+    })?;
+    let ttl = match &b.ttl {
+        None => std::time::Duration::from_secs(30),
+        Some(t) => crate::config::parse_duration(t).map_err(|m| format!("ttl: {m}"))?,
+    };
+    let reg = Registration {
+        service: service.into(),
+        id: id.into(),
+        address,
+        weight: b.weight.unwrap_or(1),
+        tags: b.tags.unwrap_or_default(),
+        ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+    };
+    reg.check()?;
+    Ok(reg)
+}
+
+fn error(e: &RegistryError) -> (u16, Value) {
+    let status = match e {
+        RegistryError::NotFound(..) => 404,
+        RegistryError::Full(_) => 507,
+        RegistryError::Store(_) => 503,
+    };
+    (status, json!({ "error": e.to_string() }))
+}
+
+/// A request under `/services` (the path without `/v1`).
+pub async fn handle(
+    registry: &Arc<Registry>,
+    method: &http::Method,
+    path: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    let rest = path.strip_prefix("/services").unwrap_or_default();
+    let parts: Vec<&str> = rest.split('/').skip(1).collect();
+    use http::Method as M;
+    match (method, &parts[..]) {
+        (&M::GET, []) => (200, registry.list(None).unwrap_or_default()),
+        (&M::GET, [service]) => match registry.list(Some(service)) {
+            Some(v) => (200, v),
+            None => (404, json!({ "error": format!("no service {service:?}") })),
+        },
+        (&M::PUT, [service, "instances", id]) => {
+            let reg = match registration(service, id, body) {
+                Ok(r) => r,
+                Err(m) => return bad(m),
+            };
+            let r = registry.clone();
+            // (The store's write syncs a file: off the runtime's threads.)
+            match tokio::task::spawn_blocking(move || r.put(reg)).await {
+                Ok(Ok(put)) => {
+                    let status = if put == Put::Created { 201 } else { 200 };
+                    let word = match put {
+                        Put::Created => "created",
+                        Put::Updated => "updated",
+                        Put::Renewed => "renewed",
+                    };
+                    (status, json!({ "result": word }))
+                }
+                Ok(Err(e)) => error(&e),
+                Err(_) => (500, json!({ "error": "the registration failed" })),
+            }
+        }
+        (&M::POST, [service, "instances", id, "heartbeat"]) => {
+            match registry.heartbeat(service, id) {
+                Ok(ttl) => (200, json!({ "ttl_ms": ttl.as_millis() as u64 })),
+                Err(e) => error(&e),
+            }
+        }
+        (&M::DELETE, [service, "instances", id]) => {
+            let (r, s, i) = (registry.clone(), service.to_string(), id.to_string());
+            match tokio::task::spawn_blocking(move || r.remove(&s, &i)).await {
+                Ok(Ok(())) => (200, json!({ "result": "deregistered" })),
+                Ok(Err(e)) => error(&e),
+                Err(_) => (500, json!({ "error": "the deregistration failed" })),
+            }
+        }
+        _ => (
+            404,
+            json!({ "error": "see GET /v1/ for the registry's paths" }),
+        ),
+    }
+}

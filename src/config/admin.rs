@@ -1,0 +1,202 @@
+//! Who may use the admin API (`admin.token_file` or `admin.token_env`,
+//! `admin.public_reads`) and where the service registry keeps its
+//! registrations (`[registry]`).
+
+use std::path::PathBuf;
+
+use super::Ctx;
+use super::raw::{RawAdmin, RawRegistry};
+
+/// The most registered instances by default, over every service.
+pub const DEFAULT_MAX_INSTANCES: u64 = 100_000;
+
+/// The admin API's write token. Its value is never printed, logged or
+/// shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    pub source: TokenSource,
+    /// SHA-256 of the token: what a presented token's digest is compared
+    /// with, in constant time (and without revealing the length).
+    digest: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken({:?}, (redacted))", self.source)
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl AdminToken {
+    pub fn new(source: TokenSource, value: &str) -> AdminToken {
+        AdminToken {
+            source,
+            digest: sha256(value.as_bytes()),
+        }
+    }
+
+    /// Whether `presented` is the token (constant time).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        sha256(presented).ct_eq(&self.digest).into()
+    }
+}
+
+/// Who may use the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAccess {
+    /// With a token, every write (any method but GET and HEAD) needs
+    /// `Authorization: Bearer <token>`; without one, writes are open (to
+    /// whoever can reach the listener: loopback by default).
+    pub token: Option<AdminToken>,
+    /// Whether reads need the token too (false: they do, when there is one).
+    pub public_reads: bool,
+}
+
+impl Default for AdminAccess {
+    fn default() -> Self {
+        AdminAccess {
+            token: None,
+            public_reads: true,
+        }
+    }
+}
+
+/// The service registry's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Where registrations are kept across restarts (one file per
+    /// instance, each written atomically); none: in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Registered instances at most, over every service.
+    pub max_instances: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            data_dir: None,
+            max_instances: DEFAULT_MAX_INSTANCES as usize,
+        }
+    }
+}
+
+impl Ctx<'_> {
+    pub(super) fn admin_access(&mut self, raw: Option<&RawAdmin>) -> AdminAccess {
+        let Some(a) = raw else {
+            return AdminAccess::default();
+        };
+        let public_reads = a.public_reads.as_ref().is_none_or(|p| *p.get_ref());
+        let token = match (&a.token_file, &a.token_env) {
+            (Some(f), Some(_)) => {
+                self.err(
+                    &f.span(),
+                    "admin.token_file",
+                    "give the token by token_file or token_env, not both",
+                );
+                None
+            }
+            (Some(f), None) => self
+                .file_text(f, "admin.token_file")
+                .and_then(|(path, text)| {
+                    self.token_value(
+                        &f.span(),
+                        "admin.token_file",
+                        TokenSource::File(path),
+                        &text,
+                    )
+                }),
+            (None, Some(e)) => {
+                let name = self.string(e, "admin.token_env");
+                match name {
+                    Some(name) => match (self.env)(&name) {
+                        Some(value) => self.token_value(
+                            &e.span(),
+                            "admin.token_env",
+                            TokenSource::Env(name),
+                            &value,
+                        ),
+                        None => {
+                            self.err(
+                                &e.span(),
+                                "admin.token_env",
+                                &format!("the environment variable {name} is not set"),
+                            );
+                            None
+                        }
+                    },
+                    None => None,
+                }
+            }
+            (None, None) => None,
+        };
+        if !public_reads && token.is_none() {
+            if let Some(p) = &a.public_reads {
+                self.err(
+                    &p.span(),
+                    "admin.public_reads",
+                    "public_reads = false needs a token (token_file or token_env)",
+                );
+            }
+        }
+        AdminAccess {
+            token,
+            public_reads,
+        }
+    }
+
+    fn token_value(
+        &mut self,
+        span: &std::ops::Range<usize>,
+        field: &str,
+        source: TokenSource,
+        text: &str,
+    ) -> Option<AdminToken> {
+        let value = text.trim();
+        if value.len() < 16 {
+            self.err(span, field, "the token must be at least 16 characters");
+            return None;
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            self.err(
+                span,
+                field,
+                "the token must be printable ASCII without spaces",
+            );
+            return None;
+        }
+        Some(AdminToken::new(source, value))
+    }
+
+    pub(super) fn registry(&mut self, raw: Option<&RawRegistry>) -> RegistryConfig {
+        let Some(r) = raw else {
+            return RegistryConfig::default();
+        };
+        let data_dir = r
+            .data_dir
+            .as_ref()
+            .and_then(|d| self.string(d, "registry.data_dir"))
+            .map(PathBuf::from);
+        let max_instances = r
+            .max_instances
+            .as_ref()
+            .and_then(|m| self.count(m, "registry.max_instances", 10_000_000))
+            .unwrap_or(DEFAULT_MAX_INSTANCES) as usize;
+        RegistryConfig {
+            data_dir,
+            max_instances,
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The service registry: instances that announce themselves over the
+//! admin API (`admin::services`), renew with heartbeats, and lapse when
+//! their TTL runs out. It owns the registrations (in memory, mirrored in
+//! a `Store` so that a restart keeps them) and hands each service's
+//! instances to the clusters that name it (`[[clusters]] service = …`)
+//! as their endpoints.
+//!
+//! One lock orders everything: a registration, a heartbeat, a removal, a
+//! lapse, and the attachment of a new snapshot's clusters. Each change is
+//! written to the store, then applied in memory and to the clusters,
+//! under it, so a change racing a config reload reaches the clusters of
+//! whichever snapshot runs after both. The data plane never takes it: it
+//! reads the clusters' endpoint sets.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::RegistryConfig;
+use crate::upstream::cluster::{Cluster, Endpoint};
+pub use store::{FileStore, MemoryStore, Store, StoreError};
+
+/// The shortest and longest TTL an instance may ask for.
+pub const TTL_MIN: Duration = Duration::from_secs(1);
+pub const TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The largest weight of an instance (as of a configured endpoint).
+pub const WEIGHT_MAX: u32 = 10_000;
+/// Tags per instance at most, and the longest tag.
+pub const TAGS_MAX: usize = 32;
+pub const TAG_LEN_MAX: usize = 64;
+
+/// One instance of a service, as registered (and as stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub service: String,
+    pub id: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The TTL in milliseconds.
+    pub ttl_ms: u64,
+}
+
+impl Registration {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    /// Whether every field is within its bounds (a message saying which
+    /// is not).
+    pub fn check(&self) -> Result<(), String> {
+        crate::config::check_service_name(&self.service).map_err(|m| format!("service: {m}"))?;
+        crate::config::check_service_name(&self.id).map_err(|m| format!("id: {m}"))?;
+        if self.address.port() == 0 || self.address.ip().is_unspecified() {
+            return Err(format!(
+                "address: {} is not an address to send to",
+                self.address
+            ));
+        }
+        if self.weight == 0 || self.weight > WEIGHT_MAX {
+            return Err(format!("weight: must be 1 to {WEIGHT_MAX}"));
+        }
+        if !(TTL_MIN..=TTL_MAX).contains(&self.ttl()) {
+            return Err("ttl: must be 1s to 24h".into());
+        }
+        if self.tags.len() > TAGS_MAX {
+            return Err(format!("tags: at most {TAGS_MAX}"));
+        }
+        if let Some(t) = self
+            .tags
+            .iter()
+            .find(|t| t.is_empty() || t.len() > TAG_LEN_MAX || t.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "tags: {t:?} is not a tag (1 to {TAG_LEN_MAX} characters, no control characters)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("the registry is full: {0} instances (registry.max_instances)")]
+    Full(usize),
+    #[error("no instance {1:?} of service {0:?}")]
+    NotFound(String, String),
+    #[error("the registration could not be stored: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    /// An instance of that id had other settings.
+    Updated,
+    /// The same registration again: its TTL starts over.
+    Renewed,
+}
+
+struct Entry {
+    reg: Registration,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    services: BTreeMap<String, BTreeMap<String, Entry>>,
+    count: usize,
+    /// The running snapshot's clusters that take their endpoints from a
+    /// service.
+    clusters: Vec<Arc<Cluster>>,
+}
+
+impl Inner {
+    fn endpoints(&self, service: &str) -> Vec<Endpoint> {
+        self.services.get(service).map_or_else(Vec::new, |s| {
+            s.values()
+                .map(|e| Endpoint {
+                    addr: e.reg.address,
+                    weight: e.reg.weight,
+                    target: e.reg.address.to_string().into(),
+                })
+                .collect()
+        })
+    }
+
+    /// `service`'s instances to the clusters that name it.
+    fn apply(&self, service: &str) {
+        let mut list = None;
+        for c in &self.clusters {
+            if c.config.service.as_deref() == Some(service) {
+                let endpoints = list.get_or_insert_with(|| self.endpoints(service));
+                c.set_base(endpoints.clone());
+            }
+        }
+    }
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    store: Box<dyn Store>,
+    max_instances: usize,
+    /// Wakes the lapse task when a deadline may have come nearer.
+    wake: tokio::sync::Notify,
+}
+
+impl Registry {
+    /// A registry that keeps nothing across restarts.
+    pub fn memory(max_instances: usize) -> Registry {
+        Registry {
+            inner: Mutex::default(),
+            store: Box::new(MemoryStore),
+            max_instances,
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The registry of `config`: with a data directory, the registrations
+    /// kept there, each with its TTL starting now.
+    pub fn open(config: &RegistryConfig) -> Result<Registry, StoreError> {
+        let Some(dir) = &config.data_dir else {
+            return Ok(Registry::memory(config.max_instances));
+        };
+        let store = FileStore::open(dir)?;
+        let (kept, skipped) = store.load()?;
+        for s in &skipped {
+            tracing::warn!(file = %s, "a stored registration could not be read: skipped");
+        }
+        let registry = Registry {
+            inner: Mutex::default(),
+            store: Box::new(store),
+            max_instances: config.max_instances,
+            wake: tokio::sync::Notify::new(),
+        };
+        {
+            let mut inner = registry.lock();
+            let now = Instant::now();
+            for reg in kept {
+                let expires = now + reg.ttl();
+                let service = inner.services.entry(reg.service.clone()).or_default();
+                service.insert(reg.id.clone(), Entry { reg, expires });
+            }
+            inner.count = inner.services.values().map(BTreeMap::len).sum();
+            if inner.count > 0 {
+                tracing::info!(instances = inner.count, services = inner.services.len(), dir = %dir.display(), "registrations restored");
+            }
+        }
+        Ok(registry)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an instance, or renews it (its TTL starts over). Blocks
+    /// on the store's write.
+    pub fn put(&self, reg: Registration) -> Result<Put, RegistryError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let expires = now + reg.ttl();
+        let existing = inner
+            .services
+            .get(&reg.service)
+            .and_then(|s| s.get(&reg.id))
+            .map(|e| e.reg == reg);
+        let put = match existing {
+            Some(true) => Put::Renewed,
+            Some(false) => Put::Updated,
+            None if inner.count >= self.max_instances => {
+                return Err(RegistryError::Full(self.max_instances));
+            }
+            None => Put::Created,
+        };
+        if put != Put::Renewed {
+            self.store.put(&reg)?;
+        }
+        let service = reg.service.clone();
+        if put == Put::Created {
+            inner.count += 1;
+            tracing::info!(service = %reg.service, id = %reg.id, address = %reg.address, "instance registered");
+        }
+        let entries = inner.services.entry(service.clone()).or_default();
+        entries.insert(reg.id.clone(), Entry { reg, expires });
+        if put != Put::Renewed {
+            inner.apply(&service);
+        }
+        drop(inner);
+        self.wake.notify_one();
+        Ok(put)
+    }
+
+    /// Renews an instance's TTL; its TTL.
+    pub fn heartbeat(&self, service: &str, id: &str) -> Result<Duration, RegistryError> {
+        let mut inner = self.lock();
+        let entry = inner
+            .services
+            .get_mut(service)
+            .and_then(|s| s.get_mut(id))
+            .ok_or_else(|| RegistryError::NotFound(service.into(), id.into()))?;
+        let ttl = entry.reg.ttl();
+        entry.expires = Instant::now() + ttl;
+        Ok(ttl)
+    }
+
+    /// Deregisters an instance: it takes no new request; those in flight
+    /// finish.
+    pub fn remove(&self, service: &str, id: &str) -> Result<(), RegistryError> {
+        let mut inner = self.lock();
+        let known = inner
+            .services
+            .get(service)
+            .is_some_and(|s| s.contains_key(id));
+        if !known {
+            return Err(RegistryError::NotFound(service.into(), id.into()));
+        }
+        self.store.remove(service, id)?;
+        Self::take(&mut inner, service, id);
+        tracing::info!(service, id, "instance deregistered");
+        inner.apply(service);
+        Ok(())
+    }
+
+    fn take(inner: &mut Inner, service: &str, id: &str) {
+        if let Some(s) = inner.services.get_mut(service) {
+            if s.remove(id).is_some() {
+                inner.count -= 1;
+            }
+            if s.is_empty() {
+                inner.services.remove(service);
+            }
+        }
+    }
+
+    /// Removes the instances whose TTL has run out by `now`; the next
+    /// deadline.
+    fn lapse(&self, now: Instant) -> Option<Instant> {
+        let mut inner = self.lock();
+        let lapsed: Vec<(String, String)> = inner
+            .services
+            .iter()
+            .flat_map(|(s, m)| {
+                m.iter()
+                    .filter(|(_, e)| e.expires <= now)
+                    .map(move |(id, _)| (s.clone(), id.clone()))
+            })
+            .collect();
+        let mut touched: Vec<String> = Vec::new();
+        for (service, id) in lapsed {
+            if let Err(e) = self.store.remove(&service, &id) {
+                // (It goes all the same: a restart gives it one more TTL.)
+                tracing::warn!(%service, %id, error = %e, "a lapsed registration could not be removed from the store");
+            }
+            Self::take(&mut inner, &service, &id);
+            tracing::info!(%service, %id, "instance lapsed: no heartbeat within its TTL");
+            if !touched.contains(&service) {
+                touched.push(service);
+            }
+        }
+        for s in &touched {
+            inner.apply(s);
+        }
+        inner
+            .services
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(|e| e.expires)
+            .min()
+    }
+
+    /// Removes instances as their TTLs lapse, until `stop`.
+    pub async fn run_lapses(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            // (Notified before the look: a change during it is not missed.)
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let next = self.lapse(Instant::now());
+            let sleep = match next {
+                Some(at) => tokio::time::sleep_until(at.into()),
+                None => tokio::time::sleep(TTL_MAX),
+            };
+            tokio::select! {
+                () = sleep => {}
+                () = woken => {}
+                () = &mut stop => return,
+            }
+        }
+    }
+
+    /// A new snapshot's clusters: those that name a service take its
+    /// instances (again: a change racing the reload is not lost). `swap`
+    /// (the snapshot's swap) runs under the registry's lock, so a change
+    /// is applied either before it, to the old clusters and then again
+    /// here, or after it, to the new ones.
+    pub fn attach<T>(&self, clusters: &[Arc<Cluster>], swap: impl FnOnce() -> T) -> T {
+        let mut inner = self.lock();
+        let swapped = swap();
+        inner.clusters = clusters
+            .iter()
+            .filter(|c| c.config.service.is_some())
+            .cloned()
+            .collect();
+        for c in &inner.clusters {
+            if let Some(s) = &c.config.service {
+                c.set_base(inner.endpoints(s));
+            }
+        }
+        swapped
+    }
+
+    /// A cluster being built: its service's instances now, so that it is
+    /// never empty in between.
+    pub fn fill(&self, cluster: &Cluster) {
+        if let Some(s) = &cluster.config.service {
+            cluster.set_base(self.lock().endpoints(s));
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().count
+    }
+
+    /// Every service and its instances (`GET /v1/services`), or one.
+    pub fn list(&self, only: Option<&str>) -> Option<Value> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let service = |name: &str, m: &BTreeMap<String, Entry>| {
+            let instances: Vec<Value> = m
+                .values()
+                .map(|e| {
+                    json!({
+                        "id": e.reg.id,
+                        "address": e.reg.address.to_string(),
+                        "weight": e.reg.weight,
+                        "tags": e.reg.tags,
+                        "ttl_ms": e.reg.ttl_ms,
+                        "expires_in_ms": e.expires.saturating_duration_since(now).as_millis() as u64,
+                    })
+                })
+                .collect();
+            let clusters: Vec<&str> = inner
+                .clusters
+                .iter()
+                .filter(|c| c.config.service.as_deref() == Some(name))
+                .map(|c| &*c.name)
+                .collect();
+            json!({ "name": name, "clusters": clusters, "instances": instances })
+        };
+        match only {
+            Some(name) => inner.services.get(name).map(|m| service(name, m)),
+            None => Some(json!({
+                "instances": inner.count,
+                "services": inner.services.iter().map(|(n, m)| service(n, m)).collect::<Vec<_>>(),
+            })),
+        }
+    }
+}
