@@ -108,7 +108,7 @@ fn a_registered_instance_takes_traffic_at_once_and_lapses_without_heartbeats() {
     let gh = start("");
     let (status, body) = get(&gh);
     assert_eq!(status, 503, "{body}");
-    assert!(gh.log_text().contains("no_healthy_upstream"));
+    gh.wait_log("no_healthy_upstream", Duration::from_secs(5));
 
     let one = backend("one");
     let t = Instant::now();

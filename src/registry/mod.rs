@@ -110,6 +110,19 @@ pub enum Put {
 struct Entry {
     reg: Registration,
     expires: Instant,
+    /// The address as text (made once: a service may have thousands).
+    target: Arc<str>,
+}
+
+impl Entry {
+    fn new(reg: Registration, expires: Instant) -> Entry {
+        let target = reg.address.to_string().into();
+        Entry {
+            reg,
+            expires,
+            target,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -119,6 +132,11 @@ struct Inner {
     /// The running snapshot's clusters that take their endpoints from a
     /// service.
     clusters: Vec<Arc<Cluster>>,
+    /// Those of the snapshot before it, still changed with them: the HTTP
+    /// plane's view of the snapshots follows the swap a moment later.
+    retiring: Vec<Arc<Cluster>>,
+    /// The deadline the lapse task waits for.
+    next: Option<Instant>,
 }
 
 impl Inner {
@@ -128,7 +146,7 @@ impl Inner {
                 .map(|e| Endpoint {
                     addr: e.reg.address,
                     weight: e.reg.weight,
-                    target: e.reg.address.to_string().into(),
+                    target: e.target.clone(),
                 })
                 .collect()
         })
@@ -137,7 +155,7 @@ impl Inner {
     /// `service`'s instances to the clusters that name it.
     fn apply(&self, service: &str) {
         let mut list = None;
-        for c in &self.clusters {
+        for c in self.clusters.iter().chain(&self.retiring) {
             if c.config.service.as_deref() == Some(service) {
                 let endpoints = list.get_or_insert_with(|| self.endpoints(service));
                 c.set_base(endpoints.clone());
@@ -188,7 +206,7 @@ impl Registry {
             for reg in kept {
                 let expires = now + reg.ttl();
                 let service = inner.services.entry(reg.service.clone()).or_default();
-                service.insert(reg.id.clone(), Entry { reg, expires });
+                service.insert(reg.id.clone(), Entry::new(reg, expires));
             }
             inner.count = inner.services.values().map(BTreeMap::len).sum();
             if inner.count > 0 {
@@ -230,12 +248,16 @@ impl Registry {
             tracing::info!(service = %reg.service, id = %reg.id, address = %reg.address, "instance registered");
         }
         let entries = inner.services.entry(service.clone()).or_default();
-        entries.insert(reg.id.clone(), Entry { reg, expires });
+        entries.insert(reg.id.clone(), Entry::new(reg, expires));
         if put != Put::Renewed {
             inner.apply(&service);
         }
+        // (The lapse task looks again only if this deadline is nearer.)
+        let nearer = inner.next.is_none_or(|n| expires < n);
         drop(inner);
-        self.wake.notify_one();
+        if nearer {
+            self.wake.notify_one();
+        }
         Ok(put)
     }
 
@@ -309,12 +331,13 @@ impl Registry {
         for s in &touched {
             inner.apply(s);
         }
-        inner
+        inner.next = inner
             .services
             .values()
             .flat_map(BTreeMap::values)
             .map(|e| e.expires)
-            .min()
+            .min();
+        inner.next
     }
 
     /// Removes instances as their TTLs lapse, until `stop`.
@@ -346,12 +369,17 @@ impl Registry {
     pub fn attach<T>(&self, clusters: &[Arc<Cluster>], swap: impl FnOnce() -> T) -> T {
         let mut inner = self.lock();
         let swapped = swap();
-        inner.clusters = clusters
+        let next: Vec<Arc<Cluster>> = clusters
             .iter()
             .filter(|c| c.config.service.is_some())
             .cloned()
             .collect();
-        for c in &inner.clusters {
+        let previous = std::mem::replace(&mut inner.clusters, next);
+        inner.retiring = previous
+            .into_iter()
+            .filter(|o| !inner.clusters.iter().any(|c| Arc::ptr_eq(c, o)))
+            .collect();
+        for c in inner.clusters.iter().chain(&inner.retiring) {
             if let Some(s) = &c.config.service {
                 c.set_base(inner.endpoints(s));
             }
@@ -404,5 +432,92 @@ impl Registry {
                 "services": inner.services.iter().map(|(n, m)| service(n, m)).collect::<Vec<_>>(),
             })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(id: &str, port: u16, ttl_ms: u64) -> Registration {
+        Registration {
+            service: "demo".into(),
+            id: id.into(),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+            tags: vec!["v2".into()],
+            ttl_ms,
+        }
+    }
+
+    #[test]
+    fn registrations_renew_lapse_and_are_bounded() {
+        let r = Registry::memory(2);
+        assert_eq!(r.put(reg("a", 1, 1000)).unwrap(), Put::Created);
+        assert_eq!(r.put(reg("a", 1, 1000)).unwrap(), Put::Renewed);
+        assert_eq!(r.put(reg("a", 2, 1000)).unwrap(), Put::Updated);
+        assert_eq!(r.put(reg("b", 3, 5000)).unwrap(), Put::Created);
+        assert!(matches!(
+            r.put(reg("c", 4, 1000)),
+            Err(RegistryError::Full(2))
+        ));
+        // At a moment past a's TTL but not b's: a lapses.
+        let later = Instant::now() + Duration::from_millis(2000);
+        let next = r.lapse(later).unwrap();
+        assert_eq!(r.count(), 1);
+        assert!(next > later);
+        assert!(matches!(
+            r.heartbeat("demo", "a"),
+            Err(RegistryError::NotFound(..))
+        ));
+        assert_eq!(
+            r.heartbeat("demo", "b").unwrap(),
+            Duration::from_millis(5000)
+        );
+        r.remove("demo", "b").unwrap();
+        assert_eq!(r.count(), 0);
+        assert!(r.lapse(later).is_none());
+    }
+
+    #[test]
+    fn the_file_store_keeps_whole_registrations_and_skips_what_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RegistryConfig {
+            data_dir: Some(dir.path().into()),
+            max_instances: 10,
+        };
+        let r = Registry::open(&config).unwrap();
+        r.put(reg("a", 1, 60_000)).unwrap();
+        r.put(reg("b", 2, 60_000)).unwrap();
+        r.remove("demo", "b").unwrap();
+        let services = dir.path().join("services/demo");
+        // A write cut short and a damaged file.
+        std::fs::write(services.join("c.json.tmp"), "{\"service\"").unwrap();
+        std::fs::write(services.join("d.json"), "not json").unwrap();
+        drop(r);
+        let store = FileStore::open(dir.path()).unwrap();
+        let (kept, skipped) = store.load().unwrap();
+        assert_eq!(kept, vec![reg("a", 1, 60_000)]);
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(!services.join("c.json.tmp").exists());
+        let r = Registry::open(&config).unwrap();
+        assert_eq!(r.count(), 1);
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        assert!(reg("a", 1, 1000).check().is_ok());
+        assert!(reg("a", 1, 0).check().unwrap_err().starts_with("ttl"));
+        assert!(reg("a", 1, 400 * 86_400_000).check().is_err());
+        assert!(
+            reg("a", 0, 1000)
+                .check()
+                .unwrap_err()
+                .starts_with("address")
+        );
+        assert!(reg("../x", 1, 1000).check().unwrap_err().starts_with("id"));
+        let mut r = reg("a", 1, 1000);
+        r.weight = 0;
+        assert!(r.check().unwrap_err().starts_with("weight"));
     }
 }

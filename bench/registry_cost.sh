@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# What the service registry costs: 10,000 instances registered in one
+# service over the admin API (one keep-alive connection, as fast as it
+# answers) while wrk runs the HTTP/1.1 keep-alive scenario through another
+# route (50 connections, an nginx backend on CPU 0 beside wrk, the proxy
+# alone on CPU 1, one worker). Reports the data plane's rate without and
+# with the registrations, the admin API's answer times during them (each
+# PUT, and GET /healthz every 10 ms), and the resident memory per
+# registered instance.
+#   usage: bench/registry_cost.sh [INSTANCES]   (default 10000)
+# Needs nginx and wrk (bench/compare/install.sh installs them).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+N=${1:-10000}
+bench_setup registry
+cargo build --release --manifest-path "$ROOT/Cargo.toml" >/dev/null 2>&1
+G=$ROOT/target/release/gatehouse
+PORT=18130 LISTEN=127.0.0.1:18131 ADMIN=127.0.0.1:18132
+
+nginx_backend 0 "127.0.0.1:$PORT"
+wait_ports $PORT
+
+run_proxy() {
+  cat >"$RUN/g.toml" <<CONF
+workers = 1
+admin.bind = "$ADMIN"
+[[listeners]]
+name = "bench"
+bind = "$LISTEN"
+backlog = 4096
+protocol = "http"
+http.access_log = false
+[[routes]]
+name = "bench"
+match.path_prefix = "/"
+action.forward = ["127.0.0.1:$PORT"]
+policy.pool_max_idle = 256
+[[routes]]
+name = "bulk"
+match.path_prefix = "/bulk/"
+action.cluster = "bulk"
+[[clusters]]
+name = "bulk"
+service = "bulk"
+CONF
+  taskset -c 1 "$G" run --config "$RUN/g.toml" --no-watch 2>"$RUN/g.log" &
+  GPID=$!
+  wait_ports 18131 18132
+}
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+wrk_rate() { # $1: seconds
+  taskset -c 0 wrk -t1 -c50 -d"${1}s" "http://$LISTEN/" | awk '/Requests\/sec/ {print $2}'
+}
+
+# The registrar: PUTs N instances, then reports its answer times and the
+# /healthz probes' (a thread, every 10 ms, on connections of its own).
+registrar() {
+  python3 - "$ADMIN" "$N" <<'PY'
+import http.client, json, sys, threading, time
+host, port = sys.argv[1].split(":"); n = int(sys.argv[2])
+stop = False; health = []
+def probe():
+    while not stop:
+        c = http.client.HTTPConnection(host, int(port), timeout=10)
+        t = time.perf_counter(); c.request("GET", "/healthz"); c.getresponse().read()
+        health.append(time.perf_counter() - t); c.close(); time.sleep(0.01)
+th = threading.Thread(target=probe); th.start()
+c = http.client.HTTPConnection(host, int(port), timeout=10)
+puts = []; t0 = time.perf_counter()
+for i in range(n):
+    body = json.dumps({"address": f"127.{1 + i // 65000}.{(i // 250) % 250}.{1 + i % 250}:8080", "ttl": "1h"})
+    t = time.perf_counter()
+    c.request("PUT", f"/v1/services/bulk/instances/i{i}", body=body)
+    r = c.getresponse(); r.read()
+    assert r.status == 201, r.status
+    puts.append(time.perf_counter() - t)
+total = time.perf_counter() - t0
+stop = True; th.join()
+q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))] * 1000
+print(f"registered {n} in {total:.1f} s ({n / total:.0f}/s); PUT ms p50 {q(puts, .5):.2f} p99 {q(puts, .99):.2f} max {max(puts) * 1000:.2f}; "
+      f"GET /healthz ms p50 {q(health, .5):.2f} p99 {q(health, .99):.2f} max {max(health) * 1000:.2f} ({len(health)} probes)")
+PY
+}
+
+run_proxy
+taskset -c 0 wrk -t1 -c50 -d2s "http://$LISTEN/" >/dev/null
+before=$(wrk_rate 10)
+rss0=$(rss_kib "$GPID")
+# The registrations and a wrk run of the same length side by side.
+registrar >"$RUN/reg.out" &
+RP=$!
+during=$(wrk_rate 10)
+wait "$RP"
+rss1=$(rss_kib "$GPID")
+after=$(wrk_rate 10)
+cat "$RUN/reg.out"
+count=$(curl -s "http://$ADMIN/v1/clusters" | python3 -c 'import json,sys; print([len(c["endpoints"]) for c in json.load(sys.stdin)["clusters"] if c["name"]=="bulk"][0])')
+echo "cluster bulk: $count endpoints"
+echo "data plane: $before req/s before, $during during the registrations ($(echo "$during / $before" | bc -l | cut -c1-5)×), $after after ($(echo "$after / $before" | bc -l | cut -c1-5)×)"
+echo "resident memory: $rss0 KiB before, $rss1 KiB after: $(echo "($rss1 - $rss0) * 1024 / $N" | bc) bytes per instance"
+kill "$GPID"
