@@ -69,14 +69,20 @@ def probe():
         c = http.client.HTTPConnection(host, int(port), timeout=10)
         t = time.perf_counter(); c.request("GET", "/healthz"); c.getresponse().read()
         health.append(time.perf_counter() - t); c.close(); time.sleep(0.01)
-th = threading.Thread(target=probe); th.start()
+th = threading.Thread(target=probe, daemon=True); th.start()
 c = http.client.HTTPConnection(host, int(port), timeout=10)
 puts = []; t0 = time.perf_counter()
 for i in range(n):
     body = json.dumps({"address": f"127.{1 + i // 65000}.{(i // 250) % 250}.{1 + i % 250}:8080", "ttl": "1h"})
     t = time.perf_counter()
-    c.request("PUT", f"/v1/services/bulk/instances/i{i}", body=body)
-    r = c.getresponse(); r.read()
+    try:
+        c.request("PUT", f"/v1/services/bulk/instances/i{i}", body=body)
+        r = c.getresponse(); r.read()
+    except (http.client.HTTPException, ConnectionError):
+        # (The admin listener ends a connection after 60 s: a new one.)
+        c.close(); c = http.client.HTTPConnection(host, int(port), timeout=10)
+        c.request("PUT", f"/v1/services/bulk/instances/i{i}", body=body)
+        r = c.getresponse(); r.read()
     assert r.status == 201, r.status
     puts.append(time.perf_counter() - t)
 total = time.perf_counter() - t0

@@ -88,13 +88,21 @@ enum Round {
 
 /// The longest round kept as a schedule (4 bytes a pick).
 const SCHEDULE_MAX: u64 = 16_384;
+/// The most steps spent making a smooth schedule (the round's length
+/// times the endpoints): a set of thousands (a registered service's)
+/// takes runs instead, so that each change of it stays cheap.
+const SMOOTH_WORK_MAX: u64 = 1 << 20;
 
 impl SmoothRoundRobin {
     pub fn new(endpoints: &[Endpoint]) -> SmoothRoundRobin {
         let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+        let equal = endpoints.windows(2).all(|w| w[0].weight == w[1].weight);
         let round = if endpoints.is_empty() {
             Round::Empty
-        } else if total <= SCHEDULE_MAX {
+        } else if equal {
+            // (Equal weights: the smooth round is each in turn.)
+            Round::Smooth((0..endpoints.len() as u32).collect())
+        } else if total <= SCHEDULE_MAX && total * endpoints.len() as u64 <= SMOOTH_WORK_MAX {
             Round::Smooth(smooth_round(endpoints))
         } else {
             let mut sum = 0;
@@ -420,14 +428,33 @@ mod tests {
 
     #[test]
     fn a_round_too_long_to_keep_still_shares_by_weight() {
-        let (e, _) = endpoints(&[1000; 20]);
+        let mut weights = [1000; 20];
+        weights[19] = 2000;
+        let (e, _) = endpoints(&weights);
         let b = SmoothRoundRobin::new(&e);
         assert!(matches!(b.round, Round::Runs(_)));
         let mut counts = [0usize; 20];
-        for n in 0..20_000 {
+        for n in 0..21_000 {
             counts[b.at(n).unwrap()] += 1;
         }
-        assert!(counts.iter().all(|&n| n == 1000), "{counts:?}");
+        assert!(counts[..19].iter().all(|&n| n == 1000), "{counts:?}");
+        assert_eq!(counts[19], 2000);
+    }
+
+    #[test]
+    fn thousands_of_endpoints_make_their_round_at_once() {
+        // Equal weights: each in turn; unequal: runs (no quadratic schedule).
+        let (e, _) = endpoints(&[1; 10_000]);
+        let b = SmoothRoundRobin::new(&e);
+        assert_eq!(
+            (0..10_000).filter_map(|n| b.at(n)).collect::<Vec<_>>(),
+            (0..10_000).collect::<Vec<_>>()
+        );
+        let mut weights = [1; 10_000];
+        weights[0] = 2;
+        let (e, _) = endpoints(&weights);
+        let b = SmoothRoundRobin::new(&e);
+        assert!(matches!(b.round, Round::Runs(_)));
     }
 
     #[test]
