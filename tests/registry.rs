@@ -65,12 +65,18 @@ fn call(
     s.write_all(head.as_bytes()).unwrap();
     let _ = s.write_all(body);
     let (head, body) = read_response(&mut s);
-    let status = head
-        .split(' ')
+    (
+        status_of(&head),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// The status code of a response head (0: none).
+fn status_of(head: &str) -> u16 {
+    head.split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, String::from_utf8_lossy(&body).into_owned())
+        .unwrap_or(0)
 }
 
 fn register(gh: &Gatehouse, id: &str, addr: SocketAddr, ttl: &str) -> u16 {
@@ -85,12 +91,10 @@ fn get(gh: &Gatehouse) -> (u16, String) {
         gh.addr("web"),
         b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     );
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (
+        status_of(&head),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 fn backend(name: &'static str) -> SocketAddr {

@@ -387,26 +387,16 @@ async fn change_cluster(
     path: &str,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    use http_body_util::BodyExt as _;
     let method = req.method().as_str().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
-        .collect()
-        .await
-    else {
+    let Some(body) = read_body(req, 64 * 1024).await else {
         return reply(
             StatusCode::PAYLOAD_TOO_LARGE,
             "text/plain",
             "at most 64 KiB\n".into(),
         );
     };
-    let (status, answer) = clusters::change(
-        &rt.snapshot(),
-        &method,
-        path,
-        query.as_deref(),
-        &body.to_bytes(),
-    );
+    let (status, answer) = clusters::change(&rt.snapshot(), &method, path, query.as_deref(), &body);
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     reply(status, "application/json", answer.to_string())
 }
