@@ -4,7 +4,8 @@
 //! (Prometheus text), `POST /tls/reload` (read every certificate from disk
 //! again; a file that fails keeps its previous certificate), and the
 //! running config: `GET /config`, `POST /config/reload`, `POST
-//! /config/validate`; the clusters and their endpoints (`clusters`).
+//! /config/validate`; the clusters and their endpoints (`clusters`); the
+//! registry (`services`); the leak audit (`audit`).
 //! Bounded like the data plane: a cap on concurrent
 //! admin connections, a deadline on reading request headers, a cap on a
 //! request body.
@@ -23,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub mod audit;
 mod clusters;
 mod services;
 
@@ -41,6 +43,7 @@ POST /tls/reload    read every certificate from disk again (JSON: what was reloa
 GET  /config        the running config (every setting, as TOML) and its generation (JSON)\n\
 POST /config/reload read the config file again and apply it (JSON: what changed, or every error)\n\
 POST /config/validate  check the TOML in the body without applying it (JSON: every error)\n\
+GET  /audit         the leak audit: the connection table and pools against the process's sockets and pipes (JSON: every mismatch)\n\
 GET  /clusters      every cluster and endpoint: state, load, latency, last probe, history (JSON)\n\
 POST /clusters/NAME/endpoints          add an endpoint: {\"address\": \"ip:port\", \"weight\": 1}\n\
 PATCH /clusters/NAME/endpoints/IP:PORT set its weight: {\"weight\": 5}\n\
@@ -164,7 +167,11 @@ pub fn serve(
     // ends becomes the reserve when it is missing: `AdminIo`.)
     let reserve = Arc::new(std::sync::Mutex::new(reserve_fd()));
     let null = reserve_fd().map(Arc::new);
-    accept_loop(listener, plane, reloader, reserve, null)
+    let admin = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    tokio::spawn(audit::periodic(plane.clone(), admin));
+    accept_loop(listener, plane, reloader, reserve, null, admin)
 }
 
 async fn accept_loop(
@@ -173,6 +180,7 @@ async fn accept_loop(
     reloader: Arc<Reloader>,
     reserve: Reserve,
     null: Option<Arc<std::fs::File>>,
+    admin: std::net::SocketAddr,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     let mut backoff = crate::listener::AcceptBackoff::default();
@@ -204,7 +212,7 @@ async fn accept_loop(
             let service = hyper::service::service_fn(move |req| {
                 let plane = plane.clone();
                 let reloader = reloader.clone();
-                async move { Ok::<_, Infallible>(handle(&plane, &reloader, req).await) }
+                async move { Ok::<_, Infallible>(handle(&plane, &reloader, admin, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -273,6 +281,7 @@ fn authorize(
 async fn handle(
     plane: &Plane,
     reloader: &Reloader,
+    admin: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let rt = &plane.rt;
@@ -313,6 +322,23 @@ async fn handle(
             };
         }
         (&Method::POST, "/config/validate") => return validate(req).await,
+        (&Method::POST, "/audit/leak") if audit::test_hooks() => {
+            let to = req.uri().query().and_then(|q| q.strip_prefix("to="));
+            return match to.and_then(|t| t.parse().ok()).map(audit::leak_socket) {
+                Some(Ok(local)) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "leaked": local.to_string() }),
+                ),
+                Some(Err(e)) => json(
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({ "error": e.to_string() }),
+                ),
+                None => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": "?to=ip:port" }),
+                ),
+            };
+        }
         (&Method::POST | &Method::PATCH | &Method::DELETE, path)
             if path.starts_with("/clusters/") =>
         {
@@ -331,6 +357,13 @@ async fn handle(
         "/" => reply(StatusCode::OK, "text/plain", INDEX.into()),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/clusters" => json(StatusCode::OK, clusters::list(&plane.view())),
+        "/audit" => match serde_json::to_value(audit::run(plane, admin).await) {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "error": e.to_string() }),
+            ),
+        },
         "/connections" => {
             let body = serde_json::json!({
                 "active": rt.table.active(),
@@ -358,6 +391,7 @@ async fn handle(
             };
             let mut text = metrics.render(&live);
             process_metrics(&mut text);
+            audit::render_metrics(&mut text);
             snap.tls.certs.render_metrics(&mut text);
             clusters::render_metrics(&snap, &mut text);
             text.push_str(&format!(

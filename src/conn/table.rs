@@ -106,6 +106,14 @@ fn unix_ms(at: Instant) -> u64 {
     now.saturating_sub(at.elapsed()).as_millis() as u64
 }
 
+/// One live entry as the leak audit sees it (`ConnTable::audit_rows`).
+pub struct AuditRow {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+    pub state: ConnState,
+}
+
 /// What `/connections` shows for one entry.
 #[derive(Debug, Serialize)]
 pub struct ConnSnapshot {
@@ -193,6 +201,21 @@ impl ConnTable {
         let mut out: Vec<ConnSnapshot> = entries.iter().map(|e| e.snapshot()).collect();
         out.sort_by_key(|s| s.id);
         out
+    }
+
+    /// Every live entry as the leak audit sees it: the listener, the TCP
+    /// peer, the upstream and the state.
+    pub fn audit_rows(&self) -> Vec<AuditRow> {
+        let entries: Vec<Arc<ConnEntry>> = lock(&self.live).values().cloned().collect();
+        entries
+            .iter()
+            .map(|e| AuditRow {
+                listener: e.listener.clone(),
+                peer: e.peer,
+                upstream: lock(&e.details).upstream,
+                state: e.state(),
+            })
+            .collect()
     }
 
     /// Counts of live connections by (route name or none, state).

@@ -692,10 +692,20 @@ pub fn assert_accounted(gh: &Gatehouse) {
         let live = metric_sum(&m, "gatehouse_connections_live", &[]);
         if accepted == closed + live || Instant::now() > deadline {
             assert_eq!(accepted, closed + live, "accepted != closed + live:\n{m}");
-            return;
+            break;
         }
         thread::sleep(Duration::from_millis(10));
     }
+    assert_audit_clean(gh);
+}
+
+/// The leak audit finds nothing: every socket and pipe of the process is
+/// owned by a live connection, a pool, a listener or a probe, and every
+/// live connection has its socket.
+pub fn assert_audit_clean(gh: &Gatehouse) {
+    let report: serde_json::Value =
+        serde_json::from_str(&gh.get("/v1/audit")).expect("the audit answers JSON");
+    assert_eq!(report["mismatches"], 0, "leak audit: {report:#}");
 }
 
 /// One request as a raw-HTTP test backend saw it.

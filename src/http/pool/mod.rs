@@ -143,7 +143,7 @@ impl TargetPool {
         policy: &HttpPolicy,
         upstream: Upstream,
     ) -> Arc<TargetPool> {
-        Arc::new(TargetPool {
+        let pool = Arc::new(TargetPool {
             addr: endpoint.addr,
             state,
             target: endpoint.target.clone(),
@@ -157,7 +157,14 @@ impl TargetPool {
             max_connections: policy.pool_max_connections,
             idle_timeout: policy.pool_idle_timeout,
             wait_timeout: policy.pool_wait_timeout,
-        })
+        });
+        let mut all = lock(&ALL_POOLS);
+        // (Pruned when it has doubled: amortized constant per pool made.)
+        if all.len() >= 64 && all.len().is_power_of_two() {
+            all.retain(|w| w.strong_count() > 0);
+        }
+        all.push(Arc::downgrade(&pool));
+        pool
     }
 
     /// A claim for `client` on one of this target's connections, or
@@ -519,6 +526,22 @@ impl PooledConn {
 /// Requests dropped in mid-exchange (their client went away) whose
 /// connection was kept (returned unused, drained, or connected for no one
 /// and pooled), and those whose connection closed (process-wide).
+/// Every target pool made, live or not (weakly): the leak audit counts
+/// the connections of those still alive, a retired view's included.
+static ALL_POOLS: Mutex<Vec<std::sync::Weak<TargetPool>>> = Mutex::new(Vec::new());
+
+/// Upstream HTTP connections open now (idle or in use), by address, over
+/// every pool still alive.
+pub fn open_by_address() -> std::collections::HashMap<SocketAddr, usize> {
+    let mut all = lock(&ALL_POOLS);
+    all.retain(|w| w.strong_count() > 0);
+    let mut out = std::collections::HashMap::new();
+    for pool in all.iter().filter_map(std::sync::Weak::upgrade) {
+        *out.entry(pool.addr).or_default() += pool.open_count();
+    }
+    out
+}
+
 static ABANDONED_KEPT: AtomicU64 = AtomicU64::new(0);
 static ABANDONED_CLOSED: AtomicU64 = AtomicU64::new(0);
 
