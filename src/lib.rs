@@ -14,6 +14,7 @@ pub mod alloc;
 pub mod config;
 pub mod conn;
 pub mod filter;
+pub mod handover;
 pub mod http;
 pub mod io;
 pub mod l4;

@@ -41,6 +41,14 @@ enum Command {
         /// POST /config/reload still reload it).
         #[arg(long)]
         no_watch: bool,
+        /// A Unix socket where this process hands its listening sockets
+        /// to a successor started with --takeover (zero-downtime restart).
+        #[arg(long, env = "GATEHOUSE_HANDOVER", value_name = "PATH")]
+        handover: Option<PathBuf>,
+        /// Take the listening sockets over from the process serving the
+        /// --handover socket; it then stops accepting and drains.
+        #[arg(long, env = "GATEHOUSE_TAKEOVER", requires = "handover")]
+        takeover: bool,
     },
     /// Validate a config file (and load the certificates it names): exit 0
     /// when valid, 1 with every error otherwise.
@@ -152,7 +160,18 @@ fn main() -> ExitCode {
             config,
             log_format,
             no_watch,
-        } => exit(run(config.config, log_format, !no_watch), log_format),
+            handover,
+            takeover,
+        } => {
+            let opts = gatehouse::server::RunOptions {
+                watch: !no_watch,
+                handover: gatehouse::handover::Options {
+                    path: handover,
+                    takeover,
+                },
+            };
+            exit(run(config.config, log_format, opts), log_format)
+        }
         Command::Proxy {
             from,
             to,
@@ -178,7 +197,7 @@ fn main() -> ExitCode {
                         to.join(", "),
                         admin
                     );
-                    serve(c, None, log_format, false)
+                    serve(c, None, log_format, Default::default())
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             };
@@ -336,13 +355,17 @@ fn proxy_config(
     text
 }
 
-fn run(path: PathBuf, log_format: Option<LogFormatArg>, watch: bool) -> anyhow::Result<()> {
+fn run(
+    path: PathBuf,
+    log_format: Option<LogFormatArg>,
+    opts: gatehouse::server::RunOptions,
+) -> anyhow::Result<()> {
     let config = match config::load(&path) {
         Ok(c) => c,
         Err(LoadError::Invalid(errors)) => anyhow::bail!("invalid config:\n{errors}"),
         Err(e) => return Err(e.into()),
     };
-    serve(config, Some(path), log_format, watch)
+    serve(config, Some(path), log_format, opts)
 }
 
 /// Runs the proxy on a loaded config until it is told to stop.
@@ -350,7 +373,7 @@ fn serve(
     config: config::Config,
     path: Option<PathBuf>,
     log_format: Option<LogFormatArg>,
-    watch: bool,
+    opts: gatehouse::server::RunOptions,
 ) -> anyhow::Result<()> {
     let source = path
         .as_ref()
@@ -381,7 +404,7 @@ fn serve(
         .on_thread_park(gatehouse::alloc::on_worker_park)
         .build()
         .context("building the async runtime")?;
-    let result = runtime.block_on(gatehouse::server::run(config, path, watch));
+    let result = runtime.block_on(gatehouse::server::run(config, path, opts));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }

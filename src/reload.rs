@@ -26,6 +26,9 @@ use crate::runtime::{Runtime, Snapshot};
 /// An accept loop this process runs, and how to stop it.
 struct Running {
     bind: SocketAddr,
+    /// A duplicate of the listening socket, to hand to a successor
+    /// (`handover`).
+    fd: Option<std::os::fd::OwnedFd>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Option<TcpListener>>,
 }
@@ -123,6 +126,7 @@ impl Reloader {
             .local_addr()
             .unwrap_or_else(|_| bind.unwrap_or(([0, 0, 0, 0], 0).into()));
         tracing::info!(listener = %name, addr = %addr, "listening");
+        let fd = std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned().ok();
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(crate::listener::accept_loop(
             socket,
@@ -132,9 +136,26 @@ impl Reloader {
         ));
         Running {
             bind: bind.unwrap_or(addr),
+            fd,
             stop,
             task,
         }
+    }
+
+    /// The listening sockets running now, each as a duplicate descriptor
+    /// with its name and configured bind, for a successor.
+    pub async fn offers(&self) -> Vec<crate::handover::Offer> {
+        let running = self.running.lock().await;
+        running
+            .iter()
+            .filter_map(|(name, r)| {
+                Some(crate::handover::Offer {
+                    name: name.clone(),
+                    bind: r.bind,
+                    fd: r.fd.as_ref()?.try_clone().ok()?,
+                })
+            })
+            .collect()
     }
 
     /// The accept loops' tasks, for the drain to wait on.

@@ -35,10 +35,31 @@ fn wake_workers(workers: usize) {
     }
 }
 
-/// Runs until a signal has been handled and the drain is over. `path`:
-/// the file the config was read from, read again on a reload.
-pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
+/// How the process runs besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Reload when the config file changes.
+    pub watch: bool,
+    /// Hand the listening sockets to a successor, or take them over.
+    pub handover: crate::handover::Options,
+}
+
+/// Runs until a signal has been handled (or a successor took over) and
+/// the drain is over. `path`: the file the config was read from, read
+/// again on a reload.
+pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
+    // A successor takes the running process's sockets before anything.
+    let mut inherited = match (&opts.handover.path, opts.handover.takeover) {
+        (Some(p), true) => {
+            let p = p.clone();
+            let got = tokio::task::spawn_blocking(move || crate::handover::take(&p))
+                .await
+                .context("handover")??;
+            Some(got)
+        }
+        _ => None,
+    };
     let config = Arc::new(config);
     crate::splice::set_max_pipes(config.limits.splice_pipes);
     let table = ConnTable::new(Arc::new(Metrics::new()));
@@ -71,27 +92,48 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     // taken (the admin's too) stops the start with nothing said listening.
     let mut bound = Vec::new();
     for lc in &config.listeners {
-        let socket = crate::listener::bind(lc.bind, lc.backlog)
-            .with_context(|| format!("listener {:?}: cannot bind {}", lc.name, lc.bind))?;
+        let taken = inherited
+            .as_mut()
+            .and_then(|i| i.listener(&lc.name, lc.bind));
+        let socket = match taken {
+            Some(s) => s,
+            None => crate::listener::bind(lc.bind, lc.backlog)
+                .with_context(|| format!("listener {:?}: cannot bind {}", lc.name, lc.bind))?,
+        };
         bound.push((lc.name.clone(), socket));
     }
     let admin = match config.admin {
         Some(bind) => Some(
-            tokio::net::TcpListener::bind(bind)
-                .await
-                .with_context(|| format!("admin: cannot bind {bind}"))?,
+            match inherited
+                .as_mut()
+                .and_then(|i| i.listener(crate::handover::ADMIN, bind))
+            {
+                Some(s) => s,
+                None => tokio::net::TcpListener::bind(bind)
+                    .await
+                    .with_context(|| format!("admin: cannot bind {bind}"))?,
+            },
         ),
         None => None,
     };
+    let admin_fd = admin.as_ref().and_then(|a| {
+        let fd = std::os::fd::AsFd::as_fd(a).try_clone_to_owned().ok()?;
+        Some(crate::handover::Offer {
+            name: crate::handover::ADMIN.into(),
+            bind: config.admin?,
+            fd,
+        })
+    });
+    let (handed_over, admin_stop) = tokio::sync::watch::channel(false);
     // Reload when the file changes (kept for the process's life). Set up
     // before anything is announced: its descriptors are part of the start.
-    let _watch = if watch { reloader.watch() } else { None };
+    let _watch = if opts.watch { reloader.watch() } else { None };
     // (The admin listener's reserve descriptors are opened before any
     // data listener accepts.)
     let admin = match admin {
         Some(a) => Some((
             a.local_addr()?,
-            crate::admin::serve(a, plane.clone(), reloader.clone()),
+            crate::admin::serve(a, plane.clone(), reloader.clone(), admin_stop),
         )),
         None => None,
     };
@@ -101,6 +143,23 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
         tokio::spawn(serve);
     }
     crate::notify::notify("READY=1");
+    if let Some(i) = inherited.take() {
+        // (The sockets this config does not use are closed here.)
+        tokio::task::spawn_blocking(move || i.ready())
+            .await
+            .context("handover")?
+            .context("handover: telling the old process")?;
+        tracing::info!("took over from the old process: it stops accepting and drains");
+    }
+    let mut handover = match &opts.handover.path {
+        Some(p) => {
+            let l = crate::handover::listen(p)
+                .with_context(|| format!("handover socket {}", p.display()))?;
+            tracing::info!(path = %p.display(), "handover socket listening");
+            Some(tokio::spawn(await_successor(l, reloader.clone(), admin_fd)))
+        }
+        None => None,
+    };
 
     if let Some(acme) = runtime.snapshot().tls.acme.clone() {
         tokio::spawn(acme.run());
@@ -121,10 +180,30 @@ pub async fn run(config: Config, path: Option<PathBuf>, watch: bool) -> anyhow::
     tokio::spawn(parking_sweeps(plane.clone()));
 
     // SIGHUP: reload the config (refused candidates leave it running).
-    while let Signal::Reload = signals.recv().await {
-        crate::notify::notify("RELOADING=1");
-        let _ = reloader.reload().await;
-        crate::notify::notify("READY=1");
+    loop {
+        let successor = async {
+            match handover.as_mut() {
+                Some(task) => task.await.unwrap_or(false),
+                None => std::future::pending().await,
+            }
+        };
+        let signal = tokio::select! {
+            s = signals.recv() => s,
+            true = successor => Signal::HandedOver,
+        };
+        match signal {
+            Signal::Reload => {
+                crate::notify::notify("RELOADING=1");
+                let _ = reloader.reload().await;
+                crate::notify::notify("READY=1");
+            }
+            Signal::HandedOver => {
+                tracing::info!("a successor took over the listening sockets");
+                let _ = handed_over.send(true);
+                break;
+            }
+            Signal::Stop => break,
+        }
     }
     let drain = runtime.snapshot().config.timeouts.shutdown_drain;
     tracing::info!(live = table.active(), drain = ?drain, "shutdown: draining");
@@ -271,6 +350,51 @@ fn check_memory_budget(rt: &Runtime) {
 enum Signal {
     Stop,
     Reload,
+    /// A successor took the listening sockets (`handover`).
+    HandedOver,
+}
+
+/// Serves successors on the handover socket until one takes over (`true`).
+/// One that fails before saying it is ready leaves this process as it was.
+async fn await_successor(
+    listener: tokio::net::UnixListener,
+    reloader: Arc<Reloader>,
+    admin: Option<crate::handover::Offer>,
+) -> bool {
+    loop {
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "handover socket: accept failed");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut offers = reloader.offers().await;
+        if let Some(a) = admin.as_ref().and_then(|a| {
+            Some(crate::handover::Offer {
+                name: a.name.clone(),
+                bind: a.bind,
+                fd: a.fd.try_clone().ok()?,
+            })
+        }) {
+            offers.push(a);
+        }
+        tracing::info!(sockets = offers.len(), "handover: a successor connected");
+        let given = match conn.into_std() {
+            Ok(conn) => tokio::task::spawn_blocking(move || crate::handover::give(conn, &offers))
+                .await
+                .unwrap_or(Ok(false)),
+            Err(e) => Err(e.into()),
+        };
+        match given {
+            Ok(true) => return true,
+            Ok(false) => tracing::warn!(
+                "handover: the successor went away before it was ready; still serving"
+            ),
+            Err(e) => tracing::warn!(error = %e, "handover failed; still serving"),
+        }
+    }
 }
 
 impl Signals {

@@ -100,7 +100,7 @@ settings = {{ header = "x-mode" }}
             .enable_all()
             .build()
             .unwrap();
-        let _ = rt.block_on(gatehouse::server::run(config, None, false));
+        let _ = rt.block_on(gatehouse::server::run(config, None, Default::default()));
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(web).is_err() {

@@ -162,6 +162,7 @@ pub fn serve(
     listener: TcpListener,
     plane: Arc<Plane>,
     reloader: Arc<Reloader>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     // (Shared with the connections' tasks: the descriptor of one that
     // ends becomes the reserve when it is missing: `AdminIo`.)
@@ -171,7 +172,7 @@ pub fn serve(
         .local_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     tokio::spawn(audit::periodic(plane.clone(), admin));
-    accept_loop(listener, plane, reloader, reserve, null, admin)
+    accept_loop(listener, plane, reloader, reserve, null, admin, stop)
 }
 
 async fn accept_loop(
@@ -181,6 +182,7 @@ async fn accept_loop(
     reserve: Reserve,
     null: Option<Arc<std::fs::File>>,
     admin: std::net::SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     let mut backoff = crate::listener::AcceptBackoff::default();
@@ -188,7 +190,12 @@ async fn accept_loop(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
+        // (A successor that took the socket over accepts from then on.)
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
                 if crate::listener::out_of_fds(&e) && take_reserve(&reserve).is_some() {

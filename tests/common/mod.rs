@@ -228,8 +228,13 @@ impl Gatehouse {
     }
 
     /// Sends SIGTERM and waits for the exit (at most `timeout`).
-    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
+    pub fn terminate(self, timeout: Duration) -> ExitStatus {
         self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit on its own (at most `timeout`).
+    pub fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + timeout;
         loop {
