@@ -157,10 +157,15 @@ pub enum EndReason {
     IpDenied,
     /// Over the route's connection-rate limit.
     RateLimited,
+    /// Closed by an operator (`DELETE /v1/connections/{id}`, or by filter).
+    AdminClosed,
+    /// Its route is being drained (`POST /v1/routes/{name}/drain`): it
+    /// takes no new connections or requests.
+    RouteDraining,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 37] = [
+    pub const ALL: [EndReason; 39] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientReset,
@@ -198,6 +203,8 @@ impl EndReason {
         EndReason::Overload,
         EndReason::IpDenied,
         EndReason::RateLimited,
+        EndReason::AdminClosed,
+        EndReason::RouteDraining,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -240,6 +247,8 @@ impl EndReason {
             EndReason::Overload => "overload",
             EndReason::IpDenied => "ip_denied",
             EndReason::RateLimited => "rate_limited",
+            EndReason::AdminClosed => "admin_closed",
+            EndReason::RouteDraining => "route_draining",
         }
     }
 
@@ -282,6 +291,7 @@ impl EndReason {
             EndReason::UpstreamOverloaded => Side::Upstream,
             EndReason::Overload => Side::Proxy,
             EndReason::IpDenied | EndReason::RateLimited => Side::Client,
+            EndReason::AdminClosed | EndReason::RouteDraining => Side::Proxy,
         }
     }
 }
@@ -367,10 +377,12 @@ pub enum RequestEnd {
     RateLimited,
     /// A CORS preflight from an origin the route does not allow.
     CorsDenied,
+    /// Its route is being drained by an operator (503).
+    RouteDraining,
 }
 
 impl RequestEnd {
-    pub const ALL: [RequestEnd; 35] = [
+    pub const ALL: [RequestEnd; 36] = [
         RequestEnd::Ok,
         RequestEnd::NoRoute,
         RequestEnd::LimitRoute,
@@ -406,6 +418,7 @@ impl RequestEnd {
         RequestEnd::IpDenied,
         RequestEnd::RateLimited,
         RequestEnd::CorsDenied,
+        RequestEnd::RouteDraining,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -445,6 +458,7 @@ impl RequestEnd {
             RequestEnd::IpDenied => "ip_denied",
             RequestEnd::RateLimited => "rate_limited",
             RequestEnd::CorsDenied => "cors_denied",
+            RequestEnd::RouteDraining => "route_draining",
         }
     }
 
@@ -454,6 +468,7 @@ impl RequestEnd {
             | RequestEnd::NoRoute
             | RequestEnd::LimitRoute
             | RequestEnd::RequestTimeout
+            | RequestEnd::RouteDraining
             | RequestEnd::Shutdown => Side::Proxy,
             RequestEnd::BadRequest
             | RequestEnd::MethodNotAllowed

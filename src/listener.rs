@@ -186,6 +186,7 @@ pub async fn accept_loop(
         };
         backoff.succeeded();
         let guard = runtime.table.register(name.clone(), peer);
+        guard.set_client_fd(stream.as_raw_fd());
         let fd = stream.as_raw_fd() as u64;
         if runtime.table.active() > max {
             guard.finish(EndReason::LimitGlobal);

@@ -57,6 +57,8 @@ pub struct RouteStats {
     pub http_latency: Histogram,
     /// Copies of its requests for its mirror, by outcome.
     pub mirror: [AtomicU64; MirrorOutcome::ALL.len()],
+    /// Drained by an operator: no new connections or requests.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// What became of a request's copy for a route's mirror.
@@ -104,6 +106,7 @@ impl RouteStats {
             http_in_flight: AtomicI64::new(0),
             http_latency: Histogram::new(),
             mirror: std::array::from_fn(|_| AtomicU64::new(0)),
+            draining: Default::default(),
         }
     }
 

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 pub mod audit;
 mod clusters;
+mod connections;
 mod services;
 
 use crate::http::Plane;
@@ -37,7 +38,11 @@ const MAX_ADMIN_CONNECTIONS: usize = 64;
 const INDEX: &str = "Gatehouse admin API\n\
 GET  /              this list\n\
 GET  /healthz       liveness: 200 \"ok\"\n\
-GET  /connections   the live connection table (JSON)\n\
+GET  /connections   the live connection table (JSON); filters: ?route=&listener=&state=&client=CIDR&older_than=30s\n\
+DELETE /connections/ID           close one connection (it ends as admin_closed)\n\
+POST /connections/close?FILTERS  close every connection the filters match (at least one filter)\n\
+GET  /routes        every route: live connections, requests, bytes, whether it is drained (JSON)\n\
+POST /routes/NAME/drain          take no new connections or requests on it (503 / closed: route_draining); DELETE: resume\n\
 GET  /metrics       Prometheus metrics (text format 0.0.4)\n\
 POST /tls/reload    read every certificate from disk again (JSON: what was reloaded)\n\
 GET  /config        the running config (every setting, as TOML) and its generation (JSON)\n\
@@ -314,6 +319,14 @@ async fn handle(
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return json(status, v);
     }
+    if ["/connections", "/routes"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    {
+        let (status, v) = table_api(plane, req.method(), &path, req.uri().query());
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return json(status, v);
+    }
     match (req.method(), path.as_str()) {
         (&Method::POST, "/tls/reload") => {
             let loaded = rt.snapshot().tls.certs.reload_all();
@@ -371,13 +384,6 @@ async fn handle(
                 serde_json::json!({ "error": e.to_string() }),
             ),
         },
-        "/connections" => {
-            let body = serde_json::json!({
-                "active": rt.table.active(),
-                "connections": rt.table.snapshot(),
-            });
-            reply(StatusCode::OK, "application/json", body.to_string())
-        }
         "/config" => {
             let snap = rt.snapshot();
             json(
@@ -419,6 +425,35 @@ async fn handle(
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// The connection table and the routes (`connections`).
+fn table_api(
+    plane: &Plane,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let rt = &plane.rt;
+    let table = &rt.table;
+    match (method, path) {
+        (&Method::GET, "/connections") => connections::list(table, query),
+        (&Method::POST, "/connections/close") => connections::close_matching(table, query),
+        (&Method::DELETE, p) if p.starts_with("/connections/") => {
+            connections::close(table, &p["/connections/".len()..])
+        }
+        (&Method::GET, "/routes") => (200, connections::routes(&rt.snapshot(), table)),
+        (&Method::POST | &Method::DELETE, p)
+            if p.starts_with("/routes/") && p.ends_with("/drain") =>
+        {
+            let name = &p["/routes/".len()..p.len() - "/drain".len()];
+            connections::drain(&rt.snapshot(), table, name, method == Method::POST)
+        }
+        _ => (
+            404,
+            serde_json::json!({ "error": format!("no {method} {path}") }),
+        ),
     }
 }
 

@@ -7,7 +7,7 @@
 mod admin;
 mod cluster;
 mod cluster_policy;
-mod duration;
+pub mod duration;
 mod env;
 mod filter;
 mod http;

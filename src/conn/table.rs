@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,11 @@ pub struct ConnEntry {
     pub bytes_up: AtomicU64,
     /// Upstream → client bytes.
     pub bytes_down: AtomicU64,
+    /// The client socket's descriptor number, and the upstream's where the
+    /// connection owns one (L4): what an operator's close shuts down.
+    fds: [AtomicI32; 2],
+    /// Closed by an operator: it ends as `admin_closed`.
+    closed_by_admin: AtomicBool,
     details: Mutex<Details>,
 }
 
@@ -104,6 +110,17 @@ fn unix_ms(at: Instant) -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     now.saturating_sub(at.elapsed()).as_millis() as u64
+}
+
+/// Why `ConnTable::close` closed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    #[error("no live connection has that id")]
+    NotFound,
+    #[error("the connection is ending: its socket is closed already")]
+    Gone,
+    #[error("{0}")]
+    Io(std::io::Error),
 }
 
 /// One live entry as the leak audit sees it (`ConnTable::audit_rows`).
@@ -176,6 +193,8 @@ impl ConnTable {
             state: AtomicU8::new(ConnState::Accepting as u8),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            fds: [AtomicI32::new(-1), AtomicI32::new(-1)],
+            closed_by_admin: AtomicBool::new(false),
             details: Mutex::new(Details::default()),
         });
         lock(&self.live).insert(id, entry.clone());
@@ -189,6 +208,52 @@ impl ConnTable {
             route_slot_taken: false,
             end: None,
         }
+    }
+
+    /// Closes live connection `id` for an operator: its sockets are shut
+    /// down (both ways), so that whatever its task waits on ends at once,
+    /// and it ends as `admin_closed`. The descriptors are found by number
+    /// through `pidfd_getfd` (no `unsafe`), and used only when the socket
+    /// there still has the connection's peer: a number reused meanwhile is
+    /// left alone.
+    pub fn close(&self, id: u64) -> Result<(), CloseError> {
+        let entry = lock(&self.live)
+            .get(&id)
+            .cloned()
+            .ok_or(CloseError::NotFound)?;
+        entry.closed_by_admin.store(true, Ordering::Relaxed);
+        let upstream = lock(&entry.details).upstream;
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::getpid(),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .map_err(|e| CloseError::Io(e.into()))?;
+        let mut shut = false;
+        for (fd, peer) in entry.fds.iter().zip([Some(entry.peer), upstream]) {
+            let (fd, Some(peer)) = (fd.load(Ordering::Acquire), peer) else {
+                continue;
+            };
+            if fd < 0 {
+                continue;
+            }
+            let Ok(dup) =
+                rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+            else {
+                continue;
+            };
+            let same = rustix::net::getpeername(&dup)
+                .ok()
+                .flatten()
+                .and_then(|a| SocketAddr::try_from(a).ok())
+                .is_some_and(|a| {
+                    a.ip().to_canonical() == peer.ip().to_canonical() && a.port() == peer.port()
+                });
+            if same {
+                let _ = rustix::net::shutdown(&dup, rustix::net::Shutdown::Both);
+                shut = true;
+            }
+        }
+        if shut { Ok(()) } else { Err(CloseError::Gone) }
     }
 
     /// Live connections right now.
@@ -367,6 +432,16 @@ impl ConnGuard {
         lock(&self.entry.details).upstream = Some(upstream);
     }
 
+    /// The client socket's descriptor (for an operator's close).
+    pub fn set_client_fd(&self, fd: RawFd) {
+        self.entry.fds[0].store(fd, Ordering::Release);
+    }
+
+    /// The upstream socket's descriptor, where the connection owns it.
+    pub fn set_upstream_fd(&self, fd: RawFd) {
+        self.entry.fds[1].store(fd, Ordering::Release);
+    }
+
     /// Takes a per-client-address slot; fails when `limit` are already taken.
     pub fn claim_ip(&mut self, ip: IpAddr, limit: u32) -> Result<(), EndReason> {
         let mut map = lock(&self.table.per_ip);
@@ -388,9 +463,12 @@ impl ConnGuard {
         route: &Arc<RouteStats>,
         limit: Option<u32>,
     ) -> Result<(), EndReason> {
-        let before = route.active.fetch_add(1, Ordering::AcqRel);
         lock(&self.entry.details).route = Some(route.clone());
         self.route = Some(route.clone());
+        if route.draining.load(Ordering::Relaxed) {
+            return Err(EndReason::RouteDraining);
+        }
+        let before = route.active.fetch_add(1, Ordering::AcqRel);
         if limit.is_some_and(|l| before >= l as u64) {
             route.active.fetch_sub(1, Ordering::AcqRel);
             return Err(EndReason::LimitRoute);
@@ -407,7 +485,11 @@ impl ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let reason = self.end.unwrap_or(EndReason::Internal);
+        let reason = if self.entry.closed_by_admin.load(Ordering::Relaxed) {
+            EndReason::AdminClosed
+        } else {
+            self.end.unwrap_or(EndReason::Internal)
+        };
         let was = self
             .entry
             .state

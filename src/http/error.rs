@@ -47,6 +47,7 @@ impl RequestEnd {
             | RequestEnd::UpstreamOverloaded
             | RequestEnd::LimitRoute
             | RequestEnd::LimitClientShare
+            | RequestEnd::RouteDraining
             | RequestEnd::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             RequestEnd::UpstreamConnectTimeout
             | RequestEnd::UpstreamResponseTimeout
@@ -99,6 +100,7 @@ impl RequestEnd {
             | RequestEnd::UpstreamTlsVerifyFailed
             | RequestEnd::UpstreamTlsHandshakeFailed
             | RequestEnd::NoHealthyUpstream
+            | RequestEnd::RouteDraining
             | RequestEnd::Shutdown => UNAVAILABLE,
         }
     }

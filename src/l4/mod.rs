@@ -257,6 +257,7 @@ async fn run(
     };
     route.stats.connect_latency.observe(started.elapsed());
     guard.set_upstream(endpoint);
+    guard.set_upstream_fd(std::os::fd::AsRawFd::as_raw_fd(&upstream));
 
     // Bytes owed to the upstream before anything else the client sends;
     // the client's early bytes count as client bytes, our header does not.
@@ -402,6 +403,7 @@ async fn terminate(
         _ = route.closing.closing() => return route.closing.end_reason(),
     };
     guard.set_upstream(endpoint.addr);
+    guard.set_upstream_fd(std::os::fd::AsRawFd::as_raw_fd(&upstream));
     if let Some(version) = forward.send_proxy {
         let header = match version {
             ProxyVersion::V1 => proxy_protocol::encode_v1(client_addr, original_dst),

@@ -301,6 +301,13 @@ impl Handler {
         let policy = &route.config.policy;
         let in_flight = log.set_route(&route.stats);
         log.redact_for(&route.config.log_redact);
+        if route
+            .stats
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(self.fail(log, RequestEnd::RouteDraining));
+        }
         if policy
             .max_connections
             .is_some_and(|max| in_flight >= i64::from(max))
