@@ -3,8 +3,9 @@
 # its own process via cargo-nextest). Installs what the tests need first:
 # HAProxy (for the proxy-chain tests), iproute2 and nftables (the network
 # partition test), curl and h2load (nghttp2-client),
-# openssl (s_client for the TLS tests) and Pebble (the ACME test CA, with
-# its fake DNS pebble-challtestsrv) from Debian's packages, and
+# openssl (s_client for the TLS tests), Pebble (the ACME test CA, with
+# its fake DNS pebble-challtestsrv) and Chromium (the dashboard test) from
+# Debian's packages, and
 # Python's websockets library (for the WebSocket test) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v pebble >/dev/null 2>&1 || need_pkgs+=(pebble)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-pip)
+# (The dashboard test drives headless Chromium; a font makes its screenshot legible.)
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium fonts-dejavu-core)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need_pkgs[*]}"
   SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo

@@ -42,7 +42,7 @@ impl Running {
 }
 
 /// What a reload changed, by name (also the admin API's answer).
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Changes {
     pub generation: u64,
     pub listeners: Diff,
@@ -56,7 +56,7 @@ pub struct Changes {
     pub need_restart: Vec<&'static str>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Diff {
     pub added: Vec<String>,
     pub removed: Vec<String>,

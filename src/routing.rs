@@ -96,7 +96,11 @@ fn matches(m: &RouteMatch, input: &RouteInput<'_>) -> bool {
 }
 
 pub fn select<'a>(routes: &'a [Route], input: &RouteInput<'_>) -> Option<&'a Route> {
-    routes.iter().find(|r| matches(&r.config.matcher, input))
+    // (A route that matches on a request's host, path, method or headers
+    // is for HTTP listeners: never a TCP or TLS connection's.)
+    routes
+        .iter()
+        .find(|r| r.config.matcher.http.is_empty() && matches(&r.config.matcher, input))
 }
 
 /// What HTTP routing looks at in a request. `host` is lower case, without port.

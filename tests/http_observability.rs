@@ -21,6 +21,16 @@ fn access_log_line_per_request_without_secrets() {
                 Cookie: id=COOKIESECRET\r\nProxy-Authorization: Basic PROXYSECRET\r\nContent-Length: 3\r\n\r\nabc";
     let (head, _) = raw_exchange(gh.addr("web"), req);
     assert!(head.starts_with("HTTP/1.1 200"));
+    // (The upstream connection goes back to the pool a moment after the
+    // client has the whole response: the next request reuses it.)
+    gh.wait_for(
+        "the upstream connection idle in its pool",
+        Duration::from_secs(3),
+        |g| {
+            let (_, c) = g.admin_call("GET", "/v1/clusters", "");
+            c["clusters"][0]["endpoints"][0]["connections"]["idle"] == 1
+        },
+    );
     raw_exchange(
         gh.addr("web"),
         b"GET /missing HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 0\r\n\r\n",

@@ -35,7 +35,7 @@ pub const EVERY: Duration = Duration::from_secs(60);
 static LAST: AtomicU64 = AtomicU64::new(0);
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Finding {
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,7 +51,7 @@ pub struct Finding {
 }
 
 /// What the process holds, as counted by the second look.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub descriptors: usize,
     pub tcp_sockets: usize,
@@ -65,7 +65,8 @@ pub struct Counts {
     pub splice_pipes: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditReport)]
 pub struct Report {
     pub mismatches: usize,
     pub findings: Vec<Finding>,

@@ -143,6 +143,9 @@ pub fn close_matching(table: &ConnTable, query: Option<&str>) -> (u16, Value) {
 /// `GET /routes`: every route of the running config, in matching order.
 pub fn routes(snap: &Snapshot, table: &ConnTable) -> Value {
     let by_route = table.count_by_route_state();
+    // (A route's byte counters take a connection's bytes when it ends:
+    // those of its live connections are added.)
+    let live_bytes = table.live_bytes();
     let routes: Vec<Value> = snap
         .routes
         .iter()
@@ -156,6 +159,10 @@ pub fn routes(snap: &Snapshot, table: &ConnTable) -> Value {
             let closed: u64 = s.closed.iter().map(|c| c.load(Ordering::Relaxed)).sum();
             let requests: u64 = s.http_end.iter().map(|c| c.load(Ordering::Relaxed)).sum();
             let errors: u64 = s.http_status[5].load(Ordering::Relaxed);
+            let (up, down) = live_bytes
+                .get(&Some(r.name.clone()))
+                .copied()
+                .unwrap_or_default();
             json!({
                 "name": &*r.name,
                 "draining": s.draining.load(Ordering::Relaxed),
@@ -166,8 +173,8 @@ pub fn routes(snap: &Snapshot, table: &ConnTable) -> Value {
                     "5xx": errors,
                 },
                 "bytes": {
-                    "client_to_upstream": s.bytes_up.load(Ordering::Relaxed),
-                    "upstream_to_client": s.bytes_down.load(Ordering::Relaxed),
+                    "client_to_upstream": s.bytes_up.load(Ordering::Relaxed) + up,
+                    "upstream_to_client": s.bytes_down.load(Ordering::Relaxed) + down,
                 },
             })
         })

@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 pub mod audit;
 mod clusters;
 mod connections;
+mod openapi;
 mod services;
 
 use crate::http::Plane;
@@ -38,11 +39,14 @@ const MAX_ADMIN_CONNECTIONS: usize = 64;
 const INDEX: &str = "Gatehouse admin API\n\
 GET  /              this list\n\
 GET  /healthz       liveness: 200 \"ok\"\n\
+GET  /openapi.json  this API as an OpenAPI 3.1 document\n\
+GET  /dashboard     the dashboard (HTML): routes, clusters, services, connections, ends, certificates\n\
 GET  /connections   the live connection table (JSON); filters: ?route=&listener=&state=&client=CIDR&older_than=30s\n\
 DELETE /connections/ID           close one connection (it ends as admin_closed)\n\
 POST /connections/close?FILTERS  close every connection the filters match (at least one filter)\n\
 GET  /routes        every route: live connections, requests, bytes, whether it is drained (JSON)\n\
-POST /routes/NAME/drain          take no new connections or requests on it (503 / closed: route_draining); DELETE: resume\n\
+POST /routes/NAME/drain          take no new connections or requests on it (503 / closed: route_draining)\n\
+DELETE /routes/NAME/drain        take them again\n\
 GET  /metrics       Prometheus metrics (text format 0.0.4)\n\
 POST /tls/reload    read every certificate from disk again (JSON: what was reloaded)\n\
 GET  /config        the running config (every setting, as TOML) and its generation (JSON)\n\
@@ -54,11 +58,16 @@ POST /clusters/NAME/endpoints          add an endpoint: {\"address\": \"ip:port\
 PATCH /clusters/NAME/endpoints/IP:PORT set its weight: {\"weight\": 5}\n\
 DELETE /clusters/NAME/endpoints/IP:PORT[?drain=30s]  drain it (no new requests; it leaves when idle or at the deadline; 0s: at once)\n\
 GET  /services      registered services and their instances (JSON)\n\
+GET  /services/SERVICE           one service's instances (JSON)\n\
 PUT  /services/SERVICE/instances/ID            register an instance: {\"address\": \"ip:port\", \"ttl\": \"30s\", \"weight\": 1, \"tags\": []}\n\
 POST /services/SERVICE/instances/ID/heartbeat  renew its TTL\n\
 DELETE /services/SERVICE/instances/ID          deregister it\n\
 Every path is also under /v1 (e.g. /v1/services). With admin.token_file or\n\
 admin.token_env set, writes need Authorization: Bearer <token>.\n";
+
+/// The dashboard: one page, embedded, polling this API (no build step,
+/// nothing fetched from elsewhere).
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The largest config accepted by `POST /config/validate`.
 const MAX_CANDIDATE: usize = 1 << 20;
@@ -376,6 +385,18 @@ async fn handle(
     match path.as_str() {
         "/" => reply(StatusCode::OK, "text/plain", INDEX.into()),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/openapi.json" => reply(StatusCode::OK, "application/json", openapi::document()),
+        "/dashboard" => {
+            let mut resp = reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into());
+            // (Everything it needs is in the page or on this listener.)
+            resp.headers_mut().insert(
+                http::header::CONTENT_SECURITY_POLICY,
+                http::HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+                ),
+            );
+            resp
+        }
         "/clusters" => json(StatusCode::OK, clusters::list(&plane.view())),
         "/audit" => match serde_json::to_value(audit::run(plane, admin).await) {
             Ok(v) => json(StatusCode::OK, v),

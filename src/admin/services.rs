@@ -15,15 +15,20 @@ use crate::registry::{Put, Registration, Registry, RegistryError};
 pub const MAX_BODY: usize = 16 * 1024;
 
 /// A registration's body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Body {
-    /// `ip:port`.
+#[schema(as = RegistrationBody)]
+pub(super) struct Body {
+    /// `ip:port` (not a wildcard address, not port 0).
+    #[schema(example = "10.0.0.5:8080")]
     address: String,
     /// A duration such as "30s" (default 30s; 1s to 24h).
+    #[schema(example = "30s")]
     ttl: Option<String>,
     /// 1 to 10000 (default 1).
+    #[schema(minimum = 1, maximum = 10000)]
     weight: Option<u32>,
+    /// At most 32, each at most 64 characters.
     tags: Option<Vec<String>>,
 }
 

@@ -5,7 +5,7 @@
 pub mod log_limit;
 mod table;
 
-pub use table::{AuditRow, CloseError, ConnEntry, ConnGuard, ConnSnapshot, ConnTable};
+pub use table::{AuditRow, CloseError, ConnEntry, ConnGuard, ConnSnapshot, ConnTable, TlvSnapshot};
 
 pub use crate::lifecycle::{ConnState, EndReason, Side};
 

@@ -132,7 +132,7 @@ pub struct AuditRow {
 }
 
 /// What `/connections` shows for one entry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnSnapshot {
     pub id: u64,
     pub listener: String,
@@ -153,7 +153,7 @@ pub struct ConnSnapshot {
     pub upstream_error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TlvSnapshot {
     pub kind: u8,
     pub value_hex: String,
