@@ -33,4 +33,5 @@ pub mod shutdown;
 pub mod splice;
 pub mod sys;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

@@ -233,6 +233,7 @@ impl Reloader {
             (old.workers != config.workers, "workers"),
             (old.admin != config.admin, "admin"),
             (old.registry != config.registry, "registry"),
+            (old.tracing != config.tracing, "tracing"),
             (
                 old.limits.max_connections != config.limits.max_connections,
                 "limits.max_connections",

@@ -61,6 +61,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
         _ => None,
     };
     let config = Arc::new(config);
+    crate::trace::install(config.tracing.as_ref()).context("tracing")?;
     crate::splice::set_max_pipes(config.limits.splice_pipes);
     let table = ConnTable::new(Arc::new(Metrics::new()));
     let shutdown = ShutdownSignal::new();
@@ -235,6 +236,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
             "shutdown: connections still open after closing"
         );
     }
+    // (Off the runtime's threads: the export runs on them.)
+    let _ = tokio::task::spawn_blocking(crate::trace::flush).await;
     tracing::info!("shutdown complete");
     Ok(())
 }

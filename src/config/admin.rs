@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::Ctx;
-use super::raw::{RawAdmin, RawRegistry};
+use super::raw::{RawAdmin, RawRegistry, RawTracing};
 
 /// The most registered instances by default, over every service.
 pub const DEFAULT_MAX_INSTANCES: u64 = 100_000;
@@ -82,6 +82,16 @@ pub struct RegistryConfig {
     pub data_dir: Option<PathBuf>,
     /// Registered instances at most, over every service.
     pub max_instances: usize,
+}
+
+/// Tracing (`[tracing]`): its presence turns on `traceparent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracingConfig {
+    /// `http://host:port/v1/traces`; none: propagation only.
+    pub otlp_endpoint: Option<String>,
+    /// 0 to 100.
+    pub sample_percent: u8,
+    pub service_name: String,
 }
 
 impl Default for RegistryConfig {
@@ -178,6 +188,58 @@ impl Ctx<'_> {
             return None;
         }
         Some(AdminToken::new(source, value))
+    }
+
+    pub(super) fn tracing(&mut self, raw: Option<&RawTracing>) -> Option<TracingConfig> {
+        let t = raw?;
+        let otlp_endpoint = t.otlp_endpoint.as_ref().and_then(|e| {
+            let url = self.string(e, "tracing.otlp_endpoint")?;
+            let ok = url
+                .strip_prefix("http://")
+                .and_then(|rest| rest.split('/').next())
+                .is_some_and(|authority| !authority.is_empty());
+            if !ok {
+                self.err(
+                    &e.span(),
+                    "tracing.otlp_endpoint",
+                    &format!("{url:?} is not an http:// URL of an OTLP/HTTP collector (https is not supported: run the collector on the host or a private network)"),
+                );
+                return None;
+            }
+            let url = url.trim_end_matches('/');
+            Some(if url.ends_with("/v1/traces") {
+                url.to_owned()
+            } else {
+                format!("{url}/v1/traces")
+            })
+        });
+        let sample_percent = match &t.sample_percent {
+            None => 100,
+            Some(v) => {
+                let text = self.scalar_text(v, "tracing.sample_percent")?;
+                match text.trim().trim_end_matches('%').parse::<u8>() {
+                    Ok(p) if p <= 100 => p,
+                    _ => {
+                        self.err(
+                            &v.span(),
+                            "tracing.sample_percent",
+                            &format!("{text:?} is not a percentage from 0 to 100"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let service_name = t
+            .service_name
+            .as_ref()
+            .and_then(|s| self.string(s, "tracing.service_name"))
+            .unwrap_or_else(|| "gatehouse".to_owned());
+        Some(TracingConfig {
+            otlp_endpoint,
+            sample_percent,
+            service_name,
+        })
     }
 
     pub(super) fn registry(&mut self, raw: Option<&RawRegistry>) -> RegistryConfig {

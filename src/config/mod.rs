@@ -21,7 +21,7 @@ mod size;
 mod syntax;
 mod tls;
 
-pub use admin::{AdminAccess, AdminToken, RegistryConfig, TokenSource};
+pub use admin::{AdminAccess, AdminToken, RegistryConfig, TokenSource, TracingConfig};
 pub use cluster::{ClusterConfig, DEFAULT_RESOLVE_EVERY, EndpointConfig, check_service_name};
 pub use cluster_policy::{
     BalanceConfig, ClusterPolicy, HashKey, HealthCheck, HttpProbe, OutlierConfig, Probe,
@@ -62,6 +62,8 @@ pub struct Config {
     pub admin_access: AdminAccess,
     /// The service registry's settings.
     pub registry: RegistryConfig,
+    /// Tracing (`traceparent`, OTLP export); none: off.
+    pub tracing: Option<TracingConfig>,
     pub log: LogConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -584,6 +586,7 @@ impl Ctx<'_> {
 
         let admin_access = self.admin_access(raw.admin.as_ref());
         let registry = self.registry(raw.registry.as_ref());
+        let tracing = self.tracing(raw.tracing.as_ref());
         let log = self.log(&raw);
         let timeouts = self.timeouts(&raw);
         let limits = self.limits(&raw);
@@ -629,6 +632,7 @@ impl Ctx<'_> {
             admin,
             admin_access,
             registry,
+            tracing,
             log,
             timeouts,
             limits,

@@ -51,6 +51,15 @@ fn document(c: &Config) -> Table {
         c.registry.max_instances as i64,
     );
     put(&mut doc, "registry", registry);
+    if let Some(t) = &c.tracing {
+        let mut tracing = Table::new();
+        if let Some(e) = &t.otlp_endpoint {
+            put(&mut tracing, "otlp_endpoint", e.as_str());
+        }
+        put(&mut tracing, "sample_percent", i64::from(t.sample_percent));
+        put(&mut tracing, "service_name", t.service_name.as_str());
+        put(&mut doc, "tracing", tracing);
+    }
     let mut log = Table::new();
     put(&mut log, "level", c.log.level.as_str());
     let format = match c.log.format {

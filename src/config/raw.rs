@@ -67,6 +67,7 @@ pub struct RawConfig {
     pub workers: Option<S<Scalar>>,
     pub admin: Option<RawAdmin>,
     pub registry: Option<RawRegistry>,
+    pub tracing: Option<RawTracing>,
     pub log: Option<RawLog>,
     pub timeouts: Option<RawTimeouts>,
     pub limits: Option<RawLimits>,
@@ -247,6 +248,22 @@ pub struct RawRegistry {
     pub data_dir: Option<S<String>>,
     /// Registered instances at most, over every service (default 100000).
     pub max_instances: Option<S<Scalar>>,
+}
+
+/// Tracing: W3C `traceparent` on every HTTP request (continued, or
+/// generated when absent), and spans exported over OTLP when an endpoint
+/// is set.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// The OTLP/HTTP collector, `http://host:4318` (spans go to
+    /// `/v1/traces` under it); none: propagation only.
+    pub otlp_endpoint: Option<S<String>>,
+    /// Requests that start a trace here sampled, in percent (default 100;
+    /// a request that carries a `traceparent` keeps its decision).
+    pub sample_percent: Option<S<Scalar>>,
+    /// The spans' `service.name` (default "gatehouse").
+    pub service_name: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

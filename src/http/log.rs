@@ -86,6 +86,8 @@ pub struct RequestLog {
     pub request_id: Option<http::HeaderValue>,
     /// A gRPC request: the proxy's own failures are answered as gRPC.
     pub grpc: bool,
+    /// Its trace context (`[tracing]`).
+    pub trace: Option<crate::trace::Span>,
     /// The query string as received, for the access line (redacted there).
     query: Option<Box<str>>,
     /// The listener's `access_log_headers` of the request, as received.
@@ -103,27 +105,20 @@ impl RequestLog {
         host: &str,
         path: &str,
     ) -> RequestLog {
+        // (Only the access log line and exported spans read these.)
+        let keep = access_log || crate::trace::exporting();
         RequestLog {
             metrics,
             access_log,
             conn,
             started: Instant::now(),
-            // Only the access log line reads these: no copies without it.
-            method: if access_log {
+            method: if keep {
                 method.to_owned()
             } else {
                 String::new()
             },
-            host: if access_log {
-                host.to_owned()
-            } else {
-                String::new()
-            },
-            path: if access_log {
-                path.to_owned()
-            } else {
-                String::new()
-            },
+            host: if keep { host.to_owned() } else { String::new() },
+            path: if keep { path.to_owned() } else { String::new() },
             route: None,
             upstream: None,
             status: 0,
@@ -137,6 +132,7 @@ impl RequestLog {
             request_body: None,
             request_id: None,
             grpc: false,
+            trace: None,
             query: None,
             headers: Vec::new(),
             redact: None,
@@ -281,11 +277,30 @@ impl Drop for RequestLog {
         stats.http_status[(self.status as usize / 100).min(5)].fetch_add(1, Ordering::Relaxed);
         stats.http_end[self.end.index()].fetch_add(1, Ordering::Relaxed);
         stats.http_latency.observe(total);
+        // (A normal end blames no one.)
+        let side = (self.end != RequestEnd::Ok).then(|| self.end.side().as_str());
+        if let Some(span) = &self.trace {
+            crate::trace::finish(
+                span,
+                &crate::trace::Outcome {
+                    method: &self.method,
+                    path: &self.path,
+                    host: &self.host,
+                    route: self.route.as_ref().map(|r| &*r.name),
+                    status: self.status,
+                    upstream: self.upstream,
+                    end: self.end.as_str(),
+                    side,
+                    duration: total,
+                },
+            );
+        }
         if self.access_log {
             tracing::info!(
                 target: "gatehouse::access",
                 conn = self.conn,
                 request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                trace_id = self.trace.as_ref().map(crate::trace::Span::trace_id_hex),
                 method = %self.method,
                 host = %self.host,
                 path = %self.path,
@@ -301,8 +316,7 @@ impl Drop for RequestLog {
                 headers_ms = self.headers_received.map(ms),
                 total_ms = ms(total),
                 reason = self.end.as_str(),
-                // (A normal end blames no one.)
-                side = (self.end != RequestEnd::Ok).then(|| self.end.side().as_str()),
+                side,
                 "request"
             );
         }

@@ -324,6 +324,9 @@ impl Handler {
         if let RouteAction::RedirectHttps { port } = &route.config.action {
             return Err(self.redirect_https(&req, host.as_deref(), *port, log));
         }
+        // Its trace context, carried upstream (`[tracing]`; off: nothing).
+        let mut req = req;
+        log.trace = crate::trace::start(req.headers_mut());
         // The route's filters (most routes have none: nothing is made).
         let (req, filters, mut log) = if route.filters.is_empty() {
             (req, None, log)
