@@ -14,7 +14,7 @@
 
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +28,9 @@ pub use store::{FileStore, MemoryStore, Store, StoreError};
 
 /// The shortest and longest TTL an instance may ask for.
 pub const TTL_MIN: Duration = Duration::from_secs(1);
+/// A service's clusters take its changes at most this often: the first
+/// change at once, those after it within this mark together.
+pub const COALESCE: Duration = Duration::from_millis(100);
 pub const TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// The largest weight of an instance (as of a configured endpoint).
 pub const WEIGHT_MAX: u32 = 10_000;
@@ -137,6 +140,10 @@ struct Inner {
     retiring: Vec<Arc<Cluster>>,
     /// The deadline the lapse task waits for.
     next: Option<Instant>,
+    /// Services changed since their clusters last took their instances,
+    /// and when each last did (`touch`).
+    dirty: BTreeSet<String>,
+    applied_at: HashMap<String, Instant>,
 }
 
 impl Inner {
@@ -150,6 +157,50 @@ impl Inner {
                 })
                 .collect()
         })
+    }
+
+    /// A change to `service`: its clusters take its instances now, unless
+    /// they did less than `COALESCE` ago; then at that mark, with every
+    /// change made meanwhile (a burst of registrations rebuilds a large
+    /// service's endpoint set a few times a second, not once per
+    /// registration). `true`: the lapse task must look at the new mark.
+    fn touch(&mut self, service: &str, now: Instant) -> bool {
+        let recent = self
+            .applied_at
+            .get(service)
+            .is_some_and(|at| now.duration_since(*at) < COALESCE);
+        if recent {
+            return self.dirty.insert(service.to_owned());
+        }
+        self.apply(service);
+        self.applied_at.insert(service.to_owned(), now);
+        false
+    }
+
+    /// Applies the changes whose mark has come; the next mark.
+    fn flush_due(&mut self, now: Instant) -> Option<Instant> {
+        let due: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|s| {
+                self.applied_at
+                    .get(*s)
+                    .is_none_or(|at| now.duration_since(*at) >= COALESCE)
+            })
+            .cloned()
+            .collect();
+        for s in due {
+            self.dirty.remove(&s);
+            self.apply(&s);
+            self.applied_at.insert(s, now);
+        }
+        // (Marks of services gone quiet are forgotten.)
+        self.applied_at
+            .retain(|_, at| now.duration_since(*at) < COALESCE);
+        self.dirty
+            .iter()
+            .filter_map(|s| self.applied_at.get(s).map(|at| *at + COALESCE))
+            .min()
     }
 
     /// `service`'s instances to the clusters that name it.
@@ -249,11 +300,9 @@ impl Registry {
         }
         let entries = inner.services.entry(service.clone()).or_default();
         entries.insert(reg.id.clone(), Entry::new(reg, expires));
-        if put != Put::Renewed {
-            inner.apply(&service);
-        }
+        let deferred = put != Put::Renewed && inner.touch(&service, now);
         // (The lapse task looks again only if this deadline is nearer.)
-        let nearer = inner.next.is_none_or(|n| expires < n);
+        let nearer = deferred || inner.next.is_none_or(|n| expires < n);
         drop(inner);
         if nearer {
             self.wake.notify_one();
@@ -288,7 +337,11 @@ impl Registry {
         self.store.remove(service, id)?;
         Self::take(&mut inner, service, id);
         tracing::info!(service, id, "instance deregistered");
-        inner.apply(service);
+        let deferred = inner.touch(service, Instant::now());
+        drop(inner);
+        if deferred {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -329,15 +382,20 @@ impl Registry {
             }
         }
         for s in &touched {
-            inner.apply(s);
+            inner.touch(s, now);
         }
+        let flush = inner.flush_due(now);
         inner.next = inner
             .services
             .values()
             .flat_map(BTreeMap::values)
             .map(|e| e.expires)
             .min();
-        inner.next
+        // (It wakes for the next lapse or the next deferred change.)
+        match (inner.next, flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Removes instances as their TTLs lapse, until `stop`.
@@ -384,6 +442,8 @@ impl Registry {
                 c.set_base(inner.endpoints(s));
             }
         }
+        // (Every cluster took every change: nothing is left deferred.)
+        inner.dirty.clear();
         swapped
     }
 
@@ -451,6 +511,28 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_changes_is_applied_at_once_then_together_at_the_mark() {
+        let mut inner = Inner::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(!inner.touch("demo", t0), "the first change: at once");
+        assert!(inner.touch("demo", t0 + ms(10)), "deferred: the task wakes");
+        assert!(!inner.touch("demo", t0 + ms(20)), "deferred already");
+        assert!(
+            !inner.touch("other", t0 + ms(20)),
+            "another service: at once"
+        );
+        assert_eq!(inner.flush_due(t0 + ms(50)), Some(t0 + COALESCE));
+        assert!(inner.dirty.contains("demo"));
+        assert_eq!(inner.flush_due(t0 + COALESCE), None);
+        assert!(inner.dirty.is_empty());
+        assert!(
+            !inner.touch("demo", t0 + 3 * COALESCE),
+            "quiet again: at once"
+        );
+    }
+
+    #[test]
     fn registrations_renew_lapse_and_are_bounded() {
         let r = Registry::memory(2);
         assert_eq!(r.put(reg("a", 1, 1000)).unwrap(), Put::Created);
@@ -476,7 +558,9 @@ mod tests {
         );
         r.remove("demo", "b").unwrap();
         assert_eq!(r.count(), 0);
-        assert!(r.lapse(later).is_none());
+        // (Nothing left to lapse; the removal's deferred change is applied
+        // at its mark, then nothing is left to wait for.)
+        assert!(r.lapse(later + COALESCE).is_none());
     }
 
     #[test]
