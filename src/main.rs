@@ -290,6 +290,9 @@ fn fatal(message: &str, json: bool) {
 fn check(path: &std::path::Path) -> anyhow::Result<config::Config> {
     let c = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     gatehouse::tls::TlsRt::build(&c).context("TLS settings")?;
+    if let Some(t) = &c.admin_tls {
+        gatehouse::tls::settings::admin_server_config(t).context("admin.tls")?;
+    }
     Ok(c)
 }
 

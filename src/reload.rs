@@ -234,6 +234,7 @@ impl Reloader {
             (old.admin != config.admin, "admin"),
             (old.registry != config.registry, "registry"),
             (old.tracing != config.tracing, "tracing"),
+            (old.admin_tls != config.admin_tls, "admin.tls"),
             (
                 old.limits.max_connections != config.limits.max_connections,
                 "limits.max_connections",

@@ -126,6 +126,10 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
         })
     });
     let (handed_over, admin_stop) = tokio::sync::watch::channel(false);
+    let admin_tls = match &config.admin_tls {
+        Some(t) => Some(crate::tls::settings::admin_server_config(t).context("admin.tls")?),
+        None => None,
+    };
     // Reload when the file changes (kept for the process's life). Set up
     // before anything is announced: its descriptors are part of the start.
     let _watch = if opts.watch { reloader.watch() } else { None };
@@ -134,7 +138,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
     let admin = match admin {
         Some(a) => Some((
             a.local_addr()?,
-            crate::admin::serve(a, plane.clone(), reloader.clone(), admin_stop),
+            crate::admin::serve(a, plane.clone(), reloader.clone(), admin_tls, admin_stop),
         )),
         None => None,
     };

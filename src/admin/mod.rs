@@ -176,26 +176,43 @@ pub fn serve(
     listener: TcpListener,
     plane: Arc<Plane>,
     reloader: Arc<Reloader>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     // (Shared with the connections' tasks: the descriptor of one that
     // ends becomes the reserve when it is missing: `AdminIo`.)
     let reserve = Arc::new(std::sync::Mutex::new(reserve_fd()));
     let null = reserve_fd().map(Arc::new);
-    let admin = listener
+    let addr = listener
         .local_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    tokio::spawn(audit::periodic(plane.clone(), admin));
-    accept_loop(listener, plane, reloader, reserve, null, admin, stop)
+    tokio::spawn(audit::periodic(plane.clone(), addr));
+    let shared = Arc::new(Shared {
+        plane,
+        reloader,
+        addr,
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        reserve,
+        null,
+    });
+    accept_loop(listener, shared, stop)
+}
+
+/// What the admin listener's connections share.
+struct Shared {
+    plane: Arc<Plane>,
+    reloader: Arc<Reloader>,
+    /// The listener's own address (the leak audit's).
+    addr: std::net::SocketAddr,
+    /// `admin.tls`: every connection's handshake first.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    reserve: Reserve,
+    null: Option<Arc<std::fs::File>>,
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    plane: Arc<Plane>,
-    reloader: Arc<Reloader>,
-    reserve: Reserve,
-    null: Option<Arc<std::fs::File>>,
-    admin: std::net::SocketAddr,
+    shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
@@ -212,7 +229,7 @@ async fn accept_loop(
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
-                if crate::listener::out_of_fds(&e) && take_reserve(&reserve).is_some() {
+                if crate::listener::out_of_fds(&e) && take_reserve(&shared.reserve).is_some() {
                     continue; // a descriptor is free now: accept again
                 }
                 backoff.failed("admin", &e).await;
@@ -220,30 +237,51 @@ async fn accept_loop(
             }
         };
         backoff.succeeded();
-        refill_reserve(&reserve);
+        refill_reserve(&shared.reserve);
         let io = AdminIo {
             stream: Some(stream),
-            reserve: reserve.clone(),
-            null: null.clone(),
+            reserve: shared.reserve.clone(),
+            null: shared.null.clone(),
         };
-        let reserve = reserve.clone();
-        let plane = plane.clone();
-        let reloader = reloader.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let plane = plane.clone();
-                let reloader = reloader.clone();
-                async move { Ok::<_, Infallible>(handle(&plane, &reloader, admin, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(io), service);
-            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-            refill_reserve(&reserve);
+            // (One deadline for the handshake and the connection's life.)
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            match &shared.tls {
+                None => {
+                    let _ = tokio::time::timeout_at(deadline, serve_http(io, &shared)).await;
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(io));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        let _ = tokio::time::timeout_at(deadline, serve_http(tls, &shared)).await;
+                    }
+                }
+            }
+            refill_reserve(&shared.reserve);
             drop(permit);
         });
     }
+}
+
+/// HTTP/1.1 on one admin connection (plain, or after its TLS handshake).
+async fn serve_http<T>(io: T, shared: &Arc<Shared>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            Ok::<_, Infallible>(handle(&shared.plane, &shared.reloader, shared.addr, req).await)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(io), service);
+    let _ = conn.await;
 }
 
 /// The request body, up to `max` bytes (`None`: longer, or cut).

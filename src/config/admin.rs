@@ -54,6 +54,15 @@ impl AdminToken {
     }
 }
 
+/// TLS on the admin listener (`admin.tls`), read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates required, signed by these CAs (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Who may use the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminAccess {
@@ -104,6 +113,33 @@ impl Default for RegistryConfig {
 }
 
 impl Ctx<'_> {
+    pub(super) fn admin_tls(&mut self, raw: Option<&RawAdmin>) -> Option<AdminTls> {
+        let t = raw?.tls.as_ref()?;
+        let mut path = |v: &super::raw::S<String>, field: &str| -> Option<PathBuf> {
+            let p = PathBuf::from(self.string(v, field)?);
+            if !p.is_file() {
+                self.err(
+                    &v.span(),
+                    field,
+                    &format!("{} is not a readable file", p.display()),
+                );
+                return None;
+            }
+            Some(p)
+        };
+        let cert = path(&t.cert, "admin.tls.cert");
+        let key = path(&t.key, "admin.tls.key");
+        let client_ca = match &t.client_ca {
+            Some(c) => Some(path(c, "admin.tls.client_ca")?),
+            None => None,
+        };
+        Some(AdminTls {
+            cert: cert?,
+            key: key?,
+            client_ca,
+        })
+    }
+
     pub(super) fn admin_access(&mut self, raw: Option<&RawAdmin>) -> AdminAccess {
         let Some(a) = raw else {
             return AdminAccess::default();

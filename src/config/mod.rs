@@ -21,7 +21,7 @@ mod size;
 mod syntax;
 mod tls;
 
-pub use admin::{AdminAccess, AdminToken, RegistryConfig, TokenSource, TracingConfig};
+pub use admin::{AdminAccess, AdminTls, AdminToken, RegistryConfig, TokenSource, TracingConfig};
 pub use cluster::{ClusterConfig, DEFAULT_RESOLVE_EVERY, EndpointConfig, check_service_name};
 pub use cluster_policy::{
     BalanceConfig, ClusterPolicy, HashKey, HealthCheck, HttpProbe, OutlierConfig, Probe,
@@ -64,6 +64,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Tracing (`traceparent`, OTLP export); none: off.
     pub tracing: Option<TracingConfig>,
+    /// TLS (and mTLS) on the admin listener; read at start.
+    pub admin_tls: Option<AdminTls>,
     pub log: LogConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -587,6 +589,7 @@ impl Ctx<'_> {
         let admin_access = self.admin_access(raw.admin.as_ref());
         let registry = self.registry(raw.registry.as_ref());
         let tracing = self.tracing(raw.tracing.as_ref());
+        let admin_tls = self.admin_tls(raw.admin.as_ref());
         let log = self.log(&raw);
         let timeouts = self.timeouts(&raw);
         let limits = self.limits(&raw);
@@ -633,6 +636,7 @@ impl Ctx<'_> {
             admin_access,
             registry,
             tracing,
+            admin_tls,
             log,
             timeouts,
             limits,

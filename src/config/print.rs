@@ -40,6 +40,15 @@ fn document(c: &Config) -> Table {
         None => {}
     }
     put(&mut admin, "public_reads", c.admin_access.public_reads);
+    if let Some(t) = &c.admin_tls {
+        let mut tls = Table::new();
+        put(&mut tls, "cert", t.cert.display().to_string());
+        put(&mut tls, "key", t.key.display().to_string());
+        if let Some(ca) = &t.client_ca {
+            put(&mut tls, "client_ca", ca.display().to_string());
+        }
+        put(&mut admin, "tls", tls);
+    }
     put(&mut doc, "admin", admin);
     let mut registry = Table::new();
     if let Some(d) = &c.registry.data_dir {

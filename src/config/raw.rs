@@ -238,6 +238,22 @@ pub struct RawAdmin {
     pub token_env: Option<S<String>>,
     /// Whether reads (GET) are open without the token (default true).
     pub public_reads: Option<S<bool>>,
+    /// TLS on the admin listener; with `client_ca`, mutual TLS.
+    pub tls: Option<RawAdminTls>,
+}
+
+/// The admin listener's TLS: its certificate and key, and the CA whose
+/// client certificates it requires (mTLS).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTls {
+    /// PEM certificate chain.
+    pub cert: S<String>,
+    /// PEM private key.
+    pub key: S<String>,
+    /// PEM CA certificates: every client must present a certificate they
+    /// signed (none: no client certificate is asked for).
+    pub client_ca: Option<S<String>>,
 }
 
 /// The service registry: instances registered over the admin API.

@@ -90,6 +90,39 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The admin listener's TLS (`admin.tls`): its certificate, and with
+/// `client_ca` a client certificate required of every connection (mTLS).
+pub fn admin_server_config(
+    t: &crate::config::AdminTls,
+) -> Result<Arc<ServerConfig>, SettingsError> {
+    let provider = certs::provider();
+    let tls_err = |what: &std::path::Path, e: rustls::Error| {
+        SettingsError::Tls(what.display().to_string(), e)
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|e| SettingsError::Tls("protocol versions".into(), e))?;
+    let builder = match &t.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = Arc::new(roots_from(ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| tls_err(ca, rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let chain = certs::read_chain(&t.cert)
+        .map_err(|e| tls_err(&t.cert, rustls::Error::General(e.to_string())))?;
+    let key = certs::read_key(&t.key)
+        .map_err(|e| tls_err(&t.key, rustls::Error::General(e.to_string())))?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| tls_err(&t.cert, e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The client side towards a route's targets.
 pub fn client_config(up: &UpstreamTls, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, SettingsError> {
     let provider = certs::provider();
