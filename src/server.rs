@@ -155,6 +155,24 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
             .context("handover")?
             .context("handover: telling the old process")?;
         tracing::info!("took over from the old process: it stops accepting and drains");
+        // What the old process's admin API changed while this one started
+        // is in the data directory: read once it has stopped (its last
+        // request answered within a moment).
+        let registry = runtime.registry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match tokio::task::spawn_blocking(move || registry.reconcile()).await {
+                Ok(Ok((added, removed))) if added + removed > 0 => tracing::info!(
+                    added,
+                    removed,
+                    "registrations the old process changed while this one started"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the registry could not be read again after the takeover")
+                }
+                _ => {}
+            }
+        });
     }
     let mut handover = match &opts.handover.path {
         Some(p) => {

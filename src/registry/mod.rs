@@ -447,6 +447,56 @@ impl Registry {
         swapped
     }
 
+    /// Makes the registrations in memory those of the store (a process
+    /// that took over from another: what the old one changed while this
+    /// one started). Those added start their TTL now. Nothing with a
+    /// store that keeps nothing. (added, removed).
+    pub fn reconcile(&self) -> Result<(usize, usize), StoreError> {
+        if !self.store.persistent() {
+            return Ok((0, 0));
+        }
+        let mut inner = self.lock();
+        let (stored, _) = self.store.load()?;
+        let now = Instant::now();
+        let on_disk: std::collections::HashSet<(String, String)> = stored
+            .iter()
+            .map(|r| (r.service.clone(), r.id.clone()))
+            .collect();
+        let gone: Vec<(String, String)> = inner
+            .services
+            .iter()
+            .flat_map(|(s, m)| m.keys().map(move |id| (s.clone(), id.clone())))
+            .filter(|k| !on_disk.contains(k))
+            .collect();
+        let mut touched = BTreeSet::new();
+        for (s, id) in &gone {
+            Self::take(&mut inner, s, id);
+            touched.insert(s.clone());
+        }
+        let mut added = 0;
+        for reg in stored {
+            let service = inner.services.entry(reg.service.clone()).or_default();
+            let same = service.get(&reg.id).is_some_and(|e| e.reg == reg);
+            if !same {
+                let expires = now + reg.ttl();
+                touched.insert(reg.service.clone());
+                if service
+                    .insert(reg.id.clone(), Entry::new(reg, expires))
+                    .is_none()
+                {
+                    added += 1;
+                }
+            }
+        }
+        inner.count = inner.services.values().map(BTreeMap::len).sum();
+        for s in &touched {
+            inner.apply(s);
+        }
+        drop(inner);
+        self.wake.notify_one();
+        Ok((added, gone.len()))
+    }
+
     /// A cluster being built: its service's instances now, so that it is
     /// never empty in between.
     pub fn fill(&self, cluster: &Cluster) {
@@ -508,6 +558,36 @@ mod tests {
             tags: vec!["v2".into()],
             ttl_ms,
         }
+    }
+
+    #[test]
+    fn a_successor_takes_what_its_predecessor_changed_in_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RegistryConfig {
+            data_dir: Some(dir.path().to_owned()),
+            max_instances: 10,
+        };
+        let old = Registry::open(&config).unwrap();
+        old.put(reg("kept", 1, 60_000)).unwrap();
+        old.put(reg("leaving", 2, 60_000)).unwrap();
+        let new = Registry::open(&config).unwrap();
+        assert_eq!(new.count(), 2);
+        // While the new one starts, the old one still answers.
+        old.put(reg("late", 3, 60_000)).unwrap();
+        old.remove("demo", "leaving").unwrap();
+        assert_eq!(new.reconcile().unwrap(), (1, 1));
+        let listed = new.list(Some("demo")).unwrap().to_string();
+        assert!(
+            listed.contains("\"late\"") && listed.contains("\"kept\""),
+            "{listed}"
+        );
+        assert!(!listed.contains("leaving"), "{listed}");
+        assert_eq!(new.reconcile().unwrap(), (0, 0), "nothing more");
+        // A registry that keeps nothing has nothing to read back.
+        let memory = Registry::memory(10);
+        memory.put(reg("a", 1, 60_000)).unwrap();
+        assert_eq!(memory.reconcile().unwrap(), (0, 0));
+        assert_eq!(memory.count(), 1);
     }
 
     #[test]

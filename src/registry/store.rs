@@ -32,6 +32,10 @@ pub trait Store: Send + Sync {
     fn load(&self) -> Result<(Vec<Registration>, Vec<String>), StoreError>;
     fn put(&self, r: &Registration) -> Result<(), StoreError>;
     fn remove(&self, service: &str, id: &str) -> Result<(), StoreError>;
+    /// Whether it keeps anything (what `load` returns is the truth).
+    fn persistent(&self) -> bool {
+        true
+    }
 }
 
 /// Keeps nothing: registrations live as long as the process.
@@ -43,6 +47,9 @@ impl Store for MemoryStore {
     }
     fn put(&self, _: &Registration) -> Result<(), StoreError> {
         Ok(())
+    }
+    fn persistent(&self) -> bool {
+        false
     }
     fn remove(&self, _: &str, _: &str) -> Result<(), StoreError> {
         Ok(())
