@@ -316,6 +316,70 @@ fn demo_endpoints(gh: &Gatehouse) -> usize {
     demo["endpoints"].as_array().unwrap().len()
 }
 
+/// The state word of the running cluster's endpoint at `addr`.
+fn endpoint_state(gh: &Gatehouse, addr: SocketAddr) -> String {
+    let clusters: serde_json::Value = serde_json::from_str(&gh.get("/v1/clusters")).unwrap();
+    clusters["clusters"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .map(|e| e["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn instances_registered_with_a_health_hint_are_probed_at_their_path() {
+    let gh = start("");
+    let good = backend("good");
+    // Answers requests, but its readiness path says it is not ready.
+    let (sick, _) = raw_http_backend(|req| {
+        if req.request_line().starts_with("GET /ready ") {
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec()
+        } else {
+            ok_response("sick")
+        }
+    });
+    let quiet = backend("quiet");
+    let hint = r#""health": {"path": "/ready", "interval": "1s"}"#;
+    for (id, addr) in [("good", good), ("sick", sick)] {
+        let body = format!(r#"{{"address": "{addr}", "ttl": "5m", {hint}}}"#);
+        let path = format!("/v1/services/demo/instances/{id}");
+        assert_eq!(call(&gh, "PUT", &path, Some(TOKEN), body.as_bytes()).0, 201);
+    }
+    assert_eq!(register(&gh, "quiet", quiet, "5m"), 201);
+    gh.wait_for(
+        "the hinted probes' verdicts",
+        Duration::from_secs(15),
+        |g| endpoint_state(g, sick) == "unhealthy" && endpoint_state(g, good) == "healthy",
+    );
+    // Without a hint: not probed.
+    assert_eq!(endpoint_state(&gh, quiet), "unknown");
+    for _ in 0..12 {
+        assert_ne!(
+            get(&gh),
+            (200, "sick".to_string()),
+            "an unhealthy instance took a request"
+        );
+    }
+    // A bad hint is refused like any bad field.
+    for bad in [
+        r#"{"address": "127.0.0.1:9", "health": {"path": "ready"}}"#,
+        r#"{"address": "127.0.0.1:9", "health": {"path": "/r", "interval": "0s"}}"#,
+        r#"{"address": "127.0.0.1:9", "health": {"path": "/r", "timeout": "1s"}}"#,
+    ] {
+        let (status, body) = call(
+            &gh,
+            "PUT",
+            "/v1/services/demo/instances/bad",
+            Some(TOKEN),
+            bad.as_bytes(),
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("health") || body.contains("`timeout`"), "{body}");
+    }
+}
+
 #[test]
 fn admin_writes_need_the_token_and_it_is_never_logged() {
     let gh = start("");

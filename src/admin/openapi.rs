@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use super::audit::{Counts, Finding, Report};
-use super::services::Body as RegistrationBody;
+use super::services::{Body as RegistrationBody, HealthHint};
 use crate::conn::{ConnSnapshot, TlvSnapshot};
 use crate::reload::{Changes, Diff};
 
@@ -277,7 +277,8 @@ fn deregister() {}
         Report,
         Finding,
         Counts,
-        RegistrationBody
+        RegistrationBody,
+        HealthHint,
     ))
 )]
 struct ApiDoc;

@@ -50,6 +50,13 @@ pub struct Registration {
     pub tags: Vec<String>,
     /// The TTL in milliseconds.
     pub ttl_ms: u64,
+    /// A health-check hint: the path a probe asks for (a service cluster
+    /// without a `health` of its own probes the instance by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    /// How often that probe runs, in milliseconds (default 5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_interval_ms: Option<u64>,
 }
 
 impl Registration {
@@ -85,6 +92,24 @@ impl Registration {
             return Err(format!(
                 "tags: {t:?} is not a tag (1 to {TAG_LEN_MAX} characters, no control characters)"
             ));
+        }
+        if self
+            .health_interval_ms
+            .is_some_and(|ms| !(1_000..=60_000).contains(&ms))
+        {
+            return Err("health.interval: from 1s to 60s".into());
+        }
+        if self.health_interval_ms.is_some() && self.health_path.is_none() {
+            return Err("health.interval: with health.path".into());
+        }
+        if let Some(p) = &self.health_path {
+            let ok =
+                p.starts_with('/') && p.len() <= 256 && p.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(format!(
+                    "health.path: {p:?} is not a path (it begins with /, at most 256 visible ASCII characters)"
+                ));
+            }
         }
         Ok(())
     }
@@ -154,6 +179,8 @@ impl Inner {
                     addr: e.reg.address,
                     weight: e.reg.weight,
                     target: e.target.clone(),
+                    health_path: e.reg.health_path.as_deref().map(Into::into),
+                    health_every: e.reg.health_interval_ms.map(Duration::from_millis),
                 })
                 .collect()
         })
@@ -557,6 +584,8 @@ mod tests {
             weight: 1,
             tags: vec!["v2".into()],
             ttl_ms,
+            health_path: None,
+            health_interval_ms: None,
         }
     }
 

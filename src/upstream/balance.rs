@@ -357,6 +357,8 @@ mod tests {
                 addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                 weight: w,
                 target: format!("backend-{i}:80").into(),
+                health_path: None,
+                health_every: None,
             })
             .collect();
         let s = e

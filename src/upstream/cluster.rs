@@ -39,6 +39,11 @@ pub struct Endpoint {
     /// The endpoint as configured (`host:port`): the name TLS verifies
     /// and a request without a `Host` gets.
     pub target: Arc<str>,
+    /// A registered instance's health-check hint: the path its probes
+    /// ask for (`health.path` in its registration).
+    pub health_path: Option<Arc<str>>,
+    /// How often that hint asks to be probed.
+    pub health_every: Option<Duration>,
 }
 
 /// A cluster's endpoints at one moment.
@@ -115,6 +120,8 @@ impl Cluster {
                     addr: e.address.parse().ok()?,
                     weight: e.weight,
                     target: e.address.as_str().into(),
+                    health_path: None,
+                    health_every: None,
                 })
             })
             .collect();
@@ -244,7 +251,15 @@ impl Cluster {
             return;
         };
         if let Some(check) = self.config.policy.health.clone() {
-            rt.spawn(super::health::run(Arc::downgrade(self), check));
+            rt.spawn(super::health::run(Arc::downgrade(self), check, false));
+        } else if self.config.service.is_some() {
+            // (Instances that registered with a health-check hint are
+            // probed by it; the others have passive health only.)
+            rt.spawn(super::health::run(
+                Arc::downgrade(self),
+                super::health::hinted(),
+                true,
+            ));
         }
         if !self.has_names() {
             return;
@@ -276,6 +291,8 @@ impl Cluster {
                     addr,
                     weight: e.weight,
                     target,
+                    health_path: None,
+                    health_every: None,
                 });
                 continue;
             }
@@ -305,6 +322,8 @@ impl Cluster {
                 addr,
                 weight: e.weight,
                 target: target.clone(),
+                health_path: None,
+                health_every: None,
             }));
         }
         self.publish(Some(endpoints), true);
@@ -486,6 +505,8 @@ impl Cluster {
                 addr,
                 weight,
                 target: addr.to_string().into(),
+                health_path: None,
+                health_every: None,
             });
             if let Some(s) = inner.states.iter().find(|s| s.addr == addr) {
                 s.set_draining(false);

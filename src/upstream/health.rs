@@ -22,8 +22,53 @@ use crate::config::{HealthCheck, HttpProbe, Probe};
 /// The most of a probe's response read (a body is searched within it).
 const READ_MAX: usize = 64 * 1024;
 
-/// Probes the cluster's endpoints until the cluster is dropped.
-pub async fn run(cluster: Weak<Cluster>, check: HealthCheck) {
+/// The probe of registered instances that gave a health-check hint, in
+/// a service cluster without a `health` of its own: `GET` of the hinted
+/// path every 5 s (or the hint's interval; 1 s timeout), 200–399 passes,
+/// 2 passes make an instance healthy again and 3 failures unhealthy.
+pub fn hinted() -> HealthCheck {
+    HealthCheck {
+        probe: Probe::Http(HttpProbe {
+            method: http::Method::GET,
+            path: "/".into(),
+            host: None,
+            headers: Vec::new(),
+            expect_status: vec![(200, 399)],
+            body_contains: None,
+        }),
+        tls: None,
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(1),
+        healthy_threshold: 2,
+        unhealthy_threshold: 3,
+    }
+}
+
+/// The check for endpoint `e`: its hint's path where it gave one.
+/// `None`: not probed (`hints_only`, and no hint).
+fn check_for<'a>(
+    check: &'a HealthCheck,
+    e: &Endpoint,
+    hints_only: bool,
+) -> Option<std::borrow::Cow<'a, HealthCheck>> {
+    match (&e.health_path, &check.probe) {
+        (None, _) if hints_only => None,
+        (Some(path), Probe::Http(p)) if hints_only => {
+            let mut c = check.clone();
+            c.probe = Probe::Http(HttpProbe {
+                path: path.to_string(),
+                ..p.clone()
+            });
+            Some(std::borrow::Cow::Owned(c))
+        }
+        _ => Some(std::borrow::Cow::Borrowed(check)),
+    }
+}
+
+/// Probes the cluster's endpoints until the cluster is dropped. With
+/// `hints_only`, only endpoints with a health-check hint, each at its
+/// hinted path (a cluster's own `health` probes every endpoint its way).
+pub async fn run(cluster: Weak<Cluster>, check: HealthCheck, hints_only: bool) {
     // (The probes' TLS client, made once; settings that cannot be used
     // make every probe fail with their reason.)
     let tls = check.tls.as_ref().map(|up| {
@@ -36,9 +81,20 @@ pub async fn run(cluster: Weak<Cluster>, check: HealthCheck) {
             return;
         };
         let set = c.endpoints().clone();
-        let probes = set.endpoints.iter().map(|e| probe(&check, tls.as_ref(), e));
+        let checks: Vec<_> = set
+            .endpoints
+            .iter()
+            .map(|e| check_for(&check, e, hints_only))
+            .collect();
+        let probes = set.endpoints.iter().zip(&checks).map(|(e, ch)| async {
+            match ch {
+                Some(ch) => Some(probe(ch, tls.as_ref(), e).await),
+                None => None,
+            }
+        });
         let results = futures_util::future::join_all(probes).await;
         for ((e, state), result) in set.endpoints.iter().zip(&set.states).zip(results) {
+            let Some(result) = result else { continue };
             let failed = result.as_ref().err().cloned();
             match state.probed(result, check.healthy_threshold, check.unhealthy_threshold) {
                 Some(Health::Unhealthy) => {
@@ -52,8 +108,19 @@ pub async fn run(cluster: Weak<Cluster>, check: HealthCheck) {
                 None => {}
             }
         }
+        // (Hinted probes run at the shortest interval their instances ask.)
+        let interval = if hints_only {
+            set.endpoints
+                .iter()
+                .filter(|e| e.health_path.is_some())
+                .filter_map(|e| e.health_every)
+                .min()
+                .unwrap_or(check.interval)
+        } else {
+            check.interval
+        };
         drop((c, set));
-        tokio::time::sleep(check.interval.mul_f64(0.9 + fastrand::f64() * 0.2)).await;
+        tokio::time::sleep(interval.mul_f64(0.9 + fastrand::f64() * 0.2)).await;
     }
 }
 
@@ -286,6 +353,8 @@ mod tests {
             addr: "127.0.0.1:8080".parse().unwrap(),
             weight: 1,
             target: "api.internal:8080".into(),
+            health_path: None,
+            health_every: None,
         };
         let text = String::from_utf8(request(&probe_config(), &e)).unwrap();
         assert!(text.starts_with("GET /healthz HTTP/1.1\r\nhost: api.internal:8080\r\n"));
