@@ -376,7 +376,10 @@ fn instances_registered_with_a_health_hint_are_probed_at_their_path() {
             bad.as_bytes(),
         );
         assert_eq!(status, 400, "{bad}: {body}");
-        assert!(body.contains("health") || body.contains("`timeout`"), "{body}");
+        assert!(
+            body.contains("health") || body.contains("`timeout`"),
+            "{body}"
+        );
     }
 }
 
