@@ -117,8 +117,15 @@ pub async fn handle(
                 Err(m) => return bad(m),
             };
             let r = registry.clone();
-            // (The store's write syncs a file: off the runtime's threads.)
-            match tokio::task::spawn_blocking(move || r.put(reg)).await {
+            // (The store's write syncs a file: off the runtime's threads.
+            // Without a data directory there is nothing to wait for, and
+            // a hand-off to another thread would cost more than the change.)
+            let done = if registry.persistent() {
+                tokio::task::spawn_blocking(move || r.put(reg)).await
+            } else {
+                Ok(r.put(reg))
+            };
+            match done {
                 Ok(Ok(put)) => {
                     let status = if put == Put::Created { 201 } else { 200 };
                     let word = match put {
@@ -140,7 +147,12 @@ pub async fn handle(
         }
         (&M::DELETE, [service, "instances", id]) => {
             let (r, s, i) = (registry.clone(), service.to_string(), id.to_string());
-            match tokio::task::spawn_blocking(move || r.remove(&s, &i)).await {
+            let done = if registry.persistent() {
+                tokio::task::spawn_blocking(move || r.remove(&s, &i)).await
+            } else {
+                Ok(r.remove(&s, &i))
+            };
+            match done {
                 Ok(Ok(())) => (200, json!({ "result": "deregistered" })),
                 Ok(Err(e)) => error(&e),
                 Err(_) => (500, json!({ "error": "the deregistration failed" })),

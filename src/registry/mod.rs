@@ -536,6 +536,12 @@ impl Registry {
         self.lock().count
     }
 
+    /// Whether its changes are written somewhere (then they block on a
+    /// file's sync: callers run them off the runtime's threads).
+    pub fn persistent(&self) -> bool {
+        self.store.persistent()
+    }
+
     /// Every service and its instances (`GET /v1/services`), or one.
     pub fn list(&self, only: Option<&str>) -> Option<Value> {
         let inner = self.lock();
