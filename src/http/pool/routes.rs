@@ -67,16 +67,22 @@ impl RoutePools {
         let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         if old.generation != set.generation {
+            // (By address and target: linear in the set, which may be a
+            // registered service's thousands of instances.)
+            let by_endpoint: std::collections::HashMap<(SocketAddr, &str), &Arc<TargetPool>> = old
+                .pools
+                .iter()
+                .map(|p| ((p.addr(), p.target()), p))
+                .collect();
             let pools = set
                 .endpoints
                 .iter()
                 .zip(&set.states)
                 .map(|(e, state)| {
-                    old.pools
-                        .iter()
-                        .find(|p| p.addr() == e.addr && p.target() == &*e.target)
+                    by_endpoint
+                        .get(&(e.addr, &*e.target))
                         .filter(|p| Arc::ptr_eq(p.state(), state))
-                        .cloned()
+                        .map(|p| Arc::clone(p))
                         .unwrap_or_else(|| {
                             TargetPool::new(e, state.clone(), &self.policy, self.upstream.clone())
                         })
