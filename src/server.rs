@@ -212,7 +212,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
         };
         let signal = tokio::select! {
             s = signals.recv() => s,
-            true = successor => Signal::HandedOver,
+            took = successor => Signal::Successor(took),
         };
         match signal {
             Signal::Reload => {
@@ -220,13 +220,19 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
                 let _ = reloader.reload().await;
                 crate::notify::notify("READY=1");
             }
-            Signal::HandedOver => {
+            Signal::Successor(true) => {
                 tracing::info!("a successor took over the listening sockets");
                 let _ = handed_over.send(true);
                 break;
             }
+            // (Its task failed: no handover from now on; it is not polled again.)
+            Signal::Successor(false) => handover = None,
             Signal::Stop => break,
         }
+    }
+    // (No successor is served while this process drains.)
+    if let Some(task) = handover.take() {
+        task.abort();
     }
     let drain = runtime.snapshot().config.timeouts.shutdown_drain;
     tracing::info!(live = table.active(), drain = ?drain, "shutdown: draining");
@@ -375,8 +381,9 @@ fn check_memory_budget(rt: &Runtime) {
 enum Signal {
     Stop,
     Reload,
-    /// A successor took the listening sockets (`handover`).
-    HandedOver,
+    /// The handover task ended: `true`, a successor took the listening
+    /// sockets.
+    Successor(bool),
 }
 
 /// Serves successors on the handover socket until one takes over (`true`).

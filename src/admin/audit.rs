@@ -376,26 +376,7 @@ fn look(plane: &Plane, admin: SocketAddr) -> Report {
         }
     }
 
-    // Who may hold a socket to an upstream address: its pools, the L4
-    // connections and tunnels forwarding to it, one health probe.
-    let mut owners: HashMap<SocketAddr, usize> =
-        pooled.into_iter().map(|(a, n)| (canonical(a), n)).collect();
-    for r in &rows {
-        let Some(up) = r.upstream else { continue };
-        let http = snap
-            .listener(&r.listener)
-            .is_some_and(|l| l.config.http.is_some());
-        if !http || matches!(r.state, ConnState::Upgraded | ConnState::Draining) {
-            *owners.entry(canonical(up)).or_default() += 1;
-        }
-    }
-    for c in &snap.clusters {
-        if c.config.policy.health.is_some() {
-            for e in &c.endpoints().endpoints {
-                *owners.entry(canonical(e.addr)).or_default() += 1;
-            }
-        }
-    }
+    let owners = upstream_owners(&snap, &rows, pooled);
     for (to, socks) in &outgoing {
         let held = owners.get(to).copied().unwrap_or(0);
         if socks.len() <= held {
@@ -431,6 +412,37 @@ fn look(plane: &Plane, admin: SocketAddr) -> Report {
         findings,
         counts,
     }
+}
+
+/// Who may hold a socket to each upstream address: its pools (idle or in
+/// use), the L4 connections and tunnels forwarding to it, and one health
+/// probe where it is probed (a cluster's `health`, or a registered
+/// instance's hint).
+fn upstream_owners(
+    snap: &crate::runtime::Snapshot,
+    rows: &[crate::conn::AuditRow],
+    pooled: HashMap<SocketAddr, usize>,
+) -> HashMap<SocketAddr, usize> {
+    let mut owners: HashMap<SocketAddr, usize> =
+        pooled.into_iter().map(|(a, n)| (canonical(a), n)).collect();
+    for r in rows {
+        let Some(up) = r.upstream else { continue };
+        let http = snap
+            .listener(&r.listener)
+            .is_some_and(|l| l.config.http.is_some());
+        if !http || matches!(r.state, ConnState::Upgraded | ConnState::Draining) {
+            *owners.entry(canonical(up)).or_default() += 1;
+        }
+    }
+    for c in &snap.clusters {
+        let checked = c.config.policy.health.is_some();
+        for e in &c.endpoints().endpoints {
+            if checked || e.health_path.is_some() {
+                *owners.entry(canonical(e.addr)).or_default() += 1;
+            }
+        }
+    }
+    owners
 }
 
 /// A test hook (`GATEHOUSE_TEST_HOOKS=1`): a connection to `to` that

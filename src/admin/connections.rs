@@ -99,10 +99,6 @@ pub fn list(table: &ConnTable, query: Option<&str>) -> (u16, Value) {
     )
 }
 
-fn close_one(table: &ConnTable, id: u64) -> Result<(), CloseError> {
-    table.close(id)
-}
-
 /// `DELETE /connections/{id}`.
 pub fn close(table: &ConnTable, id: &str) -> (u16, Value) {
     let Ok(id) = id.parse::<u64>() else {
@@ -111,7 +107,7 @@ pub fn close(table: &ConnTable, id: &str) -> (u16, Value) {
             json!({ "error": format!("{id:?} is not a connection id") }),
         );
     };
-    match close_one(table, id) {
+    match table.close(id) {
         Ok(()) => (200, json!({ "closed": [id] })),
         Err(CloseError::NotFound) => (404, json!({ "error": CloseError::NotFound.to_string() })),
         Err(e) => (409, json!({ "error": e.to_string() })),
@@ -134,7 +130,7 @@ pub fn close_matching(table: &ConnTable, query: Option<&str>) -> (u16, Value) {
         .snapshot()
         .iter()
         .filter(|c| filter.matches(c))
-        .filter(|c| close_one(table, c.id).is_ok())
+        .filter(|c| table.close(c.id).is_ok())
         .map(|c| c.id)
         .collect();
     (200, json!({ "closed": closed }))
@@ -203,11 +199,12 @@ pub fn drain(snap: &Snapshot, table: &ConnTable, name: &str, drain: bool) -> (u1
             }
         );
     }
-    let live = table
-        .snapshot()
+    let live: u64 = table
+        .count_by_route_state()
         .iter()
-        .filter(|c| c.route.as_deref() == Some(name))
-        .count();
+        .filter(|((route, _), _)| route.as_deref() == Some(name))
+        .map(|(_, n)| n)
+        .sum();
     (
         200,
         json!({ "route": name, "draining": drain, "live": live }),

@@ -95,6 +95,21 @@ fn error(e: &RegistryError) -> (u16, Value) {
     (status, json!({ "error": e.to_string() }))
 }
 
+/// A change that goes to the registry's store: its write syncs a file, so
+/// it runs off the runtime's threads; without a data directory there is
+/// nothing to wait for, and a hand-off to another thread would cost more
+/// than the change.
+async fn with_store<T: Send + 'static>(
+    registry: &Registry,
+    change: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if registry.persistent() {
+        tokio::task::spawn_blocking(change).await
+    } else {
+        Ok(change())
+    }
+}
+
 /// A request under `/services` (the path without `/v1`).
 pub async fn handle(
     registry: &Arc<Registry>,
@@ -117,15 +132,7 @@ pub async fn handle(
                 Err(m) => return bad(m),
             };
             let r = registry.clone();
-            // (The store's write syncs a file: off the runtime's threads.
-            // Without a data directory there is nothing to wait for, and
-            // a hand-off to another thread would cost more than the change.)
-            let done = if registry.persistent() {
-                tokio::task::spawn_blocking(move || r.put(reg)).await
-            } else {
-                Ok(r.put(reg))
-            };
-            match done {
+            match with_store(registry, move || r.put(reg)).await {
                 Ok(Ok(put)) => {
                     let status = if put == Put::Created { 201 } else { 200 };
                     let word = match put {
@@ -147,12 +154,7 @@ pub async fn handle(
         }
         (&M::DELETE, [service, "instances", id]) => {
             let (r, s, i) = (registry.clone(), service.to_string(), id.to_string());
-            let done = if registry.persistent() {
-                tokio::task::spawn_blocking(move || r.remove(&s, &i)).await
-            } else {
-                Ok(r.remove(&s, &i))
-            };
-            match done {
+            match with_store(registry, move || r.remove(&s, &i)).await {
                 Ok(Ok(())) => (200, json!({ "result": "deregistered" })),
                 Ok(Err(e)) => error(&e),
                 Err(_) => (500, json!({ "error": "the deregistration failed" })),

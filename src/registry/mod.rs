@@ -267,29 +267,16 @@ impl Registry {
         let Some(dir) = &config.data_dir else {
             return Ok(Registry::memory(config.max_instances));
         };
-        let store = FileStore::open(dir)?;
-        let (kept, skipped) = store.load()?;
-        for s in &skipped {
-            tracing::warn!(file = %s, "a stored registration could not be read: skipped");
-        }
         let registry = Registry {
             inner: Mutex::default(),
-            store: Box::new(store),
+            store: Box::new(FileStore::open(dir)?),
             max_instances: config.max_instances,
             wake: tokio::sync::Notify::new(),
         };
-        {
-            let mut inner = registry.lock();
-            let now = Instant::now();
-            for reg in kept {
-                let expires = now + reg.ttl();
-                let service = inner.services.entry(reg.service.clone()).or_default();
-                service.insert(reg.id.clone(), Entry::new(reg, expires));
-            }
-            inner.count = inner.services.values().map(BTreeMap::len).sum();
-            if inner.count > 0 {
-                tracing::info!(instances = inner.count, services = inner.services.len(), dir = %dir.display(), "registrations restored");
-            }
+        // (An empty registry made like the store: every registration kept.)
+        let (restored, _) = registry.reconcile()?;
+        if restored > 0 {
+            tracing::info!(instances = restored, dir = %dir.display(), "registrations restored");
         }
         Ok(registry)
     }
@@ -474,16 +461,19 @@ impl Registry {
         swapped
     }
 
-    /// Makes the registrations in memory those of the store (a process
-    /// that took over from another: what the old one changed while this
-    /// one started). Those added start their TTL now. Nothing with a
-    /// store that keeps nothing. (added, removed).
+    /// Makes the registrations in memory those of the store: at start, and
+    /// in a process that took over from another (what the old one changed
+    /// while this one started). Those added start their TTL now. Nothing
+    /// with a store that keeps nothing. (added, removed).
     pub fn reconcile(&self) -> Result<(usize, usize), StoreError> {
         if !self.store.persistent() {
             return Ok((0, 0));
         }
         let mut inner = self.lock();
-        let (stored, _) = self.store.load()?;
+        let (stored, skipped) = self.store.load()?;
+        for s in &skipped {
+            tracing::warn!(file = %s, "a stored registration could not be read: skipped");
+        }
         let now = Instant::now();
         let on_disk: std::collections::HashSet<(String, String)> = stored
             .iter()

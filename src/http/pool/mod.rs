@@ -523,9 +523,6 @@ impl PooledConn {
     }
 }
 
-/// Requests dropped in mid-exchange (their client went away) whose
-/// connection was kept (returned unused, drained, or connected for no one
-/// and pooled), and those whose connection closed (process-wide).
 /// Every target pool made, live or not (weakly): the leak audit counts
 /// the connections of those still alive, a retired view's included.
 static ALL_POOLS: Mutex<Vec<std::sync::Weak<TargetPool>>> = Mutex::new(Vec::new());
@@ -542,6 +539,9 @@ pub fn open_by_address() -> std::collections::HashMap<SocketAddr, usize> {
     out
 }
 
+/// Requests dropped in mid-exchange (their client went away) whose
+/// connection was kept (returned unused, drained, or connected for no one
+/// and pooled), and those whose connection closed (process-wide).
 static ABANDONED_KEPT: AtomicU64 = AtomicU64::new(0);
 static ABANDONED_CLOSED: AtomicU64 = AtomicU64::new(0);
 
