@@ -11,6 +11,8 @@
 #          PEERS="nginx haproxy" bench/run.sh   only these peers
 #          SCENARIOS="h2_small h1_keepalive" bench/run.sh
 #          FEATURES=send-batch bench/run.sh   Gatehouse built with these cargo features
+#          TCP_CONFIG=examples/bench/tcp-kernel.toml SCENARIOS=tcp_1mib bench/run.sh
+#                                             the L4 figure on the kernel path (nftables)
 # Run as root (or with sudo available for apt), on an otherwise quiet host.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,5 +21,5 @@ ROOT=$(cd "$HERE/.." && pwd)
 cargo build --release --manifest-path "$ROOT/Cargo.toml" ${FEATURES:+--features "$FEATURES"}
 G=$ROOT/target/release/gatehouse
 export PROXY_CMD="$G run --config $ROOT/examples/bench/http.toml"
-export PROXY_TCP_CMD="$G run --config $ROOT/examples/bench/tcp.toml"
+export PROXY_TCP_CMD="$G run --config $ROOT/${TCP_CONFIG:-examples/bench/tcp.toml}"
 exec "$HERE/compare/compare.sh" "$@"

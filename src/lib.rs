@@ -17,6 +17,7 @@ pub mod filter;
 pub mod handover;
 pub mod http;
 pub mod io;
+pub mod kernel;
 pub mod l4;
 pub mod lifecycle;
 pub mod listener;

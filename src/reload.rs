@@ -107,6 +107,16 @@ impl Reloader {
         })
     }
 
+    /// Puts `config`'s kernel routes in force.
+    async fn kernel(&self, config: &Arc<Config>) -> Result<(), Refused> {
+        let kernel = self.rt().kernel.clone();
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || kernel.apply(&c, false))
+            .await
+            .map_err(|e| Refused::Settings(format!("kernel path: {e}")))?
+            .map_err(|e| Refused::Settings(e.to_string()))
+    }
+
     fn rt(&self) -> &Arc<Runtime> {
         &self.plane.rt
     }
@@ -257,6 +267,10 @@ impl Reloader {
             Some(&previous),
         )
         .map_err(|e| Refused::Settings(format!("TLS settings: {e}")))?;
+        // Kernel routes before the listeners: a strict one nftables cannot
+        // take refuses the whole reload, with nothing applied. (A refusal
+        // after it puts the running config's rules back.)
+        self.kernel(&config).await?;
 
         // Listeners: kept (same name and address), moved to a new name at
         // the same address (the socket goes with it), removed, added.
@@ -264,7 +278,7 @@ impl Reloader {
         let mut gone: Vec<(String, Running)> = Vec::new();
         for (name, r) in running.drain() {
             match config.listeners.iter().find(|l| l.name == name) {
-                Some(l) if l.bind == r.bind => {
+                Some(l) if l.bind == r.bind && l.last_port.is_none() => {
                     if old
                         .listeners
                         .iter()
@@ -281,13 +295,14 @@ impl Reloader {
         // A listener renamed at the same address takes the old one's
         // socket: no moment without a listener, nothing to bind.
         let mut renamed: Vec<(String, String, TcpListener)> = Vec::new();
-        for l in &config.listeners {
+        for l in config.listeners.iter().filter(|l| l.last_port.is_none()) {
             if kept.contains_key(&l.name) || l.bind.port() == 0 {
                 continue;
             }
             if let Some(i) = gone.iter().position(|(_, r)| r.bind == l.bind) {
                 let (old_name, r) = gone.swap_remove(i);
                 let Some(socket) = r.stop().await else {
+                    let _ = self.kernel(&previous.config).await;
                     // Draining: the loops that are left stay known to the
                     // drain, which waits for them.
                     running.extend(kept);
@@ -298,7 +313,7 @@ impl Reloader {
             }
         }
         let mut bound: Vec<(String, TcpListener)> = Vec::new();
-        for l in &config.listeners {
+        for l in config.listeners.iter().filter(|l| l.last_port.is_none()) {
             if kept.contains_key(&l.name) || renamed.iter().any(|(_, n, _)| *n == l.name) {
                 continue;
             }
@@ -306,6 +321,7 @@ impl Reloader {
                 Ok(s) => bound.push((l.name.clone(), s)),
                 Err(e) => {
                     // Nothing applied: the loops go back as they were.
+                    let _ = self.kernel(&previous.config).await;
                     running.extend(kept);
                     running.extend(gone);
                     for (old_name, _, socket) in renamed {

@@ -191,6 +191,8 @@ pub struct Runtime {
     pub over_memory: std::sync::atomic::AtomicBool,
     /// The registered services (for the process's life).
     pub registry: Arc<Registry>,
+    /// The nftables table of kernel routes (for the process's life).
+    pub kernel: Arc<crate::kernel::Kernel>,
     live: ArcSwap<Snapshot>,
 }
 
@@ -202,11 +204,12 @@ impl Runtime {
         table: Arc<ConnTable>,
         shutdown: ShutdownSignal,
         limits: (usize, u64),
-        registry: Arc<Registry>,
+        (registry, kernel): (Arc<Registry>, Arc<crate::kernel::Kernel>),
     ) -> Runtime {
         registry.attach(&snapshot.clusters, || ());
         Runtime {
             registry,
+            kernel,
             max_connections: limits.0,
             fd_ceiling: limits.1.into(),
             workers: snapshot.config.workers,
@@ -272,7 +275,10 @@ pub fn test_runtime() -> (Arc<Runtime>, Arc<ListenerRt>) {
         table,
         shutdown.clone(),
         limits,
-        registry,
+        (
+            registry,
+            Arc::new(crate::kernel::Kernel::new("gatehouse_test".into())),
+        ),
     ));
     (runtime, listener)
 }

@@ -77,12 +77,15 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
         crate::listener::fd_budget(config.limits.max_connections),
         crate::listener::fd_ceiling(),
     );
+    let kernel = Arc::new(crate::kernel::Kernel::new(
+        crate::kernel::Kernel::table_name(config.instance.as_deref(), path.as_deref()),
+    ));
     let runtime = Arc::new(Runtime::new(
         snapshot,
         table.clone(),
         shutdown.clone(),
         limits,
-        registry.clone(),
+        (registry.clone(), kernel.clone()),
     ));
     let stop = shutdown.clone();
     tokio::spawn(async move { registry.run_lapses(stop.draining()).await });
@@ -92,7 +95,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
     // Everything is bound before anything is announced or served: a port
     // taken (the admin's too) stops the start with nothing said listening.
     let mut bound = Vec::new();
-    for lc in &config.listeners {
+    // (A port range is forwarded by the kernel only: nothing to bind.)
+    for lc in config.listeners.iter().filter(|l| l.last_port.is_none()) {
         let taken = inherited
             .as_mut()
             .and_then(|i| i.listener(&lc.name, lc.bind));
@@ -142,6 +146,13 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
         )),
         None => None,
     };
+    // Kernel routes: nftables takes their connections from here on.
+    let k = kernel.clone();
+    let c = config.clone();
+    tokio::task::spawn_blocking(move || k.apply(&c, true))
+        .await
+        .context("kernel path")??;
+    tokio::spawn(kernel.clone().run());
     reloader.start_bound(bound).await;
     if let Some((addr, serve)) = admin {
         tracing::info!(%addr, "admin listening");
@@ -203,6 +214,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
     tokio::spawn(parking_sweeps(plane.clone()));
 
     // SIGHUP: reload the config (refused candidates leave it running).
+    let mut kernel_owned = true;
     loop {
         let successor = async {
             match handover.as_mut() {
@@ -223,6 +235,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
             Signal::Successor(true) => {
                 tracing::info!("a successor took over the listening sockets");
                 let _ = handed_over.send(true);
+                // (The successor put the same table in force: it stays.)
+                kernel_owned = false;
                 break;
             }
             // (Its task failed: no handover from now on; it is not polled again.)
@@ -238,6 +252,11 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
     tracing::info!(live = table.active(), drain = ?drain, "shutdown: draining");
     crate::notify::notify("STOPPING=1");
     shutdown.advance(Phase::Draining);
+    // New connections are no longer forwarded by the kernel either.
+    if kernel_owned {
+        let k = kernel.clone();
+        let _ = tokio::task::spawn_blocking(move || k.remove()).await;
+    }
     // Parked keep-alive connections have nothing in flight: they end now.
     // (Parked tunnels are live connections: they end with the drain.)
     plane.parking.close_all(false);

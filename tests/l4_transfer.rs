@@ -10,27 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Sends `size` bytes through the proxy to the echo backend while reading
-/// the echo, and checks every byte.
-fn echo_through(addr: std::net::SocketAddr, size: usize, seed: u64) {
-    let data = pattern(size, seed);
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    let mut w = c.try_clone().unwrap();
-    let sent = data.clone();
-    // Write and read at the same time: the echo makes both directions busy.
-    let writer = thread::spawn(move || {
-        for chunk in sent.chunks(100_000) {
-            w.write_all(chunk).unwrap();
-        }
-        w.shutdown(Shutdown::Write).unwrap();
-    });
-    let (got, eof) = read_to_end(&mut c);
-    writer.join().unwrap();
-    assert!(eof, "size {size}: no clean EOF");
-    assert_eq!(got.len(), data.len(), "size {size}");
-    assert!(got == data, "size {size}: bytes differ");
-}
-
 const SIZES: [usize; 8] = [1, 2, 1000, 65_535, 65_537, 1 << 20, 16 << 20, 64 << 20];
 
 fn payloads_through(limits: &str) {

@@ -13,7 +13,39 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::conn::{CloseError, ConnSnapshot, ConnTable};
+use crate::kernel::Kernel;
+use crate::kernel::conntrack::KernelConn;
 use crate::runtime::Snapshot;
+
+/// A kernel route's connection in the table's terms (`engine = "kernel"`;
+/// the state is conntrack's).
+fn kernel_snapshot(k: KernelConn, listeners: &[(String, String)]) -> ConnSnapshot {
+    let listener = listeners
+        .iter()
+        .find(|(route, _)| *route == k.route)
+        .map(|(_, l)| l.clone())
+        .unwrap_or_default();
+    ConnSnapshot {
+        id: k.id,
+        listener,
+        peer: k.client.to_string(),
+        client: k.client.to_string(),
+        route: Some(k.route),
+        upstream: Some(k.target.to_string()),
+        state: k.state,
+        engine: "kernel",
+        started_unix_ms: k
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        age_ms: k.age_ms,
+        bytes_client_to_upstream: k.bytes_up,
+        bytes_upstream_to_client: k.bytes_down,
+        proxy_tlvs: Vec::new(),
+        sni: None,
+        upstream_error: None,
+    }
+}
 
 /// Which connections a request is about.
 #[derive(Debug, Default)]
@@ -85,12 +117,19 @@ impl Filter {
 }
 
 /// `GET /connections[?filters]`.
-pub fn list(table: &ConnTable, query: Option<&str>) -> (u16, Value) {
+pub fn list(table: &ConnTable, kernel: &Kernel, query: Option<&str>) -> (u16, Value) {
     let filter = match Filter::parse(query) {
         Ok(f) => f,
         Err(e) => return (400, json!({ "error": e })),
     };
-    let all = table.snapshot();
+    let mut all = table.snapshot();
+    let listeners = kernel.listeners();
+    all.extend(
+        kernel
+            .connections()
+            .into_iter()
+            .map(|k| kernel_snapshot(k, &listeners)),
+    );
     let active = all.len();
     let matching: Vec<ConnSnapshot> = all.into_iter().filter(|c| filter.matches(c)).collect();
     (

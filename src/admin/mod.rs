@@ -366,6 +366,9 @@ async fn handle(
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return json(status, v);
     }
+    if path == "/connections" || path == "/metrics" {
+        rt.kernel.fresh().await;
+    }
     if ["/connections", "/routes"].iter().any(|p| {
         path.strip_prefix(p)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -464,6 +467,7 @@ async fn handle(
             let mut text = metrics.render(&live);
             process_metrics(&mut text);
             audit::render_metrics(&mut text);
+            rt.kernel.render_metrics(&mut text);
             snap.tls.certs.render_metrics(&mut text);
             clusters::render_metrics(&snap, &mut text);
             text.push_str(&format!(
@@ -497,7 +501,7 @@ fn table_api(
     let rt = &plane.rt;
     let table = &rt.table;
     match (method, path) {
-        (&Method::GET, "/connections") => connections::list(table, query),
+        (&Method::GET, "/connections") => connections::list(table, &rt.kernel, query),
         (&Method::POST, "/connections/close") => connections::close_matching(table, query),
         (&Method::DELETE, p) if p.starts_with("/connections/") => {
             connections::close(table, &p["/connections/".len()..])

@@ -171,3 +171,20 @@ pub fn check_service_name(s: &str) -> Result<(), String> {
         ))
     }
 }
+
+impl ClusterConfig {
+    /// A route's own cluster of one address.
+    pub(super) fn inline_one(route: &str, at: std::net::SocketAddr) -> ClusterConfig {
+        ClusterConfig {
+            name: route.to_owned(),
+            endpoints: vec![EndpointConfig {
+                address: at.to_string(),
+                weight: 1,
+            }],
+            service: None,
+            resolve_every: DEFAULT_RESOLVE_EVERY,
+            inline: true,
+            policy: super::ClusterPolicy::default(),
+        }
+    }
+}

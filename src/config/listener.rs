@@ -12,6 +12,8 @@ pub(super) struct ListenerFacts {
     pub names: Vec<String>,
     pub is_http: Vec<bool>,
     pub is_tls: Vec<bool>,
+    /// Address, last port of a range, PROXY protocol in (`None`: not valid).
+    pub binds: Vec<Option<(std::net::SocketAddr, Option<u16>, bool)>>,
 }
 
 impl ListenerFacts {
@@ -50,10 +52,22 @@ impl Ctx<'_> {
                 );
             }
             facts.names.push(name.clone());
-            let bind = self.socket_addr(&rl_ref.bind, &field("bind"));
+            let (bind, last_port) = match self.bind(&rl_ref.bind, &field("bind")) {
+                Some((b, l)) => (Some(b), l),
+                None => (None, None),
+            };
             // Two listeners on one address (port 0 aside: each gets its own).
             if let Some(b) = bind.filter(|b| b.port() != 0) {
-                if let Some(other) = listeners.iter().find(|l: &&ListenerConfig| l.bind == b) {
+                let ports =
+                    |l: &ListenerConfig| l.bind.port()..=l.last_port.unwrap_or(l.bind.port());
+                let mine = b.port()..=last_port.unwrap_or(b.port());
+                let overlap = |l: &&ListenerConfig| {
+                    l.bind.ip() == b.ip()
+                        && l.bind.port() != 0
+                        && ports(l).start() <= mine.end()
+                        && mine.start() <= ports(l).end()
+                };
+                if let Some(other) = listeners.iter().find(overlap) {
                     self.err(
                         &rl_ref.bind.span(),
                         &field("bind"),
@@ -139,10 +153,21 @@ impl Ctx<'_> {
             });
             facts.is_http.push(http.is_some());
             facts.is_tls.push(tls.is_some());
+            facts
+                .binds
+                .push(bind.map(|b| (b, last_port, accept_proxy.is_some())));
+            if last_port.is_some() && (http.is_some() || tls.is_some()) {
+                self.err(
+                    &rl_ref.bind.span(),
+                    &field("bind"),
+                    "a port range is forwarded by the kernel, which reads no HTTP or TLS: protocol = \"tcp\"",
+                );
+            }
             if let Some(bind) = bind {
                 listeners.push(ListenerConfig {
                     name,
                     bind,
+                    last_port,
                     backlog,
                     accept_proxy,
                     http,

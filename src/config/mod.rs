@@ -11,6 +11,7 @@ pub mod duration;
 mod env;
 mod filter;
 mod http;
+mod kernel;
 mod lint;
 mod listener;
 mod print;
@@ -56,6 +57,8 @@ pub const DEFAULT_SPLICE_PIPES: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub workers: usize,
+    /// `instance`: what names this process's nftables table.
+    pub instance: Option<String>,
     /// `None` when the admin listener is disabled.
     pub admin: Option<SocketAddr>,
     /// Who may use the admin API.
@@ -129,6 +132,9 @@ pub struct Limits {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
+    /// A port range (`bind`'s port to this one): forwarded by the kernel
+    /// only, never bound by the process.
+    pub last_port: Option<u16>,
     pub backlog: u32,
     pub accept_proxy: Option<AcceptProxy>,
     /// `Some` when the listener speaks HTTP (`protocol = "http"` or `"https"`).
@@ -167,6 +173,26 @@ pub struct RouteConfig {
     pub mirror: Option<MirrorConfig>,
     /// What its access-log lines never show.
     pub log_redact: std::sync::Arc<LogRedact>,
+    /// `action.engine = "kernel"`: forwarded by nftables.
+    pub kernel: Option<KernelRoute>,
+}
+
+/// A route forwarded by the kernel (nftables DNAT): what the rules match
+/// and where they send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// `kernel_strict`: no start (or reload) without nftables.
+    pub strict: bool,
+    /// The listener's address (unspecified: any local address) and its
+    /// first port.
+    pub listen: SocketAddr,
+    /// The last port of the listener's range (its one port otherwise).
+    pub last_port: u16,
+    /// Empty: every client.
+    pub clients: Vec<IpNet>,
+    /// Where connections go (with a port range, `target`'s port is the
+    /// first of the same range: each port goes to the same port).
+    pub target: SocketAddr,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -630,8 +656,10 @@ impl Ctx<'_> {
             }
         }
 
+        let instance = self.instance(raw.instance.as_ref());
         Config {
             workers,
+            instance,
             admin,
             admin_access,
             registry,

@@ -28,6 +28,9 @@ pub fn print(c: &Config) -> String {
 fn document(c: &Config) -> Table {
     let mut doc = Table::new();
     put(&mut doc, "workers", c.workers as i64);
+    if let Some(i) = &c.instance {
+        put(&mut doc, "instance", i.as_str());
+    }
     let mut admin = Table::new();
     match c.admin {
         Some(a) => put(&mut admin, "bind", a.to_string()),
@@ -194,7 +197,10 @@ fn cluster(k: &super::ClusterConfig) -> Value {
 fn listener(l: &super::ListenerConfig) -> Value {
     let mut t = Table::new();
     put(&mut t, "name", l.name.as_str());
-    put(&mut t, "bind", l.bind.to_string());
+    match l.last_port {
+        Some(last) => put(&mut t, "bind", format!("{}-{last}", l.bind)),
+        None => put(&mut t, "bind", l.bind.to_string()),
+    }
     put(&mut t, "backlog", l.backlog as i64);
     let protocol = match (l.http.is_some(), l.tls.is_some()) {
         (false, false) => "tcp",
@@ -357,11 +363,19 @@ fn route(c: &Config, r: &RouteConfig) -> Value {
                 _ if !f.split.is_empty() => {
                     put(&mut action, "split", Value::Array(split.collect()));
                 }
-                Some(k) if k.inline => put(
-                    &mut action,
-                    "forward",
-                    strings(k.endpoints.iter().map(|e| &e.address)),
-                ),
+                Some(k) if k.inline => match &r.kernel {
+                    // (A port range's target is written with the range.)
+                    Some(kr) if kr.last_port != kr.listen.port() => put(
+                        &mut action,
+                        "forward",
+                        strings([format!("{}-{}", kr.target, kr.last_port)].iter()),
+                    ),
+                    _ => put(
+                        &mut action,
+                        "forward",
+                        strings(k.endpoints.iter().map(|e| &e.address)),
+                    ),
+                },
                 Some(k) => put(&mut action, "cluster", k.name.as_str()),
                 None => {}
             }
@@ -380,6 +394,13 @@ fn route(c: &Config, r: &RouteConfig) -> Value {
                 put(&mut action, "redirect_port", *p as i64);
             }
         }
+    }
+    if let Some(k) = &r.kernel {
+        put(
+            &mut action,
+            "engine",
+            if k.strict { "kernel_strict" } else { "kernel" },
+        );
     }
     put(&mut t, "action", action);
 

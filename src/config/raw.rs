@@ -65,6 +65,10 @@ impl<T: JsonSchema> JsonSchema for S<T> {
 #[schemars(title = "Gatehouse configuration")]
 pub struct RawConfig {
     pub workers: Option<S<Scalar>>,
+    /// This Gatehouse's name on the host: its nftables table (kernel
+    /// routes) is `gatehouse_<instance>`. Default: made from the config
+    /// file's path.
+    pub instance: Option<S<String>>,
     pub admin: Option<RawAdmin>,
     pub registry: Option<RawRegistry>,
     pub tracing: Option<RawTracing>,
@@ -316,6 +320,7 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: S<String>,
+    /// "IP:PORT", or "IP:FIRST-LAST" for a port range (kernel routes only).
     pub bind: S<String>,
     pub backlog: Option<S<Scalar>>,
     pub protocol: Option<S<String>>,
@@ -427,6 +432,10 @@ pub struct RawAction {
     pub pass_tlvs: Option<S<bool>>,
     pub redirect_https: Option<S<bool>>,
     pub redirect_port: Option<S<Scalar>>,
+    /// "user" (default), "kernel" (nftables forwarding, or the user-space
+    /// path with a warning where nftables cannot be used) or
+    /// "kernel_strict" (nftables or no start).
+    pub engine: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

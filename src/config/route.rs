@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use super::cluster::ClusterConfig;
 use super::filter::FilterConfig;
+use super::kernel::Engine;
 use super::listener::ListenerFacts;
 use super::raw::{RawConfig, RawRoute, S};
 use super::{
@@ -29,7 +30,7 @@ impl Ctx<'_> {
             if let Some(r) = self.route(
                 i,
                 rr,
-                &mut names,
+                (&mut names, &routes),
                 facts,
                 timeouts,
                 (clusters, filters),
@@ -41,6 +42,22 @@ impl Ctx<'_> {
         if raw.routes.is_empty() {
             self.err(&(0..0), "routes", "define at least one [[routes]] table");
         }
+        // A port range is kernel-only: without a kernel route it is dead.
+        for (i, rl) in raw.listeners.iter().enumerate() {
+            let Some(Some(b)) = facts.binds.get(i) else {
+                continue;
+            };
+            let served = routes
+                .iter()
+                .any(|r| r.kernel.is_some() && r.matcher.listener == Some(i));
+            if b.1.is_some() && !served {
+                self.err(
+                    &rl.get_ref().bind.span(),
+                    &format!("listeners[{i}].bind"),
+                    "a port range needs a route with match.listener naming it and action.engine = \"kernel_strict\"",
+                );
+            }
+        }
         routes
     }
 
@@ -49,7 +66,7 @@ impl Ctx<'_> {
         &mut self,
         i: usize,
         rr: &S<RawRoute>,
-        names: &mut Vec<String>,
+        (names, earlier): (&mut Vec<String>, &[RouteConfig]),
         facts: &ListenerFacts,
         timeouts: &Timeouts,
         (clusters, filters): (&mut Vec<ClusterConfig>, &[FilterConfig]),
@@ -123,7 +140,38 @@ impl Ctx<'_> {
         }
         let on_http = facts.http(matcher.listener);
         let on_tls = facts.tls(matcher.listener);
-        let action = self.action(&name, rr, on_http, &field, clusters);
+        let engine = self.engine(rr, &field);
+        let kernel = match engine {
+            Engine::Kernel { strict } => {
+                self.kernel_route(rr, strict, &matcher, facts, earlier, &field)
+            }
+            Engine::User => None,
+        };
+        let range = matcher
+            .listener
+            .and_then(|l| facts.binds.get(l).copied().flatten())
+            .is_some_and(|b| b.1.is_some());
+        let action = if range {
+            if engine != (Engine::Kernel { strict: true }) {
+                self.err(
+                    &r.action.span(),
+                    &field("action.engine"),
+                    "a port range has no user-space path: action.engine = \"kernel_strict\"",
+                );
+            }
+            // (Never used in user space; the route still names a cluster.)
+            kernel.as_ref().map(|k| {
+                clusters.push(ClusterConfig::inline_one(&name, k.target));
+                RouteAction::Forward(Forward {
+                    cluster: clusters.len() - 1,
+                    split: Vec::new(),
+                    send_proxy: None,
+                    pass_tlvs: false,
+                })
+            })
+        } else {
+            self.action(&name, rr, on_http, &field, clusters)
+        };
         let p = r.policy.as_ref();
         let policy = RoutePolicy {
             connect_timeout: self.required_duration(
@@ -203,6 +251,7 @@ impl Ctx<'_> {
             filters: route_filters,
             mirror,
             log_redact: std::sync::Arc::new(log_redact),
+            kernel,
         })
     }
 

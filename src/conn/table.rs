@@ -141,6 +141,8 @@ pub struct ConnSnapshot {
     pub route: Option<String>,
     pub upstream: Option<String>,
     pub state: &'static str,
+    /// "user" (this process), or "kernel" (nftables; the state is conntrack's).
+    pub engine: &'static str,
     pub started_unix_ms: u64,
     pub age_ms: u64,
     pub bytes_client_to_upstream: u64,
@@ -338,6 +340,7 @@ impl ConnEntry {
             route: d.route.map(|r| r.name.to_string()),
             upstream: d.upstream.map(|u| u.to_string()),
             state: self.state().as_str(),
+            engine: "user",
             started_unix_ms: unix_ms(self.started),
             age_ms: self.started.elapsed().as_millis() as u64,
             bytes_client_to_upstream: self.bytes_up.load(Ordering::Relaxed),

@@ -66,7 +66,7 @@ impl Gatehouse {
 
     /// `wrapper`: a command line that runs the binary (its last word
     /// before the binary's path), as the same process.
-    fn start_with(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gatehouse {
+    pub fn start_with(config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gatehouse.toml");
         std::fs::write(&path, config).unwrap();
@@ -965,4 +965,25 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Sends `size` bytes through the proxy to the echo backend while reading
+/// the echo, and checks every byte.
+pub fn echo_through(addr: std::net::SocketAddr, size: usize, seed: u64) {
+    let data = pattern(size, seed);
+    let mut c = TcpStream::connect(addr).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let sent = data.clone();
+    // Write and read at the same time: the echo makes both directions busy.
+    let writer = thread::spawn(move || {
+        for chunk in sent.chunks(100_000) {
+            w.write_all(chunk).unwrap();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let (got, eof) = read_to_end(&mut c);
+    writer.join().unwrap();
+    assert!(eof, "size {size}: no clean EOF");
+    assert_eq!(got.len(), data.len(), "size {size}");
+    assert!(got == data, "size {size}: bytes differ");
 }

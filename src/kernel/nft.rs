@@ -1,0 +1,261 @@
+//! The nftables side: the table's whole ruleset as one `nft -j` batch
+//! (built as JSON, checked against the `nftables` crate's schema, applied
+//! in one transaction), removing it, finding it, and reading the rules'
+//! counters. Nothing here touches a table but the one it is given.
+
+use std::net::{IpAddr, SocketAddr};
+
+use nftables::schema::{NfListObject, NfObject, Nftables};
+use nftables::stmt::{Counter, Statement};
+use serde_json::{Value, json};
+
+use crate::config::KernelRoute;
+
+/// Why nftables could not be used, in the words `nft` gave.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NftError(String);
+
+/// Runs `nft -j ARGS` (with `input` on its standard input): its output.
+fn nft(args: &[&str], input: Option<String>) -> Result<String, NftError> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("nft")
+        .arg("-j")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NftError(format!("cannot run nft: {e}")))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| NftError(format!("nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NftError(format!("nft: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed");
+        return Err(NftError(format!("nft: {}", first.trim())));
+    }
+    String::from_utf8(out.stdout).map_err(|e| NftError(format!("nft: {e}")))
+}
+
+/// `nft -j list …`, read through the crate's schema.
+fn list(args: &[&str]) -> Result<Nftables<'static>, NftError> {
+    let text = nft(args, None)?;
+    serde_json::from_str(&text).map_err(|e| NftError(format!("nft output: {e}")))
+}
+
+/// Replaces the table `name` (if it is there) by one holding `routes`'
+/// rules, in one transaction: no moment without rules, none twice.
+pub fn replace(name: &str, routes: &[(String, KernelRoute)]) -> Result<(), NftError> {
+    let t = |extra: Value| {
+        let mut v = json!({ "family": "inet", "table": name });
+        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        v
+    };
+    let table = json!({ "family": "inet", "name": name });
+    let mut cmds = vec![
+        // (Adding first makes the delete valid where there was none.)
+        json!({ "add": { "table": table } }),
+        json!({ "delete": { "table": table } }),
+        json!({ "add": { "table": table } }),
+    ];
+    for (chain, hook, prio) in [
+        ("prerouting", "prerouting", -100),
+        ("output", "output", -100),
+        ("postrouting", "postrouting", 100),
+    ] {
+        cmds.push(json!({ "add": { "chain": t(json!({
+            "name": chain, "type": "nat", "hook": hook, "prio": prio, "policy": "accept"
+        })) } }));
+    }
+    for (route, k) in routes {
+        for chain in ["prerouting", "output"] {
+            cmds.push(json!({ "add": { "rule": t(json!({
+                "chain": chain, "comment": route, "expr": dnat_rule(k)
+            })) } }));
+        }
+        if !k.target.ip().is_loopback() {
+            cmds.push(json!({ "add": { "rule": t(json!({
+                "chain": "postrouting", "comment": route, "expr": masquerade_rule(k)
+            })) } }));
+        }
+    }
+    apply(json!({ "nftables": cmds }))
+}
+
+/// Removes the table `name` if it is there.
+pub fn remove(name: &str) -> Result<(), NftError> {
+    let table = json!({ "family": "inet", "name": name });
+    apply(json!({ "nftables": [
+        { "add": { "table": table } },
+        { "delete": { "table": table } },
+    ] }))
+}
+
+/// Whether the table `name` is there.
+pub fn exists(name: &str) -> Result<bool, NftError> {
+    let found = list(&["list", "tables"])?;
+    Ok(found.objects.iter().any(|o| match o {
+        NfObject::ListObject(NfListObject::Table(t)) => t.name == name,
+        _ => false,
+    }))
+}
+
+/// Connections each route's rules took (their counters' packets: a NAT
+/// chain sees the first packet of a connection only), by route name.
+pub fn counters(name: &str) -> Result<Vec<(String, u64)>, NftError> {
+    let found = list(&["list", "table", "inet", name])?;
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for o in found.objects.iter() {
+        let NfObject::ListObject(NfListObject::Rule(r)) = o else {
+            continue;
+        };
+        if r.chain == "postrouting" {
+            continue;
+        }
+        let Some(route) = &r.comment else {
+            continue;
+        };
+        let packets: u64 = r
+            .expr
+            .iter()
+            .filter_map(|s| match s {
+                Statement::Counter(Counter::Anonymous(Some(c))) => c.packets,
+                _ => None,
+            })
+            .map(|p| p as u64)
+            .sum();
+        match out.iter_mut().find(|(n, _)| n == route) {
+            Some((_, n)) => *n += packets,
+            None => out.push((route.to_string(), packets)),
+        }
+    }
+    Ok(out)
+}
+
+fn apply(batch: Value) -> Result<(), NftError> {
+    // (Checked against the schema, then written as the schema writes it.)
+    let typed: Nftables =
+        serde_json::from_value(batch).map_err(|e| NftError(format!("batch: {e}")))?;
+    let text = serde_json::to_string(&typed).map_err(|e| NftError(format!("batch: {e}")))?;
+    nft(&["-f", "-"], Some(text)).map(drop)
+}
+
+fn family(ip: IpAddr) -> (&'static str, &'static str) {
+    match ip {
+        IpAddr::V4(_) => ("ip", "ipv4"),
+        IpAddr::V6(_) => ("ip6", "ipv6"),
+    }
+}
+
+fn eq(left: Value, right: Value) -> Value {
+    json!({ "match": { "op": "==", "left": left, "right": right } })
+}
+
+fn ports(first: u16, last: u16) -> Value {
+    if first == last {
+        json!(first)
+    } else {
+        json!({ "range": [first, last] })
+    }
+}
+
+/// What a kernel route's connections match, then DNAT to its target.
+fn dnat_rule(k: &KernelRoute) -> Vec<Value> {
+    let (proto, nfproto) = family(k.listen.ip());
+    let mut expr = Vec::new();
+    if k.listen.ip().is_unspecified() {
+        expr.push(eq(json!({ "meta": { "key": "nfproto" } }), json!(nfproto)));
+        expr.push(eq(
+            json!({ "fib": { "result": "type", "flags": ["daddr"] } }),
+            json!("local"),
+        ));
+    } else {
+        expr.push(eq(
+            json!({ "payload": { "protocol": proto, "field": "daddr" } }),
+            json!(k.listen.ip().to_string()),
+        ));
+    }
+    expr.push(eq(
+        json!({ "payload": { "protocol": "tcp", "field": "dport" } }),
+        ports(k.listen.port(), k.last_port),
+    ));
+    let clients: Vec<Value> = k
+        .clients
+        .iter()
+        .filter(|n| n.addr().is_ipv4() == k.listen.is_ipv4())
+        .map(|n| json!({ "prefix": { "addr": n.network().to_string(), "len": n.prefix_len() } }))
+        .collect();
+    if !k.clients.is_empty() {
+        expr.push(eq(
+            json!({ "payload": { "protocol": proto, "field": "saddr" } }),
+            json!({ "set": clients }),
+        ));
+    }
+    expr.push(json!({ "counter": null }));
+    expr.push(json!({ "dnat": target(k) }));
+    expr
+}
+
+fn target(k: &KernelRoute) -> Value {
+    let (proto, _) = family(k.target.ip());
+    if k.last_port != k.listen.port() {
+        // A range: each port to the same port.
+        json!({ "family": proto, "addr": k.target.ip().to_string() })
+    } else {
+        json!({ "family": proto, "addr": k.target.ip().to_string(), "port": k.target.port() })
+    }
+}
+
+/// Connections DNATed to a target on another host leave with this host's
+/// address, so that the answers come back through it.
+fn masquerade_rule(k: &KernelRoute) -> Vec<Value> {
+    let (proto, _) = family(k.target.ip());
+    let last = k.target.port() + (k.last_port - k.listen.port());
+    vec![
+        json!({ "match": { "op": "in", "left": { "ct": { "key": "status" } }, "right": "dnat" } }),
+        eq(
+            json!({ "payload": { "protocol": proto, "field": "daddr" } }),
+            json!(k.target.ip().to_string()),
+        ),
+        eq(
+            json!({ "payload": { "protocol": "tcp", "field": "dport" } }),
+            ports(k.target.port(), last),
+        ),
+        json!({ "masquerade": null }),
+    ]
+}
+
+/// Whether `flow`'s original destination and answering source are
+/// `k`'s: a connection of that route.
+pub fn takes(k: &KernelRoute, dst: SocketAddr, answered_by: SocketAddr) -> bool {
+    let port_in = dst.port() >= k.listen.port() && dst.port() <= k.last_port;
+    let to_listener = k.listen.ip().is_unspecified() || dst.ip() == k.listen.ip();
+    let offset = dst.port().wrapping_sub(k.listen.port());
+    let ranged = k.last_port != k.listen.port();
+    let want_port = if ranged {
+        k.target.port().wrapping_add(offset)
+    } else {
+        k.target.port()
+    };
+    port_in
+        && to_listener
+        && dst.is_ipv4() == k.listen.is_ipv4()
+        && answered_by.ip() == k.target.ip()
+        && answered_by.port() == want_port
+}
