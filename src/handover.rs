@@ -150,15 +150,27 @@ impl Inherited {
 
     /// Tells the old process to stop accepting and drain. The sockets not
     /// taken are closed here.
-    pub fn ready(mut self) -> std::io::Result<()> {
-        self.conn.write_all(b"ready\n")?;
+    /// `kernel_table`: this process's nftables table (the old process
+    /// removes its own unless it is the same one).
+    pub fn ready(mut self, kernel_table: &str) -> std::io::Result<()> {
+        // (One write: "ready" first, as a successor before tables said.)
+        let said = format!("ready\ntable {kernel_table}\n");
+        self.conn.write_all(said.as_bytes())?;
         self.conn.flush()
     }
 }
 
+/// A successor that took the sockets over.
+#[derive(Debug)]
+pub struct Successor {
+    /// Its nftables table, when it said (a successor of an earlier
+    /// version does not).
+    pub kernel_table: Option<String>,
+}
+
 /// Sends `offers` on `conn` and waits for `ready` (blocking: run it off
-/// the runtime). `Ok(true)`: the successor took over.
-pub fn give(conn: UnixStream, offers: &[Offer]) -> Result<bool, HandoverError> {
+/// the runtime). `Some`: the successor took over.
+pub fn give(conn: UnixStream, offers: &[Offer]) -> Result<Option<Successor>, HandoverError> {
     conn.set_nonblocking(false)?;
     conn.set_write_timeout(Some(STEP_DEADLINE))?;
     conn.set_read_timeout(Some(READY_DEADLINE))?;
@@ -187,10 +199,20 @@ pub fn give(conn: UnixStream, offers: &[Offer]) -> Result<bool, HandoverError> {
     (&conn).write_all(&message[sent..])?;
     let mut answer = [0u8; 6];
     match (&conn).read_exact(&mut answer) {
-        Ok(()) => Ok(&answer == b"ready\n"),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e.into()),
+        Ok(()) if &answer == b"ready\n" => {}
+        Ok(()) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
     }
+    // Then "table NAME\n", in the same write (a moment at most).
+    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut rest = Vec::new();
+    let _ = (&conn).take(128).read_to_end(&mut rest);
+    let kernel_table = std::str::from_utf8(&rest)
+        .ok()
+        .and_then(|t| t.lines().next()?.strip_prefix("table "))
+        .map(str::to_owned);
+    Ok(Some(Successor { kernel_table }))
 }
 
 /// Listens at `path` for a successor (a stale socket file left there is

@@ -161,7 +161,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
     crate::notify::notify("READY=1");
     if let Some(i) = inherited.take() {
         // (The sockets this config does not use are closed here.)
-        tokio::task::spawn_blocking(move || i.ready())
+        let table = kernel.table().to_owned();
+        tokio::task::spawn_blocking(move || i.ready(&table))
             .await
             .context("handover")?
             .context("handover: telling the old process")?;
@@ -218,7 +219,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
     loop {
         let successor = async {
             match handover.as_mut() {
-                Some(task) => task.await.unwrap_or(false),
+                Some(task) => task.await.unwrap_or(None),
                 None => std::future::pending().await,
             }
         };
@@ -232,15 +233,15 @@ pub async fn run(config: Config, path: Option<PathBuf>, opts: RunOptions) -> any
                 let _ = reloader.reload().await;
                 crate::notify::notify("READY=1");
             }
-            Signal::Successor(true) => {
+            Signal::Successor(Some(next)) => {
                 tracing::info!("a successor took over the listening sockets");
                 let _ = handed_over.send(true);
-                // (The successor put the same table in force: it stays.)
-                kernel_owned = false;
+                // (A successor with the same table put it in force: it stays.)
+                kernel_owned = next.kernel_table.as_deref() != Some(kernel.table());
                 break;
             }
             // (Its task failed: no handover from now on; it is not polled again.)
-            Signal::Successor(false) => handover = None,
+            Signal::Successor(None) => handover = None,
             Signal::Stop => break,
         }
     }
@@ -400,9 +401,9 @@ fn check_memory_budget(rt: &Runtime) {
 enum Signal {
     Stop,
     Reload,
-    /// The handover task ended: `true`, a successor took the listening
+    /// The handover task ended: `Some`, a successor took the listening
     /// sockets.
-    Successor(bool),
+    Successor(Option<crate::handover::Successor>),
 }
 
 /// Serves successors on the handover socket until one takes over (`true`).
@@ -411,7 +412,7 @@ async fn await_successor(
     listener: tokio::net::UnixListener,
     reloader: Arc<Reloader>,
     admin: Option<crate::handover::Offer>,
-) -> bool {
+) -> Option<crate::handover::Successor> {
     loop {
         let conn = match listener.accept().await {
             Ok((c, _)) => c,
@@ -435,12 +436,12 @@ async fn await_successor(
         let given = match conn.into_std() {
             Ok(conn) => tokio::task::spawn_blocking(move || crate::handover::give(conn, &offers))
                 .await
-                .unwrap_or(Ok(false)),
+                .unwrap_or(Ok(None)),
             Err(e) => Err(e.into()),
         };
         match given {
-            Ok(true) => return true,
-            Ok(false) => tracing::warn!(
+            Ok(Some(next)) => return Some(next),
+            Ok(None) => tracing::warn!(
                 "handover: the successor went away before it was ready; still serving"
             ),
             Err(e) => tracing::warn!(error = %e, "handover failed; still serving"),

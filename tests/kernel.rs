@@ -477,3 +477,54 @@ fn without_net_admin_a_kernel_route_falls_back_with_a_warning_and_a_strict_one_s
     );
     assert!(err.contains("Operation not permitted"), "{err}");
 }
+
+/// The table named in the log line that put it in force.
+fn table_of(gh: &Gatehouse) -> String {
+    gh.log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "kernel path: nftables forwards these routes")
+        .and_then(|v| Some(v["table"].as_str()?.to_owned()))
+        .unwrap()
+}
+
+#[test]
+fn across_a_handover_the_table_stays_when_the_successor_uses_it_and_goes_when_not() {
+    if !nft_usable("across_a_handover") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("handover.sock");
+    let sock = sock.to_str().unwrap();
+    let port = free_port();
+    let at: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let backend = echo_backend();
+    // The same instance: one table, kept by the old process's exit.
+    let (name, _table) = instance("g");
+    let config = kernel_config(&name, port, backend, "kernel");
+    let old = Gatehouse::start_with_env(&config, &[("GATEHOUSE_HANDOVER", sock)]);
+    let new = Gatehouse::start_with_env(
+        &config,
+        &[("GATEHOUSE_HANDOVER", sock), ("GATEHOUSE_TAKEOVER", "true")],
+    );
+    new.wait_log("took over from the old process", Duration::from_secs(5));
+    assert!(old.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(tables_named(&format!("gatehouse_{name}")), 1);
+    echo_through(at, 100_000, 5);
+    // A successor with a table of another name (no `instance`, another
+    // config file): the old process removes its own as it exits.
+    let unnamed = config.replace(&format!("instance = \"{name}\""), "");
+    let next = Gatehouse::start_with_env(
+        &unnamed,
+        &[("GATEHOUSE_HANDOVER", sock), ("GATEHOUSE_TAKEOVER", "true")],
+    );
+    let next_table = table_of(&next);
+    let _next_guard = TestTable(next_table.clone());
+    next.wait_log("took over from the old process", Duration::from_secs(5));
+    assert!(new.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(tables_named(&format!("gatehouse_{name}")), 0);
+    assert_eq!(tables_named(&next_table), 1);
+    echo_through(at, 100_000, 6);
+    assert!(next.terminate(Duration::from_secs(10)).success());
+    assert_eq!(tables_named(&next_table), 0);
+}
