@@ -2,7 +2,8 @@
 # Runs the whole Gatehouse test suite (unit + integration tests, each test in
 # its own process via cargo-nextest). Installs what the tests need first:
 # HAProxy (for the proxy-chain tests), iproute2 and nftables (the network
-# partition test), curl and h2load (nghttp2-client),
+# partition test, the kernel path's tests), util-linux's setpriv (the kernel
+# path without CAP_NET_ADMIN), curl and h2load (nghttp2-client),
 # openssl (s_client for the TLS tests), Pebble (the ACME test CA, with
 # its fake DNS pebble-challtestsrv) and Chromium (the dashboard test) from
 # Debian's packages, and
@@ -13,8 +14,10 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
-# (The partition test: a backend in a network namespace cut off by nftables.)
+# (The partition test: a backend in a network namespace cut off by nftables;
+# the kernel path's tests: routes forwarded by nftables.)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
+command -v setpriv >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
