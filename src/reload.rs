@@ -241,6 +241,7 @@ impl Reloader {
         };
         let starts_only = [
             (old.workers != config.workers, "workers"),
+            (old.instance != config.instance, "instance"),
             (old.admin != config.admin, "admin"),
             (old.registry != config.registry, "registry"),
             (old.tracing != config.tracing, "tracing"),

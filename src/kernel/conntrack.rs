@@ -190,3 +190,125 @@ impl Tracker {
         live
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::conntrack::model::{Counter, IpTuple, ProtoInfo, ProtoTuple, TcpInfo};
+
+    fn route() -> (String, KernelRoute) {
+        let k = KernelRoute {
+            strict: false,
+            listen: "127.0.0.1:7000".parse().unwrap(),
+            last_port: 7000,
+            clients: Vec::new(),
+            target: "10.0.0.5:80".parse().unwrap(),
+        };
+        ("r".to_owned(), k)
+    }
+
+    fn tuple(src: &str, dst: &str) -> IpTuple {
+        let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        IpTuple {
+            src: Some(s.ip()),
+            dst: Some(d.ip()),
+            proto: Some(ProtoTuple {
+                src_port: Some(s.port()),
+                dst_port: Some(d.port()),
+                ..Default::default()
+            }),
+            zone: None,
+        }
+    }
+
+    /// A flow from `client` to the route's listener (or elsewhere).
+    fn flow(id: u32, client: &str, dst: &str, state: TcpState, bytes: (u64, u64)) -> Flow {
+        Flow {
+            id: Some(id),
+            origin: Some(tuple(client, dst)),
+            reply: Some(tuple("10.0.0.5:80", client)),
+            proto_info: Some(ProtoInfo {
+                tcp: Some(TcpInfo {
+                    state: Some(state),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            counter_origin: Some(Counter {
+                packets: Some(1),
+                bytes: Some(bytes.0),
+            }),
+            counter_reply: Some(Counter {
+                packets: Some(1),
+                bytes: Some(bytes.1),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flows_become_live_connections_bytes_and_ends() {
+        let routes = [route()];
+        let mut t = Tracker::default();
+        let (a, b, c) = ("1.1.1.1:5000", "1.1.1.1:5001", "1.1.1.1:5002");
+        let listen = "127.0.0.1:7000";
+        let live = t.update(
+            &[
+                flow(1, a, listen, TcpState::Established, (100, 200)),
+                flow(2, b, listen, TcpState::SynSent, (60, 0)),
+                flow(3, c, listen, TcpState::Established, (10, 10)),
+                // Another destination: not the route's.
+                flow(4, a, "127.0.0.1:7001", TcpState::Established, (1, 1)),
+            ],
+            &routes,
+        );
+        assert_eq!(live.len(), 3);
+        let tot = &t.totals["r"];
+        assert_eq!(
+            (tot.seen, tot.live, tot.bytes_up, tot.bytes_down),
+            (3, 3, 170, 210)
+        );
+        // 1 closes, 2 is refused, 3 vanishes (conntrack timed it out).
+        let live = t.update(
+            &[
+                flow(1, a, listen, TcpState::TimeWait, (150, 300)),
+                flow(2, b, listen, TcpState::Close, (60, 40)),
+            ],
+            &routes,
+        );
+        assert!(live.is_empty());
+        let tot = &t.totals["r"];
+        assert_eq!((tot.bytes_up, tot.bytes_down), (220, 350));
+        assert_eq!(tot.ends[&("closed", "unknown")], 1);
+        assert_eq!(tot.ends[&("upstream_refused", "upstream")], 1);
+        assert_eq!(
+            tot.ends[&("idle_timeout", EndReason::IdleTimeout.side().as_str())],
+            1
+        );
+        // Seen again in TIME_WAIT, then gone: counted once.
+        t.update(
+            &[flow(1, a, listen, TcpState::TimeWait, (150, 300))],
+            &routes,
+        );
+        t.update(&[], &routes);
+        assert_eq!(t.totals["r"].ends.values().sum::<u64>(), 3);
+        assert_eq!(t.totals["r"].seen, 3);
+    }
+
+    #[test]
+    fn a_port_range_takes_each_port_to_the_same_port() {
+        let k = KernelRoute {
+            strict: true,
+            listen: "0.0.0.0:10000".parse().unwrap(),
+            last_port: 10100,
+            clients: Vec::new(),
+            target: "10.0.0.5:10000".parse().unwrap(),
+        };
+        let at =
+            |d: &str, a: &str| super::super::nft::takes(&k, d.parse().unwrap(), a.parse().unwrap());
+        assert!(at("192.0.2.1:10050", "10.0.0.5:10050"));
+        assert!(!at("192.0.2.1:10050", "10.0.0.5:10000"));
+        assert!(!at("192.0.2.1:10101", "10.0.0.5:10101"));
+        assert!(!at("192.0.2.1:10050", "10.0.0.6:10050"));
+    }
+}

@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, KernelRoute};
 use conntrack::{KernelConn, Tracker};
 
-/// How often conntrack is read while kernel routes run.
-const POLL: Duration = Duration::from_secs(1);
+/// How often conntrack is read while kernel routes run (besides each
+/// admin request that shows it). A closed connection stays in conntrack
+/// for two minutes (`TIME_WAIT`), a refused one ten seconds (`CLOSE`):
+/// no end goes unseen, and its last byte counts are the final ones.
+const POLL: Duration = Duration::from_secs(5);
 
 /// `kernel_strict` routes that nftables could not take.
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +253,7 @@ impl Kernel {
         lock(&self.inner).live.clone()
     }
 
-    /// Reads conntrack every second while kernel routes run.
+    /// Reads conntrack every `POLL` while kernel routes run.
     pub async fn run(self: std::sync::Arc<Self>) {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
