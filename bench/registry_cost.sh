@@ -2,7 +2,8 @@
 # What the service registry costs: 10,000 instances registered in one
 # service over the admin API (one keep-alive connection, as fast as it
 # answers: the admin API's answer times, each PUT and GET /healthz every
-# 10 ms, and the resident memory per instance), then 10,000 more spread
+# 10 ms, and the resident memory per instance, then with the pools a
+# request through the service's route makes), then 10,000 more spread
 # over 10 s while wrk runs the HTTP/1.1 keep-alive scenario through another
 # route (50 connections, an nginx backend, wrk and the registrar on CPU 0,
 # the proxy alone on CPU 1, one worker): the data plane's rate before,
@@ -107,6 +108,10 @@ cpu0=$(cpu_ticks "$GPID")
 registrar i 0 >"$RUN/reg.out"
 cpu1=$(cpu_ticks "$GPID")
 rss1=$(rss_kib "$GPID")
+# One request through the service's route: its pools are made (one per
+# instance), as any traffic there makes them.
+curl -s -o /dev/null --max-time 2 "http://$LISTEN/bulk/x" || true
+rss2=$(rss_kib "$GPID")
 # Then N more spread over 10 s (a large deploy) beside a wrk run of the
 # same length: the data plane's rate while they register.
 registrar j 10 >>"$RUN/reg.out" &
@@ -119,5 +124,5 @@ count=$(curl -s "http://$ADMIN/v1/clusters" | python3 -c 'import json,sys; print
 echo "cluster bulk: $count endpoints"
 echo "data plane: $before req/s before, $during during the paced registrations ($(echo "$during / $before" | bc -l | cut -c1-5)×), $after after, with $count endpoints ($(echo "$after / $before" | bc -l | cut -c1-5)×)"
 echo "proxy CPU per registration (burst, no other traffic): $(echo "($cpu1 - $cpu0) * 1000000 / $(getconf CLK_TCK) / $N" | bc) µs"
-echo "resident memory: $rss0 KiB before, $rss1 KiB after the burst: $(echo "($rss1 - $rss0) * 1024 / $N" | bc) bytes per instance"
+echo "resident memory: $rss0 KiB before, $rss1 KiB after the burst: $(echo "($rss1 - $rss0) * 1024 / $N" | bc) bytes per instance; $rss2 KiB once a request made the route's pools: $(echo "($rss2 - $rss0) * 1024 / $N" | bc) bytes per instance"
 kill "$GPID"

@@ -79,8 +79,10 @@ impl Sender {
 pub struct TargetPool {
     /// The endpoint as configured (`host:port`).
     target: Arc<str>,
-    /// Connections in use per client address (`ClientShares`).
+    /// Connections in use per client address (`ClientShares`: the
+    /// route's table, shared by its targets), and this target's key in it.
     shares: Arc<ClientShares>,
+    share_key: u64,
     upstream: Upstream,
     idle: Mutex<Vec<IdleConn>>,
     /// The shared HTTP/2 connection, when the route speaks HTTP/2.
@@ -137,17 +139,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TargetPool {
+    /// `shares`: the route's table of client shares.
     pub fn new(
         endpoint: &Endpoint,
         state: Arc<EndpointState>,
-        policy: &HttpPolicy,
+        (policy, shares): (&HttpPolicy, &Arc<ClientShares>),
         upstream: Upstream,
     ) -> Arc<TargetPool> {
         let pool = Arc::new(TargetPool {
             addr: endpoint.addr,
             state,
             target: endpoint.target.clone(),
-            shares: Arc::new(ClientShares::new(policy.pool_max_per_client)),
+            shares: shares.clone(),
+            share_key: ClientShares::target_key(endpoint.addr),
             upstream,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
@@ -174,7 +178,10 @@ impl TargetPool {
         if self.upstream.http2 {
             return Ok(None);
         }
-        self.shares.claim(client).map(Some).ok_or(ShareTaken)
+        self.shares
+            .claim(client, self.share_key)
+            .map(Some)
+            .ok_or(ShareTaken)
     }
 
     /// The target as configured (`host:port`).
@@ -566,11 +573,14 @@ pub fn abandoned_counts() -> (u64, u64) {
 /// whatever the number of client addresses.
 const SHARE_BUCKETS: usize = 4096;
 
-/// How many of a target's connections each client address holds (in use:
-/// checked out for a request), so that a few clients that stop reading
-/// cannot take every connection of a route from everyone else. Addresses
-/// are hashed into `SHARE_BUCKETS` counters; two that share a bucket share
-/// its count (an IPv6 client is counted by its /64).
+/// How many of each target's connections each client address holds (in
+/// use: checked out for a request), so that a few clients that stop
+/// reading cannot take every connection of a route from everyone else.
+/// One table per route's pools, whatever the number of its targets (a
+/// registered service's thousands of instances cost no table each): a
+/// (client address, target) pair is hashed into `SHARE_BUCKETS` counters;
+/// two pairs that share a bucket share its count (an IPv6 client is
+/// counted by its /64).
 pub struct ClientShares {
     buckets: Box<[AtomicU32]>,
     max: u32,
@@ -584,7 +594,19 @@ impl ClientShares {
         }
     }
 
-    fn bucket(ip: IpAddr) -> usize {
+    /// What tells a target's pairs from another's (`TargetPool::share_key`).
+    fn target_key(addr: SocketAddr) -> u64 {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => {
+                let bits = v6.to_bits();
+                (bits >> 64) as u64 ^ bits as u64
+            }
+        };
+        ((ip << 16) ^ u64::from(addr.port())).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+    }
+
+    fn bucket(ip: IpAddr, target: u64) -> usize {
         let key = match ip {
             IpAddr::V4(v4) => u64::from(u32::from(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -593,11 +615,12 @@ impl ClientShares {
             },
         };
         // Fibonacci hashing: the top bits of a multiplication.
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARE_BUCKETS.trailing_zeros())) as usize
+        ((key ^ target).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (64 - SHARE_BUCKETS.trailing_zeros())) as usize
     }
 
-    fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<ShareClaim> {
-        let bucket = Self::bucket(ip);
+    fn claim(self: &Arc<Self>, ip: IpAddr, target: u64) -> Option<ShareClaim> {
+        let bucket = Self::bucket(ip, target);
         let count = &self.buckets[bucket];
         if count.fetch_add(1, Ordering::Relaxed) >= self.max {
             count.fetch_sub(1, Ordering::Relaxed);
@@ -609,9 +632,9 @@ impl ClientShares {
         })
     }
 
-    /// Connections held by `ip`'s bucket now.
-    pub fn held(&self, ip: IpAddr) -> u32 {
-        self.buckets[Self::bucket(ip)].load(Ordering::Relaxed)
+    /// Connections of the target `target` held by `ip`'s bucket now.
+    pub fn held(&self, ip: IpAddr, target: SocketAddr) -> u32 {
+        self.buckets[Self::bucket(ip, Self::target_key(target))].load(Ordering::Relaxed)
     }
 }
 
@@ -640,15 +663,23 @@ mod tests {
         let shares = Arc::new(ClientShares::new(3));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let held: Vec<_> = (0..3).filter_map(|_| shares.claim(a)).collect();
+        let t: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let other: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let (tk, ok) = (ClientShares::target_key(t), ClientShares::target_key(other));
+        let held: Vec<_> = (0..3).filter_map(|_| shares.claim(a, tk)).collect();
         assert_eq!(held.len(), 3);
-        assert!(shares.claim(a).is_none(), "a fourth connection for a");
+        assert_eq!(shares.held(a, t), 3);
+        assert!(shares.claim(a, tk).is_none(), "a fourth connection for a");
         assert!(
-            shares.claim(b).is_some(),
+            shares.claim(b, tk).is_some(),
             "another address is not limited by a"
         );
+        assert!(
+            shares.claim(a, ok).is_some(),
+            "a's share of another target is its own"
+        );
         drop(held);
-        assert_eq!(shares.held(a), 0);
-        assert!(shares.claim(a).is_some());
+        assert_eq!(shares.held(a, t), 0);
+        assert!(shares.claim(a, tk).is_some());
     }
 }

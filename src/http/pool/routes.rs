@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::{TargetPool, Upstream};
+use super::{ClientShares, TargetPool, Upstream};
 use crate::config::HttpPolicy;
 use crate::upstream::UpstreamError;
 use crate::upstream::cluster::{Cluster, EndpointSet};
@@ -19,6 +19,8 @@ pub struct RoutePools {
     pub cluster: Arc<Cluster>,
     policy: HttpPolicy,
     upstream: Upstream,
+    /// The client shares of every pool of the route (one table).
+    shares: Arc<ClientShares>,
     current: ArcSwap<PoolSet>,
     rebuilding: Mutex<()>,
 }
@@ -40,10 +42,16 @@ impl RoutePools {
         previous: Option<&RoutePools>,
     ) -> RoutePools {
         let kept = previous.map(|p| p.current.load().pools.clone());
+        // (The kept pools count in the previous table: it goes on.)
+        let shares = previous.map_or_else(
+            || Arc::new(ClientShares::new(policy.pool_max_per_client)),
+            |p| p.shares.clone(),
+        );
         let pools = RoutePools {
             cluster,
             policy: policy.clone(),
             upstream,
+            shares,
             // (Generation 0: no set has it, so the first look rebuilds,
             // finding these by address.)
             current: ArcSwap::from_pointee(PoolSet {
@@ -84,7 +92,12 @@ impl RoutePools {
                         .filter(|p| Arc::ptr_eq(p.state(), state))
                         .map(|p| Arc::clone(p))
                         .unwrap_or_else(|| {
-                            TargetPool::new(e, state.clone(), &self.policy, self.upstream.clone())
+                            TargetPool::new(
+                                e,
+                                state.clone(),
+                                (&self.policy, &self.shares),
+                                self.upstream.clone(),
+                            )
                         })
                 })
                 .collect();
