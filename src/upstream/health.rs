@@ -81,20 +81,24 @@ pub async fn run(cluster: Weak<Cluster>, check: HealthCheck, hints_only: bool) {
             return;
         };
         let set = c.endpoints().clone();
+        // Only the endpoints to probe (with `hints_only`, a service's
+        // thousands of instances may have none): no work for the others.
         let checks: Vec<_> = set
             .endpoints
             .iter()
-            .map(|e| check_for(&check, e, hints_only))
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, check_for(&check, e, hints_only)?)))
             .collect();
-        let probes = set.endpoints.iter().zip(&checks).map(|(e, ch)| async {
-            match ch {
-                Some(ch) => Some(probe(ch, tls.as_ref(), e).await),
-                None => None,
-            }
+        let tls = tls.as_ref();
+        let probes = checks.iter().filter_map(|(i, ch)| {
+            let e = set.endpoints.get(*i)?;
+            Some(async move { (*i, probe(ch, tls, e).await) })
         });
         let results = futures_util::future::join_all(probes).await;
-        for ((e, state), result) in set.endpoints.iter().zip(&set.states).zip(results) {
-            let Some(result) = result else { continue };
+        for (i, result) in results {
+            let (Some(e), Some(state)) = (set.endpoints.get(i), set.states.get(i)) else {
+                continue;
+            };
             let failed = result.as_ref().err().cloned();
             match state.probed(result, check.healthy_threshold, check.unhealthy_threshold) {
                 Some(Health::Unhealthy) => {
