@@ -3,7 +3,8 @@
 # service over the admin API (one keep-alive connection, as fast as it
 # answers: the admin API's answer times, each PUT and GET /healthz every
 # 10 ms, and the resident memory per instance, then with the pools a
-# request through the service's route makes), then 10,000 more spread
+# request through the service's route makes), the data plane's rate right
+# after the burst, then 10,000 more spread
 # over 10 s while wrk runs the HTTP/1.1 keep-alive scenario through another
 # route (50 connections, an nginx backend, wrk and the registrar on CPU 0,
 # the proxy alone on CPU 1, one worker): the data plane's rate before,
@@ -100,7 +101,9 @@ PY
 
 run_proxy
 taskset -c 0 wrk -t1 -c50 -d2s "http://$LISTEN/" >/dev/null
+t0=$(cpu_ticks "$GPID")
 before=$(wrk_rate 10)
+t1=$(cpu_ticks "$GPID")
 rss0=$(rss_kib "$GPID")
 # A burst: N registrations as fast as the admin API answers (its answer
 # times; the registrar runs on CPU 0, beside wrk and nginx).
@@ -112,17 +115,28 @@ rss1=$(rss_kib "$GPID")
 # instance), as any traffic there makes them.
 curl -s -o /dev/null --max-time 2 "http://$LISTEN/bulk/x" || true
 rss2=$(rss_kib "$GPID")
+# The data plane right after the burst, before the paced registrations:
+# what the burst leaves behind apart from what registering at a pace costs.
+settled=$(wrk_rate 10)
 # Then N more spread over 10 s (a large deploy) beside a wrk run of the
 # same length: the data plane's rate while they register.
 registrar j 10 >>"$RUN/reg.out" &
 RP=$!
+t2=$(cpu_ticks "$GPID")
 during=$(wrk_rate 10)
+t3=$(cpu_ticks "$GPID")
 wait "$RP"
 after=$(wrk_rate 10)
 cat "$RUN/reg.out"
 count=$(curl -s "http://$ADMIN/v1/clusters" | python3 -c 'import json,sys; print([len(c["endpoints"]) for c in json.load(sys.stdin)["clusters"] if c["name"]=="bulk"][0])')
 echo "cluster bulk: $count endpoints"
+echo "right after the burst: $settled req/s ($(echo "$settled / $before" | bc -l | cut -c1-5)×)"
 echo "data plane: $before req/s before, $during during the paced registrations ($(echo "$during / $before" | bc -l | cut -c1-5)×), $after after, with $count endpoints ($(echo "$after / $before" | bc -l | cut -c1-5)×)"
+# The proxy's CPU per data-plane request, registrations included: what
+# its capacity is while they arrive, apart from the registrar's own CPU
+# (beside wrk and nginx on the other core here; elsewhere in production).
+per_req() { echo "($2 - $1) * 1000000 / $(getconf CLK_TCK) / ($3 * 10)" | bc -l | cut -c1-5; }
+echo "proxy CPU per data-plane request (its registrations' work included): $(per_req "$t0" "$t1" "$before") µs before, $(per_req "$t2" "$t3" "$during") µs during the paced registrations"
 echo "proxy CPU per registration (burst, no other traffic): $(echo "($cpu1 - $cpu0) * 1000000 / $(getconf CLK_TCK) / $N" | bc) µs"
 echo "resident memory: $rss0 KiB before, $rss1 KiB after the burst: $(echo "($rss1 - $rss0) * 1024 / $N" | bc) bytes per instance; $rss2 KiB once a request made the route's pools: $(echo "($rss2 - $rss0) * 1024 / $N" | bc) bytes per instance"
 kill "$GPID"

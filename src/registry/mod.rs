@@ -31,6 +31,11 @@ pub const TTL_MIN: Duration = Duration::from_secs(1);
 /// A service's clusters take its changes at most this often: the first
 /// change at once, those after it within this mark together.
 pub const COALESCE: Duration = Duration::from_millis(100);
+/// The window grows with the service (each of its instances adds
+/// `COALESCE_PER_INSTANCE`: a rebuild is linear in them) up to this, so a
+/// registration still takes traffic within a second.
+pub const COALESCE_MAX: Duration = Duration::from_millis(500);
+const COALESCE_PER_INSTANCE: Duration = Duration::from_micros(20);
 pub const TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// The largest weight of an instance (as of a configured endpoint).
 pub const WEIGHT_MAX: u32 = 10_000;
@@ -187,15 +192,17 @@ impl Inner {
     }
 
     /// A change to `service`: its clusters take its instances now, unless
-    /// they did less than `COALESCE` ago; then at that mark, with every
+    /// they did less than its window ago (`window`: `COALESCE`, up to
+    /// `COALESCE_MAX` for a large service); then at that mark, with every
     /// change made meanwhile (a burst of registrations rebuilds a large
     /// service's endpoint set a few times a second, not once per
     /// registration). `true`: the lapse task must look at the new mark.
     fn touch(&mut self, service: &str, now: Instant) -> bool {
+        let window = self.window(service);
         let recent = self
             .applied_at
             .get(service)
-            .is_some_and(|at| now.duration_since(*at) < COALESCE);
+            .is_some_and(|at| now.duration_since(*at) < window);
         if recent {
             return self.dirty.insert(service.to_owned());
         }
@@ -212,7 +219,7 @@ impl Inner {
             .filter(|s| {
                 self.applied_at
                     .get(*s)
-                    .is_none_or(|at| now.duration_since(*at) >= COALESCE)
+                    .is_none_or(|at| now.duration_since(*at) >= self.window(s))
             })
             .cloned()
             .collect();
@@ -222,12 +229,26 @@ impl Inner {
             self.applied_at.insert(s, now);
         }
         // (Marks of services gone quiet are forgotten.)
-        self.applied_at
-            .retain(|_, at| now.duration_since(*at) < COALESCE);
+        let quiet: Vec<String> = self
+            .applied_at
+            .iter()
+            .filter(|(s, at)| now.duration_since(**at) >= self.window(s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in quiet {
+            self.applied_at.remove(&s);
+        }
         self.dirty
             .iter()
-            .filter_map(|s| self.applied_at.get(s).map(|at| *at + COALESCE))
+            .filter_map(|s| self.applied_at.get(s).map(|at| *at + self.window(s)))
             .min()
+    }
+
+    /// How long `service`'s changes are gathered after its clusters took
+    /// its instances: `COALESCE`, more for a large service.
+    fn window(&self, service: &str) -> Duration {
+        let n = self.services.get(service).map_or(0, BTreeMap::len);
+        (COALESCE + COALESCE_PER_INSTANCE * u32::try_from(n).unwrap_or(u32::MAX)).min(COALESCE_MAX)
     }
 
     /// `service`'s instances to the clusters that name it.
@@ -613,6 +634,22 @@ mod tests {
         memory.put(reg("a", 1, 60_000)).unwrap();
         assert_eq!(memory.reconcile().unwrap(), (0, 0));
         assert_eq!(memory.count(), 1);
+    }
+
+    #[test]
+    fn a_large_service_gathers_its_changes_longer_up_to_half_a_second() {
+        let r = Registry::memory(30_000);
+        for i in 0..10_000u16 {
+            r.put(reg(&format!("i{i}"), 1000 + i, 60_000)).unwrap();
+        }
+        let inner = r.inner.lock().unwrap();
+        assert_eq!(inner.window("demo"), Duration::from_millis(300));
+        assert_eq!(inner.window("small"), COALESCE);
+        drop(inner);
+        for i in 10_000..25_000u16 {
+            r.put(reg(&format!("i{i}"), 1000 + i, 60_000)).unwrap();
+        }
+        assert_eq!(r.inner.lock().unwrap().window("demo"), COALESCE_MAX);
     }
 
     #[test]
