@@ -185,8 +185,19 @@ fn a_table_left_by_a_killed_run_is_replaced_not_doubled() {
     assert_eq!(tables_named(&table), 1);
     assert_eq!(rules_in(&table), 2, "the rules are not doubled");
     echo_through(format!("127.0.0.1:{port}").parse().unwrap(), 100_000, 1);
-    assert!(gh.terminate(Duration::from_secs(10)).success());
+    // Killed again, then started on a config without kernel routes: the
+    // table left behind goes.
+    gh.signal("KILL");
+    let _ = gh.wait_exit(Duration::from_secs(5));
+    assert_eq!(tables_named(&table), 1);
+    let gh = Gatehouse::start(&config.replace("\"kernel\"", "\"user\""));
+    gh.wait_log(
+        "removed a table an earlier run left behind",
+        Duration::from_secs(5),
+    );
     assert_eq!(tables_named(&table), 0);
+    echo_through(format!("127.0.0.1:{port}").parse().unwrap(), 100_000, 2);
+    assert!(gh.terminate(Duration::from_secs(10)).success());
 }
 
 #[test]

@@ -124,8 +124,14 @@ impl Kernel {
             })
             .collect();
         if routes.is_empty() {
-            if !inner.routes.is_empty() || starting {
-                self.remove_table(starting);
+            // (At start, only a table that is there: nothing is made, even
+            // for a moment, on a host where no kernel route ever ran.)
+            let left = starting && nft::exists(&self.table).unwrap_or(false);
+            if !inner.routes.is_empty() || left {
+                if left {
+                    tracing::warn!(table = %self.table, "nftables: removed a table an earlier run left behind");
+                }
+                self.remove_table();
             }
             inner.routes.clear();
             inner.unavailable = None;
@@ -176,7 +182,7 @@ impl Kernel {
                     );
                 }
                 if !inner.routes.is_empty() {
-                    self.remove_table(false);
+                    self.remove_table();
                     inner.routes.clear();
                 }
                 inner.unavailable = Some(e.to_string());
@@ -190,19 +196,15 @@ impl Kernel {
     pub fn remove(&self) {
         let mut inner = lock(&self.inner);
         if !inner.routes.is_empty() {
-            self.remove_table(false);
+            self.remove_table();
             inner.routes.clear();
             tracing::info!(table = %self.table, "nftables table removed");
         }
     }
 
-    fn remove_table(&self, quiet: bool) {
-        match nft::remove(&self.table) {
-            Ok(()) => {}
-            Err(e) if quiet => tracing::debug!(error = %e, "nftables: no table to remove"),
-            Err(e) => {
-                tracing::warn!(table = %self.table, error = %e, "nftables: removing the table failed")
-            }
+    fn remove_table(&self) {
+        if let Err(e) = nft::remove(&self.table) {
+            tracing::warn!(table = %self.table, error = %e, "nftables: removing the table failed");
         }
     }
 
