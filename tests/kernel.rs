@@ -539,3 +539,30 @@ fn across_a_handover_the_table_stays_when_the_successor_uses_it_and_goes_when_no
     assert!(next.terminate(Duration::from_secs(10)).success());
     assert_eq!(tables_named(&next_table), 0);
 }
+
+#[test]
+fn an_ipv6_kernel_route_forwards_and_counts_too() {
+    if !nft_usable("an_ipv6_kernel_route_forwards_and_counts_too") {
+        return;
+    }
+    let Ok(probe) = TcpListener::bind("[::1]:0") else {
+        eprintln!("SKIPPED an_ipv6_kernel_route_forwards_and_counts_too: no IPv6 loopback");
+        return;
+    };
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let backend = thread_backend("[::1]:0", echo);
+    let (name, _table) = instance("h");
+    let config = kernel_config(&name, port, backend, "kernel").replace(
+        &format!("bind = \"127.0.0.1:{port}\""),
+        &format!("bind = \"[::1]:{port}\""),
+    );
+    let gh = Gatehouse::start(&config);
+    echo_through(format!("[::1]:{port}").parse().unwrap(), 1 << 20, 8);
+    assert_eq!(
+        gh.metric("gatehouse_kernel_connections_total", &[("route", "fast")]),
+        1
+    );
+    assert_eq!(gh.metric("gatehouse_connections_accepted_total", &[]), 0);
+    assert!(gh.terminate(Duration::from_secs(10)).success());
+}
