@@ -245,6 +245,17 @@ fn live_kernel_connections_show_with_their_bytes_and_their_ends() {
     let (status, v) = gh.admin_call("GET", "/v1/connections?route=fast", "");
     assert_eq!(status, 200);
     assert_eq!(v["matching"], 1);
+    // The route says who forwards it; the kernel cannot drain it: refused.
+    let (_, v) = gh.admin_call("GET", "/v1/routes", "");
+    assert_eq!(v["routes"][0]["engine"], "kernel");
+    let (status, v) = gh.admin_call("POST", "/v1/routes/fast/drain", "");
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("forwarded by the kernel")
+    );
     drop(c);
     gh.wait_for("its end", Duration::from_secs(5), |g| {
         g.get("/metrics").contains(
@@ -463,6 +474,8 @@ fn without_net_admin_a_kernel_route_falls_back_with_a_warning_and_a_strict_one_s
         .filter(|l| l.contains("kernel path unavailable"))
         .count();
     assert_eq!(warnings, 1);
+    let (_, v) = gh.admin_call("GET", "/v1/routes", "");
+    assert_eq!(v["routes"][0]["engine"], "user");
     assert_accounted(&gh);
     drop(gh);
 

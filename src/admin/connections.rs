@@ -176,7 +176,7 @@ pub fn close_matching(table: &ConnTable, query: Option<&str>) -> (u16, Value) {
 }
 
 /// `GET /routes`: every route of the running config, in matching order.
-pub fn routes(snap: &Snapshot, table: &ConnTable) -> Value {
+pub fn routes(snap: &Snapshot, table: &ConnTable, kernel: &Kernel) -> Value {
     let by_route = table.count_by_route_state();
     // (A route's byte counters take a connection's bytes when it ends:
     // those of its live connections are added.)
@@ -200,6 +200,7 @@ pub fn routes(snap: &Snapshot, table: &ConnTable) -> Value {
                 .unwrap_or_default();
             json!({
                 "name": &*r.name,
+                "engine": if kernel.forwards(&r.name) { "kernel" } else { "user" },
                 "draining": s.draining.load(Ordering::Relaxed),
                 "connections": { "live": live, "closed": closed },
                 "requests": {
@@ -218,13 +219,25 @@ pub fn routes(snap: &Snapshot, table: &ConnTable) -> Value {
 }
 
 /// `POST /routes/{name}/drain` (`drain = true`) or `DELETE` (resume).
-pub fn drain(snap: &Snapshot, table: &ConnTable, name: &str, drain: bool) -> (u16, Value) {
+pub fn drain(
+    snap: &Snapshot,
+    (table, kernel): (&ConnTable, &Kernel),
+    name: &str,
+    drain: bool,
+) -> (u16, Value) {
     let Some(route) = snap.routes.iter().find(|r| &*r.name == name) else {
         return (
             404,
             json!({ "error": format!("no route {name:?} in the running config") }),
         );
     };
+    if kernel.forwards(name) {
+        // (The kernel would go on taking its connections: no silent drain.)
+        return (
+            409,
+            json!({ "error": format!("route {name:?} is forwarded by the kernel (nftables), which cannot drain it: remove it from the config, or set action.engine = \"user\", and reload") }),
+        );
+    }
     let was = route.stats.draining.swap(drain, Ordering::Relaxed);
     if was != drain {
         tracing::info!(

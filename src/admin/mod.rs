@@ -506,12 +506,17 @@ fn table_api(
         (&Method::DELETE, p) if p.starts_with("/connections/") => {
             connections::close(table, &p["/connections/".len()..])
         }
-        (&Method::GET, "/routes") => (200, connections::routes(&rt.snapshot(), table)),
+        (&Method::GET, "/routes") => (200, connections::routes(&rt.snapshot(), table, &rt.kernel)),
         (&Method::POST | &Method::DELETE, p)
             if p.starts_with("/routes/") && p.ends_with("/drain") =>
         {
             let name = &p["/routes/".len()..p.len() - "/drain".len()];
-            connections::drain(&rt.snapshot(), table, name, method == Method::POST)
+            connections::drain(
+                &rt.snapshot(),
+                (table, &rt.kernel),
+                name,
+                method == Method::POST,
+            )
         }
         _ => (
             404,

@@ -99,6 +99,11 @@ impl Kernel {
         &self.table
     }
 
+    /// Whether nftables forwards the route `name` now.
+    pub fn forwards(&self, name: &str) -> bool {
+        lock(&self.inner).routes.iter().any(|(n, _)| n == name)
+    }
+
     /// Whether the table is in force.
     pub fn active(&self) -> bool {
         !lock(&self.inner).routes.is_empty()
