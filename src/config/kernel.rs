@@ -172,7 +172,6 @@ impl Ctx<'_> {
                 (p.connect_timeout.as_ref(), "connect_timeout"),
                 (p.idle_timeout.as_ref(), "idle_timeout"),
                 (p.max_lifetime.as_ref(), "max_lifetime"),
-                (p.max_connections.as_ref(), "max_connections"),
             ];
             for (v, name) in set {
                 if let Some(v) = v {
@@ -249,6 +248,8 @@ impl Ctx<'_> {
             last_port: last_port.unwrap_or(listen.port()),
             clients: matcher.client_cidrs.clone(),
             target: target_addr,
+            // (Set from the route's policy once it is read.)
+            max_connections: None,
         })
     }
 }

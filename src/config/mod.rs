@@ -193,6 +193,9 @@ pub struct KernelRoute {
     /// Where connections go (with a port range, `target`'s port is the
     /// first of the same range: each port goes to the same port).
     pub target: SocketAddr,
+    /// `policy.max_connections`: live connections at most (nftables
+    /// `ct count`); one more is reset.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use super::kernel::Engine;
 use super::listener::ListenerFacts;
 use super::raw::{RawConfig, RawRoute, S};
 use super::{
-    Ctx, Forward, ProxyVersion, RouteAction, RouteConfig, RouteMatch, RoutePolicy, Timeouts,
-    TlsMode, UpstreamProtocol,
+    Ctx, Forward, KernelRoute, ProxyVersion, RouteAction, RouteConfig, RouteMatch, RoutePolicy,
+    Timeouts, TlsMode, UpstreamProtocol,
 };
 
 impl Ctx<'_> {
@@ -241,6 +241,10 @@ impl Ctx<'_> {
             .as_ref()
             .and_then(|m| self.mirror(m, only_http, &field, clusters));
         let log_redact = self.log_redact(r.log_redact.as_ref(), &route_filters, filters, &field);
+        let kernel = kernel.map(|k| KernelRoute {
+            max_connections: policy.max_connections,
+            ..k
+        });
         Some(RouteConfig {
             name,
             matcher,

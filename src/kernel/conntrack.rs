@@ -203,6 +203,7 @@ mod tests {
             last_port: 7000,
             clients: Vec::new(),
             target: "10.0.0.5:80".parse().unwrap(),
+            max_connections: None,
         };
         ("r".to_owned(), k)
     }
@@ -303,6 +304,7 @@ mod tests {
             last_port: 10100,
             clients: Vec::new(),
             target: "10.0.0.5:10000".parse().unwrap(),
+            max_connections: None,
         };
         let at =
             |d: &str, a: &str| super::super::nft::takes(&k, d.parse().unwrap(), a.parse().unwrap());

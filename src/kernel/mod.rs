@@ -293,7 +293,11 @@ impl Kernel {
             return;
         }
         out.push_str("# HELP gatehouse_kernel_connections_total Connections a kernel route's rules took (nftables counters).\n# TYPE gatehouse_kernel_connections_total counter\n");
-        for (route, n) in &inner.counted {
+        for (route, n) in inner
+            .counted
+            .iter()
+            .filter(|(r, _)| !r.starts_with(nft::LIMIT))
+        {
             let _ = writeln!(
                 out,
                 "gatehouse_kernel_connections_total{{route=\"{route}\"}} {n}"
@@ -323,6 +327,18 @@ impl Kernel {
                 let _ = writeln!(
                     out,
                     "gatehouse_kernel_connection_ends_total{{route=\"{route}\",reason=\"{reason}\",side=\"{side}\"}} {n}"
+                );
+            }
+        }
+        // Connections over a route's limit, reset by its limit rules.
+        let limit = crate::lifecycle::EndReason::LimitRoute;
+        for (route, n) in &inner.counted {
+            if let Some(route) = route.strip_prefix(nft::LIMIT) {
+                let _ = writeln!(
+                    out,
+                    "gatehouse_kernel_connection_ends_total{{route=\"{route}\",reason=\"{}\",side=\"{}\"}} {n}",
+                    limit.as_str(),
+                    limit.side().as_str()
                 );
             }
         }

@@ -83,7 +83,26 @@ pub fn replace(name: &str, routes: &[(String, KernelRoute)]) -> Result<(), NftEr
             "name": chain, "type": "nat", "hook": hook, "prio": prio, "policy": "accept"
         })) } }));
     }
+    if routes.iter().any(|(_, k)| k.max_connections.is_some()) {
+        // (Filter chains after conntrack, before the NAT ones: a
+        // connection over the limit is reset before it is translated.)
+        for (chain, hook) in [
+            ("limit_prerouting", "prerouting"),
+            ("limit_output", "output"),
+        ] {
+            cmds.push(json!({ "add": { "chain": t(json!({
+                "name": chain, "type": "filter", "hook": hook, "prio": -150, "policy": "accept"
+            })) } }));
+        }
+    }
     for (route, k) in routes {
+        if let Some(max) = k.max_connections {
+            for chain in ["limit_prerouting", "limit_output"] {
+                cmds.push(json!({ "add": { "rule": t(json!({
+                    "chain": chain, "comment": format!("{LIMIT}{route}"), "expr": limit_rule(k, max)
+                })) } }));
+            }
+        }
         for chain in ["prerouting", "output"] {
             cmds.push(json!({ "add": { "rule": t(json!({
                 "chain": chain, "comment": route, "expr": dnat_rule(k)
@@ -117,7 +136,8 @@ pub fn exists(name: &str) -> Result<bool, NftError> {
 }
 
 /// Connections each route's rules took (their counters' packets: a NAT
-/// chain sees the first packet of a connection only), by route name.
+/// chain sees the first packet of a connection only), by route name; and
+/// those its limit reset, under `LIMIT` and its name.
 pub fn counters(name: &str) -> Result<Vec<(String, u64)>, NftError> {
     let found = list(&["list", "table", "inet", name])?;
     let mut out: Vec<(String, u64)> = Vec::new();
@@ -175,8 +195,31 @@ fn ports(first: u16, last: u16) -> Value {
     }
 }
 
+/// The comment of a route's limit rules, before its name.
+pub const LIMIT: &str = "limit:";
+
+/// New connections over a route's limit, reset.
+fn limit_rule(k: &KernelRoute, max: u32) -> Vec<Value> {
+    let mut expr = matches(k);
+    expr.push(
+        json!({ "match": { "op": "in", "left": { "ct": { "key": "state" } }, "right": "new" } }),
+    );
+    expr.push(json!({ "ct count": { "val": max, "inv": true } }));
+    expr.push(json!({ "counter": null }));
+    expr.push(json!({ "reject": { "type": "tcp reset" } }));
+    expr
+}
+
 /// What a kernel route's connections match, then DNAT to its target.
 fn dnat_rule(k: &KernelRoute) -> Vec<Value> {
+    let mut expr = matches(k);
+    expr.push(json!({ "counter": null }));
+    expr.push(json!({ "dnat": target(k) }));
+    expr
+}
+
+/// What a kernel route's connections match.
+fn matches(k: &KernelRoute) -> Vec<Value> {
     let (proto, nfproto) = family(k.listen.ip());
     let mut expr = Vec::new();
     if k.listen.ip().is_unspecified() {
@@ -207,8 +250,6 @@ fn dnat_rule(k: &KernelRoute) -> Vec<Value> {
             json!({ "set": clients }),
         ));
     }
-    expr.push(json!({ "counter": null }));
-    expr.push(json!({ "dnat": target(k) }));
     expr
 }
 
