@@ -12,18 +12,21 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::config::Config;
 use crate::conn::{CloseError, ConnSnapshot, ConnTable};
 use crate::kernel::Kernel;
 use crate::kernel::conntrack::KernelConn;
 use crate::runtime::Snapshot;
 
 /// A kernel route's connection in the table's terms (`engine = "kernel"`;
-/// the state is conntrack's).
-fn kernel_snapshot(k: KernelConn, listeners: &[(String, String)]) -> ConnSnapshot {
-    let listener = listeners
+/// the state is conntrack's; the listener is its route's in `config`).
+fn kernel_snapshot(k: KernelConn, config: &Config) -> ConnSnapshot {
+    let listener = config
+        .routes
         .iter()
-        .find(|(route, _)| *route == k.route)
-        .map(|(_, l)| l.clone())
+        .find(|r| r.name == k.route)
+        .and_then(|r| config.listeners.get(r.matcher.listener?))
+        .map(|l| l.name.clone())
         .unwrap_or_default();
     ConnSnapshot {
         id: k.id,
@@ -117,18 +120,21 @@ impl Filter {
 }
 
 /// `GET /connections[?filters]`.
-pub fn list(table: &ConnTable, kernel: &Kernel, query: Option<&str>) -> (u16, Value) {
+pub fn list(
+    (table, kernel): (&ConnTable, &Kernel),
+    config: &Config,
+    query: Option<&str>,
+) -> (u16, Value) {
     let filter = match Filter::parse(query) {
         Ok(f) => f,
         Err(e) => return (400, json!({ "error": e })),
     };
     let mut all = table.snapshot();
-    let listeners = kernel.listeners();
     all.extend(
         kernel
             .connections()
             .into_iter()
-            .map(|k| kernel_snapshot(k, &listeners)),
+            .map(|k| kernel_snapshot(k, config)),
     );
     let active = all.len();
     let matching: Vec<ConnSnapshot> = all.into_iter().filter(|c| filter.matches(c)).collect();

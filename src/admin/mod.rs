@@ -501,7 +501,9 @@ fn table_api(
     let rt = &plane.rt;
     let table = &rt.table;
     match (method, path) {
-        (&Method::GET, "/connections") => connections::list(table, &rt.kernel, query),
+        (&Method::GET, "/connections") => {
+            connections::list((table, &rt.kernel), &rt.current().config, query)
+        }
         (&Method::POST, "/connections/close") => connections::close_matching(table, query),
         (&Method::DELETE, p) if p.starts_with("/connections/") => {
             connections::close(table, &p["/connections/".len()..])

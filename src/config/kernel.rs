@@ -90,8 +90,7 @@ impl Ctx<'_> {
     }
 
     /// A kernel route's rule, or an error for each setting it also asks
-    /// for that nftables forwarding cannot keep. `earlier`: the routes
-    /// before it, none of which may take its listener's connections.
+    /// for that nftables forwarding cannot keep (`kernel_refusals`).
     pub(super) fn kernel_route(
         &mut self,
         rr: &S<RawRoute>,
@@ -105,11 +104,7 @@ impl Ctx<'_> {
         let a = r.action.get_ref();
         let engine_span = a.engine.as_ref().map(|e| e.span()).unwrap_or_default();
         let refuse = |ctx: &mut Self, span: std::ops::Range<usize>, f: &str, why: &str| {
-            ctx.err(
-                &span,
-                &field(f),
-                &format!("{why} (action.engine = \"kernel\")"),
-            );
+            ctx.refuse_kernel(span, &field(f), why);
         };
         let Some(li) = matcher.listener else {
             refuse(
@@ -121,6 +116,83 @@ impl Ctx<'_> {
             return None;
         };
         let (listen, last_port, proxy_in) = facts.binds.get(li).copied().flatten()?;
+        self.kernel_refusals(rr, (li, listen, proxy_in), facts, earlier, field);
+        if !matcher.client_cidrs.is_empty()
+            && !matcher
+                .client_cidrs
+                .iter()
+                .any(|n| n.addr().is_ipv4() == listen.is_ipv4())
+        {
+            let span = r.matcher.as_ref().and_then(|m| m.client_cidrs.as_ref());
+            refuse(
+                self,
+                span.map(|c| c.span()).unwrap_or_default(),
+                "match.client_cidrs",
+                "no network of the listener's address family: no client could match",
+            );
+        }
+        let one = a.forward.as_ref().filter(|f| f.get_ref().len() == 1);
+        let Some(target) = one.and_then(|f| f.get_ref().first()) else {
+            refuse(
+                self,
+                engine_span,
+                "action",
+                "the kernel forwards to one address: action.forward = [\"IP:PORT\"]",
+            );
+            return None;
+        };
+        let target_field = field("action.forward[0]");
+        let text = self.string(target, &target_field)?;
+        let at = match last_port {
+            // "IP:FIRST-LAST" with the listener's range: the same ports.
+            Some(last) => text
+                .strip_suffix(&format!("-{last}"))
+                .and_then(|t| t.parse::<SocketAddr>().ok())
+                .filter(|t| t.port() == listen.port()),
+            None => text.parse::<SocketAddr>().ok(),
+        };
+        let Some(target_addr) = at.filter(|t| t.is_ipv4() == listen.is_ipv4()) else {
+            let want = match last_port {
+                Some(last) => format!("\"IP:{}-{last}\" (the listener's range)", listen.port()),
+                None => "\"IP:PORT\"".to_owned(),
+            };
+            self.err(
+                &target.span(),
+                &target_field,
+                &format!(
+                    "{text:?}: the kernel forwards to an IP address of the listener's family, written {want}"
+                ),
+            );
+            return None;
+        };
+        Some(KernelRoute {
+            strict,
+            listen,
+            last_port: last_port.unwrap_or(listen.port()),
+            clients: matcher.client_cidrs.clone(),
+            target: target_addr,
+            // (Set from the route's policy once it is read.)
+            max_connections: None,
+        })
+    }
+
+    /// An error for each setting of a kernel route that nftables
+    /// forwarding cannot keep; `earlier`: the routes before it, none of
+    /// which may take its listener's connections.
+    fn kernel_refusals(
+        &mut self,
+        rr: &S<RawRoute>,
+        (li, listen, proxy_in): (usize, SocketAddr, bool),
+        facts: &ListenerFacts,
+        earlier: &[RouteConfig],
+        field: &dyn Fn(&str) -> String,
+    ) {
+        let r = rr.get_ref();
+        let a = r.action.get_ref();
+        let engine_span = a.engine.as_ref().map(|e| e.span()).unwrap_or_default();
+        let refuse = |ctx: &mut Self, span: std::ops::Range<usize>, f: &str, why: &str| {
+            ctx.refuse_kernel(span, &field(f), why);
+        };
         if listen.port() == 0 {
             refuse(
                 self,
@@ -208,48 +280,9 @@ impl Ctx<'_> {
                 ),
             );
         }
-        let one = a.forward.as_ref().filter(|f| f.get_ref().len() == 1);
-        let Some(target) = one.and_then(|f| f.get_ref().first()) else {
-            refuse(
-                self,
-                engine_span,
-                "action",
-                "the kernel forwards to one address: action.forward = [\"IP:PORT\"]",
-            );
-            return None;
-        };
-        let target_field = field("action.forward[0]");
-        let text = self.string(target, &target_field)?;
-        let at = match last_port {
-            // "IP:FIRST-LAST" with the listener's range: the same ports.
-            Some(last) => text
-                .strip_suffix(&format!("-{last}"))
-                .and_then(|t| t.parse::<SocketAddr>().ok())
-                .filter(|t| t.port() == listen.port()),
-            None => text.parse::<SocketAddr>().ok(),
-        };
-        let Some(target_addr) = at.filter(|t| t.is_ipv4() == listen.is_ipv4()) else {
-            let want = match last_port {
-                Some(last) => format!("\"IP:{}-{last}\" (the listener's range)", listen.port()),
-                None => "\"IP:PORT\"".to_owned(),
-            };
-            self.err(
-                &target.span(),
-                &target_field,
-                &format!(
-                    "{text:?}: the kernel forwards to an IP address of the listener's family, written {want}"
-                ),
-            );
-            return None;
-        };
-        Some(KernelRoute {
-            strict,
-            listen,
-            last_port: last_port.unwrap_or(listen.port()),
-            clients: matcher.client_cidrs.clone(),
-            target: target_addr,
-            // (Set from the route's policy once it is read.)
-            max_connections: None,
-        })
+    }
+
+    fn refuse_kernel(&mut self, span: std::ops::Range<usize>, field: &str, why: &str) {
+        self.err(&span, field, &format!("{why} (action.engine = \"kernel\")"));
     }
 }

@@ -198,6 +198,13 @@ pub struct KernelRoute {
     pub max_connections: Option<u32>,
 }
 
+impl KernelRoute {
+    /// Whether it forwards a port range (each port to the same port).
+    pub fn is_range(&self) -> bool {
+        self.last_port != self.listen.port()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteMatch {
     /// Index into `Config::listeners`; `None` matches every listener.

@@ -36,30 +36,32 @@ pub struct KernelError {
 }
 
 /// The process's nftables table and what conntrack says of its routes.
+/// `nft` and netlink run on blocking threads only, under `changing` or
+/// `reading`; `state`, which the admin API reads on the runtime, is held
+/// for moments, never across them.
 pub struct Kernel {
     table: String,
-    inner: Mutex<Inner>,
+    /// Changes of the table, one at a time; why the kernel path is not
+    /// used, when routes ask for it.
+    changing: Mutex<Option<String>>,
+    /// Reads of conntrack, one at a time, on its netlink socket.
+    reading: Mutex<Option<::conntrack::Conntrack>>,
+    state: Mutex<State>,
 }
 
 #[derive(Default)]
-struct Inner {
+struct State {
     /// The rules in force (empty: no table).
     routes: Vec<(String, KernelRoute)>,
-    /// Each kernel route's listener, by name.
-    listeners: Vec<(String, String)>,
-    /// Why the kernel path is not used, when routes ask for it.
-    unavailable: Option<String>,
-    ct: Option<::conntrack::Conntrack>,
     tracker: Tracker,
     live: Vec<KernelConn>,
-    /// Connections by route, from the rules' counters.
-    counted: Vec<(String, u64)>,
+    counters: nft::Counters,
     refreshed: Option<Instant>,
     /// Whether conntrack counts bytes (`nf_conntrack_acct`).
     accounting: bool,
 }
 
-fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -91,7 +93,9 @@ impl Kernel {
     pub fn new(table: String) -> Kernel {
         Kernel {
             table,
-            inner: Mutex::default(),
+            changing: Mutex::default(),
+            reading: Mutex::default(),
+            state: Mutex::default(),
         }
     }
 
@@ -101,12 +105,12 @@ impl Kernel {
 
     /// Whether nftables forwards the route `name` now.
     pub fn forwards(&self, name: &str) -> bool {
-        lock(&self.inner).routes.iter().any(|(n, _)| n == name)
+        lock(&self.state).routes.iter().any(|(n, _)| n == name)
     }
 
     /// Whether the table is in force.
     pub fn active(&self) -> bool {
-        !lock(&self.inner).routes.is_empty()
+        !lock(&self.state).routes.is_empty()
     }
 
     /// Puts `config`'s kernel routes in force (blocking: runs `nft`). At
@@ -118,31 +122,23 @@ impl Kernel {
             .iter()
             .filter_map(|r| Some((r.name.clone(), r.kernel.clone()?)))
             .collect();
-        let mut inner = lock(&self.inner);
-        inner.listeners = config
-            .routes
-            .iter()
-            .filter(|r| r.kernel.is_some())
-            .filter_map(|r| {
-                let l = config.listeners.get(r.matcher.listener?)?;
-                Some((r.name.clone(), l.name.clone()))
-            })
-            .collect();
+        let mut unavailable = lock(&self.changing);
+        let running = lock(&self.state).routes.clone();
         if routes.is_empty() {
             // (At start, only a table that is there: nothing is made, even
             // for a moment, on a host where no kernel route ever ran.)
             let left = starting && nft::exists(&self.table).unwrap_or(false);
-            if !inner.routes.is_empty() || left {
-                if left {
-                    tracing::warn!(table = %self.table, "nftables: removed a table an earlier run left behind");
-                }
+            if left {
+                tracing::warn!(table = %self.table, "nftables: removed a table an earlier run left behind");
+            }
+            if !running.is_empty() || left {
                 self.remove_table();
             }
-            inner.routes.clear();
-            inner.unavailable = None;
+            lock(&self.state).routes.clear();
+            *unavailable = None;
             return Ok(());
         }
-        if inner.routes == routes && inner.unavailable.is_none() {
+        if running == routes && unavailable.is_none() {
             return Ok(());
         }
         let stale = starting && nft::exists(&self.table).unwrap_or(false);
@@ -156,14 +152,16 @@ impl Kernel {
                     routes = ?routes.iter().map(|r| &r.0).collect::<Vec<_>>(),
                     "kernel path: nftables forwards these routes"
                 );
-                inner.accounting = accounting();
                 if routes.iter().any(|(_, k)| !k.target.ip().is_loopback()) && !ip_forward() {
                     tracing::warn!(
                         "kernel path: clients on other hosts reach targets on other hosts only with net.ipv4.ip_forward = 1"
                     );
                 }
-                inner.routes = routes;
-                inner.unavailable = None;
+                let accounting = accounting();
+                *unavailable = None;
+                let mut state = lock(&self.state);
+                state.routes = routes;
+                state.accounting = accounting;
                 Ok(())
             }
             Err(e) => {
@@ -179,30 +177,30 @@ impl Kernel {
                     });
                 }
                 // (One warning per cause, not one per reload.)
-                if inner.unavailable.as_deref() != Some(&e.to_string()) {
+                if unavailable.as_deref() != Some(&e.to_string()) {
                     tracing::warn!(
                         reason = %e,
                         routes = ?routes.iter().map(|r| &r.0).collect::<Vec<_>>(),
                         "kernel path unavailable: these routes are forwarded in user space"
                     );
                 }
-                if !inner.routes.is_empty() {
+                if !running.is_empty() {
                     self.remove_table();
-                    inner.routes.clear();
+                    lock(&self.state).routes.clear();
                 }
-                inner.unavailable = Some(e.to_string());
+                *unavailable = Some(e.to_string());
                 Ok(())
             }
         }
     }
 
-    /// Removes the table (at shutdown). Connections it forwarded go on:
-    /// their translation is in conntrack.
+    /// Removes the table (at shutdown; blocking). Connections it forwarded
+    /// go on: their translation is in conntrack.
     pub fn remove(&self) {
-        let mut inner = lock(&self.inner);
-        if !inner.routes.is_empty() {
+        let _one = lock(&self.changing);
+        if self.active() {
             self.remove_table();
-            inner.routes.clear();
+            lock(&self.state).routes.clear();
             tracing::info!(table = %self.table, "nftables table removed");
         }
     }
@@ -216,48 +214,46 @@ impl Kernel {
     /// Reads conntrack (and the rules' counters) again when the last
     /// look is older than `max_age` (blocking).
     pub fn refresh(&self, max_age: Duration) {
-        let mut inner = lock(&self.inner);
-        if inner.routes.is_empty() || inner.refreshed.is_some_and(|t| t.elapsed() < max_age) {
-            return;
-        }
-        inner.refreshed = Some(Instant::now());
-        if inner.ct.is_none() {
+        let mut ct = lock(&self.reading);
+        let routes = {
+            let mut state = lock(&self.state);
+            if state.routes.is_empty() || state.refreshed.is_some_and(|t| t.elapsed() < max_age) {
+                return;
+            }
+            state.refreshed = Some(Instant::now());
+            state.routes.clone()
+        };
+        if ct.is_none() {
             match ::conntrack::Conntrack::connect() {
-                Ok(c) => inner.ct = Some(c),
+                Ok(c) => *ct = Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "conntrack cannot be read");
                     return;
                 }
             }
         }
-        let flows = match inner.ct.as_ref().map(|c| c.dump()) {
+        let flows = match ct.as_ref().map(|c| c.dump()) {
             Some(Ok(f)) => f,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "conntrack dump failed");
-                inner.ct = None;
+                *ct = None;
                 return;
             }
             None => return,
         };
-        let Inner {
-            tracker, routes, ..
-        } = &mut *inner;
-        let live = tracker.update(&flows, routes);
-        inner.live = live;
-        match nft::counters(&self.table) {
-            Ok(c) => inner.counted = c,
+        let counters = nft::counters(&self.table);
+        let mut state = lock(&self.state);
+        let State { tracker, live, .. } = &mut *state;
+        *live = tracker.update(&flows, &routes);
+        match counters {
+            Ok(c) => state.counters = c,
             Err(e) => tracing::debug!(error = %e, "nftables counters"),
         }
     }
 
-    /// Each kernel route's listener: (route, listener).
-    pub fn listeners(&self) -> Vec<(String, String)> {
-        lock(&self.inner).listeners.clone()
-    }
-
     /// The kernel routes' live connections, as of the last look.
     pub fn connections(&self) -> Vec<KernelConn> {
-        lock(&self.inner).live.clone()
+        lock(&self.state).live.clone()
     }
 
     /// Reads conntrack every `POLL` while kernel routes run.
@@ -283,37 +279,33 @@ impl Kernel {
 
     /// The `gatehouse_kernel_*` metrics.
     pub fn render_metrics(&self, out: &mut String) {
-        let inner = lock(&self.inner);
+        let state = lock(&self.state);
         let _ = write!(
             out,
             "# HELP gatehouse_kernel_active Whether this process's nftables table forwards kernel routes (1) or not (0).\n# TYPE gatehouse_kernel_active gauge\ngatehouse_kernel_active {}\n",
-            u8::from(!inner.routes.is_empty())
+            u8::from(!state.routes.is_empty())
         );
-        if inner.routes.is_empty() && inner.tracker.totals.is_empty() {
+        if state.routes.is_empty() && state.tracker.totals.is_empty() {
             return;
         }
         out.push_str("# HELP gatehouse_kernel_connections_total Connections a kernel route's rules took (nftables counters).\n# TYPE gatehouse_kernel_connections_total counter\n");
-        for (route, n) in inner
-            .counted
-            .iter()
-            .filter(|(r, _)| !r.starts_with(nft::LIMIT))
-        {
+        for (route, n) in &state.counters.taken {
             let _ = writeln!(
                 out,
                 "gatehouse_kernel_connections_total{{route=\"{route}\"}} {n}"
             );
         }
         out.push_str("# HELP gatehouse_kernel_connections Live connections of a kernel route (conntrack).\n# TYPE gatehouse_kernel_connections gauge\n");
-        for (route, t) in &inner.tracker.totals {
+        for (route, t) in &state.tracker.totals {
             let _ = writeln!(
                 out,
                 "gatehouse_kernel_connections{{route=\"{route}\"}} {}",
                 t.live
             );
         }
-        if inner.accounting {
+        if state.accounting {
             out.push_str("# HELP gatehouse_kernel_bytes_total Bytes of a kernel route's connections, by direction (conntrack accounting).\n# TYPE gatehouse_kernel_bytes_total counter\n");
-            for (route, t) in &inner.tracker.totals {
+            for (route, t) in &state.tracker.totals {
                 let _ = writeln!(
                     out,
                     "gatehouse_kernel_bytes_total{{route=\"{route}\",direction=\"client_to_upstream\"}} {}\ngatehouse_kernel_bytes_total{{route=\"{route}\",direction=\"upstream_to_client\"}} {}",
@@ -322,7 +314,7 @@ impl Kernel {
             }
         }
         out.push_str("# HELP gatehouse_kernel_connection_ends_total Ended connections of a kernel route, by the reason conntrack shows.\n# TYPE gatehouse_kernel_connection_ends_total counter\n");
-        for (route, t) in &inner.tracker.totals {
+        for (route, t) in &state.tracker.totals {
             for ((reason, side), n) in &t.ends {
                 let _ = writeln!(
                     out,
@@ -332,15 +324,13 @@ impl Kernel {
         }
         // Connections over a route's limit, reset by its limit rules.
         let limit = crate::lifecycle::EndReason::LimitRoute;
-        for (route, n) in &inner.counted {
-            if let Some(route) = route.strip_prefix(nft::LIMIT) {
-                let _ = writeln!(
-                    out,
-                    "gatehouse_kernel_connection_ends_total{{route=\"{route}\",reason=\"{}\",side=\"{}\"}} {n}",
-                    limit.as_str(),
-                    limit.side().as_str()
-                );
-            }
+        for (route, n) in &state.counters.reset {
+            let _ = writeln!(
+                out,
+                "gatehouse_kernel_connection_ends_total{{route=\"{route}\",reason=\"{}\",side=\"{}\"}} {n}",
+                limit.as_str(),
+                limit.side().as_str()
+            );
         }
     }
 }

@@ -4,6 +4,7 @@
 //! counters. Nothing here touches a table but the one it is given.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use nftables::schema::{NfListObject, NfObject, Nftables};
 use nftables::stmt::{Counter, Statement};
@@ -16,7 +17,12 @@ use crate::config::KernelRoute;
 #[error("{0}")]
 pub struct NftError(String);
 
+/// How long one `nft` run may take: a reload, or the shutdown, waits for
+/// it.
+const NFT_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Runs `nft -j ARGS` (with `input` on its standard input): its output.
+/// Killed at `NFT_DEADLINE`.
 fn nft(args: &[&str], input: Option<String>) -> Result<String, NftError> {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
@@ -32,14 +38,29 @@ fn nft(args: &[&str], input: Option<String>) -> Result<String, NftError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| NftError(format!("cannot run nft: {e}")))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| NftError(format!("nft: {e}")))?;
+    let pid = rustix::process::Pid::from_child(&child);
+    // (Fed and waited for on a thread of its own: the wait has a deadline.)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            // (A failed write shows in nft's answer.)
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(NFT_DEADLINE) {
+        Ok(out) => out,
+        Err(_) => {
+            // (Not reaped yet: the number is still the child's.)
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = rx.recv();
+            return Err(NftError(format!(
+                "nft: no answer within {} s",
+                NFT_DEADLINE.as_secs()
+            )));
+        }
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NftError(format!("nft: {e}")))?;
+    .map_err(|e| NftError(format!("nft: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let first = err
@@ -86,10 +107,8 @@ pub fn replace(name: &str, routes: &[(String, KernelRoute)]) -> Result<(), NftEr
     if routes.iter().any(|(_, k)| k.max_connections.is_some()) {
         // (Filter chains after conntrack, before the NAT ones: a
         // connection over the limit is reset before it is translated.)
-        for (chain, hook) in [
-            ("limit_prerouting", "prerouting"),
-            ("limit_output", "output"),
-        ] {
+        for hook in ["prerouting", "output"] {
+            let chain = format!("{LIMIT_CHAIN}{hook}");
             cmds.push(json!({ "add": { "chain": t(json!({
                 "name": chain, "type": "filter", "hook": hook, "prio": -150, "policy": "accept"
             })) } }));
@@ -97,9 +116,9 @@ pub fn replace(name: &str, routes: &[(String, KernelRoute)]) -> Result<(), NftEr
     }
     for (route, k) in routes {
         if let Some(max) = k.max_connections {
-            for chain in ["limit_prerouting", "limit_output"] {
+            for hook in ["prerouting", "output"] {
                 cmds.push(json!({ "add": { "rule": t(json!({
-                    "chain": chain, "comment": format!("{LIMIT}{route}"), "expr": limit_rule(k, max)
+                    "chain": format!("{LIMIT_CHAIN}{hook}"), "comment": route, "expr": limit_rule(k, max)
                 })) } }));
             }
         }
@@ -135,19 +154,24 @@ pub fn exists(name: &str) -> Result<bool, NftError> {
     }))
 }
 
-/// Connections each route's rules took (their counters' packets: a NAT
-/// chain sees the first packet of a connection only), by route name; and
-/// those its limit reset, under `LIMIT` and its name.
-pub fn counters(name: &str) -> Result<Vec<(String, u64)>, NftError> {
+/// What the rules' counters say, by route name (their packets: a chain
+/// sees the first packet of a connection only).
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Connections each route's DNAT rules took.
+    pub taken: Vec<(String, u64)>,
+    /// Connections each route's limit rules reset.
+    pub reset: Vec<(String, u64)>,
+}
+
+/// The counters of the table `name`'s rules.
+pub fn counters(name: &str) -> Result<Counters, NftError> {
     let found = list(&["list", "table", "inet", name])?;
-    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut out = Counters::default();
     for o in found.objects.iter() {
         let NfObject::ListObject(NfListObject::Rule(r)) = o else {
             continue;
         };
-        if r.chain == "postrouting" {
-            continue;
-        }
         let Some(route) = &r.comment else {
             continue;
         };
@@ -160,9 +184,14 @@ pub fn counters(name: &str) -> Result<Vec<(String, u64)>, NftError> {
             })
             .map(|p| p as u64)
             .sum();
-        match out.iter_mut().find(|(n, _)| n == route) {
+        let into = if r.chain.starts_with(LIMIT_CHAIN) {
+            &mut out.reset
+        } else {
+            &mut out.taken
+        };
+        match into.iter_mut().find(|(n, _)| n == route) {
             Some((_, n)) => *n += packets,
-            None => out.push((route.to_string(), packets)),
+            None => into.push((route.to_string(), packets)),
         }
     }
     Ok(out)
@@ -195,8 +224,8 @@ fn ports(first: u16, last: u16) -> Value {
     }
 }
 
-/// The comment of a route's limit rules, before its name.
-pub const LIMIT: &str = "limit:";
+/// The start of the limit chains' names (then the hook's).
+const LIMIT_CHAIN: &str = "limit_";
 
 /// New connections over a route's limit, reset.
 fn limit_rule(k: &KernelRoute, max: u32) -> Vec<Value> {
@@ -238,13 +267,15 @@ fn matches(k: &KernelRoute) -> Vec<Value> {
         json!({ "payload": { "protocol": "tcp", "field": "dport" } }),
         ports(k.listen.port(), k.last_port),
     ));
+    // (Those of the other family never match: `check` refuses a list
+    // without one of this family.)
     let clients: Vec<Value> = k
         .clients
         .iter()
         .filter(|n| n.addr().is_ipv4() == k.listen.is_ipv4())
         .map(|n| json!({ "prefix": { "addr": n.network().to_string(), "len": n.prefix_len() } }))
         .collect();
-    if !k.clients.is_empty() {
+    if !clients.is_empty() {
         expr.push(eq(
             json!({ "payload": { "protocol": proto, "field": "saddr" } }),
             json!({ "set": clients }),
@@ -255,8 +286,8 @@ fn matches(k: &KernelRoute) -> Vec<Value> {
 
 fn target(k: &KernelRoute) -> Value {
     let (proto, _) = family(k.target.ip());
-    if k.last_port != k.listen.port() {
-        // A range: each port to the same port.
+    if k.is_range() {
+        // Each port to the same port.
         json!({ "family": proto, "addr": k.target.ip().to_string() })
     } else {
         json!({ "family": proto, "addr": k.target.ip().to_string(), "port": k.target.port() })
@@ -267,7 +298,12 @@ fn target(k: &KernelRoute) -> Value {
 /// address, so that the answers come back through it.
 fn masquerade_rule(k: &KernelRoute) -> Vec<Value> {
     let (proto, _) = family(k.target.ip());
-    let last = k.target.port() + (k.last_port - k.listen.port());
+    // (A range's target has the same ports.)
+    let last = if k.is_range() {
+        k.last_port
+    } else {
+        k.target.port()
+    };
     vec![
         json!({ "match": { "op": "in", "left": { "ct": { "key": "status" } }, "right": "dnat" } }),
         eq(
@@ -282,21 +318,17 @@ fn masquerade_rule(k: &KernelRoute) -> Vec<Value> {
     ]
 }
 
-/// Whether `flow`'s original destination and answering source are
-/// `k`'s: a connection of that route.
+/// Whether a flow's original destination and answering source are `k`'s:
+/// a connection of that route.
 pub fn takes(k: &KernelRoute, dst: SocketAddr, answered_by: SocketAddr) -> bool {
-    let port_in = dst.port() >= k.listen.port() && dst.port() <= k.last_port;
-    let to_listener = k.listen.ip().is_unspecified() || dst.ip() == k.listen.ip();
-    let offset = dst.port().wrapping_sub(k.listen.port());
-    let ranged = k.last_port != k.listen.port();
-    let want_port = if ranged {
-        k.target.port().wrapping_add(offset)
+    // (A range's target has the same ports.)
+    let want_port = if k.is_range() {
+        dst.port()
     } else {
         k.target.port()
     };
-    port_in
-        && to_listener
+    (k.listen.port()..=k.last_port).contains(&dst.port())
+        && (k.listen.ip().is_unspecified() || dst.ip() == k.listen.ip())
         && dst.is_ipv4() == k.listen.is_ipv4()
-        && answered_by.ip() == k.target.ip()
-        && answered_by.port() == want_port
+        && answered_by == SocketAddr::new(k.target.ip(), want_port)
 }

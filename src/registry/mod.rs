@@ -176,6 +176,13 @@ struct Inner {
     applied_at: HashMap<String, Instant>,
 }
 
+/// How long `service`'s changes are gathered after its clusters took its
+/// instances: `COALESCE`, more for a large service.
+fn window(services: &BTreeMap<String, BTreeMap<String, Entry>>, service: &str) -> Duration {
+    let n = services.get(service).map_or(0, BTreeMap::len);
+    (COALESCE + COALESCE_PER_INSTANCE * u32::try_from(n).unwrap_or(u32::MAX)).min(COALESCE_MAX)
+}
+
 impl Inner {
     fn endpoints(&self, service: &str) -> Vec<Endpoint> {
         self.services.get(service).map_or_else(Vec::new, |s| {
@@ -198,7 +205,7 @@ impl Inner {
     /// service's endpoint set a few times a second, not once per
     /// registration). `true`: the lapse task must look at the new mark.
     fn touch(&mut self, service: &str, now: Instant) -> bool {
-        let window = self.window(service);
+        let window = window(&self.services, service);
         let recent = self
             .applied_at
             .get(service)
@@ -219,7 +226,7 @@ impl Inner {
             .filter(|s| {
                 self.applied_at
                     .get(*s)
-                    .is_none_or(|at| now.duration_since(*at) >= self.window(s))
+                    .is_none_or(|at| now.duration_since(*at) >= window(&self.services, s))
             })
             .cloned()
             .collect();
@@ -229,26 +236,13 @@ impl Inner {
             self.applied_at.insert(s, now);
         }
         // (Marks of services gone quiet are forgotten.)
-        let quiet: Vec<String> = self
-            .applied_at
-            .iter()
-            .filter(|(s, at)| now.duration_since(**at) >= self.window(s))
-            .map(|(s, _)| s.clone())
-            .collect();
-        for s in quiet {
-            self.applied_at.remove(&s);
-        }
+        let services = &self.services;
+        self.applied_at
+            .retain(|s, at| now.duration_since(*at) < window(services, s));
         self.dirty
             .iter()
-            .filter_map(|s| self.applied_at.get(s).map(|at| *at + self.window(s)))
+            .filter_map(|s| self.applied_at.get(s).map(|at| *at + window(services, s)))
             .min()
-    }
-
-    /// How long `service`'s changes are gathered after its clusters took
-    /// its instances: `COALESCE`, more for a large service.
-    fn window(&self, service: &str) -> Duration {
-        let n = self.services.get(service).map_or(0, BTreeMap::len);
-        (COALESCE + COALESCE_PER_INSTANCE * u32::try_from(n).unwrap_or(u32::MAX)).min(COALESCE_MAX)
     }
 
     /// `service`'s instances to the clusters that name it.
@@ -643,13 +637,16 @@ mod tests {
             r.put(reg(&format!("i{i}"), 1000 + i, 60_000)).unwrap();
         }
         let inner = r.inner.lock().unwrap();
-        assert_eq!(inner.window("demo"), Duration::from_millis(300));
-        assert_eq!(inner.window("small"), COALESCE);
+        assert_eq!(window(&inner.services, "demo"), Duration::from_millis(300));
+        assert_eq!(window(&inner.services, "small"), COALESCE);
         drop(inner);
         for i in 10_000..25_000u16 {
             r.put(reg(&format!("i{i}"), 1000 + i, 60_000)).unwrap();
         }
-        assert_eq!(r.inner.lock().unwrap().window("demo"), COALESCE_MAX);
+        assert_eq!(
+            window(&r.inner.lock().unwrap().services, "demo"),
+            COALESCE_MAX
+        );
     }
 
     #[test]
