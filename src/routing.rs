@@ -23,6 +23,8 @@ pub struct Route {
     pub closing: ShutdownSignal,
     /// Its filters, in order (empty for most routes).
     pub filters: crate::filter::Chain,
+    /// Its name as a header value (`{route}` in header rules), made once.
+    pub name_value: Option<http::HeaderValue>,
     /// Turns of a split (`Forward::pick`).
     turn: std::sync::atomic::AtomicUsize,
     /// Requests counted for its mirror's sampling.
@@ -56,6 +58,7 @@ impl Route {
     ) -> Route {
         Route {
             index,
+            name_value: http::HeaderValue::from_str(&stats.name).ok(),
             name: stats.name.clone(),
             config,
             stats,

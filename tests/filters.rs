@@ -282,6 +282,22 @@ fn jwt_checks_signature_algorithm_issuer_audience_and_time_and_forwards_claims()
             .extend(patch.as_object().unwrap().clone());
         es256_token(&private, None, c)
     };
+    // A token without one of the claims: the client's own header of that
+    // name does not go upstream either.
+    let no_tier = {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove("tier");
+        es256_token(&private, None, c)
+    };
+    let (status, head, _) = call(
+        web,
+        "/",
+        &[("Authorization", &bearer(&no_tier)), ("x-tier", "platinum")],
+    );
+    assert_eq!(status, 200, "{head}");
+    let up = last_seen(&seen);
+    assert_eq!(up.header("x-user"), vec!["alice"]);
+    assert!(up.header("x-tier").is_empty(), "{:?}", up.header("x-tier"));
     let denied = [
         ("expired", with(json!({"exp": now() - 60}))),
         ("not yet valid", with(json!({"nbf": now() + 120}))),

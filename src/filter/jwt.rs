@@ -71,7 +71,9 @@ struct Verified {
     claims: Claims,
     exp: u64,
     user: Option<Arc<str>>,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Each `claims_to_headers` header: the claim's value, or `None` (the
+    /// token has no such claim: the client's own header of that name goes).
+    headers: Vec<(HeaderName, Option<HeaderValue>)>,
 }
 
 struct Key {
@@ -243,7 +245,10 @@ impl JwtAuth {
                 .settings
                 .claims_to_headers
                 .iter()
-                .filter_map(|(c, h)| Some((h.clone(), HeaderValue::from_str(&text(c)?).ok()?)))
+                .map(|(c, h)| {
+                    let v = text(c).and_then(|t| HeaderValue::from_str(&t).ok());
+                    (h.clone(), v)
+                })
                 .collect(),
             claims,
             exp,
@@ -302,13 +307,15 @@ fn validation(c: &Jwt, algorithm: Algorithm) -> Validation {
 impl Filter for JwtAuth {
     fn request(&self, req: &mut Request<'_>) -> Result<(), Answer> {
         self.refresh_jwks(req.state.now);
-        // A client's own headers of the names claims go in are not trusted.
-        for (_, h) in &self.settings.claims_to_headers {
-            req.headers.remove(h);
-        }
-        let token = req
-            .headers
-            .get(AUTHORIZATION)
+        // (Credentials that do not go upstream are taken out at once: one
+        // lookup. A request refused here goes nowhere.)
+        let credentials = if self.settings.forward_credentials {
+            req.headers.get(AUTHORIZATION).cloned()
+        } else {
+            req.headers.remove(AUTHORIZATION)
+        };
+        let token = credentials
+            .as_ref()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 let (scheme, token) = v.split_once(' ')?;
@@ -325,11 +332,13 @@ impl Filter for JwtAuth {
         };
         req.state.claims = Some(verified.claims.clone());
         req.state.user = verified.user.clone();
+        // A client's own headers of the names claims go in are not trusted:
+        // replaced by the claim's value, or removed.
         for (h, v) in &verified.headers {
-            req.headers.insert(h.clone(), v.clone());
-        }
-        if !self.settings.forward_credentials {
-            req.headers.remove(AUTHORIZATION);
+            match v {
+                Some(v) => req.headers.insert(h.clone(), v.clone()),
+                None => req.headers.remove(h),
+            };
         }
         Ok(())
     }

@@ -90,6 +90,10 @@ pub struct State {
     /// The address the connection came from (a proxy, or the client).
     pub peer: IpAddr,
     pub route: Arc<str>,
+    /// `route` and `client` as header values, when the caller has them
+    /// made already (no formatting per request); else made when asked for.
+    pub route_value: Option<HeaderValue>,
+    pub client_value: Option<HeaderValue>,
     pub sni: Option<Arc<str>>,
     pub request_id: Option<HeaderValue>,
     /// Who the request is from: the Basic user, the API key's name, or
@@ -125,6 +129,8 @@ impl State {
             client,
             peer,
             route,
+            route_value: None,
+            client_value: None,
             sni,
             request_id: None,
             user: None,
@@ -164,8 +170,12 @@ impl State {
         // One variable alone (the usual rule) needs no assembly.
         if let [part] = &t.0[..] {
             return match part {
-                Part::Route => HeaderValue::from_str(&self.route).ok(),
+                Part::Route => match &self.route_value {
+                    Some(v) => Some(v.clone()),
+                    None => HeaderValue::from_str(&self.route).ok(),
+                },
                 Part::RequestId => self.request_id.clone(),
+                Part::ClientIp if self.client_value.is_some() => self.client_value.clone(),
                 Part::ClientIp => {
                     let mut buf = [0u8; 48];
                     let mut w = std::io::Cursor::new(&mut buf[..]);

@@ -247,11 +247,21 @@ impl Inner {
 
     /// `service`'s instances to the clusters that name it.
     fn apply(&self, service: &str) {
-        let mut list = None;
-        for c in self.clusters.iter().chain(&self.retiring) {
-            if c.config.service.as_deref() == Some(service) {
-                let endpoints = list.get_or_insert_with(|| self.endpoints(service));
-                c.set_base(endpoints.clone());
+        let mut clusters = self
+            .clusters
+            .iter()
+            .chain(&self.retiring)
+            .filter(|c| c.config.service.as_deref() == Some(service))
+            .peekable();
+        if clusters.peek().is_none() {
+            return;
+        }
+        let endpoints = self.endpoints(service);
+        // (The last one takes the list itself: a large service's is long.)
+        while let Some(c) = clusters.next() {
+            match clusters.peek() {
+                Some(_) => c.set_base(endpoints.clone()),
+                None => return c.set_base(endpoints),
             }
         }
     }

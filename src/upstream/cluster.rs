@@ -188,24 +188,29 @@ impl Cluster {
                 }
             })
             .collect();
-        // (An address configured and added keeps its first place.)
-        let mut seen = std::collections::HashSet::with_capacity(endpoints.len());
+        // (An address configured and added keeps its first place. A fast
+        // keyed hash: a service's cluster may have tens of thousands, and
+        // a large one is rebuilt twice a second while it registers.)
+        let hasher = foldhash::fast::RandomState::default();
+        let mut seen = std::collections::HashSet::with_capacity_and_hasher(endpoints.len(), hasher);
         endpoints.retain(|e| seen.insert(e.addr));
+        drop(seen);
         let current = self.set.load();
         if current.endpoints == endpoints && current.settled == settled {
             return;
         }
-        // (By address: a service's cluster may have thousands.)
-        let known: std::collections::HashMap<(SocketAddr, &str), &Arc<EndpointState>> = inner
-            .states
-            .iter()
-            .map(|s| ((s.addr, &*s.target), s))
-            .collect();
+        // (By address, which is unique in a set; the state is kept when
+        // its target is the same too.)
+        let mut known = std::collections::HashMap::with_capacity_and_hasher(
+            inner.states.len(),
+            foldhash::fast::RandomState::default(),
+        );
+        known.extend(inner.states.iter().map(|s| (s.addr, s)));
         let states: Vec<Arc<EndpointState>> = endpoints
             .iter()
-            .map(|e| match known.get(&(e.addr, &*e.target)) {
-                Some(s) => Arc::clone(s),
-                None => EndpointState::new(e.target.clone(), e.addr),
+            .map(|e| match known.get(&e.addr) {
+                Some(s) if s.target == e.target => Arc::clone(s),
+                _ => EndpointState::new(e.target.clone(), e.addr),
             })
             .collect();
         drop(known);

@@ -75,20 +75,21 @@ impl RoutePools {
         let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         if old.generation != set.generation {
-            // (By address and target: linear in the set, which may be a
-            // registered service's thousands of instances.)
-            let by_endpoint: std::collections::HashMap<(SocketAddr, &str), &Arc<TargetPool>> = old
-                .pools
-                .iter()
-                .map(|p| ((p.addr(), p.target()), p))
-                .collect();
+            // (By address, unique in a set, with a fast keyed hash: linear
+            // in the set, which may be a registered service's tens of
+            // thousands of instances. A pool is kept for the same state.)
+            let mut by_endpoint = std::collections::HashMap::with_capacity_and_hasher(
+                old.pools.len(),
+                foldhash::fast::RandomState::default(),
+            );
+            by_endpoint.extend(old.pools.iter().map(|p| (p.addr(), p)));
             let pools = set
                 .endpoints
                 .iter()
                 .zip(&set.states)
                 .map(|(e, state)| {
                     by_endpoint
-                        .get(&(e.addr, &*e.target))
+                        .get(&e.addr)
                         .filter(|p| Arc::ptr_eq(p.state(), state))
                         .map(|p| Arc::clone(p))
                         .unwrap_or_else(|| {

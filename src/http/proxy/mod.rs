@@ -473,13 +473,18 @@ impl Handler {
         mut log: RequestLog,
     ) -> Result<(Request<ReqBody>, Box<filter::State>, RequestLog), Response<Body>> {
         let sni = self.info.tls.as_ref().and_then(|t| t.sni.as_deref());
+        let client = self.filter_client(req.headers());
         let mut state = Box::new(filter::State::new(
             log.started,
-            self.filter_client(req.headers()),
+            client,
             self.info.peer.ip(),
             route.name.clone(),
             sni.map(Arc::from),
         ));
+        state.route_value = route.name_value.clone();
+        if client == self.info.client.ip() {
+            state.client_value = Some(self.client_value.clone());
+        }
         // (The head stays in place: a standard method's clone is a copy,
         // the target moves out and back.)
         let method = req.method().clone();
