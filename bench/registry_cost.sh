@@ -128,7 +128,8 @@ response = function()
   done = done + 1
   if done >= n then wrk.thread:stop() end
 end
-delay = function() -- until the next one's time
+delay = function() -- until the next one's time (none after the last)
+  if done >= n then return 60000 end
   t0 = t0 or now_ms()
   local d = t0 + done * every - now_ms()
   return d > 0 and math.floor(d) or 0
@@ -160,6 +161,9 @@ settled=$(wrk_rate 10)
 #   alone;
 #   control: the paced client sends its N PUTs to the nginx backend
 #     instead (the same load on CPU 0, none on the proxy's);
+#   renewing: the paced client PUTs the burst's N registrations again,
+#     unchanged (the admin API's and the registry's work per request,
+#     without a change to any endpoint set);
 #   registering: N more instances register at a pace over the 10 s (a
 #     large deploy; each round adds N, so the service grows to
 #     N * (ROUNDS + 1)).
@@ -185,10 +189,11 @@ phase() { # $1: "" (alone), or the paced client's target, ids' prefix and port; 
 declare -A RATE CPU
 for r in $(seq "$ROUNDS"); do
   line="round $r:"
-  for p in alone control registering; do
+  for p in alone control renewing registering; do
     case $p in
       alone) read -r rate cpu < <(phase "") ;;
       control) read -r rate cpu < <(phase "127.0.0.1:$PORT" "c$r" 8080) ;;
+      renewing) read -r rate cpu < <(phase "$ADMIN" i 8080) ;;
       registering) read -r rate cpu < <(phase "$ADMIN" "r$r" $((8080 + r))) ;;
     esac
     line+=$(printf ' %s %.0f req/s (%.2f µs/req, busy %.0f %%);' "$p" "$rate" "$cpu" "$(echo "$rate * $cpu / 10000" | bc -l)")
@@ -206,7 +211,8 @@ echo "data plane: $before req/s before the burst, $settled right after it ($(ech
 # the data plane by that alone.)
 ratio() { echo "${RATE[$1]} / ${RATE[$2]}" | bc -l | cut -c1-5; }
 cpu() { echo "${CPU[$1]} / $ROUNDS" | bc -l | cut -c1-5; }
-echo "mean of $ROUNDS rounds: rate with the registrations $(ratio registering alone)× alone and $(ratio registering control)× control (control $(ratio control alone)× alone); proxy CPU per data-plane request $(cpu alone) µs alone, $(cpu control) control, $(cpu registering) with the registrations: $(echo "(${CPU[registering]} / ${CPU[control]} - 1) * 100" | bc -l | cut -c1-5) % over control"
+over() { echo "(${CPU[$1]} / ${CPU[control]} - 1) * 100" | bc -l | cut -c1-5; }
+echo "mean of $ROUNDS rounds: rate with the registrations $(ratio registering alone)× alone and $(ratio registering control)× control (control $(ratio control alone)× alone, renewing $(ratio renewing control)× control); proxy CPU per data-plane request $(cpu alone) µs alone, $(cpu control) control, $(cpu renewing) renewing ($(over renewing) % over control), $(cpu registering) registering ($(over registering) %)"
 echo "proxy CPU per registration (burst, no other traffic): $(echo "($cpu1 - $cpu0) * 1000000 / $(getconf CLK_TCK) / $N" | bc) µs"
 echo "resident memory: $rss0 KiB before, $rss1 KiB after the burst: $(echo "($rss1 - $rss0) * 1024 / $N" | bc) bytes per instance; $rss2 KiB once a request made the route's pools: $(echo "($rss2 - $rss0) * 1024 / $N" | bc) bytes per instance"
 kill "$GPID"

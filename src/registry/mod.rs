@@ -168,7 +168,8 @@ struct Inner {
     /// Those of the snapshot before it, still changed with them: the HTTP
     /// plane's view of the snapshots follows the swap a moment later.
     retiring: Vec<Arc<Cluster>>,
-    /// The deadline the lapse task waits for.
+    /// The deadline the lapse task waits for: never later than the
+    /// earliest instance's (`None`: not known, the next look scans).
     next: Option<Instant>,
     /// Services changed since their clusters last took their instances,
     /// and when each last did (`touch`).
@@ -342,6 +343,9 @@ impl Registry {
         let deferred = put != Put::Renewed && inner.touch(&service, now);
         // (The lapse task looks again only if this deadline is nearer.)
         let nearer = deferred || inner.next.is_none_or(|n| expires < n);
+        if let Some(n) = inner.next {
+            inner.next = Some(n.min(expires));
+        }
         drop(inner);
         if nearer {
             self.wake.notify_one();
@@ -399,6 +403,13 @@ impl Registry {
     /// deadline.
     fn lapse(&self, now: Instant) -> Option<Instant> {
         let mut inner = self.lock();
+        // Before the earliest deadline nothing has lapsed: no scan of every
+        // instance (a large service's window flushes wake this task twice
+        // a second), only the deferred changes that are due.
+        // (With none left the scan is free, and there is nothing to wait for.)
+        if let Some(next) = inner.next.filter(|n| now < *n && inner.count > 0) {
+            return Some(inner.flush_due(now).map_or(next, |f| f.min(next)));
+        }
         let lapsed: Vec<(String, String)> = inner
             .services
             .iter()
@@ -534,6 +545,8 @@ impl Registry {
         for s in &touched {
             inner.apply(s);
         }
+        // (Restored deadlines may be earlier: the next look scans.)
+        inner.next = None;
         drop(inner);
         self.wake.notify_one();
         Ok((added, gone.len()))
@@ -710,6 +723,27 @@ mod tests {
         // (Nothing left to lapse; the removal's deferred change is applied
         // at its mark, then nothing is left to wait for.)
         assert!(r.lapse(later + COALESCE).is_none());
+    }
+
+    #[test]
+    fn a_shorter_ttl_registered_after_the_last_look_still_lapses_on_time() {
+        let r = Registry::memory(10);
+        let t0 = Instant::now();
+        r.put(reg("long", 1, 60_000)).unwrap();
+        // The look knows one deadline, a minute away...
+        let next = r.lapse(t0 + COALESCE).unwrap();
+        assert!(next > t0 + Duration::from_secs(50));
+        // ...then one of a second registers: the task is told to look
+        // sooner, and the look before the minute finds it lapsed.
+        r.put(reg("short", 2, 1000)).unwrap();
+        let next = r.lapse(t0 + COALESCE * 2).unwrap();
+        assert!(next <= t0 + Duration::from_millis(1500), "{next:?}");
+        r.lapse(t0 + Duration::from_secs(2));
+        assert_eq!(r.count(), 1);
+        assert!(matches!(
+            r.heartbeat("demo", "short"),
+            Err(RegistryError::NotFound(..))
+        ));
     }
 
     #[test]
