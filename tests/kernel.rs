@@ -73,17 +73,27 @@ fn instance(tag: &str) -> (String, TestTable) {
 }
 
 fn kernel_config(instance: &str, port: u16, target: SocketAddr, engine: &str) -> String {
+    kernel_config_on(
+        instance,
+        &format!("127.0.0.1:{port}"),
+        &target.to_string(),
+        engine,
+    )
+}
+
+/// One listener `in` on `bind`, one route `fast` forwarding to `forward`.
+fn kernel_config_on(instance: &str, bind: &str, forward: &str, engine: &str) -> String {
     format!(
         r#"
 instance = "{instance}"
 admin.bind = "127.0.0.1:0"
 [[listeners]]
 name = "in"
-bind = "127.0.0.1:{port}"
+bind = "{bind}"
 [[routes]]
 name = "fast"
 match.listener = "in"
-action.forward = ["{target}"]
+action.forward = ["{forward}"]
 action.engine = "{engine}"
 "#
     )
@@ -311,20 +321,11 @@ fn a_port_range_goes_to_the_same_ports_on_the_target() {
     }
     let last = first + 2;
     let (name, _table) = instance("d");
-    let gh = Gatehouse::start(&format!(
-        r#"
-instance = "{}"
-admin.bind = "127.0.0.1:0"
-[[listeners]]
-name = "range"
-bind = "127.0.0.1:{first}-{last}"
-[[routes]]
-name = "ranged"
-match.listener = "range"
-action.forward = ["127.0.0.2:{first}-{last}"]
-action.engine = "kernel_strict"
-"#,
-        name
+    let gh = Gatehouse::start(&kernel_config_on(
+        &name,
+        &format!("127.0.0.1:{first}-{last}"),
+        &format!("127.0.0.2:{first}-{last}"),
+        "kernel_strict",
     ));
     for port in [first, first + 1, last] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -333,7 +334,7 @@ action.engine = "kernel_strict"
         assert_eq!(got, port.to_string());
     }
     assert_eq!(
-        gh.metric("gatehouse_kernel_connections_total", &[("route", "ranged")]),
+        gh.metric("gatehouse_kernel_connections_total", &[("route", "fast")]),
         3
     );
     assert!(gh.terminate(Duration::from_secs(10)).success());
@@ -580,9 +581,11 @@ fn an_ipv6_kernel_route_forwards_and_counts_too() {
     drop(probe);
     let backend = thread_backend("[::1]:0", echo);
     let (name, _table) = instance("h");
-    let config = kernel_config(&name, port, backend, "kernel").replace(
-        &format!("bind = \"127.0.0.1:{port}\""),
-        &format!("bind = \"[::1]:{port}\""),
+    let config = kernel_config_on(
+        &name,
+        &format!("[::1]:{port}"),
+        &backend.to_string(),
+        "kernel",
     );
     let gh = Gatehouse::start(&config);
     echo_through(format!("[::1]:{port}").parse().unwrap(), 1 << 20, 8);

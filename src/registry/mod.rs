@@ -248,23 +248,21 @@ impl Inner {
 
     /// `service`'s instances to the clusters that name it.
     fn apply(&self, service: &str) {
-        let mut clusters = self
+        let clusters: Vec<&Arc<Cluster>> = self
             .clusters
             .iter()
             .chain(&self.retiring)
             .filter(|c| c.config.service.as_deref() == Some(service))
-            .peekable();
-        if clusters.peek().is_none() {
+            .collect();
+        let Some((last, others)) = clusters.split_last() else {
             return;
-        }
+        };
         let endpoints = self.endpoints(service);
-        // (The last one takes the list itself: a large service's is long.)
-        while let Some(c) = clusters.next() {
-            match clusters.peek() {
-                Some(_) => c.set_base(endpoints.clone()),
-                None => return c.set_base(endpoints),
-            }
+        for c in others {
+            c.set_base(endpoints.clone());
         }
+        // (The last one takes the list itself: a large service's is long.)
+        last.set_base(endpoints);
     }
 }
 
